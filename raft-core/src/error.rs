@@ -1,0 +1,92 @@
+//! Typed errors. Every variant says what happened and what the caller can do.
+
+use crate::types::{Index, NodeId};
+
+/// Errors returned by [`crate::Node`] operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Only the leader takes proposals, reads and configuration changes. Retry
+    /// on the leader named by `leader_hint`, or wait for an election if it is
+    /// `None`.
+    #[error("this node is not the leader{}", match .leader_hint { Some(id) => format!("; try node {id}"), None => "; no leader is known yet, retry after an election".to_string() })]
+    NotLeader {
+        /// The leader this node currently believes in, if any.
+        leader_hint: Option<NodeId>,
+    },
+    /// The leader is handing leadership to another node and takes no
+    /// proposals meanwhile; retry on the new leader shortly.
+    #[error("leadership is being transferred to node {target}; retry on it shortly")]
+    TransferInProgress {
+        /// The node leadership is moving to.
+        target: NodeId,
+    },
+    /// A configuration change is already in the log but not yet committed;
+    /// only one change may be in flight. Retry once it commits.
+    #[error("configuration change at index {pending_index} is not committed yet; retry once it is")]
+    ConfigChangeInProgress {
+        /// The index of the uncommitted change (or of the last entry of the
+        /// previous term, which a new leader must commit first).
+        pending_index: Index,
+    },
+    /// The requested configuration change is invalid.
+    #[error("invalid configuration change: {0}")]
+    ConfChange(#[from] ConfChangeError),
+    /// Leadership transfer needs a target other than this node.
+    #[error("node {0} is already the leader; pick another node to transfer leadership to")]
+    TransferToSelf(NodeId),
+    /// Leadership can only go to a voter of the current configuration.
+    #[error("node {0} is not a voter of the current configuration; promote it before transferring leadership to it")]
+    TransferToNonVoter(NodeId),
+    /// A lease read was asked for but [`crate::Config::lease_reads`] is off.
+    #[error("lease reads are disabled; enable Config::lease_reads (with check_quorum) or use a ReadIndex read")]
+    LeaseReadsDisabled,
+    /// The configuration is invalid.
+    #[error("invalid raft configuration: {0}")]
+    InvalidConfig(String),
+    /// Reading the log failed. The node cannot continue safely: the host
+    /// should stop it and fix the storage.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// Why a configuration change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfChangeError {
+    /// The change would leave no voter, and nobody could ever commit again.
+    #[error("removed all voters; keep at least one voter")]
+    NoVotersLeft,
+    /// More than one voter would be added or removed at once, which could
+    /// let two disjoint majorities exist. Make one change at a time.
+    #[error("more than one voter changed without entering joint config; change one voter at a time")]
+    MoreThanOneVoterChanged,
+    /// Node id 0 is reserved.
+    #[error("node id 0 is reserved; use ids from 1")]
+    InvalidNodeId,
+    /// The change refers to a node that is not a member.
+    #[error("node {0} is not a member of the configuration")]
+    NotAMember(NodeId),
+    /// The change would not change anything.
+    #[error("the configuration already has that shape; nothing to change")]
+    NoChange,
+}
+
+/// Errors from a [`crate::LogRead`] implementation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// The requested entry was compacted into a snapshot.
+    #[error("log entry {0} was compacted into a snapshot")]
+    Compacted(Index),
+    /// The requested entry is beyond the end of the log.
+    #[error("log entry {0} is not in the log yet")]
+    Unavailable(Index),
+    /// The snapshot being read was replaced by a newer one.
+    #[error("snapshot {0} was replaced by a newer snapshot")]
+    SnapshotChanged(Index),
+    /// Stored data failed a checksum or could not be decoded. Restore the
+    /// node from a healthy replica (remove its data directory and re-add it).
+    #[error("corrupt data in storage: {0}")]
+    Corrupt(String),
+    /// The storage device failed.
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+}

@@ -1,0 +1,586 @@
+//! The Raft state machine of one replica: [`Node`].
+//!
+//! Inputs arrive through `tick`, `step`, `propose`, `propose_membership`,
+//! `read_index`, `transfer_leader` and the acknowledgements `on_persisted`,
+//! `on_applied`, `on_snapshot_built`, `report_unreachable`. Outputs leave
+//! through [`Node::ready`] as one [`Ready`] batch.
+
+mod election;
+mod membership;
+mod reads;
+mod replication;
+mod snapshot;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::log::RaftLog;
+use crate::membership::{ConfChange, Membership};
+use crate::message::{Message, MessageBody, SnapshotChunk};
+use crate::progress::Progress;
+use crate::ready::{ReadState, Ready};
+use crate::status::{Counters, FollowerStatus, Status};
+use crate::storage::{LogRead, LogWrite};
+use crate::types::{Entry, EntryPayload, HardState, Index, LogId, NodeId, Term};
+
+pub use reads::ReadPolicy;
+pub use snapshot::next_snapshot_threshold;
+
+/// The role a node plays in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Role {
+    /// Follows a leader (or waits for one). Learners are always followers.
+    Follower,
+    /// Asks whether it could win an election, without changing its term.
+    PreCandidate,
+    /// Campaigns for votes in a new term.
+    Candidate,
+    /// Leads the cluster for its term.
+    Leader,
+}
+
+/// An in-progress leadership transfer.
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    target: NodeId,
+    elapsed: u64,
+}
+
+/// Writes handed to the host in one [`Ready`], not yet acknowledged durable.
+#[derive(Clone, Copy, Debug)]
+struct PendingPersist {
+    number: u64,
+    last_entry: Option<LogId>,
+    installed_snapshot: Option<Index>,
+}
+
+/// One Raft replica, sans I/O.
+///
+/// See the crate documentation for the host loop and the durability
+/// contract.
+pub struct Node<S: LogRead> {
+    id: NodeId,
+    config: Config,
+    rng: ChaCha8Rng,
+    log: RaftLog<S>,
+
+    term: Term,
+    vote: Option<NodeId>,
+    role: Role,
+    leader: Option<NodeId>,
+    /// The hard state last handed to the host.
+    emitted_hard_state: HardState,
+
+    /// Configurations found in the log, oldest first; the last is in force.
+    configs: Vec<(Index, Membership)>,
+
+    /// Ticks since this node last reset its election timer.
+    election_elapsed: u64,
+    /// Ticks since this node last heard from a leader (or started, or stopped
+    /// leading). While below `election_ticks` it refuses to vote (with
+    /// CheckQuorum), which is what makes leader leases safe.
+    since_leader_contact: u64,
+    heartbeat_elapsed: u64,
+    randomized_election_timeout: u64,
+    /// Ticks since the node started; the clock of leases.
+    now: u64,
+
+    /// Per-member replication progress (leader only; self excluded).
+    progress: BTreeMap<NodeId, Progress>,
+    votes: BTreeMap<NodeId, bool>,
+    /// The index of the latest configuration entry a leader appended (or the
+    /// last index at election): no change may be proposed until it commits.
+    pending_conf_index: Index,
+    transfer: Option<Transfer>,
+    /// Set once this leader sent TimeoutNow in its term: from then on its
+    /// lease cannot be trusted.
+    lease_revoked: bool,
+    /// Followers whose AppendEntries must go out at the next `ready`.
+    need_append: bool,
+    /// The commit index last sent to followers.
+    broadcast_commit: Index,
+
+    reads: reads::Reads,
+
+    snapshots: snapshot::SnapshotState,
+
+    messages: Vec<Message>,
+    persisted_messages: Vec<Message>,
+    read_states: Vec<ReadState>,
+    pending_chunks: Vec<SnapshotChunk>,
+    ready_number: u64,
+    pending_persists: VecDeque<PendingPersist>,
+
+    counters: Counters,
+}
+
+impl<S: LogRead> Node<S> {
+    /// Starts a node from whatever `store` holds: a new node (empty store),
+    /// or a restarted one (hard state, snapshot and log are recovered).
+    ///
+    /// A new cluster is bootstrapped by writing [`crate::bootstrap_entry`] to
+    /// the store of every initial voter before starting them; a node that will
+    /// join an existing cluster starts with an empty store and waits to be
+    /// added.
+    pub fn new(config: Config, store: S) -> Result<Self, Error> {
+        config.validate()?;
+        let hard_state = store.hard_state()?;
+        let snapshot = store.snapshot_meta()?;
+        let applied = config.applied.max(snapshot.as_ref().map_or(0, |s| s.last.index));
+        let log = RaftLog::new(store, hard_state.commit, applied)?;
+        let mut configs = Vec::new();
+        if let Some(meta) = &snapshot {
+            configs.push((meta.membership_index, meta.membership.clone()));
+        }
+        // Configurations after the snapshot are in the log: scan it.
+        let first = log.first_index()?;
+        let last = log.last_index();
+        let mut next = first;
+        while next <= last {
+            let batch = log.entries(next, last + 1, 8 << 20)?;
+            let Some(tail) = batch.last() else { break };
+            next = tail.index + 1;
+            for entry in batch {
+                if let EntryPayload::Membership(m) = entry.payload {
+                    configs.retain(|(index, _)| *index < entry.index);
+                    configs.push((entry.index, m));
+                }
+            }
+        }
+        let mut node = Node {
+            id: config.id,
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            log,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            role: Role::Follower,
+            leader: None,
+            emitted_hard_state: hard_state,
+            configs,
+            election_elapsed: 0,
+            since_leader_contact: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_timeout: config.election_ticks,
+            now: 0,
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            pending_conf_index: 0,
+            transfer: None,
+            lease_revoked: false,
+            need_append: false,
+            broadcast_commit: 0,
+            reads: reads::Reads::default(),
+            snapshots: snapshot::SnapshotState::new(&config.snapshot),
+            messages: Vec::new(),
+            persisted_messages: Vec::new(),
+            read_states: Vec::new(),
+            pending_chunks: Vec::new(),
+            ready_number: 0,
+            pending_persists: VecDeque::new(),
+            counters: Counters::default(),
+            config,
+        };
+        node.reset_randomized_timeout();
+        Ok(node)
+    }
+
+    // ----- accessors -------------------------------------------------------
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Whether this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.role == Role::Leader
+    }
+
+    /// The leader this node believes in for the current term.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// The configuration in force: the latest one in the log, committed or not.
+    pub fn membership(&self) -> &Membership {
+        static EMPTY: std::sync::OnceLock<Membership> = std::sync::OnceLock::new();
+        self.configs.last().map_or_else(|| EMPTY.get_or_init(Membership::default), |(_, m)| m)
+    }
+
+    /// The latest configuration known to be committed.
+    pub fn committed_membership(&self) -> Option<&Membership> {
+        self.configs.iter().rev().find(|(index, _)| *index <= self.log.committed).map(|(_, m)| m)
+    }
+
+    /// The hard state as this node sees it now (possibly not yet durable).
+    pub fn hard_state(&self) -> HardState {
+        HardState { term: self.term, vote: self.vote, commit: self.log.committed }
+    }
+
+    /// The highest index known committed.
+    pub fn commit_index(&self) -> Index {
+        self.log.committed
+    }
+
+    /// The highest index the host reported applied.
+    pub fn applied_index(&self) -> Index {
+        self.log.applied
+    }
+
+    /// The last entry of the log (including entries not yet durable).
+    pub fn last_log_id(&self) -> Result<LogId, Error> {
+        Ok(self.log.last_log_id()?)
+    }
+
+    /// The log's first readable index.
+    pub fn first_index(&self) -> Result<Index, Error> {
+        Ok(self.log.first_index()?)
+    }
+
+    /// Entries in `low..high` as this node sees its log, within `max_bytes`.
+    pub fn entries(&self, low: Index, high: Index, max_bytes: u64) -> Result<Vec<Entry>, Error> {
+        Ok(self.log.entries(low, high, max_bytes)?)
+    }
+
+    /// The term of the entry at `index`, if present.
+    pub fn term_at(&self, index: Index) -> Result<Option<Term>, Error> {
+        Ok(self.log.term_if_present(index)?)
+    }
+
+    /// The store this node reads from.
+    pub fn store(&self) -> &S {
+        &self.log.store
+    }
+
+    /// Mutable access to the store, for hosts that write through it directly
+    /// (an in-memory log); writes must follow the [`Ready`] contract.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.log.store
+    }
+
+    /// Stops the node and returns its store.
+    pub fn into_store(self) -> S {
+        self.log.store
+    }
+
+    /// The configuration this node runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A snapshot of this node's state for operators and metrics.
+    pub fn status(&self) -> Status {
+        let last = self.log.last_log_id().unwrap_or_default();
+        let membership = self.membership();
+        let followers = if self.is_leader() {
+            self.progress
+                .iter()
+                .map(|(id, pr)| FollowerStatus {
+                    id: *id,
+                    is_learner: membership.is_learner(*id),
+                    match_index: pr.match_index,
+                    next_index: pr.next_index,
+                    inflight: pr.inflight.len(),
+                    state: pr.state,
+                    lag: last.index.saturating_sub(pr.match_index),
+                    recent_active: pr.recent_active,
+                    snapshot_bytes_acked: pr.snapshot.as_ref().map(|s| (s.acked, s.meta.size)),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Status {
+            id: self.id,
+            role: self.role,
+            term: self.term,
+            vote: self.vote,
+            leader: self.leader,
+            commit: self.log.committed,
+            applied: self.log.applied,
+            last_log: last,
+            first_index: self.log.first_index().unwrap_or(0),
+            membership: membership.clone(),
+            is_voter: membership.is_voter(self.id),
+            transfer_target: self.transfer.map(|t| t.target),
+            followers,
+            counters: self.counters.clone(),
+        }
+    }
+
+    // ----- inputs ------------------------------------------------------------
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) -> Result<(), Error> {
+        self.now += 1;
+        if self.role == Role::Leader {
+            self.tick_leader()
+        } else {
+            self.tick_election()
+        }
+    }
+
+    /// Proposes a command. On the leader, returns the position the entry will
+    /// have; the command is committed when an entry with that exact
+    /// [`LogId`] comes out in [`Ready::committed_entries`]. If an entry with
+    /// another term shows up at that index, the proposal was lost.
+    pub fn propose(&mut self, data: Bytes) -> Result<LogId, Error> {
+        self.check_can_propose()?;
+        self.counters.proposals += 1;
+        Ok(self.append_entry(EntryPayload::Command(data)))
+    }
+
+    /// Proposes a configuration change (one server at a time). Fails with
+    /// [`Error::ConfigChangeInProgress`] while another change is uncommitted.
+    pub fn propose_membership(&mut self, change: ConfChange) -> Result<LogId, Error> {
+        self.check_can_propose()?;
+        if self.pending_conf_index > self.log.committed {
+            return Err(Error::ConfigChangeInProgress { pending_index: self.pending_conf_index });
+        }
+        let next = self.membership().apply_changes(std::slice::from_ref(&change))?;
+        if &next == self.membership() {
+            return Err(crate::error::ConfChangeError::NoChange.into());
+        }
+        if let ConfChange::Remove { id } = change {
+            if !self.membership().contains(id) {
+                return Err(crate::error::ConfChangeError::NotAMember(id).into());
+            }
+        }
+        self.counters.proposals += 1;
+        let id = self.append_entry(EntryPayload::Membership(next));
+        self.pending_conf_index = id.index;
+        Ok(id)
+    }
+
+    fn check_can_propose(&self) -> Result<(), Error> {
+        if self.role != Role::Leader {
+            return Err(Error::NotLeader { leader_hint: self.leader });
+        }
+        if let Some(t) = self.transfer {
+            return Err(Error::TransferInProgress { target: t.target });
+        }
+        Ok(())
+    }
+
+    /// Appends an entry to the leader's own log.
+    fn append_entry(&mut self, payload: EntryPayload) -> LogId {
+        let index = self.log.last_index() + 1;
+        let entry = Entry { term: self.term, index, payload };
+        let id = entry.log_id();
+        let config = match &entry.payload {
+            EntryPayload::Membership(m) => Some(m.clone()),
+            _ => None,
+        };
+        self.log.push(entry);
+        if let Some(m) = config {
+            self.push_config(index, m);
+        }
+        self.need_append = true;
+        id
+    }
+
+    /// Feeds a message from another node.
+    pub fn step(&mut self, message: Message) -> Result<(), Error> {
+        if message.to != self.id || message.from == self.id {
+            return Ok(());
+        }
+        if !self.step_term(&message)? {
+            return Ok(());
+        }
+        let from = message.from;
+        match message.body {
+            MessageBody::PreVote(req) => self.handle_vote_request(from, message.term, req, true),
+            MessageBody::Vote(req) => self.handle_vote_request(from, message.term, req, false),
+            MessageBody::PreVoteResponse(resp) => {
+                self.handle_vote_response(from, message.term, resp.granted, true)
+            }
+            MessageBody::VoteResponse(resp) => self.handle_vote_response(from, message.term, resp.granted, false),
+            MessageBody::Append(req) => self.handle_append(from, req),
+            MessageBody::AppendResponse(resp) => self.handle_append_response(from, resp),
+            MessageBody::Heartbeat(hb) => self.handle_heartbeat(from, hb),
+            MessageBody::HeartbeatResponse(resp) => self.handle_heartbeat_response(from, resp),
+            MessageBody::Snapshot(chunk) => self.handle_snapshot_chunk(from, chunk),
+            MessageBody::SnapshotResponse(resp) => self.handle_snapshot_response(from, resp),
+            MessageBody::TimeoutNow => self.handle_timeout_now(from),
+            MessageBody::ReadIndex(req) => {
+                self.handle_read_index_request(from, req.id);
+                Ok(())
+            }
+            MessageBody::ReadIndexResponse(resp) => {
+                self.handle_read_index_response(from, resp);
+                Ok(())
+            }
+        }
+    }
+
+    /// Tells the node that `peer` could not be reached (its transport queue
+    /// is full or the connection is down): stop streaming to it and probe.
+    pub fn report_unreachable(&mut self, peer: NodeId) {
+        if let Some(pr) = self.progress.get_mut(&peer) {
+            match pr.state {
+                crate::ReplicationState::Replicate => pr.become_probe(),
+                crate::ReplicationState::Snapshot => {
+                    if let Some(send) = pr.snapshot.as_mut() {
+                        send.sent = send.acked;
+                    }
+                }
+                crate::ReplicationState::Probe => pr.probe_sent = false,
+            }
+        }
+    }
+
+    // ----- output ------------------------------------------------------------
+
+    /// Whether [`Node::ready`] has anything to hand out.
+    pub fn has_ready(&self) -> bool {
+        !self.messages.is_empty()
+            || !self.persisted_messages.is_empty()
+            || self.log.has_unpersisted()
+            || !self.pending_chunks.is_empty()
+            || self.hard_state_must_sync()
+            || self.log.has_next_to_apply()
+            || !self.read_states.is_empty()
+            || self.reads.has_ready(self.log.applied)
+            || self.snapshots.has_ready()
+            || (self.role == Role::Leader
+                && (self.need_append || self.reads.has_unsent() || self.broadcast_commit < self.log.committed))
+    }
+
+    fn hard_state_must_sync(&self) -> bool {
+        self.term != self.emitted_hard_state.term || self.vote != self.emitted_hard_state.vote
+    }
+
+    /// Takes the next output batch. The host must perform it as the crate
+    /// documentation describes and acknowledge it with
+    /// [`Node::on_persisted`].
+    pub fn ready(&mut self) -> Result<Ready, Error> {
+        if self.role == Role::Leader {
+            self.flush_leader()?;
+        }
+        self.ready_number += 1;
+        let number = self.ready_number;
+
+        let snapshot_chunks = std::mem::take(&mut self.pending_chunks);
+        let install_snapshot = self.log.take_snapshot_to_install();
+        let entries = self.log.take_unpersisted();
+        let hard_state = self.hard_state();
+        let must_sync = !snapshot_chunks.is_empty()
+            || install_snapshot.is_some()
+            || !entries.is_empty()
+            || self.hard_state_must_sync();
+        // A commit-only change rides along with the next synced write.
+        let hard_state = if hard_state != self.emitted_hard_state && must_sync {
+            self.emitted_hard_state = hard_state;
+            Some(hard_state)
+        } else {
+            None
+        };
+        let compact_to = self.snapshots.take_compaction();
+        let write = LogWrite { snapshot_chunks, install_snapshot, entries, hard_state, compact_to, must_sync };
+        if !write.is_empty() {
+            self.pending_persists.push_back(PendingPersist {
+                number,
+                last_entry: write.entries.last().map(Entry::log_id),
+                installed_snapshot: write.install_snapshot.as_ref().map(|m| m.last.index),
+            });
+        }
+
+        let committed_entries = self.log.next_to_apply(self.config.max_apply_bytes)?;
+        self.reads.collect_ready(self.log.applied, &mut self.read_states);
+        let read_states = std::mem::take(&mut self.read_states);
+        let snapshot_due = self.snapshots.take_due();
+
+        Ok(Ready {
+            number,
+            write,
+            messages: std::mem::take(&mut self.messages),
+            persisted_messages: std::mem::take(&mut self.persisted_messages),
+            committed_entries,
+            read_states,
+            snapshot_due,
+        })
+    }
+
+    /// Acknowledges that the writes of every [`Ready`] up to `number` are
+    /// durable (and, for an installed snapshot, that the state machine was
+    /// restored from it).
+    pub fn on_persisted(&mut self, number: u64) -> Result<(), Error> {
+        let mut leader_progress = false;
+        while let Some(p) = self.pending_persists.front().copied() {
+            if p.number > number {
+                break;
+            }
+            self.pending_persists.pop_front();
+            if let Some(index) = p.installed_snapshot {
+                self.log.stable_snapshot_to(index);
+                self.log.applied_to(index);
+                self.snapshots.on_installed(index);
+            }
+            if let Some(last) = p.last_entry {
+                self.log.stable_to(last);
+                leader_progress = true;
+            }
+        }
+        if leader_progress && self.role == Role::Leader {
+            self.maybe_commit()?;
+        }
+        Ok(())
+    }
+
+    /// Acknowledges that the host applied committed entries up to `index`.
+    pub fn on_applied(&mut self, index: Index) -> Result<(), Error> {
+        self.log.applied_to(index);
+        let log_len = self.log.last_index().saturating_sub(self.log.first_index()?.saturating_sub(1));
+        self.snapshots.maybe_request(self.log.applied, log_len);
+        Ok(())
+    }
+
+    // ----- shared helpers ----------------------------------------------------
+
+    fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.messages.push(Message { from: self.id, to, term: self.term, body });
+    }
+
+    fn send_after_persist(&mut self, to: NodeId, body: MessageBody) {
+        self.persisted_messages.push(Message { from: self.id, to, term: self.term, body });
+    }
+
+    fn reset_randomized_timeout(&mut self) {
+        let min = self.config.election_ticks;
+        self.randomized_election_timeout = self.rng.random_range(min..2 * min);
+    }
+
+    /// Resets per-term state when the role or term changes.
+    fn reset(&mut self, term: Term) {
+        if self.term != term {
+            self.term = term;
+            self.vote = None;
+            self.lease_revoked = false;
+        }
+        self.leader = None;
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.reset_randomized_timeout();
+        self.votes.clear();
+        self.transfer = None;
+        self.progress.clear();
+        self.need_append = false;
+        let hint = self.leader;
+        self.reads.fail_all(hint, &mut self.read_states, &mut self.messages, self.id, self.term);
+    }
+}

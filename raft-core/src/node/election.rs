@@ -1,0 +1,302 @@
+//! Terms, elections (with PreVote), CheckQuorum and leadership transfer's
+//! final step (TimeoutNow).
+
+use super::{Node, Role};
+use crate::error::Error;
+use crate::message::{Message, MessageBody, VoteRequest, VoteResponse};
+use crate::progress::Progress;
+use crate::quorum::{self, VoteResult};
+use crate::storage::LogRead;
+use crate::types::{EntryPayload, NodeId, Term};
+
+impl<S: LogRead> Node<S> {
+    /// Whether this node may campaign: it is a voter in its configuration
+    /// and is not installing a snapshot.
+    pub(super) fn promotable(&self) -> bool {
+        self.membership().is_voter(self.id) && self.log.pending_snapshot().is_none()
+    }
+
+    /// Whether this node currently refuses votes because it heard from a
+    /// live leader within an election timeout (or leads itself).
+    fn in_lease(&self) -> bool {
+        self.config.check_quorum
+            && (self.role == Role::Leader || self.since_leader_contact < self.config.election_ticks)
+    }
+
+    /// Handles the term of an incoming message. Returns whether the message
+    /// should be processed further.
+    pub(super) fn step_term(&mut self, m: &Message) -> Result<bool, Error> {
+        use MessageBody::*;
+        if m.term > self.term {
+            match &m.body {
+                PreVote(_) => return Ok(true),
+                PreVoteResponse(r) if r.granted => return Ok(true),
+                Vote(req) if !req.transfer && self.in_lease() => {
+                    // A disruptive candidate (e.g. a removed or partitioned
+                    // node): ignore it while a leader is known to be alive.
+                    return Ok(false);
+                }
+                Append(_) | Heartbeat(_) | Snapshot(_) => self.become_follower(m.term, Some(m.from)),
+                _ => self.become_follower(m.term, None),
+            }
+            return Ok(true);
+        }
+        if m.term < self.term {
+            match &m.body {
+                Append(_) | Heartbeat(_) | Snapshot(_) => {
+                    // A stale leader: tell it about the newer term so it steps
+                    // down instead of disrupting us forever (needed with
+                    // PreVote/CheckQuorum, which keep our term from rising).
+                    self.send(m.from, AppendResponse(crate::message::AppendResponse::Rejected {
+                        rejected: 0,
+                        hint: Default::default(),
+                    }));
+                }
+                PreVote(_) => self.send(m.from, PreVoteResponse(crate::message::VoteResponse { granted: false })),
+                _ => {}
+            }
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    pub(super) fn handle_vote_request(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        req: VoteRequest,
+        pre_vote: bool,
+    ) -> Result<(), Error> {
+        if pre_vote && !req.transfer && self.in_lease() && self.leader.is_some_and(|l| l != from) {
+            // Same lease rule as for votes: a leader is alive, keep it.
+            self.send(from, MessageBody::PreVoteResponse(VoteResponse { granted: false }));
+            return Ok(());
+        }
+        let can_vote = self.vote == Some(from)
+            || (self.vote.is_none() && self.leader.is_none())
+            || (pre_vote && term > self.term);
+        let granted = can_vote && self.log.is_up_to_date(req.last_log)?;
+        if pre_vote {
+            // A granted pre-vote answers in the campaign's term so that the
+            // candidate counts it; a refusal carries our own term.
+            let reply_term = if granted { term } else { self.term };
+            self.messages.push(Message {
+                from: self.id,
+                to: from,
+                term: reply_term,
+                body: MessageBody::PreVoteResponse(VoteResponse { granted }),
+            });
+        } else {
+            if granted {
+                self.vote = Some(from);
+                self.election_elapsed = 0;
+            }
+            // The vote must be durable before it leaves (Raft paper §5.2).
+            self.send_after_persist(from, MessageBody::VoteResponse(VoteResponse { granted }));
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_vote_response(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        granted: bool,
+        pre_vote: bool,
+    ) -> Result<(), Error> {
+        let expected = if pre_vote { Role::PreCandidate } else { Role::Candidate };
+        if self.role != expected {
+            return Ok(());
+        }
+        if pre_vote && term != self.term + 1 && granted {
+            return Ok(());
+        }
+        self.votes.entry(from).or_insert(granted);
+        match self.poll() {
+            VoteResult::Won => {
+                if pre_vote {
+                    self.campaign(false, false)?;
+                } else {
+                    self.become_leader()?;
+                }
+            }
+            VoteResult::Lost => {
+                let term = self.term;
+                self.become_follower(term, None);
+            }
+            VoteResult::Pending => {}
+        }
+        Ok(())
+    }
+
+    fn poll(&self) -> VoteResult {
+        quorum::majority_vote(self.membership().voters(), |id| self.votes.get(&id).copied())
+    }
+
+    pub(super) fn tick_election(&mut self) -> Result<(), Error> {
+        self.election_elapsed += 1;
+        self.since_leader_contact = self.since_leader_contact.saturating_add(1);
+        if self.promotable() && self.election_elapsed >= self.randomized_election_timeout {
+            self.election_elapsed = 0;
+            self.campaign(self.config.pre_vote, false)?;
+        }
+        Ok(())
+    }
+
+    /// Starts an election (or a pre-vote round).
+    pub(super) fn campaign(&mut self, pre_vote: bool, transfer: bool) -> Result<(), Error> {
+        if !self.promotable() {
+            return Ok(());
+        }
+        let term = if pre_vote {
+            let term = self.term;
+            self.reset(term);
+            self.role = Role::PreCandidate;
+            term + 1
+        } else {
+            let term = self.term + 1;
+            self.reset(term);
+            self.role = Role::Candidate;
+            self.vote = Some(self.id);
+            self.counters.elections_started += 1;
+            term
+        };
+        tracing::debug!(id = self.id, term, pre_vote, "campaigning");
+        self.votes.insert(self.id, true);
+        if self.poll() == VoteResult::Won {
+            // A single-voter cluster.
+            return if pre_vote { self.campaign(false, transfer) } else { self.become_leader() };
+        }
+        let req = VoteRequest { last_log: self.log.last_log_id()?, transfer };
+        let voters: Vec<NodeId> = self.membership().voters().iter().copied().filter(|&v| v != self.id).collect();
+        for to in voters {
+            let body = if pre_vote { MessageBody::PreVote(req) } else { MessageBody::Vote(req) };
+            let message = Message { from: self.id, to, term, body };
+            if pre_vote {
+                self.messages.push(message);
+            } else {
+                // Our own vote must be durable before we ask for others'.
+                self.persisted_messages.push(message);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        let was_leader = self.role == Role::Leader;
+        self.reset(term);
+        self.role = Role::Follower;
+        self.leader = leader;
+        if was_leader || leader.is_some() {
+            // Either we just stopped leading (our lease may still be counted
+            // on by no one, but our followers' may) or we heard from a leader.
+            self.since_leader_contact = 0;
+        }
+    }
+
+    pub(super) fn become_leader(&mut self) -> Result<(), Error> {
+        let term = self.term;
+        self.reset(term);
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        self.counters.elections_won += 1;
+        tracing::debug!(id = self.id, term, "became leader");
+        let last = self.log.last_index();
+        // No configuration change until everything from earlier terms is
+        // committed (which the no-op below forces).
+        self.pending_conf_index = last;
+        let members: Vec<NodeId> = self.membership().members().filter(|&m| m != self.id).collect();
+        for id in members {
+            let mut pr = Progress::new(last + 1);
+            pr.recent_active = true;
+            self.progress.insert(id, pr);
+        }
+        self.broadcast_commit = 0;
+        self.append_entry(EntryPayload::Noop);
+        Ok(())
+    }
+
+    pub(super) fn tick_leader(&mut self) -> Result<(), Error> {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if let Some(transfer) = self.transfer.as_mut() {
+            transfer.elapsed += 1;
+            if transfer.elapsed >= self.config.election_ticks {
+                tracing::info!(id = self.id, target = transfer.target, "leadership transfer timed out; resuming");
+                self.transfer = None;
+            }
+        }
+        if self.election_elapsed >= self.config.election_ticks {
+            self.election_elapsed = 0;
+            if self.config.check_quorum && !self.quorum_active() {
+                tracing::info!(id = self.id, term = self.term, "lost contact with a quorum; stepping down");
+                let term = self.term;
+                self.become_follower(term, None);
+                return Ok(());
+            }
+        }
+        self.tick_snapshot_sends()?;
+        if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+        Ok(())
+    }
+
+    /// CheckQuorum: did a quorum of voters answer since the last check?
+    fn quorum_active(&mut self) -> bool {
+        let me = self.id;
+        let result = quorum::majority_vote(self.membership().voters(), |id| {
+            Some(id == me || self.progress.get(&id).is_some_and(|p| p.recent_active))
+        });
+        for pr in self.progress.values_mut() {
+            pr.recent_active = false;
+        }
+        result == VoteResult::Won
+    }
+
+    pub(super) fn handle_timeout_now(&mut self, from: NodeId) -> Result<(), Error> {
+        if self.leader == Some(from) && self.role == Role::Follower {
+            tracing::info!(id = self.id, from, "leadership transferred to us; campaigning");
+            self.campaign(false, true)?;
+        }
+        Ok(())
+    }
+
+    /// Starts handing leadership to `target` (Raft thesis §3.10): no new
+    /// proposals, bring the target up to date, then tell it to campaign. If
+    /// it has not won within an election timeout, this leader resumes.
+    pub fn transfer_leader(&mut self, target: NodeId) -> Result<(), Error> {
+        if self.role != Role::Leader {
+            return Err(Error::NotLeader { leader_hint: self.leader });
+        }
+        if target == self.id {
+            return Err(Error::TransferToSelf(target));
+        }
+        if !self.membership().is_voter(target) {
+            return Err(Error::TransferToNonVoter(target));
+        }
+        if self.transfer.is_some_and(|t| t.target == target) {
+            return Ok(());
+        }
+        self.counters.leader_transfers += 1;
+        self.transfer = Some(super::Transfer { target, elapsed: 0 });
+        self.maybe_send_timeout_now(target)
+    }
+
+    /// Sends TimeoutNow if `to` is the transfer target and fully caught up;
+    /// otherwise makes sure entries flow to it.
+    pub(super) fn maybe_send_timeout_now(&mut self, to: NodeId) -> Result<(), Error> {
+        if self.transfer.map(|t| t.target) != Some(to) {
+            return Ok(());
+        }
+        let last = self.log.last_index();
+        if self.progress.get(&to).is_some_and(|p| p.match_index == last) {
+            self.lease_revoked = true;
+            self.send(to, MessageBody::TimeoutNow);
+        } else {
+            self.need_append = true;
+        }
+        Ok(())
+    }
+}

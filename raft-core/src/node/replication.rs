@@ -1,0 +1,297 @@
+//! Log replication: AppendEntries with byte budgets, pipelining and fast
+//! backtracking; heartbeats; the commit rule.
+
+use super::{Node, Role};
+use crate::error::{Error, StorageError};
+use crate::message::{AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, MessageBody};
+use crate::progress::ReplicationState;
+use crate::quorum;
+use crate::storage::LogRead;
+use crate::types::{Entry, EntryPayload, Index, LogId, NodeId, Term};
+
+impl<S: LogRead> Node<S> {
+    // ----- follower side ---------------------------------------------------
+
+    pub(super) fn handle_append(&mut self, from: NodeId, req: AppendRequest) -> Result<(), Error> {
+        self.accept_leader(from);
+        self.counters.appends_received += 1;
+        let committed = self.log.committed;
+        if req.prev.index < committed {
+            // Everything up to our commit index matches the leader already
+            // (committed entries are in every later leader's log).
+            self.send_after_persist(
+                from,
+                MessageBody::AppendResponse(AppendResponse::Success { match_index: committed }),
+            );
+            return Ok(());
+        }
+        if !self.log.matches(req.prev)? {
+            let hint_index = req.prev.index.min(self.log.last_index());
+            let hint = self.find_conflict_by_term(hint_index, req.prev.term)?;
+            self.send_after_persist(
+                from,
+                MessageBody::AppendResponse(AppendResponse::Rejected { rejected: req.prev.index, hint }),
+            );
+            return Ok(());
+        }
+        let last_new = req.prev.index + req.entries.len() as Index;
+        self.append_from_leader(req.entries)?;
+        self.log.commit_to(req.commit.min(last_new));
+        self.send_after_persist(from, MessageBody::AppendResponse(AppendResponse::Success { match_index: last_new }));
+        Ok(())
+    }
+
+    /// Appends the leader's entries after the matching `prev`, skipping the
+    /// ones we already hold and truncating at the first conflict.
+    fn append_from_leader(&mut self, entries: Vec<Entry>) -> Result<(), Error> {
+        let mut conflict = None;
+        for (i, entry) in entries.iter().enumerate() {
+            if self.log.term_if_present(entry.index)? != Some(entry.term) {
+                conflict = Some(i);
+                break;
+            }
+        }
+        let Some(start) = conflict else { return Ok(()) };
+        let first = entries[start].index;
+        if first <= self.log.committed {
+            // The leader is trying to overwrite a committed entry: a safety
+            // violation somewhere. Refuse rather than corrupt the log.
+            return Err(Error::Storage(StorageError::Corrupt(format!(
+                "leader {:?} tried to overwrite committed entry {first}",
+                self.leader
+            ))));
+        }
+        if first <= self.log.last_index() {
+            self.truncate_configs(first);
+        }
+        let new: Vec<Entry> = entries.into_iter().skip(start).collect();
+        for entry in &new {
+            if let EntryPayload::Membership(m) = &entry.payload {
+                self.push_config(entry.index, m.clone());
+            }
+        }
+        self.log.truncate_and_append(new);
+        Ok(())
+    }
+
+    /// The largest index `<= index` whose term is `<= term` (or the first
+    /// readable position), for fast backtracking.
+    pub(super) fn find_conflict_by_term(&self, mut index: Index, term: Term) -> Result<LogId, Error> {
+        loop {
+            match self.log.term_if_present(index)? {
+                Some(t) if t > term => index -= 1,
+                Some(t) => return Ok(LogId::new(t, index)),
+                None => return Ok(LogId::new(0, index)),
+            }
+            if index == 0 {
+                return Ok(LogId::new(0, 0));
+            }
+        }
+    }
+
+    /// A message from the leader of our term arrived.
+    pub(super) fn accept_leader(&mut self, from: NodeId) {
+        if self.role != Role::Follower {
+            let term = self.term;
+            self.become_follower(term, Some(from));
+        }
+        self.leader = Some(from);
+        self.election_elapsed = 0;
+        self.since_leader_contact = 0;
+    }
+
+    pub(super) fn handle_heartbeat(&mut self, from: NodeId, hb: Heartbeat) -> Result<(), Error> {
+        self.accept_leader(from);
+        self.log.commit_to(hb.commit);
+        // Heartbeat answers carry no durability promise: send at once.
+        self.send(from, MessageBody::HeartbeatResponse(HeartbeatResponse { round: hb.round }));
+        Ok(())
+    }
+
+    // ----- leader side -----------------------------------------------------
+
+    pub(super) fn handle_append_response(&mut self, from: NodeId, resp: AppendResponse) -> Result<(), Error> {
+        if self.role != Role::Leader {
+            return Ok(());
+        }
+        let Some(pr) = self.progress.get_mut(&from) else { return Ok(()) };
+        pr.recent_active = true;
+        match resp {
+            AppendResponse::Success { match_index } => {
+                let answers_probe = pr.state == ReplicationState::Probe && match_index + 1 >= pr.next_index;
+                let news = pr.update_match(match_index);
+                let snapshot_done = pr.state == ReplicationState::Snapshot
+                    && pr.snapshot.as_ref().is_some_and(|s| pr.match_index >= s.meta.last.index);
+                if answers_probe || snapshot_done {
+                    pr.become_replicate();
+                }
+                if news {
+                    self.maybe_commit()?;
+                    self.maybe_send_timeout_now(from)?;
+                }
+                self.need_append = true;
+            }
+            AppendResponse::Rejected { rejected, hint } => {
+                if rejected == 0 {
+                    // A stale-term answer; the term step already handled it.
+                    return Ok(());
+                }
+                let stale = match pr.state {
+                    ReplicationState::Replicate => rejected <= pr.match_index,
+                    ReplicationState::Probe => rejected + 1 != pr.next_index,
+                    ReplicationState::Snapshot => true,
+                };
+                if stale {
+                    return Ok(());
+                }
+                // Skip every entry of a term the follower cannot hold.
+                let next = if hint.term > 0 {
+                    let conflict = self.find_conflict_by_term(hint.index, hint.term)?;
+                    conflict.index
+                } else {
+                    hint.index
+                };
+                let pr = self.progress.get_mut(&from).expect("checked above");
+                pr.become_probe();
+                pr.next_index = next.min(rejected).max(pr.match_index) + 1;
+                self.need_append = true;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_heartbeat_response(&mut self, from: NodeId, resp: HeartbeatResponse) -> Result<(), Error> {
+        if self.role != Role::Leader {
+            return Ok(());
+        }
+        let max_inflight = self.config.max_inflight;
+        let last = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else { return Ok(()) };
+        pr.recent_active = true;
+        pr.read_ack = pr.read_ack.max(resp.round);
+        match pr.state {
+            ReplicationState::Probe => pr.probe_sent = false,
+            ReplicationState::Replicate if pr.inflight.len() >= max_inflight => {
+                // Messages may have been lost; free a slot so we make progress.
+                pr.inflight.pop_front();
+            }
+            _ => {}
+        }
+        let behind = pr.match_index < last;
+        if self.membership().is_voter(from) {
+            self.advance_reads();
+        }
+        if behind {
+            self.send_append(from, true)?;
+        }
+        Ok(())
+    }
+
+    /// Leader work deferred to `ready`: AppendEntries to every follower that
+    /// needs some, batched, and a heartbeat round for pending reads.
+    pub(super) fn flush_leader(&mut self) -> Result<(), Error> {
+        let commit_changed = self.broadcast_commit < self.log.committed;
+        if self.need_append || commit_changed {
+            self.need_append = false;
+            let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+            for to in peers {
+                let mut sent_any = false;
+                while self.send_append(to, false)? {
+                    sent_any = true;
+                    if self.progress[&to].state != ReplicationState::Replicate {
+                        break;
+                    }
+                }
+                if commit_changed && !sent_any {
+                    // Tell followers about the new commit index promptly.
+                    self.send_append(to, true)?;
+                }
+            }
+            self.broadcast_commit = self.log.committed;
+        }
+        self.start_read_round();
+        Ok(())
+    }
+
+    /// Sends one AppendEntries (or starts a snapshot) to `to` unless it is
+    /// paused. With `allow_empty`, sends even with no new entries (a probe or
+    /// commit update). Returns whether a message with entries went out.
+    pub(super) fn send_append(&mut self, to: NodeId, allow_empty: bool) -> Result<bool, Error> {
+        let Some(pr) = self.progress.get(&to) else { return Ok(false) };
+        if pr.is_paused(self.config.max_inflight) {
+            return Ok(false);
+        }
+        let next = pr.next_index;
+        let prev_index = next - 1;
+        let Some(prev_term) = self.log.term_if_present(prev_index)? else {
+            self.start_snapshot_send(to)?;
+            return Ok(false);
+        };
+        let last = self.log.last_index();
+        let mut entries = if next <= last {
+            match self.log.entries(next, last + 1, self.config.max_append_bytes) {
+                Ok(entries) => entries,
+                Err(StorageError::Compacted(_)) => {
+                    self.start_snapshot_send(to)?;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            Vec::new()
+        };
+        if entries.is_empty() && !allow_empty {
+            return Ok(false);
+        }
+        entries.truncate(self.config.max_append_entries);
+        let last_sent = entries.last().map(|e| e.index);
+        let has_entries = last_sent.is_some();
+        let pr = self.progress.get_mut(&to).expect("checked above");
+        pr.sent_entries(last_sent);
+        let commit = self.log.committed;
+        self.counters.appends_sent += 1;
+        self.send(
+            to,
+            MessageBody::Append(AppendRequest { prev: LogId::new(prev_term, prev_index), entries, commit }),
+        );
+        Ok(has_entries)
+    }
+
+    pub(super) fn broadcast_heartbeat(&mut self) {
+        let round = self.reads.next_round(self.now);
+        let peers: Vec<(NodeId, Index)> = self.progress.iter().map(|(id, pr)| (*id, pr.match_index)).collect();
+        for (to, match_index) in peers {
+            let commit = self.log.committed.min(match_index);
+            self.send(to, MessageBody::Heartbeat(Heartbeat { commit, round }));
+        }
+        // A single-voter cluster confirms its rounds by itself.
+        self.advance_reads();
+    }
+
+    /// Advances the commit index to what a quorum of voters holds, if that
+    /// entry is from the current term (Raft paper §5.4.2).
+    pub(super) fn maybe_commit(&mut self) -> Result<(), Error> {
+        let me = self.id;
+        let own = self.log.persisted_index();
+        let index = quorum::majority_committed(self.membership().voters(), |id| {
+            if id == me { Some(own) } else { self.progress.get(&id).map(|p| p.match_index) }
+        });
+        if index == Index::MAX || index <= self.log.committed {
+            return Ok(());
+        }
+        if self.log.term_if_present(index)? != Some(self.term) {
+            return Ok(());
+        }
+        self.log.commit_to(index);
+        self.on_commit_advanced()?;
+        Ok(())
+    }
+
+    /// Things that wait for the commit index of a leader.
+    fn on_commit_advanced(&mut self) -> Result<(), Error> {
+        self.reads.on_term_commit(self.log.committed);
+        self.advance_reads();
+        self.maybe_step_down_after_removal();
+        Ok(())
+    }
+}

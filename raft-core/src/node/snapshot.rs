@@ -1,0 +1,288 @@
+//! Snapshots: when to ask the host for one, compaction with a retention tail
+//! and a growing threshold, chunked shipping to followers with resume, and
+//! installing a received one.
+
+use super::Node;
+use crate::config::SnapshotPolicy;
+use crate::error::{Error, StorageError};
+use crate::message::{MessageBody, SnapshotChunk, SnapshotResponse};
+use crate::progress::{ReplicationState, SnapshotSend};
+use crate::storage::LogRead;
+use crate::types::{Index, LogId, NodeId, SnapshotMeta};
+
+/// The snapshot threshold after a compaction left `remaining` entries in the
+/// log: `max(initial, 1.5 × remaining)`. A log that stays large (apply lags,
+/// or the retention tail is long) then does not trigger a snapshot for every
+/// new entry.
+pub fn next_snapshot_threshold(initial: u64, remaining: u64) -> u64 {
+    initial.max(remaining.saturating_mul(3) / 2)
+}
+
+/// A snapshot being received from the leader.
+#[derive(Clone, Debug)]
+struct Incoming {
+    last: LogId,
+    next_offset: u64,
+}
+
+pub(super) struct SnapshotState {
+    initial_threshold: u64,
+    retention: u64,
+    /// Current threshold, in log entries.
+    pub(super) threshold: u64,
+    /// A snapshot was asked for and not yet reported built.
+    requested: bool,
+    /// The request still has to go out in a `Ready`.
+    due: bool,
+    compact_to: Option<Index>,
+    /// The last index of the newest snapshot this node has.
+    last_index: Index,
+    incoming: Option<Incoming>,
+}
+
+impl SnapshotState {
+    pub(super) fn new(policy: &SnapshotPolicy) -> Self {
+        Self {
+            initial_threshold: policy.threshold,
+            retention: policy.retention,
+            threshold: policy.threshold,
+            requested: false,
+            due: false,
+            compact_to: None,
+            last_index: 0,
+            incoming: None,
+        }
+    }
+
+    pub(super) fn has_ready(&self) -> bool {
+        self.due || self.compact_to.is_some()
+    }
+
+    pub(super) fn take_due(&mut self) -> bool {
+        std::mem::take(&mut self.due)
+    }
+
+    pub(super) fn take_compaction(&mut self) -> Option<Index> {
+        self.compact_to.take()
+    }
+
+    /// Asks for a snapshot when the log holds `log_len` entries and the
+    /// policy says it is time.
+    pub(super) fn maybe_request(&mut self, applied: Index, log_len: u64) {
+        if self.threshold > 0 && !self.requested && log_len >= self.threshold && applied > self.last_index {
+            self.requested = true;
+            self.due = true;
+        }
+    }
+
+    pub(super) fn on_installed(&mut self, index: Index) {
+        self.last_index = self.last_index.max(index);
+    }
+}
+
+impl<S: LogRead> Node<S> {
+    /// The metadata for a snapshot of the state machine as of `index`
+    /// (which the host must have applied), `size` bytes long. Hosts call this
+    /// when they build a snapshot, then save the data and the metadata
+    /// durably, then call [`Node::on_snapshot_built`].
+    pub fn snapshot_meta_for(&self, index: Index, size: u64) -> Result<SnapshotMeta, Error> {
+        if index > self.log.applied {
+            return Err(Error::InvalidConfig(format!(
+                "snapshot index {index} is beyond the applied index {}; snapshot only applied state",
+                self.log.applied
+            )));
+        }
+        let term = self.log.term(index)?;
+        let (membership_index, membership) = self.config_at(index).unwrap_or_default();
+        Ok(SnapshotMeta { last: LogId::new(term, index), membership, membership_index, size })
+    }
+
+    /// The host saved a snapshot durably. The node compacts its log up to
+    /// the snapshot minus the retention tail (through the next `Ready`).
+    pub fn on_snapshot_built(&mut self, meta: &SnapshotMeta) -> Result<(), Error> {
+        self.snapshots.requested = false;
+        if meta.last.index <= self.snapshots.last_index {
+            return Ok(());
+        }
+        self.snapshots.last_index = meta.last.index;
+        self.counters.snapshots_built += 1;
+        let compact = meta.last.index.saturating_sub(self.snapshots.retention);
+        let first = self.log.first_index()?;
+        let compacted_to = if compact >= first {
+            self.snapshots.compact_to = Some(compact);
+            compact
+        } else {
+            first - 1
+        };
+        let remaining = self.log.last_index().saturating_sub(compacted_to);
+        self.snapshots.threshold = next_snapshot_threshold(self.snapshots.initial_threshold, remaining);
+        self.prune_configs(compacted_to);
+        Ok(())
+    }
+
+    /// The current snapshot threshold (entries in the log that trigger a
+    /// snapshot request).
+    pub fn snapshot_threshold(&self) -> u64 {
+        self.snapshots.threshold
+    }
+
+    // ----- follower side ---------------------------------------------------
+
+    pub(super) fn handle_snapshot_chunk(&mut self, from: NodeId, chunk: SnapshotChunk) -> Result<(), Error> {
+        self.accept_leader(from);
+        let last = chunk.meta.last;
+        let respond = |node: &mut Self, next_offset, rejected, installed| {
+            node.send_after_persist(
+                from,
+                MessageBody::SnapshotResponse(SnapshotResponse {
+                    snapshot_index: last.index,
+                    next_offset,
+                    rejected,
+                    installed,
+                }),
+            );
+        };
+        if last.index <= self.log.committed || self.log.matches(last)? {
+            // We hold everything it covers already.
+            if self.log.matches(last)? {
+                self.log.commit_to(last.index);
+            }
+            self.snapshots.incoming = None;
+            respond(self, chunk.meta.size, false, true);
+            return Ok(());
+        }
+        let expected = match &self.snapshots.incoming {
+            Some(inc) if inc.last == last => inc.next_offset,
+            _ => 0,
+        };
+        if chunk.offset != expected && chunk.offset != 0 {
+            respond(self, expected, true, false);
+            return Ok(());
+        }
+        let next_offset = chunk.offset + chunk.data.len() as u64;
+        if chunk.done {
+            self.snapshots.incoming = None;
+            let meta = chunk.meta.clone();
+            self.pending_chunks.push(chunk);
+            self.install_snapshot(meta);
+            respond(self, next_offset, false, true);
+        } else {
+            self.snapshots.incoming = Some(Incoming { last, next_offset });
+            self.pending_chunks.push(chunk);
+            respond(self, next_offset, false, false);
+        }
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, meta: SnapshotMeta) {
+        tracing::info!(id = self.id, index = meta.last.index, term = meta.last.term, "installing snapshot");
+        self.counters.snapshots_installed += 1;
+        self.reset_configs(meta.membership_index, meta.membership.clone());
+        self.snapshots.on_installed(meta.last.index);
+        self.log.restore(meta);
+    }
+
+    // ----- leader side -----------------------------------------------------
+
+    /// The follower needs compacted entries: ship the current snapshot.
+    pub(super) fn start_snapshot_send(&mut self, to: NodeId) -> Result<(), Error> {
+        let Some(meta) = self.log.store.snapshot_meta()? else {
+            return Err(Error::Storage(StorageError::Corrupt(
+                "log entries were compacted but the store has no snapshot".into(),
+            )));
+        };
+        let Some(pr) = self.progress.get_mut(&to) else { return Ok(()) };
+        tracing::debug!(id = self.id, to, index = meta.last.index, size = meta.size, "sending snapshot");
+        pr.state = ReplicationState::Snapshot;
+        pr.inflight.clear();
+        pr.probe_sent = false;
+        pr.snapshot = Some(SnapshotSend { meta, acked: 0, sent: 0, done_sent: false, idle_ticks: 0 });
+        self.counters.snapshots_sent += 1;
+        self.send_snapshot_chunks(to)
+    }
+
+    fn send_snapshot_chunks(&mut self, to: NodeId) -> Result<(), Error> {
+        let chunk_size = self.config.snapshot.chunk_size;
+        let window = chunk_size.saturating_mul(self.config.snapshot.chunks_in_flight);
+        loop {
+            let Some(send) = self.progress.get(&to).and_then(|p| p.snapshot.as_ref()) else { return Ok(()) };
+            if send.done_sent || send.sent - send.acked >= window {
+                return Ok(());
+            }
+            let (meta, offset) = (send.meta.clone(), send.sent);
+            let data = match self.log.store.snapshot_chunk(meta.last.index, offset, chunk_size) {
+                Ok(data) => data,
+                Err(StorageError::SnapshotChanged(_)) => return self.start_snapshot_send(to),
+                Err(e) => return Err(e.into()),
+            };
+            let end = offset + data.len() as u64;
+            let done = end >= meta.size;
+            if !done && data.is_empty() {
+                return Err(Error::Storage(StorageError::Corrupt(format!(
+                    "snapshot {} is shorter than its recorded size {}",
+                    meta.last.index, meta.size
+                ))));
+            }
+            let send = self.progress.get_mut(&to).and_then(|p| p.snapshot.as_mut()).expect("checked above");
+            send.sent = end;
+            send.done_sent = done;
+            self.send(to, MessageBody::Snapshot(SnapshotChunk { meta, offset, data, done }));
+        }
+    }
+
+    pub(super) fn handle_snapshot_response(&mut self, from: NodeId, resp: SnapshotResponse) -> Result<(), Error> {
+        if self.role != super::Role::Leader {
+            return Ok(());
+        }
+        let Some(pr) = self.progress.get_mut(&from) else { return Ok(()) };
+        pr.recent_active = true;
+        let current = pr.snapshot.as_ref().map(|s| s.meta.last.index);
+        if resp.installed {
+            let news = pr.update_match(resp.snapshot_index);
+            if pr.state == ReplicationState::Snapshot && pr.match_index >= current.unwrap_or(0) {
+                pr.become_probe();
+            }
+            self.need_append = true;
+            if news {
+                self.maybe_commit()?;
+                self.maybe_send_timeout_now(from)?;
+            }
+            return Ok(());
+        }
+        if pr.state != ReplicationState::Snapshot || current != Some(resp.snapshot_index) {
+            return Ok(());
+        }
+        let send = pr.snapshot.as_mut().expect("snapshot state has a send");
+        send.idle_ticks = 0;
+        if resp.rejected {
+            // A chunk was lost or the follower restarted: resume from where it is.
+            send.acked = resp.next_offset.min(send.meta.size);
+            send.sent = send.acked;
+            send.done_sent = false;
+        } else {
+            send.acked = send.acked.max(resp.next_offset).min(send.sent);
+        }
+        self.send_snapshot_chunks(from)
+    }
+
+    /// Resends unacknowledged chunks after a quiet spell.
+    pub(super) fn tick_snapshot_sends(&mut self) -> Result<(), Error> {
+        let timeout = (self.config.election_ticks / 2).max(2);
+        let mut resend = Vec::new();
+        for (id, pr) in self.progress.iter_mut() {
+            if let Some(send) = pr.snapshot.as_mut() {
+                send.idle_ticks += 1;
+                if send.idle_ticks >= timeout {
+                    send.idle_ticks = 0;
+                    send.sent = send.acked;
+                    send.done_sent = false;
+                    resend.push(*id);
+                }
+            }
+        }
+        for id in resend {
+            self.send_snapshot_chunks(id)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+//! raft-kv (see README.md).

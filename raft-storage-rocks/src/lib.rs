@@ -1,0 +1,1 @@
+//! raft-storage-rocks (see README.md).

@@ -1,0 +1,1 @@
+//! raft-transport-quic (see README.md).
