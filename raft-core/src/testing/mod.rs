@@ -1,3 +1,10 @@
 //! Test support, behind the `testing` feature: the deterministic cluster
 //! simulator, the storage conformance suite every [`crate::LogRead`] adapter
 //! runs, and in-memory adapters for drivers.
+
+pub mod oracle;
+pub mod sim;
+pub mod state_machine;
+
+pub use oracle::Violation;
+pub use sim::{run_seeds, Interceptor, Sim, SimConfig, SimFailure, SimStats};

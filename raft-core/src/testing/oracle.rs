@@ -1,0 +1,304 @@
+//! The simulator's ground truth and its invariant checks (Raft paper,
+//! figure 3, plus commit monotonicity, read linearizability and membership
+//! safety).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::membership::Membership;
+use crate::node::{Node, Role};
+use crate::types::{Entry, EntryPayload, Index, LogId, NodeId, Term};
+use crate::MemLog;
+
+use super::state_machine::entry_digest;
+
+/// Which invariant broke, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The invariant's name.
+    pub invariant: &'static str,
+    /// What was observed.
+    pub detail: String,
+}
+
+impl Violation {
+    pub(crate) fn new(invariant: &'static str, detail: impl Into<String>) -> Self {
+        Self { invariant, detail: detail.into() }
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.invariant, self.detail)
+    }
+}
+
+/// Ground truth accumulated over a simulation.
+#[derive(Default)]
+pub(crate) struct Oracle {
+    /// Election safety: the leader of each term.
+    leaders: BTreeMap<Term, NodeId>,
+    /// Log matching: every (index, term) ever written, with the digest of its
+    /// entry and the term of the entry before it.
+    written: HashMap<(Index, Term), (u64, Term)>,
+    /// The committed log as leaders declared it: index -> (term, digest).
+    committed: BTreeMap<Index, (Term, u64)>,
+    /// The highest index any leader declared committed.
+    pub(crate) max_commit: Index,
+    /// What was applied at each index, first come.
+    applied: BTreeMap<Index, (Term, u64)>,
+    /// Leader append-only: what each leader held when last checked.
+    leader_last: BTreeMap<(NodeId, Term), LogId>,
+    /// Per node incarnation: the commit index last seen.
+    commit_seen: BTreeMap<NodeId, Index>,
+    /// Nodes whose removal committed (they are never added back).
+    pub(crate) removed: BTreeSet<NodeId>,
+    /// The last committed configuration, for the one-change-at-a-time rule.
+    last_committed_config: Option<(Index, Membership)>,
+    /// Elections won, counted once per (term, leader).
+    pub(crate) elections: u64,
+}
+
+impl Oracle {
+    /// Forget per-incarnation state of a node that restarted.
+    pub(crate) fn on_restart(&mut self, id: NodeId) {
+        self.commit_seen.remove(&id);
+    }
+
+    /// Log matching, checked on every entry a node writes.
+    pub(crate) fn on_written(&mut self, node: NodeId, entries: &[Entry], prev_term: Term) -> Result<(), Violation> {
+        let mut prev = prev_term;
+        for entry in entries {
+            let digest = entry_digest(entry);
+            match self.written.get(&(entry.index, entry.term)) {
+                Some(&(d, p)) if d != digest || p != prev => {
+                    return Err(Violation::new(
+                        "log matching",
+                        format!(
+                            "node {node} wrote entry {}/{} (prev term {prev}) unlike another log's (prev term {p}, same digest: {})",
+                            entry.index,
+                            entry.term,
+                            d == digest
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.written.insert((entry.index, entry.term), (digest, prev));
+                }
+            }
+            prev = entry.term;
+        }
+        Ok(())
+    }
+
+    /// State machine safety, checked on every applied entry.
+    pub(crate) fn on_applied(&mut self, node: NodeId, entry: &Entry) -> Result<(), Violation> {
+        let value = (entry.term, entry_digest(entry));
+        if let Some(&c) = self.committed.get(&entry.index) {
+            if c != value {
+                return Err(Violation::new(
+                    "state machine safety",
+                    format!("node {node} applied {}/{} but {}/{} was committed there", entry.index, entry.term, entry.index, c.0),
+                ));
+            }
+        }
+        match self.applied.get(&entry.index) {
+            Some(&a) if a != value => Err(Violation::new(
+                "state machine safety",
+                format!("node {node} applied {}/{} where another node applied term {}", entry.index, entry.term, a.0),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.applied.insert(entry.index, value);
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks run after every step, over every live node.
+    pub(crate) fn check_nodes<'a>(
+        &mut self,
+        nodes: impl Iterator<Item = &'a Node<MemLog>>,
+    ) -> Result<(), Violation> {
+        for node in nodes {
+            let id = node.id();
+            // Commit never goes backwards within an incarnation.
+            let commit = node.commit_index();
+            let seen = self.commit_seen.entry(id).or_insert(commit);
+            if commit < *seen {
+                return Err(Violation::new("commit monotonic", format!("node {id} commit went from {seen} to {commit}")));
+            }
+            *seen = commit;
+            // Every node's commit index is a claim about the committed log;
+            // followers learn theirs from leaders, and a leader may step down
+            // in the very step its commit advanced (e.g. after removing
+            // itself), so collect claims from everyone.
+            self.record_commits(node)?;
+            if node.role() != Role::Leader {
+                continue;
+            }
+            let term = node.term();
+            match self.leaders.get(&term) {
+                Some(&other) if other != id => {
+                    return Err(Violation::new(
+                        "election safety",
+                        format!("nodes {other} and {id} both lead term {term}"),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.leaders.insert(term, id);
+                    self.elections += 1;
+                    self.check_leader_completeness(node)?;
+                    if self.removed.contains(&id) {
+                        return Err(Violation::new(
+                            "removed node never leads",
+                            format!("node {id}, removed from the cluster, became leader of term {term}"),
+                        ));
+                    }
+                }
+            }
+            self.check_append_only(node)?;
+        }
+        Ok(())
+    }
+
+    /// Leader completeness: a new leader holds every committed entry.
+    fn check_leader_completeness(&self, node: &Node<MemLog>) -> Result<(), Violation> {
+        let first = node.first_index().unwrap_or(1);
+        for (&index, &(term, _)) in self.committed.range(first..) {
+            let has = node.term_at(index).ok().flatten();
+            if has != Some(term) {
+                return Err(Violation::new(
+                    "leader completeness",
+                    format!(
+                        "node {} leads term {} without committed entry {index}/{term} (has term {has:?})",
+                        node.id(),
+                        node.term()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Leader append-only: a leader never drops or rewrites its entries.
+    fn check_append_only(&mut self, node: &Node<MemLog>) -> Result<(), Violation> {
+        let key = (node.id(), node.term());
+        let last = node.last_log_id().map_err(|e| Violation::new("storage", e.to_string()))?;
+        if let Some(prev) = self.leader_last.get(&key) {
+            let term_now = node.term_at(prev.index).ok().flatten();
+            if last.index < prev.index || (term_now.is_some() && term_now != Some(prev.term)) {
+                return Err(Violation::new(
+                    "leader append-only",
+                    format!("leader {} of term {} went from last entry {prev:?} to {last:?}", node.id(), node.term()),
+                ));
+            }
+        }
+        self.leader_last.insert(key, last);
+        Ok(())
+    }
+
+    /// Records what a leader declares committed; it must agree with what
+    /// was committed and applied before.
+    fn record_commits(&mut self, node: &Node<MemLog>) -> Result<(), Violation> {
+        let commit = node.commit_index();
+        if commit <= self.max_commit {
+            // Known already; still check the leader agrees at its commit index.
+            if let (Some(&(term, _)), Ok(Some(t))) = (self.committed.get(&commit), node.term_at(commit)) {
+                if term != t {
+                    return Err(Violation::new(
+                        "state machine safety",
+                        format!("node {} has {commit}/{t} committed where {commit}/{term} was committed", node.id()),
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        let first = node.first_index().unwrap_or(1).max(self.max_commit + 1);
+        let entries = node.entries(first, commit + 1, u64::MAX).map_err(|e| Violation::new("storage", e.to_string()))?;
+        for entry in &entries {
+            let value = (entry.term, entry_digest(entry));
+            if let Some(&c) = self.committed.get(&entry.index) {
+                if c != value {
+                    return Err(Violation::new(
+                        "state machine safety",
+                        format!("entry {} committed twice with different contents", entry.index),
+                    ));
+                }
+            }
+            if let Some(&a) = self.applied.get(&entry.index) {
+                if a != value {
+                    return Err(Violation::new(
+                        "state machine safety",
+                        format!(
+                            "node {} committed {}/{} but {}/{} was applied there",
+                            node.id(),
+                            entry.index,
+                            entry.term,
+                            entry.index,
+                            a.0
+                        ),
+                    ));
+                }
+            }
+            self.committed.insert(entry.index, value);
+            if let EntryPayload::Membership(m) = &entry.payload {
+                self.on_config_committed(entry.index, m)?;
+            }
+        }
+        self.max_commit = commit;
+        Ok(())
+    }
+
+    fn on_config_committed(&mut self, index: Index, m: &Membership) -> Result<(), Violation> {
+        if let Some((_, prev)) = &self.last_committed_config {
+            let changed = prev.voters().symmetric_difference(m.voters()).count();
+            if changed > 1 {
+                return Err(Violation::new(
+                    "one membership change at a time",
+                    format!("configuration at {index} changes {changed} voters at once"),
+                ));
+            }
+            for id in prev.members() {
+                if !m.contains(id) {
+                    self.removed.insert(id);
+                }
+            }
+        }
+        self.last_committed_config = Some((index, m.clone()));
+        Ok(())
+    }
+
+    /// Linearizable reads: a read served at applied index `served` must
+    /// include everything committed before it was asked, and nothing that
+    /// was never committed.
+    pub(crate) fn check_read(
+        &self,
+        node: NodeId,
+        id: u64,
+        committed_at_invocation: Index,
+        served: Index,
+    ) -> Result<(), Violation> {
+        if served < committed_at_invocation {
+            return Err(Violation::new(
+                "linearizable read",
+                format!(
+                    "read {id} on node {node} served at applied index {served}, but {committed_at_invocation} was committed before it was asked"
+                ),
+            ));
+        }
+        if served > self.max_commit {
+            return Err(Violation::new(
+                "linearizable read",
+                format!("read {id} on node {node} served at {served}, beyond anything committed ({})", self.max_commit),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The committed entry at `index`, if recorded.
+    pub(crate) fn committed_at(&self, index: Index) -> Option<(Term, u64)> {
+        self.committed.get(&index).copied()
+    }
+}
