@@ -1,1 +1,39 @@
-//! raft-transport-quic (see README.md).
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs, unreachable_pub)]
+
+//! # Layout
+//!
+//! - [`QuicTransport`] (`transport`): the node's one QUIC endpoint; it
+//!   implements [`raft_core::adapters::Transport`] and sorts incoming
+//!   connections by ALPN.
+//! - `peer`: per-peer links: one connection per pair, three send lanes
+//!   (control, replication, snapshot), dialing with backoff and jitter,
+//!   readers of incoming streams.
+//! - [`client`]: the [`ClientHandler`] hook, server-push streams, and the
+//!   [`ClientConnector`] that clients use.
+//! - [`certs`]: cluster CA, node and client certificates (rcgen), PEM files,
+//!   [`TlsIdentity`]. `tls`: the rustls/quinn configurations (mutual TLS,
+//!   no way to skip verification).
+//! - [`frame`]: length-prefixed postcard frames with a maximum size.
+//! - [`wire`]: ALPN names, the peer hello, error codes.
+//! - [`fault`]: [`FaultInjector`] for tests (off unless configured).
+
+pub mod certs;
+pub mod client;
+mod config;
+pub mod fault;
+pub mod frame;
+mod peer;
+mod tls;
+mod transport;
+pub mod wire;
+
+pub use certs::{CertError, CertificateAuthority, IssuedCert, TlsIdentity, client_server_name, node_server_name};
+pub use client::{
+    ClientConnection, ClientConnector, ClientError, ClientHandler, ClientOptions, ClientRequest, PushClosed,
+    PushReceiver, PushSender, PushStream, Response, push_channel,
+};
+pub use config::TransportConfig;
+pub use fault::{Fault, FaultInjector, FaultRule};
+pub use frame::FrameError;
+pub use transport::{QuicTransport, StartError, TransportStats};

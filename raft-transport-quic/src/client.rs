@@ -1,0 +1,397 @@
+//! The client side: a handler hook the service plugs into (server side),
+//! server-push streams for watches, and a connector that presents a client
+//! certificate (client side).
+//!
+//! Payloads are opaque bytes: the service chooses its own encoding (postcard
+//! is the natural choice). Each request travels on its own bidirectional
+//! stream, so slow requests never block fast ones.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use quinn::{IdleTimeout, VarInt};
+use tokio::sync::mpsc;
+use tracing::{debug, error, warn};
+
+use crate::certs::{CertError, TlsIdentity};
+use crate::frame::{self, DEFAULT_MAX_FRAME_SIZE, FrameError};
+use crate::transport::{Counters, Inner};
+use crate::wire::{CLIENT_ALPN, STREAM_BAD_FRAME, STREAM_HANDLER_FAILED};
+use crate::tls;
+
+/// One client request, as the handler sees it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClientRequest {
+    /// The request payload, as the client sent it.
+    pub body: Bytes,
+    /// Where the client connected from.
+    pub remote_address: SocketAddr,
+}
+
+/// What a handler answers.
+#[derive(Debug)]
+pub enum Response {
+    /// One response frame, then the stream ends.
+    Unary(Bytes),
+    /// A server-push stream: every item the handler sends through the
+    /// matching [`PushSender`] reaches the client as one frame, until the
+    /// sender is dropped (the stream then ends cleanly) or the client goes
+    /// away (the sender then reports [`PushClosed`]).
+    Stream(PushStream),
+}
+
+/// The service behind ALPN `raft-client/1`. Called once per request, on its
+/// own task; a panic fails that request only (the client sees the stream
+/// reset with [`crate::wire::STREAM_HANDLER_FAILED`]).
+#[async_trait]
+pub trait ClientHandler: Send + Sync + 'static {
+    /// Answers one request.
+    async fn handle(&self, request: ClientRequest) -> Response;
+}
+
+/// Creates a server-push channel holding up to `capacity` items not yet
+/// written to the network: return the [`PushStream`] as
+/// [`Response::Stream`] and feed the [`PushSender`] from any task.
+pub fn push_channel(capacity: usize) -> (PushSender, PushStream) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (PushSender { tx }, PushStream { rx })
+}
+
+/// The sending half of a server-push stream. Clones feed the same stream.
+#[derive(Clone, Debug)]
+pub struct PushSender {
+    tx: mpsc::Sender<Bytes>,
+}
+
+/// The client behind a push stream is gone (it cancelled, disconnected, or
+/// the item could not be framed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the client of this push stream went away")]
+pub struct PushClosed;
+
+impl PushSender {
+    /// Sends one item, waiting while the client is slow (backpressure).
+    pub async fn send(&self, item: Bytes) -> Result<(), PushClosed> {
+        self.tx.send(item).await.map_err(|_| PushClosed)
+    }
+
+    /// Resolves once the client has gone away: stop producing items.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
+    /// Whether the client has gone away.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// The receiving half of a server-push channel, handed to the transport in
+/// [`Response::Stream`].
+#[derive(Debug)]
+pub struct PushStream {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+/// Serves a client connection: one request per bidirectional stream.
+pub(crate) async fn serve_connection(inner: Arc<Inner>, connection: quinn::Connection, handler: Arc<dyn ClientHandler>) {
+    let remote = connection.remote_address();
+    debug!(node = inner.local(), %remote, "client connected");
+    // Clients have no business opening unidirectional streams.
+    connection.set_max_concurrent_uni_streams(VarInt::from_u32(0));
+    loop {
+        match connection.accept_bi().await {
+            Ok((send, recv)) => {
+                let serving = inner.clone();
+                inner.spawn(serve_request(serving, handler.clone(), remote, send, recv));
+            }
+            Err(reason) => {
+                debug!(node = inner.local(), %remote, "client connection closed: {reason}");
+                return;
+            }
+        }
+    }
+}
+
+async fn serve_request(
+    inner: Arc<Inner>,
+    handler: Arc<dyn ClientHandler>,
+    remote_address: SocketAddr,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let max = inner.config.max_frame_size;
+    let body = match frame::read(&mut recv, max).await {
+        Ok(Some(body)) => body,
+        Ok(None) => return, // the client gave up before asking
+        Err(error) if error.is_bad_frame() => {
+            Counters::add(&inner.counters.frames_rejected, 1);
+            warn!(node = inner.local(), %remote_address, "rejected a client request frame and closed its stream: {error}");
+            let _ = recv.stop(STREAM_BAD_FRAME.into());
+            let _ = send.reset(STREAM_BAD_FRAME.into());
+            return;
+        }
+        Err(error) => {
+            debug!(node = inner.local(), %remote_address, "client request stream failed: {error}");
+            return;
+        }
+    };
+    let request = ClientRequest { body, remote_address };
+    // Run the handler on its own task so that a panic fails this request only.
+    let response = match tokio::spawn(async move { handler.handle(request).await }).await {
+        Ok(response) => response,
+        Err(join_error) => {
+            error!(node = inner.local(), %remote_address, "the client handler failed: {join_error}");
+            let _ = send.reset(STREAM_HANDLER_FAILED.into());
+            return;
+        }
+    };
+    match response {
+        Response::Unary(bytes) => {
+            if write_item(&inner, &mut send, &bytes).await {
+                let _ = send.finish();
+            }
+        }
+        Response::Stream(mut push) => {
+            let stopped = send.stopped();
+            tokio::pin!(stopped);
+            loop {
+                tokio::select! {
+                    item = push.rx.recv() => match item {
+                        Some(bytes) => if !write_item(&inner, &mut send, &bytes).await { return },
+                        None => {
+                            let _ = send.finish();
+                            return;
+                        }
+                    },
+                    _ = &mut stopped => return, // the client cancelled: dropping `push` tells the sender
+                }
+            }
+        }
+    }
+}
+
+/// Writes one response frame; false when the stream is unusable.
+async fn write_item(inner: &Inner, send: &mut quinn::SendStream, bytes: &[u8]) -> bool {
+    let frame = match frame::encode_raw(bytes, inner.config.max_frame_size) {
+        Ok(frame) => frame,
+        Err(error) => {
+            error!(node = inner.local(), "cannot send a client response: {error}");
+            let _ = send.reset(STREAM_HANDLER_FAILED.into());
+            return false;
+        }
+    };
+    match send.write_all(&frame).await {
+        Ok(()) => true,
+        Err(error) => {
+            debug!(node = inner.local(), "client response not delivered: {error}");
+            false
+        }
+    }
+}
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The client identity could not be used.
+    #[error(transparent)]
+    Tls(#[from] CertError),
+    /// The local UDP socket could not be bound.
+    #[error("could not bind a local UDP socket on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The address could not be parsed or resolved.
+    #[error("cannot resolve {address:?}: {reason}; give host:port")]
+    Resolve {
+        /// The address given.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+    /// quinn refused to start connecting (e.g. an invalid server name).
+    #[error("cannot connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The connection failed or was refused.
+    #[error(
+        "the connection failed: {0}; check the node address, that the client certificate is signed by \
+         the cluster CA, and that the node serves clients"
+    )]
+    Connection(#[from] quinn::ConnectionError),
+    /// The connection did not complete in time.
+    #[error("no connection within {0:?}; is the node up?")]
+    Timeout(Duration),
+    /// A frame could not be encoded or read.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The request could not be written.
+    #[error("sending the request failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The server reset the stream.
+    #[error("the server failed the request (stream error code {code}); see the server's log")]
+    Reset {
+        /// The application error code (see [`crate::wire`]).
+        code: u64,
+    },
+    /// The server ended the stream without a response.
+    #[error("the server closed the request without a response")]
+    NoResponse,
+}
+
+fn from_frame_error(error: FrameError) -> ClientError {
+    if let FrameError::Io(io) = &error {
+        if let Some(read) = io.get_ref().and_then(|e| e.downcast_ref::<quinn::ReadError>()) {
+            match read {
+                quinn::ReadError::Reset(code) => return ClientError::Reset { code: code.into_inner() },
+                quinn::ReadError::ConnectionLost(lost) => return ClientError::Connection(lost.clone()),
+                _ => {}
+            }
+        }
+    }
+    ClientError::Frame(error)
+}
+
+/// Options of a [`ClientConnector`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// The largest frame sent or accepted. Default 16 MiB.
+    pub max_frame_size: usize,
+    /// Idle timeout of connections. Default 10 s.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval (below the idle timeout). Default 2 s.
+    pub keep_alive_interval: Duration,
+    /// Time allowed to connect. Default 5 s.
+    pub connect_timeout: Duration,
+    /// The local UDP address. Default `0.0.0.0:0`; use `[::]:0` to reach
+    /// IPv6 nodes.
+    pub bind_addr: SocketAddr,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            idle_timeout: Duration::from_secs(10),
+            keep_alive_interval: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+            bind_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+}
+
+/// Connects to nodes as a client, presenting a client certificate. One
+/// connector (one UDP socket) can hold connections to many nodes.
+#[derive(Debug)]
+pub struct ClientConnector {
+    endpoint: quinn::Endpoint,
+    options: ClientOptions,
+}
+
+impl ClientConnector {
+    /// A connector presenting `identity` (a client or node certificate with
+    /// the cluster CA). Must be called inside a tokio runtime.
+    pub fn new(identity: &TlsIdentity, options: ClientOptions) -> Result<Self, ClientError> {
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(IdleTimeout::try_from(options.idle_timeout).ok())
+            .keep_alive_interval(Some(options.keep_alive_interval.min(options.idle_timeout / 2)))
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .max_concurrent_bidi_streams(VarInt::from_u32(0));
+        let mut config = quinn::ClientConfig::new(Arc::new(tls::client_crypto(identity, CLIENT_ALPN)?));
+        config.transport_config(Arc::new(transport));
+        let mut endpoint = quinn::Endpoint::client(options.bind_addr)
+            .map_err(|source| ClientError::Bind { addr: options.bind_addr, source })?;
+        endpoint.set_default_client_config(config);
+        Ok(Self { endpoint, options })
+    }
+
+    /// Connects to the node at `addr` whose certificate must carry
+    /// `server_name` (one of its addresses, e.g. `"127.0.0.1"`, or
+    /// [`crate::node_server_name`]).
+    pub async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<ClientConnection, ClientError> {
+        let connecting = self.endpoint.connect(addr, server_name)?;
+        let timeout = self.options.connect_timeout;
+        let connection = tokio::time::timeout(timeout, connecting).await.map_err(|_| ClientError::Timeout(timeout))??;
+        Ok(ClientConnection { connection, max_frame_size: self.options.max_frame_size })
+    }
+
+    /// Connects to `address` (`host:port`), verifying the node's certificate
+    /// against the host part.
+    pub async fn connect_to(&self, address: &str) -> Result<ClientConnection, ClientError> {
+        let resolve_error = |reason: String| ClientError::Resolve { address: address.to_owned(), reason };
+        let (host, _port) = address.rsplit_once(':').ok_or_else(|| resolve_error("no port".into()))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addr = match address.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => tokio::net::lookup_host(address)
+                .await
+                .map_err(|e| resolve_error(e.to_string()))?
+                .next()
+                .ok_or_else(|| resolve_error("no address".into()))?,
+        };
+        self.connect(addr, host).await
+    }
+
+    /// Closes every connection of this connector.
+    pub fn close(&self) {
+        self.endpoint.close(VarInt::from_u32(0), b"client closing");
+    }
+}
+
+/// A connection to one node. Cheap to clone; requests may run concurrently.
+#[derive(Clone, Debug)]
+pub struct ClientConnection {
+    connection: quinn::Connection,
+    max_frame_size: usize,
+}
+
+impl ClientConnection {
+    /// Sends one request and waits for its (first) response frame.
+    pub async fn request(&self, body: &[u8]) -> Result<Bytes, ClientError> {
+        let mut receiver = self.subscribe(body).await?;
+        receiver.next().await?.ok_or(ClientError::NoResponse)
+    }
+
+    /// Sends one request and returns the stream of frames the server pushes
+    /// in answer (for watches). Dropping the receiver cancels the stream.
+    pub async fn subscribe(&self, body: &[u8]) -> Result<PushReceiver, ClientError> {
+        let frame = frame::encode_raw(body, self.max_frame_size)?;
+        let (mut send, recv) = self.connection.open_bi().await?;
+        send.write_all(&frame).await?;
+        let _ = send.finish();
+        Ok(PushReceiver { recv, _send: send, max_frame_size: self.max_frame_size })
+    }
+
+    /// The node's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.connection.remote_address()
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.connection.close(VarInt::from_u32(0), b"client closing");
+    }
+}
+
+/// Frames a server pushes in answer to one request.
+#[derive(Debug)]
+pub struct PushReceiver {
+    recv: quinn::RecvStream,
+    _send: quinn::SendStream,
+    max_frame_size: usize,
+}
+
+impl PushReceiver {
+    /// The next frame; `Ok(None)` once the server ended the stream.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, ClientError> {
+        frame::read(&mut self.recv, self.max_frame_size).await.map_err(from_frame_error)
+    }
+}

@@ -1,0 +1,176 @@
+//! How a node's transport behaves: identity, limits, timers, queues, and the
+//! optional client handler and fault injector.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{IdleTimeout, VarInt};
+use raft_core::NodeId;
+
+use crate::certs::validate_label;
+use crate::client::ClientHandler;
+use crate::fault::FaultInjector;
+use crate::frame::DEFAULT_MAX_FRAME_SIZE;
+
+/// The configuration of a [`crate::QuicTransport`]. Build it with
+/// [`TransportConfig::new`] and adjust the public fields.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct TransportConfig {
+    /// This node's id (non-zero). Its certificate must name it.
+    pub node_id: NodeId,
+    /// The cluster id: 1–63 characters of `a-z`, `0-9`, `-`. Peers of
+    /// another cluster are refused at the handshake.
+    pub cluster_id: String,
+    /// The UDP address to listen on (`127.0.0.1:0` picks a free port).
+    pub listen_addr: SocketAddr,
+    /// The largest frame (encoded message) sent or accepted, in bytes. It
+    /// must exceed raft-core's snapshot chunk size and AppendEntries byte
+    /// budget. Default: [`DEFAULT_MAX_FRAME_SIZE`] (16 MiB).
+    pub max_frame_size: usize,
+    /// Per-peer queue of control messages (votes, heartbeats, TimeoutNow,
+    /// ReadIndex, snapshot answers) awaiting the network. When it is full,
+    /// `send` returns `TransportError::Unreachable`. Default 1024.
+    pub control_queue: usize,
+    /// Per-peer queue of AppendEntries and their answers. Default 1024.
+    pub replication_queue: usize,
+    /// Per-peer queue of snapshot chunks: small, so that a slow receiver
+    /// pushes back on the sender quickly. Default 8.
+    pub snapshot_queue: usize,
+    /// Received messages waiting for [`raft_core::adapters::Transport::recv`].
+    /// When it is full, the transport stops reading and QUIC flow control
+    /// slows the senders down. Default 4096.
+    pub inbound_queue: usize,
+    /// Received snapshot chunks allowed to wait in the inbound queue at
+    /// once, across all peers; more stay in the network. Default 8.
+    pub inbound_snapshot_chunks: usize,
+    /// A connection that hears nothing (not even keep-alives) for this long
+    /// is closed. Default 10 s.
+    pub idle_timeout: Duration,
+    /// How often an otherwise idle connection sends a keep-alive; must be
+    /// below `idle_timeout`. Default 2 s.
+    pub keep_alive_interval: Duration,
+    /// Time allowed for the TLS handshake plus the peer hello. Default 5 s.
+    pub handshake_timeout: Duration,
+    /// The first reconnection delay after a failed dial. It doubles on each
+    /// failure up to `reconnect_max_backoff`; each delay is drawn at random
+    /// between half of it and all of it (jitter). Default 100 ms.
+    pub reconnect_initial_backoff: Duration,
+    /// The longest reconnection delay. Default 5 s.
+    pub reconnect_max_backoff: Duration,
+    /// Bytes a peer may send on one stream ahead of our reading it; sized
+    /// for a few snapshot chunks. Default 8 MiB.
+    pub stream_receive_window: u32,
+    /// Bytes in flight (sent, unacknowledged) per connection. Default 32 MiB.
+    pub send_window: u64,
+    /// Concurrent requests one client connection may have open. Default 256.
+    pub max_client_streams: u32,
+    /// The service that answers clients on ALPN `raft-client/1`. Without
+    /// one, client connections are refused.
+    pub client_handler: Option<Arc<dyn ClientHandler>>,
+    /// Fault injection for tests; `None` (the default) disables it
+    /// entirely.
+    pub fault_injector: Option<FaultInjector>,
+}
+
+impl std::fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportConfig")
+            .field("node_id", &self.node_id)
+            .field("cluster_id", &self.cluster_id)
+            .field("listen_addr", &self.listen_addr)
+            .field("max_frame_size", &self.max_frame_size)
+            .field("control_queue", &self.control_queue)
+            .field("replication_queue", &self.replication_queue)
+            .field("snapshot_queue", &self.snapshot_queue)
+            .field("inbound_queue", &self.inbound_queue)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("keep_alive_interval", &self.keep_alive_interval)
+            .field("client_handler", &self.client_handler.is_some())
+            .field("fault_injector", &self.fault_injector.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TransportConfig {
+    /// A configuration with the defaults documented on each field.
+    pub fn new(node_id: NodeId, cluster_id: impl Into<String>, listen_addr: SocketAddr) -> Self {
+        Self {
+            node_id,
+            cluster_id: cluster_id.into(),
+            listen_addr,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            control_queue: 1024,
+            replication_queue: 1024,
+            snapshot_queue: 8,
+            inbound_queue: 4096,
+            inbound_snapshot_chunks: 8,
+            idle_timeout: Duration::from_secs(10),
+            keep_alive_interval: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(5),
+            reconnect_initial_backoff: Duration::from_millis(100),
+            reconnect_max_backoff: Duration::from_secs(5),
+            stream_receive_window: 8 << 20,
+            send_window: 32 << 20,
+            max_client_streams: 256,
+            client_handler: None,
+            fault_injector: None,
+        }
+    }
+
+    /// Checks the values; [`crate::QuicTransport::start`] calls it.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("node_id must not be 0".into());
+        }
+        validate_label("cluster id", &self.cluster_id).map_err(|e| e.to_string())?;
+        if self.max_frame_size < 1024 || u32::try_from(self.max_frame_size).is_err() {
+            return Err(format!(
+                "max_frame_size must be between 1 KiB and 4 GiB, not {}",
+                self.max_frame_size
+            ));
+        }
+        for (name, value) in [
+            ("control_queue", self.control_queue),
+            ("replication_queue", self.replication_queue),
+            ("snapshot_queue", self.snapshot_queue),
+            ("inbound_queue", self.inbound_queue),
+            ("inbound_snapshot_chunks", self.inbound_snapshot_chunks),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.keep_alive_interval.is_zero() || self.keep_alive_interval >= self.idle_timeout {
+            return Err(format!(
+                "keep_alive_interval ({:?}) must be above zero and below idle_timeout ({:?})",
+                self.keep_alive_interval, self.idle_timeout
+            ));
+        }
+        IdleTimeout::try_from(self.idle_timeout).map_err(|_| "idle_timeout is too long".to_owned())?;
+        if self.reconnect_initial_backoff.is_zero() || self.reconnect_initial_backoff > self.reconnect_max_backoff {
+            return Err("reconnect_initial_backoff must be above zero and at most reconnect_max_backoff".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err("handshake_timeout must be above zero".into());
+        }
+        if (self.stream_receive_window as usize) < self.max_frame_size.min(1 << 20) {
+            return Err("stream_receive_window must hold at least one snapshot chunk (1 MiB)".into());
+        }
+        Ok(())
+    }
+
+    /// QUIC transport parameters for this node's connections.
+    pub(crate) fn quinn_transport(&self) -> quinn::TransportConfig {
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok())
+            .keep_alive_interval(Some(self.keep_alive_interval))
+            .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
+            .send_window(self.send_window)
+            .max_concurrent_bidi_streams(VarInt::from_u32(self.max_client_streams.max(1)))
+            .max_concurrent_uni_streams(VarInt::from_u32(16));
+        transport
+    }
+}

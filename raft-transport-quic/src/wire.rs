@@ -1,0 +1,67 @@
+//! The protocol on the wire, for other implementations and for tests: ALPN
+//! names, the peer hello, and the application error codes used to close
+//! connections and streams.
+//!
+//! A peer connection (ALPN [`PEER_ALPN`]) starts with one bidirectional
+//! stream opened by the dialer: it sends a [`PeerHello`] frame and finishes;
+//! the acceptor checks it and answers with its own [`PeerHello`], or closes
+//! the connection with one of the `CLOSE_*` codes and a reason. After that,
+//! each side opens unidirectional streams to carry its [`raft_core::Message`]s,
+//! one postcard frame each (see [`crate::frame`]): one stream for control
+//! traffic, one for replication, one for snapshot chunks.
+//!
+//! A client connection (ALPN [`CLIENT_ALPN`]) carries one request per
+//! bidirectional stream: the client sends one frame and finishes; the server
+//! answers with one frame (a request/response) or with a sequence of frames
+//! (a server-push stream), then finishes.
+
+use raft_core::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// ALPN of node-to-node (Raft) traffic, version 1.
+pub const PEER_ALPN: &[u8] = b"raft-peer/1";
+/// ALPN of client-to-node traffic, version 1.
+pub const CLIENT_ALPN: &[u8] = b"raft-client/1";
+/// The peer protocol version carried in [`PeerHello::version`].
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The largest hello frame accepted.
+pub const MAX_HELLO_SIZE: usize = 1024;
+
+/// The first frame each side of a peer connection sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// The cluster the sender belongs to.
+    pub cluster_id: String,
+    /// The sender's node id; its certificate must name it.
+    pub node_id: NodeId,
+    /// A random number drawn when the sender's transport started. A new
+    /// value tells the other side the node restarted, so connections to its
+    /// previous incarnation are closed at once instead of idling out.
+    pub incarnation: u64,
+}
+
+/// Connection close code: the endpoint is shutting down.
+pub const CLOSE_SHUTDOWN: u32 = 0;
+/// Connection close code: the peer speaks another protocol version.
+pub const CLOSE_VERSION_MISMATCH: u32 = 1;
+/// Connection close code: the peer belongs to another cluster.
+pub const CLOSE_CLUSTER_MISMATCH: u32 = 2;
+/// Connection close code: the peer's certificate does not name the node it
+/// claims to be (or it claims to be this node).
+pub const CLOSE_IDENTITY_MISMATCH: u32 = 3;
+/// Connection close code: the hello was missing, malformed or late.
+pub const CLOSE_HANDSHAKE_FAILED: u32 = 4;
+/// Connection close code: no service for this ALPN (or no ALPN at all).
+pub const CLOSE_NO_SERVICE: u32 = 5;
+/// Connection close code: another connection to the same peer replaces this one.
+pub const CLOSE_REPLACED: u32 = 6;
+/// Connection close code: the peer is no longer a member.
+pub const CLOSE_REMOVED: u32 = 7;
+
+/// Stream error code: a frame was malformed, truncated or oversized.
+pub const STREAM_BAD_FRAME: u32 = 1;
+/// Stream error code: the request handler failed (it panicked, or its
+/// response could not be framed).
+pub const STREAM_HANDLER_FAILED: u32 = 2;
