@@ -41,7 +41,9 @@ pub enum CertError {
         source: rcgen::Error,
     },
     /// A PEM input held no certificate or no private key, or could not be parsed.
-    #[error("could not read {what} from PEM: {reason}; expected a PEM file as written by `raft-cli certs`")]
+    #[error(
+        "could not read {what} from PEM: {reason}; expected a PEM file as written by `raft-cli certs`"
+    )]
     Pem {
         /// What was being read.
         what: &'static str,
@@ -73,7 +75,9 @@ pub enum CertError {
     #[error("node id 0 is not a valid node id; use 1 or more")]
     InvalidNodeId,
     /// rustls refused the certificate or key when building a TLS config.
-    #[error("TLS configuration refused: {0}; check that the certificate and key belong together and chain to the CA")]
+    #[error(
+        "TLS configuration refused: {0}; check that the certificate and key belong together and chain to the CA"
+    )]
     Tls(#[from] rustls::Error),
 }
 
@@ -96,8 +100,17 @@ pub(crate) fn validate_label(what: &'static str, value: &str) -> Result<(), Cert
         && value.len() <= 63
         && !value.starts_with('-')
         && !value.ends_with('-')
-        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok { Ok(()) } else { Err(CertError::InvalidName { what, value: value.to_owned() }) }
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(CertError::InvalidName {
+            what,
+            value: value.to_owned(),
+        })
+    }
 }
 
 /// A cluster certificate authority: signs node and client certificates.
@@ -112,7 +125,9 @@ pub struct CertificateAuthority {
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority").field("key", &"<redacted>").finish_non_exhaustive()
+        f.debug_struct("CertificateAuthority")
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 
@@ -120,21 +135,42 @@ impl CertificateAuthority {
     /// Generates a new CA (ECDSA P-256, valid for [`DEFAULT_CA_VALIDITY`])
     /// whose subject is `common_name`, e.g. `"raft cluster prod CA"`.
     pub fn generate(common_name: &str) -> Result<Self, CertError> {
-        let key = KeyPair::generate().map_err(|source| CertError::Generate { what: "CA key", source })?;
+        let key = KeyPair::generate().map_err(|source| CertError::Generate {
+            what: "CA key",
+            source,
+        })?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         set_validity(&mut params, DEFAULT_CA_VALIDITY);
-        let cert = params.self_signed(&key).map_err(|source| CertError::Generate { what: "CA certificate", source })?;
-        Ok(Self { cert_pem: cert.pem(), key_pem: key.serialize_pem(), leaf_validity: DEFAULT_LEAF_VALIDITY })
+        let cert = params
+            .self_signed(&key)
+            .map_err(|source| CertError::Generate {
+                what: "CA certificate",
+                source,
+            })?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            leaf_validity: DEFAULT_LEAF_VALIDITY,
+        })
     }
 
     /// A CA from its certificate and private key in PEM.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
-        let ca = Self { cert_pem: cert_pem.to_owned(), key_pem: key_pem.to_owned(), leaf_validity: DEFAULT_LEAF_VALIDITY };
+        let ca = Self {
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+            leaf_validity: DEFAULT_LEAF_VALIDITY,
+        };
         ca.issuer()?; // validate both now rather than at first use
         Ok(ca)
     }
@@ -185,25 +221,44 @@ impl CertificateAuthority {
         }
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, format!("raft node {node_id} of {cluster_id}"));
-        params.subject_alt_names.push(dns_san(&node_server_name(cluster_id, node_id))?);
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("raft node {node_id} of {cluster_id}"),
+        );
+        params
+            .subject_alt_names
+            .push(dns_san(&node_server_name(cluster_id, node_id))?);
         for address in addresses {
-            params.subject_alt_names.push(address_san(address.as_ref())?);
+            params
+                .subject_alt_names
+                .push(address_san(address.as_ref())?);
         }
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         self.issue(params, "node certificate")
     }
 
     /// Issues a client certificate named `client_name` for cluster
     /// `cluster_id`. It can only authenticate a client, never a server or a
     /// peer node.
-    pub fn issue_client(&self, cluster_id: &str, client_name: &str) -> Result<IssuedCert, CertError> {
+    pub fn issue_client(
+        &self,
+        cluster_id: &str,
+        client_name: &str,
+    ) -> Result<IssuedCert, CertError> {
         validate_label("cluster id", cluster_id)?;
         validate_label("client name", client_name)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, format!("raft client {client_name} of {cluster_id}"));
-        params.subject_alt_names.push(dns_san(&client_server_name(cluster_id, client_name))?);
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("raft client {client_name} of {cluster_id}"),
+        );
+        params
+            .subject_alt_names
+            .push(dns_san(&client_server_name(cluster_id, client_name))?);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params, "client certificate")
     }
@@ -215,29 +270,48 @@ impl CertificateAuthority {
         node_id: NodeId,
         addresses: impl IntoIterator<Item = A>,
     ) -> Result<TlsIdentity, CertError> {
-        self.issue_node(cluster_id, node_id, addresses)?.identity(&self.cert_pem)
+        self.issue_node(cluster_id, node_id, addresses)?
+            .identity(&self.cert_pem)
     }
 
     /// Issues a client certificate and returns it as a ready-to-use identity.
-    pub fn client_identity(&self, cluster_id: &str, client_name: &str) -> Result<TlsIdentity, CertError> {
-        self.issue_client(cluster_id, client_name)?.identity(&self.cert_pem)
+    pub fn client_identity(
+        &self,
+        cluster_id: &str,
+        client_name: &str,
+    ) -> Result<TlsIdentity, CertError> {
+        self.issue_client(cluster_id, client_name)?
+            .identity(&self.cert_pem)
     }
 
     fn issuer(&self) -> Result<Issuer<'static, KeyPair>, CertError> {
-        let key = KeyPair::from_pem(&self.key_pem)
-            .map_err(|e| CertError::Pem { what: "the CA private key", reason: e.to_string() })?;
-        Issuer::from_ca_cert_pem(&self.cert_pem, key)
-            .map_err(|e| CertError::Pem { what: "the CA certificate", reason: e.to_string() })
+        let key = KeyPair::from_pem(&self.key_pem).map_err(|e| CertError::Pem {
+            what: "the CA private key",
+            reason: e.to_string(),
+        })?;
+        Issuer::from_ca_cert_pem(&self.cert_pem, key).map_err(|e| CertError::Pem {
+            what: "the CA certificate",
+            reason: e.to_string(),
+        })
     }
 
-    fn issue(&self, mut params: CertificateParams, what: &'static str) -> Result<IssuedCert, CertError> {
+    fn issue(
+        &self,
+        mut params: CertificateParams,
+        what: &'static str,
+    ) -> Result<IssuedCert, CertError> {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, self.leaf_validity);
         let key = KeyPair::generate().map_err(|source| CertError::Generate { what, source })?;
-        let cert = params.signed_by(&key, &self.issuer()?).map_err(|source| CertError::Generate { what, source })?;
-        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        let cert = params
+            .signed_by(&key, &self.issuer()?)
+            .map_err(|source| CertError::Generate { what, source })?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
@@ -250,7 +324,9 @@ pub struct IssuedCert {
 
 impl std::fmt::Debug for IssuedCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuedCert").field("key", &"<redacted>").finish_non_exhaustive()
+        f.debug_struct("IssuedCert")
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 
@@ -288,7 +364,11 @@ pub struct TlsIdentity {
 
 impl Clone for TlsIdentity {
     fn clone(&self) -> Self {
-        Self { roots: self.roots.clone(), chain: self.chain.clone(), key: self.key.clone_key() }
+        Self {
+            roots: self.roots.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
     }
 }
 
@@ -310,14 +390,25 @@ impl TlsIdentity {
     pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
         let roots = parse_certs("the CA certificate", ca_pem)?;
         let chain = parse_certs("the certificate", cert_pem)?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| CertError::Pem { what: "the private key", reason: e.to_string() })?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| CertError::Pem {
+                what: "the private key",
+                reason: e.to_string(),
+            })?;
         Ok(Self { roots, chain, key })
     }
 
     /// Reads an identity from three PEM files (as written by `raft-cli certs`).
-    pub fn from_pem_files(ca_path: &Path, cert_path: &Path, key_path: &Path) -> Result<Self, CertError> {
-        Self::from_pem(&read_file(ca_path)?, &read_file(cert_path)?, &read_file(key_path)?)
+    pub fn from_pem_files(
+        ca_path: &Path,
+        cert_path: &Path,
+        key_path: &Path,
+    ) -> Result<Self, CertError> {
+        Self::from_pem(
+            &read_file(ca_path)?,
+            &read_file(cert_path)?,
+            &read_file(key_path)?,
+        )
     }
 
     /// The trusted CA certificates (DER).
@@ -339,9 +430,15 @@ impl TlsIdentity {
 fn parse_certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CertError::Pem { what, reason: e.to_string() })?;
+        .map_err(|e| CertError::Pem {
+            what,
+            reason: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(CertError::Pem { what, reason: "no CERTIFICATE block found".into() });
+        return Err(CertError::Pem {
+            what,
+            reason: "no CERTIFICATE block found".into(),
+        });
     }
     Ok(certs)
 }
@@ -356,7 +453,10 @@ fn dns_san(name: &str) -> Result<SanType, CertError> {
     let ia5 = name
         .to_owned()
         .try_into()
-        .map_err(|source| CertError::Generate { what: "subject alternative name", source })?;
+        .map_err(|source| CertError::Generate {
+            what: "subject alternative name",
+            source,
+        })?;
     Ok(SanType::DnsName(ia5))
 }
 
@@ -386,7 +486,11 @@ fn read_file(path: &Path) -> Result<String, CertError> {
 
 fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
     use std::io::Write;
-    let error = |source| CertError::File { action: "write", path: path.display().to_string(), source };
+    let error = |source| CertError::File {
+        action: "write",
+        path: path.display().to_string(),
+        source,
+    };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -417,12 +521,22 @@ mod tests {
     fn pem_files_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let ca = CertificateAuthority::generate("test CA").unwrap();
-        ca.save(&dir.path().join("ca.pem"), &dir.path().join("ca.key")).unwrap();
-        let loaded = CertificateAuthority::load(&dir.path().join("ca.pem"), &dir.path().join("ca.key")).unwrap();
+        ca.save(&dir.path().join("ca.pem"), &dir.path().join("ca.key"))
+            .unwrap();
+        let loaded =
+            CertificateAuthority::load(&dir.path().join("ca.pem"), &dir.path().join("ca.key"))
+                .unwrap();
         assert_eq!(loaded.cert_pem(), ca.cert_pem());
 
-        let node = loaded.issue_node("main", 3, ["127.0.0.1:7000", "[::1]:7000", "db1.example.com:7000"]).unwrap();
-        node.save(&dir.path().join("n3.pem"), &dir.path().join("n3.key")).unwrap();
+        let node = loaded
+            .issue_node(
+                "main",
+                3,
+                ["127.0.0.1:7000", "[::1]:7000", "db1.example.com:7000"],
+            )
+            .unwrap();
+        node.save(&dir.path().join("n3.pem"), &dir.path().join("n3.key"))
+            .unwrap();
         let identity = TlsIdentity::from_pem_files(
             &dir.path().join("ca.pem"),
             &dir.path().join("n3.pem"),
@@ -434,7 +548,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("n3.key")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("n3.key"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o077, 0, "key files are private");
         }
     }
@@ -442,11 +559,20 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors() {
         let ca = CertificateAuthority::generate("test CA").unwrap();
-        assert!(matches!(ca.issue_node("main", 0, ["127.0.0.1"]), Err(CertError::InvalidNodeId)));
-        assert!(matches!(ca.issue_node("Main", 1, ["127.0.0.1"]), Err(CertError::InvalidName { .. })));
+        assert!(matches!(
+            ca.issue_node("main", 0, ["127.0.0.1"]),
+            Err(CertError::InvalidNodeId)
+        ));
+        assert!(matches!(
+            ca.issue_node("Main", 1, ["127.0.0.1"]),
+            Err(CertError::InvalidName { .. })
+        ));
         assert!(CertificateAuthority::from_pem("not pem", ca.key_pem()).is_err());
         assert!(TlsIdentity::from_pem(ca.cert_pem(), "", "").is_err());
         let missing = Path::new("/nonexistent/ca.pem");
-        assert!(matches!(CertificateAuthority::load(missing, missing), Err(CertError::File { .. })));
+        assert!(matches!(
+            CertificateAuthority::load(missing, missing),
+            Err(CertError::File { .. })
+        ));
     }
 }

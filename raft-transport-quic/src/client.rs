@@ -18,9 +18,9 @@ use tracing::{debug, error, warn};
 
 use crate::certs::{CertError, TlsIdentity};
 use crate::frame::{self, DEFAULT_MAX_FRAME_SIZE, FrameError};
+use crate::tls;
 use crate::transport::{Counters, Inner};
 use crate::wire::{CLIENT_ALPN, STREAM_BAD_FRAME, STREAM_HANDLER_FAILED};
-use crate::tls;
 
 /// One client request, as the handler sees it.
 #[derive(Clone, Debug)]
@@ -98,7 +98,11 @@ pub struct PushStream {
 }
 
 /// Serves a client connection: one request per bidirectional stream.
-pub(crate) async fn serve_connection(inner: Arc<Inner>, connection: quinn::Connection, handler: Arc<dyn ClientHandler>) {
+pub(crate) async fn serve_connection(
+    inner: Arc<Inner>,
+    connection: quinn::Connection,
+    handler: Arc<dyn ClientHandler>,
+) {
     let remote = connection.remote_address();
     debug!(node = inner.local(), %remote, "client connected");
     // Clients have no business opening unidirectional streams.
@@ -140,7 +144,10 @@ async fn serve_request(
             return;
         }
     };
-    let request = ClientRequest { body, remote_address };
+    let request = ClientRequest {
+        body,
+        remote_address,
+    };
     // Run the handler on its own task so that a panic fails this request only.
     let response = match tokio::spawn(async move { handler.handle(request).await }).await {
         Ok(response) => response,
@@ -180,7 +187,10 @@ async fn write_item(inner: &Inner, send: &mut quinn::SendStream, bytes: &[u8]) -
     let frame = match frame::encode_raw(bytes, inner.config.max_frame_size) {
         Ok(frame) => frame,
         Err(error) => {
-            error!(node = inner.local(), "cannot send a client response: {error}");
+            error!(
+                node = inner.local(),
+                "cannot send a client response: {error}"
+            );
             let _ = send.reset(STREAM_HANDLER_FAILED.into());
             return false;
         }
@@ -188,7 +198,10 @@ async fn write_item(inner: &Inner, send: &mut quinn::SendStream, bytes: &[u8]) -
     match send.write_all(&frame).await {
         Ok(()) => true,
         Err(error) => {
-            debug!(node = inner.local(), "client response not delivered: {error}");
+            debug!(
+                node = inner.local(),
+                "client response not delivered: {error}"
+            );
             false
         }
     }
@@ -247,10 +260,19 @@ pub enum ClientError {
 
 fn from_frame_error(error: FrameError) -> ClientError {
     if let FrameError::Io(io) = &error {
-        if let Some(read) = io.get_ref().and_then(|e| e.downcast_ref::<quinn::ReadError>()) {
+        if let Some(read) = io
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<quinn::ReadError>())
+        {
             match read {
-                quinn::ReadError::Reset(code) => return ClientError::Reset { code: code.into_inner() },
-                quinn::ReadError::ConnectionLost(lost) => return ClientError::Connection(lost.clone()),
+                quinn::ReadError::Reset(code) => {
+                    return ClientError::Reset {
+                        code: code.into_inner(),
+                    };
+                }
+                quinn::ReadError::ConnectionLost(lost) => {
+                    return ClientError::Connection(lost.clone());
+                }
                 _ => {}
             }
         }
@@ -302,13 +324,19 @@ impl ClientConnector {
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_idle_timeout(IdleTimeout::try_from(options.idle_timeout).ok())
-            .keep_alive_interval(Some(options.keep_alive_interval.min(options.idle_timeout / 2)))
+            .keep_alive_interval(Some(
+                options.keep_alive_interval.min(options.idle_timeout / 2),
+            ))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .max_concurrent_bidi_streams(VarInt::from_u32(0));
-        let mut config = quinn::ClientConfig::new(Arc::new(tls::client_crypto(identity, CLIENT_ALPN)?));
+        let mut config =
+            quinn::ClientConfig::new(Arc::new(tls::client_crypto(identity, CLIENT_ALPN)?));
         config.transport_config(Arc::new(transport));
-        let mut endpoint = quinn::Endpoint::client(options.bind_addr)
-            .map_err(|source| ClientError::Bind { addr: options.bind_addr, source })?;
+        let mut endpoint =
+            quinn::Endpoint::client(options.bind_addr).map_err(|source| ClientError::Bind {
+                addr: options.bind_addr,
+                source,
+            })?;
         endpoint.set_default_client_config(config);
         Ok(Self { endpoint, options })
     }
@@ -316,18 +344,32 @@ impl ClientConnector {
     /// Connects to the node at `addr` whose certificate must carry
     /// `server_name` (one of its addresses, e.g. `"127.0.0.1"`, or
     /// [`crate::node_server_name`]).
-    pub async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<ClientConnection, ClientError> {
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<ClientConnection, ClientError> {
         let connecting = self.endpoint.connect(addr, server_name)?;
         let timeout = self.options.connect_timeout;
-        let connection = tokio::time::timeout(timeout, connecting).await.map_err(|_| ClientError::Timeout(timeout))??;
-        Ok(ClientConnection { connection, max_frame_size: self.options.max_frame_size })
+        let connection = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))??;
+        Ok(ClientConnection {
+            connection,
+            max_frame_size: self.options.max_frame_size,
+        })
     }
 
     /// Connects to `address` (`host:port`), verifying the node's certificate
     /// against the host part.
     pub async fn connect_to(&self, address: &str) -> Result<ClientConnection, ClientError> {
-        let resolve_error = |reason: String| ClientError::Resolve { address: address.to_owned(), reason };
-        let (host, _port) = address.rsplit_once(':').ok_or_else(|| resolve_error("no port".into()))?;
+        let resolve_error = |reason: String| ClientError::Resolve {
+            address: address.to_owned(),
+            reason,
+        };
+        let (host, _port) = address
+            .rsplit_once(':')
+            .ok_or_else(|| resolve_error("no port".into()))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let addr = match address.parse::<SocketAddr>() {
             Ok(addr) => addr,
@@ -367,7 +409,11 @@ impl ClientConnection {
         let (mut send, recv) = self.connection.open_bi().await?;
         send.write_all(&frame).await?;
         let _ = send.finish();
-        Ok(PushReceiver { recv, _send: send, max_frame_size: self.max_frame_size })
+        Ok(PushReceiver {
+            recv,
+            _send: send,
+            max_frame_size: self.max_frame_size,
+        })
     }
 
     /// The node's address.
@@ -377,7 +423,8 @@ impl ClientConnection {
 
     /// Closes the connection.
     pub fn close(&self) {
-        self.connection.close(VarInt::from_u32(0), b"client closing");
+        self.connection
+            .close(VarInt::from_u32(0), b"client closing");
     }
 }
 
@@ -392,6 +439,8 @@ pub struct PushReceiver {
 impl PushReceiver {
     /// The next frame; `Ok(None)` once the server ended the stream.
     pub async fn next(&mut self) -> Result<Option<Bytes>, ClientError> {
-        frame::read(&mut self.recv, self.max_frame_size).await.map_err(from_frame_error)
+        frame::read(&mut self.recv, self.max_frame_size)
+            .await
+            .map_err(from_frame_error)
     }
 }

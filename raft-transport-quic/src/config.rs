@@ -148,15 +148,23 @@ impl TransportConfig {
                 self.keep_alive_interval, self.idle_timeout
             ));
         }
-        IdleTimeout::try_from(self.idle_timeout).map_err(|_| "idle_timeout is too long".to_owned())?;
-        if self.reconnect_initial_backoff.is_zero() || self.reconnect_initial_backoff > self.reconnect_max_backoff {
-            return Err("reconnect_initial_backoff must be above zero and at most reconnect_max_backoff".into());
+        IdleTimeout::try_from(self.idle_timeout)
+            .map_err(|_| "idle_timeout is too long".to_owned())?;
+        if self.reconnect_initial_backoff.is_zero()
+            || self.reconnect_initial_backoff > self.reconnect_max_backoff
+        {
+            return Err(
+                "reconnect_initial_backoff must be above zero and at most reconnect_max_backoff"
+                    .into(),
+            );
         }
         if self.handshake_timeout.is_zero() {
             return Err("handshake_timeout must be above zero".into());
         }
         if (self.stream_receive_window as usize) < self.max_frame_size.min(1 << 20) {
-            return Err("stream_receive_window must hold at least one snapshot chunk (1 MiB)".into());
+            return Err(
+                "stream_receive_window must hold at least one snapshot chunk (1 MiB)".into(),
+            );
         }
         Ok(())
     }

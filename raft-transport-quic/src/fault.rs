@@ -86,24 +86,48 @@ impl FaultInjector {
 
     /// Cuts traffic from `from` to `to` only; `to` can still reach `from`.
     pub fn partition_one_way(&self, from: NodeId, to: NodeId) {
-        self.add(FaultRule { from: Some(from), to: Some(to), fault: Fault::Partition });
+        self.add(FaultRule {
+            from: Some(from),
+            to: Some(to),
+            fault: Fault::Partition,
+        });
     }
 
     /// Cuts `node` off from every other node, both ways.
     pub fn isolate(&self, node: NodeId) {
-        self.add(FaultRule { from: Some(node), to: None, fault: Fault::Partition });
-        self.add(FaultRule { from: None, to: Some(node), fault: Fault::Partition });
+        self.add(FaultRule {
+            from: Some(node),
+            to: None,
+            fault: Fault::Partition,
+        });
+        self.add(FaultRule {
+            from: None,
+            to: Some(node),
+            fault: Fault::Partition,
+        });
     }
 
     /// Drops messages from `from` to `to` with `probability` (clamped to 0..=1).
     pub fn drop_messages(&self, from: NodeId, to: NodeId, probability: f64) {
-        let probability = if probability.is_nan() { 0.0 } else { probability.clamp(0.0, 1.0) };
-        self.add(FaultRule { from: Some(from), to: Some(to), fault: Fault::Drop { probability } });
+        let probability = if probability.is_nan() {
+            0.0
+        } else {
+            probability.clamp(0.0, 1.0)
+        };
+        self.add(FaultRule {
+            from: Some(from),
+            to: Some(to),
+            fault: Fault::Drop { probability },
+        });
     }
 
     /// Delays messages from `from` to `to` by `delay`.
     pub fn delay(&self, from: NodeId, to: NodeId, delay: Duration) {
-        self.add(FaultRule { from: Some(from), to: Some(to), fault: Fault::Delay(delay) });
+        self.add(FaultRule {
+            from: Some(from),
+            to: Some(to),
+            fault: Fault::Delay(delay),
+        });
     }
 
     /// Removes the rules that name exactly `a` and `b` (in either
@@ -147,21 +171,31 @@ impl FaultInjector {
                 Fault::Delay(d) => delay = delay.max(d),
             }
         }
-        if delay.is_zero() { Verdict::Deliver } else { Verdict::Delay(delay) }
+        if delay.is_zero() {
+            Verdict::Deliver
+        } else {
+            Verdict::Delay(delay)
+        }
     }
 
     /// Whether a received message `from` → `to` is blocked by a partition.
     pub(crate) fn inbound_blocked(&self, from: NodeId, to: NodeId) -> bool {
-        self.read().iter().any(|rule| rule.fault == Fault::Partition && rule.matches(from, to))
+        self.read()
+            .iter()
+            .any(|rule| rule.fault == Fault::Partition && rule.matches(from, to))
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<FaultRule>> {
         // A panic while holding the lock cannot leave the Vec inconsistent.
-        self.rules.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.rules
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<FaultRule>> {
-        self.rules.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.rules
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -179,8 +213,14 @@ mod tests {
         assert!(faults.inbound_blocked(1, 2));
         faults.delay(2, 1, Duration::from_millis(5));
         faults.delay(2, 1, Duration::from_millis(9));
-        assert_eq!(faults.outbound(2, 1), Verdict::Delay(Duration::from_millis(9)));
-        assert!(!faults.inbound_blocked(2, 1), "delays act at the sender only");
+        assert_eq!(
+            faults.outbound(2, 1),
+            Verdict::Delay(Duration::from_millis(9))
+        );
+        assert!(
+            !faults.inbound_blocked(2, 1),
+            "delays act at the sender only"
+        );
         faults.heal_between(1, 2);
         assert!(faults.rules().is_empty());
 

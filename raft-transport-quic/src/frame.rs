@@ -83,7 +83,10 @@ impl FrameError {
 
 /// Encodes `value` as one frame (length prefix included), refusing payloads
 /// larger than `max_frame_size`.
-pub fn encode<T: Serialize + ?Sized>(value: &T, max_frame_size: usize) -> Result<Bytes, FrameError> {
+pub fn encode<T: Serialize + ?Sized>(
+    value: &T,
+    max_frame_size: usize,
+) -> Result<Bytes, FrameError> {
     let mut buf = BytesMut::new();
     encode_into(value, max_frame_size, &mut buf)?;
     Ok(buf.freeze())
@@ -104,7 +107,10 @@ pub fn encode_into<T: Serialize + ?Sized>(
     let len = buf.len() - start - LENGTH_PREFIX;
     if len > max_frame_size || u32::try_from(len).is_err() {
         buf.truncate(start);
-        return Err(FrameError::TooLarge { len, max: max_frame_size });
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame_size,
+        });
     }
     // `len` fits in a u32 (checked above).
     buf[start..start + LENGTH_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
@@ -116,7 +122,10 @@ pub fn encode_into<T: Serialize + ?Sized>(
 pub fn encode_raw(payload: &[u8], max_frame_size: usize) -> Result<Bytes, FrameError> {
     let len = payload.len();
     if len > max_frame_size || u32::try_from(len).is_err() {
-        return Err(FrameError::TooLarge { len, max: max_frame_size });
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame_size,
+        });
     }
     let mut buf = BytesMut::with_capacity(LENGTH_PREFIX + len);
     buf.put_u32(len as u32);
@@ -151,13 +160,19 @@ pub async fn read<R: AsyncRead + Unpin>(
             if have == 0 {
                 return Ok(None);
             }
-            return Err(FrameError::Truncated { received: have, expected: LENGTH_PREFIX });
+            return Err(FrameError::Truncated {
+                received: have,
+                expected: LENGTH_PREFIX,
+            });
         }
         have += n;
     }
     let len = u32::from_be_bytes(prefix) as usize;
     if len > max_frame_size {
-        return Err(FrameError::TooLarge { len, max: max_frame_size });
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame_size,
+        });
     }
     // Start small and let the buffer grow as bytes arrive.
     let mut payload = Vec::with_capacity(len.min(64 * 1024));
@@ -215,7 +230,10 @@ mod tests {
         let mut bytes = (1u32 << 30).to_be_bytes().to_vec();
         bytes.extend_from_slice(b"tiny");
         let err = read(&mut &bytes[..], 1024).await.unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { len, max: 1024 } if len == 1 << 30), "{err}");
+        assert!(
+            matches!(err, FrameError::TooLarge { len, max: 1024 } if len == 1 << 30),
+            "{err}"
+        );
         assert!(err.is_bad_frame());
     }
 
@@ -225,7 +243,11 @@ mod tests {
         let big = vec![0u8; 2048];
         let err = encode_into(&big, 1024, &mut buf).unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { max: 1024, .. }));
-        assert_eq!(&buf[..], b"keep", "a failed encode leaves the buffer as it was");
+        assert_eq!(
+            &buf[..],
+            b"keep",
+            "a failed encode leaves the buffer as it was"
+        );
         assert!(encode_raw(&big, 1024).is_err());
     }
 
@@ -234,20 +256,27 @@ mod tests {
         let frame = encode(&heartbeat(1), 1024).unwrap();
         for cut in 1..frame.len() {
             let err = read(&mut &frame[..cut], 1024).await.unwrap_err();
-            assert!(matches!(err, FrameError::Truncated { .. }), "cut at {cut}: {err}");
+            assert!(
+                matches!(err, FrameError::Truncated { .. }),
+                "cut at {cut}: {err}"
+            );
         }
     }
 
     #[tokio::test]
     async fn garbage_and_trailing_bytes_are_errors() {
         let garbage = encode_raw(&[0xff; 16], 1024).unwrap();
-        let err = read_value::<Message, _>(&mut &garbage[..], 1024).await.unwrap_err();
+        let err = read_value::<Message, _>(&mut &garbage[..], 1024)
+            .await
+            .unwrap_err();
         assert!(matches!(err, FrameError::Malformed(_)), "{err}");
 
         let mut payload = postcard::to_allocvec(&heartbeat(1)).unwrap();
         payload.push(0);
         let trailing = encode_raw(&payload, 1024).unwrap();
-        let err = read_value::<Message, _>(&mut &trailing[..], 1024).await.unwrap_err();
+        let err = read_value::<Message, _>(&mut &trailing[..], 1024)
+            .await
+            .unwrap_err();
         assert!(matches!(err, FrameError::TrailingBytes(1)), "{err}");
     }
 

@@ -28,10 +28,12 @@ mod tls;
 mod transport;
 pub mod wire;
 
-pub use certs::{CertError, CertificateAuthority, IssuedCert, TlsIdentity, client_server_name, node_server_name};
+pub use certs::{
+    CertError, CertificateAuthority, IssuedCert, TlsIdentity, client_server_name, node_server_name,
+};
 pub use client::{
-    ClientConnection, ClientConnector, ClientError, ClientHandler, ClientOptions, ClientRequest, PushClosed,
-    PushReceiver, PushSender, PushStream, Response, push_channel,
+    ClientConnection, ClientConnector, ClientError, ClientHandler, ClientOptions, ClientRequest,
+    PushClosed, PushReceiver, PushSender, PushStream, Response, push_channel,
 };
 pub use config::TransportConfig;
 pub use fault::{Fault, FaultInjector, FaultRule};

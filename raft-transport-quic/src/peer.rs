@@ -35,8 +35,9 @@ use crate::frame::{self, FrameError};
 use crate::tls;
 use crate::transport::{Cancel, Counters, Inbound, Inner};
 use crate::wire::{
-    CLOSE_CLUSTER_MISMATCH, CLOSE_HANDSHAKE_FAILED, CLOSE_IDENTITY_MISMATCH, CLOSE_REMOVED, CLOSE_REPLACED,
-    CLOSE_VERSION_MISMATCH, MAX_HELLO_SIZE, PEER_ALPN, PROTOCOL_VERSION, PeerHello, STREAM_BAD_FRAME,
+    CLOSE_CLUSTER_MISMATCH, CLOSE_HANDSHAKE_FAILED, CLOSE_IDENTITY_MISMATCH, CLOSE_REMOVED,
+    CLOSE_REPLACED, CLOSE_VERSION_MISMATCH, MAX_HELLO_SIZE, PEER_ALPN, PROTOCOL_VERSION, PeerHello,
+    STREAM_BAD_FRAME,
 };
 
 /// A connection that lived this long counts as stable: the next dial after
@@ -116,7 +117,10 @@ impl PeerLink {
 
     /// Whether any connection to the peer is open.
     pub(crate) fn is_connected(&self) -> bool {
-        self.connections.borrow().iter().any(|c| c.connection.close_reason().is_none())
+        self.connections
+            .borrow()
+            .iter()
+            .any(|c| c.connection.close_reason().is_none())
     }
 
     /// Whether messages to the peer can go anywhere: an address to dial or
@@ -126,7 +130,11 @@ impl PeerLink {
     }
 
     /// Queues `message` on its lane without waiting.
-    pub(crate) fn enqueue(&self, message: Message, counters: &Counters) -> Result<(), TransportError> {
+    pub(crate) fn enqueue(
+        &self,
+        message: Message,
+        counters: &Counters,
+    ) -> Result<(), TransportError> {
         let lane = Lane::of(&message);
         match self.lanes[lane as usize].try_send(message) {
             Ok(()) => Ok(()),
@@ -157,7 +165,7 @@ impl PeerLink {
         if self.local < self.peer {
             !connections.iter().filter(open).any(|c| c.dialed_by_us)
         } else {
-            connections.iter().filter(open).next().is_none()
+            !connections.iter().any(|c| open(&c))
         }
     }
 
@@ -195,9 +203,15 @@ pub(crate) fn link(inner: &Arc<Inner>, peer: NodeId) -> Arc<PeerLink> {
     drop(links);
     for (lane, rx) in receivers {
         let removed = link.removed();
-        inner.spawn(until(removed, run_lane(inner.clone(), link.clone(), lane, rx)));
+        inner.spawn(until(
+            removed,
+            run_lane(inner.clone(), link.clone(), lane, rx),
+        ));
     }
-    inner.spawn(until(link.removed(), run_dialer(inner.clone(), link.clone())));
+    inner.spawn(until(
+        link.removed(),
+        run_dialer(inner.clone(), link.clone()),
+    ));
     link
 }
 
@@ -234,7 +248,8 @@ pub(crate) fn update_peers(inner: &Arc<Inner>, peers: &BTreeMap<NodeId, String>)
         // node that is no longer a member may still need to hear of its
         // removal). Forget the link once nothing is left.
         for c in link.connections.borrow().iter().filter(|c| c.dialed_by_us) {
-            c.connection.close(CLOSE_REMOVED.into(), b"no longer a member");
+            c.connection
+                .close(CLOSE_REMOVED.into(), b"no longer a member");
         }
         let keep = link.connections.borrow().iter().any(|c| !c.dialed_by_us);
         if !keep {
@@ -250,7 +265,10 @@ pub(crate) fn update_peers(inner: &Arc<Inner>, peers: &BTreeMap<NodeId, String>)
 async fn run_dialer(inner: Arc<Inner>, link: Arc<PeerLink>) {
     let mut address_rx = link.address.subscribe();
     let mut connections_rx = link.connections.subscribe();
-    let mut backoff = Backoff::new(inner.config.reconnect_initial_backoff, inner.config.reconnect_max_backoff);
+    let mut backoff = Backoff::new(
+        inner.config.reconnect_initial_backoff,
+        inner.config.reconnect_max_backoff,
+    );
     let mut established: Option<Instant> = None;
     loop {
         let address = loop {
@@ -316,7 +334,12 @@ struct Backoff {
 
 impl Backoff {
     fn new(initial: Duration, max: Duration) -> Self {
-        Self { initial, max, current: initial, failures: 0 }
+        Self {
+            initial,
+            max,
+            current: initial,
+            failures: 0,
+        }
     }
 
     fn reset(&mut self) {
@@ -336,7 +359,11 @@ impl Backoff {
 
 /// Dials `peer` at `address` and exchanges hellos. Returns the connection
 /// and the peer's incarnation, or why it failed.
-async fn dial(inner: &Arc<Inner>, peer: NodeId, address: &str) -> Result<(quinn::Connection, u64), String> {
+async fn dial(
+    inner: &Arc<Inner>,
+    peer: NodeId,
+    address: &str,
+) -> Result<(quinn::Connection, u64), String> {
     let addr = resolve(address).await?;
     let server_name = crate::certs::node_server_name(&inner.config.cluster_id, peer);
     let connecting = inner
@@ -347,10 +374,17 @@ async fn dial(inner: &Arc<Inner>, peer: NodeId, address: &str) -> Result<(quinn:
     let connection = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(e)) => return Err(explain_connection_error(&e, inner, peer)),
-        Err(_) => return Err(format!("no handshake within {timeout:?}; is the node up at {addr}?")),
+        Err(_) => {
+            return Err(format!(
+                "no handshake within {timeout:?}; is the node up at {addr}?"
+            ));
+        }
     };
     if tls::negotiated_alpn(&connection).as_deref() != Some(PEER_ALPN) {
-        connection.close(CLOSE_HANDSHAKE_FAILED.into(), b"ALPN raft-peer/1 not negotiated");
+        connection.close(
+            CLOSE_HANDSHAKE_FAILED.into(),
+            b"ALPN raft-peer/1 not negotiated",
+        );
         return Err("the server did not agree on ALPN raft-peer/1".into());
     }
     let hello = PeerHello {
@@ -360,9 +394,14 @@ async fn dial(inner: &Arc<Inner>, peer: NodeId, address: &str) -> Result<(quinn:
         incarnation: inner.incarnation,
     };
     let exchange = async {
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| explain_connection_error(&e, inner, peer))?;
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| explain_connection_error(&e, inner, peer))?;
         let frame = frame::encode(&hello, MAX_HELLO_SIZE).map_err(|e| e.to_string())?;
-        send.write_all(&frame).await.map_err(|e| format!("sending the hello failed: {e}"))?;
+        send.write_all(&frame)
+            .await
+            .map_err(|e| format!("sending the hello failed: {e}"))?;
         let _ = send.finish();
         match frame::read_value::<PeerHello, _>(&mut recv, MAX_HELLO_SIZE).await {
             Ok(Some(reply)) => Ok(reply),
@@ -399,7 +438,9 @@ async fn resolve(address: &str) -> Result<std::net::SocketAddr, String> {
     let mut addrs = tokio::net::lookup_host(address)
         .await
         .map_err(|e| format!("cannot resolve {address:?} (expected host:port): {e}"))?;
-    addrs.next().ok_or_else(|| format!("{address:?} resolves to no address"))
+    addrs
+        .next()
+        .ok_or_else(|| format!("{address:?} resolves to no address"))
 }
 
 fn explain_connection_error(error: &quinn::ConnectionError, inner: &Inner, peer: NodeId) -> String {
@@ -409,22 +450,34 @@ fn explain_connection_error(error: &quinn::ConnectionError, inner: &Inner, peer:
             close.error_code,
             String::from_utf8_lossy(&close.reason)
         ),
-        quinn::ConnectionError::TransportError(e) if e.to_string().contains("NotValidForName") => format!(
-            "TLS: the node at that address is not node {peer} of cluster {} (its certificate lacks the name {}); \
+        quinn::ConnectionError::TransportError(e)
+            if e.to_string().contains("not valid for name") =>
+        {
+            format!(
+                "TLS: the node at that address is not node {peer} of cluster {} (its certificate lacks the name {}); \
              is it a node of another cluster, or is the address wrong? ({e})",
-            inner.config.cluster_id,
-            crate::certs::node_server_name(&inner.config.cluster_id, peer)
-        ),
-        quinn::ConnectionError::TransportError(e) => {
-            format!("the TLS/QUIC handshake failed: {e}; are both certificates signed by the same cluster CA?")
+                inner.config.cluster_id,
+                crate::certs::node_server_name(&inner.config.cluster_id, peer)
+            )
         }
-        quinn::ConnectionError::ConnectionClosed(close) => format!("the peer refused the connection: {close}"),
+        quinn::ConnectionError::TransportError(e) => {
+            format!(
+                "the TLS/QUIC handshake failed: {e}; are both certificates signed by the same cluster CA?"
+            )
+        }
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            format!("the peer refused the connection: {close}")
+        }
         other => other.to_string(),
     }
 }
 
 /// Checks a peer's hello. `expected` is the node we dialed, if we dialed.
-fn check_hello(inner: &Inner, hello: &PeerHello, expected: Option<NodeId>) -> Result<(), (u32, String)> {
+fn check_hello(
+    inner: &Inner,
+    hello: &PeerHello,
+    expected: Option<NodeId>,
+) -> Result<(), (u32, String)> {
     if hello.version != PROTOCOL_VERSION {
         return Err((
             CLOSE_VERSION_MISMATCH,
@@ -444,13 +497,22 @@ fn check_hello(inner: &Inner, hello: &PeerHello, expected: Option<NodeId>) -> Re
         ));
     }
     if hello.node_id == 0 || hello.node_id == inner.local() {
-        return Err((CLOSE_IDENTITY_MISMATCH, format!("a peer claims to be node {}, which is invalid here", hello.node_id)));
+        return Err((
+            CLOSE_IDENTITY_MISMATCH,
+            format!(
+                "a peer claims to be node {}, which is invalid here",
+                hello.node_id
+            ),
+        ));
     }
     if let Some(expected) = expected {
         if hello.node_id != expected {
             return Err((
                 CLOSE_IDENTITY_MISMATCH,
-                format!("dialed node {expected} but node {} answered; is the address wrong?", hello.node_id),
+                format!(
+                    "dialed node {expected} but node {} answered; is the address wrong?",
+                    hello.node_id
+                ),
             ));
         }
     }
@@ -472,19 +534,29 @@ pub(crate) async fn accept(inner: Arc<Inner>, connection: quinn::Connection) {
     })
     .await;
     let refuse = |code: u32, reason: &str| {
-        Counters::add(&inner.counters.connections_refused, 1);
-        warn!(node = inner.local(), %remote, "refused a peer connection: {reason}");
+        if inner.note_refusal(remote, reason) {
+            warn!(node = inner.local(), %remote, "refused a peer connection: {reason}");
+        } else {
+            debug!(node = inner.local(), %remote, "refused a peer connection: {reason}");
+        }
         connection.close(code.into(), reason.as_bytes());
     };
     let (mut send, hello) = match received {
         Ok(Ok(received)) => received,
         Ok(Err(reason)) => return refuse(CLOSE_HANDSHAKE_FAILED, &reason),
-        Err(_) => return refuse(CLOSE_HANDSHAKE_FAILED, &format!("no hello within {timeout:?}")),
+        Err(_) => {
+            return refuse(
+                CLOSE_HANDSHAKE_FAILED,
+                &format!("no hello within {timeout:?}"),
+            );
+        }
     };
     if let Err((code, reason)) = check_hello(&inner, &hello, None) {
         return refuse(code, &reason);
     }
-    if let Err(reason) = tls::verify_node_certificate(&connection, &inner.config.cluster_id, hello.node_id) {
+    if let Err(reason) =
+        tls::verify_node_certificate(&connection, &inner.config.cluster_id, hello.node_id)
+    {
         return refuse(
             CLOSE_IDENTITY_MISMATCH,
             &format!("the peer claims to be node {} but {reason}", hello.node_id),
@@ -510,16 +582,31 @@ pub(crate) async fn accept(inner: Arc<Inner>, connection: quinn::Connection) {
 }
 
 /// Registers an established connection with its link and starts serving it.
-fn adopt(inner: &Arc<Inner>, link: &Arc<PeerLink>, connection: quinn::Connection, dialed_by_us: bool, incarnation: u64) {
-    let id = inner.next_connection_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let entry = PeerConnection { id, connection: connection.clone(), dialed_by_us, incarnation };
+fn adopt(
+    inner: &Arc<Inner>,
+    link: &Arc<PeerLink>,
+    connection: quinn::Connection,
+    dialed_by_us: bool,
+    incarnation: u64,
+) {
+    let id = inner
+        .next_connection_id
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let entry = PeerConnection {
+        id,
+        connection: connection.clone(),
+        dialed_by_us,
+        incarnation,
+    };
     link.connections.send_modify(|connections| {
         // Connections to an earlier incarnation of the peer are dead: it
         // restarted. Close them now rather than at the idle timeout.
         for old in connections.iter().filter(|c| c.incarnation != incarnation) {
-            old.connection.close(CLOSE_REPLACED.into(), b"peer restarted");
+            old.connection
+                .close(CLOSE_REPLACED.into(), b"peer restarted");
         }
-        connections.retain(|c| c.incarnation == incarnation && c.connection.close_reason().is_none());
+        connections
+            .retain(|c| c.incarnation == incarnation && c.connection.close_reason().is_none());
         connections.push(entry.clone());
     });
     Counters::add(&inner.counters.peer_connections, 1);
@@ -534,8 +621,13 @@ fn adopt(inner: &Arc<Inner>, link: &Arc<PeerLink>, connection: quinn::Connection
     let link = link.clone();
     inner.spawn(async move {
         let removed = link.removed();
-        until(removed, serve_connection(serving.clone(), link.clone(), entry)).await;
-        link.connections.send_modify(|connections| connections.retain(|c| c.id != id));
+        until(
+            removed,
+            serve_connection(serving.clone(), link.clone(), entry),
+        )
+        .await;
+        link.connections
+            .send_modify(|connections| connections.retain(|c| c.id != id));
     });
 }
 
@@ -558,11 +650,20 @@ async fn serve_connection(inner: Arc<Inner>, link: Arc<PeerLink>, entry: PeerCon
         }
         let mut connections = link.connections.subscribe();
         let _ = connections
-            .wait_for(|cs| cs.iter().any(|c| !c.dialed_by_us && c.connection.close_reason().is_none()))
+            .wait_for(|cs| {
+                cs.iter()
+                    .any(|c| !c.dialed_by_us && c.connection.close_reason().is_none())
+            })
             .await;
         tokio::time::sleep(REDUNDANT_GRACE).await;
-        debug!(node = inner.local(), peer, "closing our connection: the one the peer dialed is canonical");
-        connection.close(CLOSE_REPLACED.into(), b"using the connection the lower node id dialed");
+        debug!(
+            node = inner.local(),
+            peer, "closing our connection: the one the peer dialed is canonical"
+        );
+        connection.close(
+            CLOSE_REPLACED.into(),
+            b"using the connection the lower node id dialed",
+        );
     };
     tokio::select! {
         reason = accept_streams => {
@@ -579,7 +680,9 @@ async fn read_stream(inner: Arc<Inner>, peer: NodeId, mut recv: quinn::RecvStrea
         let payload = match frame::read(&mut recv, max).await {
             Ok(Some(payload)) => payload,
             Ok(None) => return,
-            Err(error) if error.is_bad_frame() => return reject(&inner, peer, &mut recv, &error.to_string()),
+            Err(error) if error.is_bad_frame() => {
+                return reject(&inner, peer, &mut recv, &error.to_string());
+            }
             Err(error) => {
                 debug!(node = inner.local(), peer, "peer stream ended: {error}");
                 return;
@@ -614,7 +717,15 @@ async fn read_stream(inner: Arc<Inner>, peer: NodeId, mut recv: quinn::RecvStrea
         } else {
             None
         };
-        if inner.inbound_tx.send(Inbound { message, _slot: slot }).await.is_err() {
+        if inner
+            .inbound_tx
+            .send(Inbound {
+                message,
+                _slot: slot,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
         Counters::add(&inner.counters.messages_received, 1);
@@ -623,13 +734,21 @@ async fn read_stream(inner: Arc<Inner>, peer: NodeId, mut recv: quinn::RecvStrea
 
 fn reject(inner: &Inner, peer: NodeId, recv: &mut quinn::RecvStream, reason: &str) {
     Counters::add(&inner.counters.frames_rejected, 1);
-    warn!(node = inner.local(), peer, "rejected a frame from the peer and closed its stream: {reason}");
+    warn!(
+        node = inner.local(),
+        peer, "rejected a frame from the peer and closed its stream: {reason}"
+    );
     let _ = recv.stop(STREAM_BAD_FRAME.into());
 }
 
 /// Drains one lane of one peer onto a long-lived stream of the preferred
 /// connection, batching queued messages into one write.
-async fn run_lane(inner: Arc<Inner>, link: Arc<PeerLink>, lane: Lane, mut queue: mpsc::Receiver<Message>) {
+async fn run_lane(
+    inner: Arc<Inner>,
+    link: Arc<PeerLink>,
+    lane: Lane,
+    mut queue: mpsc::Receiver<Message>,
+) {
     let mut connections_rx = link.connections.subscribe();
     let mut stream: Option<(u64, quinn::SendStream)> = None;
     let mut batch = BytesMut::new();
@@ -681,17 +800,29 @@ async fn run_lane(inner: Arc<Inner>, link: Arc<PeerLink>, lane: Lane, mut queue:
                 }
                 Err(error) => {
                     Counters::add(&inner.counters.messages_lost, count);
-                    debug!(node = inner.local(), peer, lane = lane.name(), "{count} messages lost: {error}");
+                    debug!(
+                        node = inner.local(),
+                        peer,
+                        lane = lane.name(),
+                        "{count} messages lost: {error}"
+                    );
                     continue;
                 }
             }
         }
-        let Some((_, send)) = stream.as_mut() else { continue };
+        let Some((_, send)) = stream.as_mut() else {
+            continue;
+        };
         match send.write_all(&batch).await {
             Ok(()) => Counters::add(&inner.counters.messages_sent, count),
             Err(error) => {
                 Counters::add(&inner.counters.messages_lost, count);
-                debug!(node = inner.local(), peer, lane = lane.name(), "{count} messages lost: {error}");
+                debug!(
+                    node = inner.local(),
+                    peer,
+                    lane = lane.name(),
+                    "{count} messages lost: {error}"
+                );
                 stream = None;
             }
         }
@@ -709,7 +840,11 @@ mod tests {
         for _ in 0..6 {
             let ceiling = backoff.current;
             let delay = backoff.next_delay();
-            assert!(delay >= ceiling / 2 && delay <= ceiling, "{delay:?} not in [{:?}, {ceiling:?}]", ceiling / 2);
+            assert!(
+                delay >= ceiling / 2 && delay <= ceiling,
+                "{delay:?} not in [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
             ceilings.push(ceiling.as_millis());
         }
         assert_eq!(ceilings, [100, 200, 400, 800, 800, 800]);
@@ -721,9 +856,20 @@ mod tests {
     fn lanes_follow_message_kinds() {
         use raft_core::MessageBody;
         use raft_core::*;
-        let msg = |body| Message { from: 1, to: 2, term: 1, body };
+        let msg = |body| Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body,
+        };
         assert_eq!(Lane::of(&msg(MessageBody::TimeoutNow)), Lane::Control);
-        assert_eq!(Lane::of(&msg(MessageBody::Heartbeat(Heartbeat { commit: 0, round: 0 }))), Lane::Control);
+        assert_eq!(
+            Lane::of(&msg(MessageBody::Heartbeat(Heartbeat {
+                commit: 0,
+                round: 0
+            }))),
+            Lane::Control
+        );
         assert_eq!(
             Lane::of(&msg(MessageBody::Append(AppendRequest {
                 prev: Default::default(),

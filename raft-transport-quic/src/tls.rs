@@ -33,26 +33,32 @@ fn root_store(identity: &TlsIdentity) -> Result<Arc<RootCertStore>, CertError> {
 /// chained to the CA required, both ALPNs offered.
 pub(crate) fn server_crypto(identity: &TlsIdentity) -> Result<QuicServerConfig, CertError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(root_store(identity)?, provider.clone())
-        .build()
-        .map_err(|e| CertError::Tls(rustls::Error::General(format!("client verifier: {e}"))))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(root_store(identity)?, provider.clone())
+            .build()
+            .map_err(|e| CertError::Tls(rustls::Error::General(format!("client verifier: {e}"))))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
     config.alpn_protocols = vec![PEER_ALPN.to_vec(), CLIENT_ALPN.to_vec()];
-    QuicServerConfig::try_from(config).map_err(|e| CertError::Tls(rustls::Error::General(e.to_string())))
+    QuicServerConfig::try_from(config)
+        .map_err(|e| CertError::Tls(rustls::Error::General(e.to_string())))
 }
 
 /// The client side: TLS 1.3 only, the server verified against the CA, our
 /// certificate presented, `alpn` offered.
-pub(crate) fn client_crypto(identity: &TlsIdentity, alpn: &[u8]) -> Result<QuicClientConfig, CertError> {
+pub(crate) fn client_crypto(
+    identity: &TlsIdentity,
+    alpn: &[u8],
+) -> Result<QuicClientConfig, CertError> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(root_store(identity)?)
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())?;
     config.alpn_protocols = vec![alpn.to_vec()];
-    QuicClientConfig::try_from(config).map_err(|e| CertError::Tls(rustls::Error::General(e.to_string())))
+    QuicClientConfig::try_from(config)
+        .map_err(|e| CertError::Tls(rustls::Error::General(e.to_string())))
 }
 
 /// The ALPN protocol a connection negotiated, if any.
@@ -75,11 +81,14 @@ pub(crate) fn verify_node_certificate(
         .peer_identity()
         .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
         .ok_or_else(|| "it presented no certificate".to_owned())?;
-    let end_entity = chain.first().ok_or_else(|| "it presented an empty certificate chain".to_owned())?;
-    let parsed =
-        ParsedCertificate::try_from(end_entity).map_err(|e| format!("its certificate could not be parsed: {e}"))?;
+    let end_entity = chain
+        .first()
+        .ok_or_else(|| "it presented an empty certificate chain".to_owned())?;
+    let parsed = ParsedCertificate::try_from(end_entity)
+        .map_err(|e| format!("its certificate could not be parsed: {e}"))?;
     let expected = node_server_name(cluster_id, node_id);
-    let name = ServerName::try_from(expected.clone()).map_err(|e| format!("invalid name {expected}: {e}"))?;
+    let name = ServerName::try_from(expected.clone())
+        .map_err(|e| format!("invalid name {expected}: {e}"))?;
     rustls::client::verify_server_name(&parsed, &name)
         .map_err(|_| format!("its certificate does not carry the name {expected}, so it is not node {node_id} of cluster {cluster_id}"))
 }

@@ -33,7 +33,9 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] CertError),
     /// The UDP socket could not be bound.
-    #[error("could not listen on UDP {addr}: {source}; is the port in use, or the address not local?")]
+    #[error(
+        "could not listen on UDP {addr}: {source}; is the port in use, or the address not local?"
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -143,9 +145,37 @@ pub(crate) struct Inner {
     task_token: Mutex<Option<mpsc::Sender<()>>>,
     tasks_done: tokio::sync::Mutex<mpsc::Receiver<()>>,
     runtime: tokio::runtime::Handle,
+    /// When each remote IP last got a refusal logged as a warning.
+    refusal_log: Mutex<HashMap<(std::net::IpAddr, String), std::time::Instant>>,
 }
 
+/// A refused remote that keeps retrying is warned about once per this period.
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
+
 impl Inner {
+    /// Counts a refused connection and says whether to log it as a warning:
+    /// at most once per [`REFUSAL_LOG_PERIOD`] per remote IP and reason, so
+    /// that a misconfigured node retrying with backoff does not flood the log.
+    pub(crate) fn note_refusal(&self, remote: SocketAddr, reason: &str) -> bool {
+        Counters::add(&self.counters.connections_refused, 1);
+        let mut log = self
+            .refusal_log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = std::time::Instant::now();
+        if log.len() > 1024 {
+            log.clear();
+        }
+        let key = (remote.ip(), reason.to_owned());
+        match log.get(&key) {
+            Some(last) if now.duration_since(*last) < REFUSAL_LOG_PERIOD => false,
+            _ => {
+                log.insert(key, now);
+                true
+            }
+        }
+    }
+
     pub(crate) fn local(&self) -> NodeId {
         self.config.node_id
     }
@@ -159,7 +189,9 @@ impl Inner {
     }
 
     pub(crate) fn links(&self) -> MutexGuard<'_, HashMap<NodeId, Arc<PeerLink>>> {
-        self.links.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.links
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Spawns a task that ends at shutdown (or when `fut` ends).
@@ -212,18 +244,27 @@ impl QuicTransport {
     /// Binds the endpoint and starts serving. `identity` must be this node's
     /// certificate (naming `config.node_id` in `config.cluster_id`) with the
     /// cluster CA. Must be called inside a tokio runtime.
-    pub async fn start(config: TransportConfig, identity: &TlsIdentity) -> Result<Self, StartError> {
+    pub async fn start(
+        config: TransportConfig,
+        identity: &TlsIdentity,
+    ) -> Result<Self, StartError> {
         config.validate().map_err(StartError::Config)?;
         let transport_config = Arc::new(config.quinn_transport());
 
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(identity)?));
+        let mut server_config =
+            quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(identity)?));
         server_config.transport_config(transport_config.clone());
         let mut peer_client_config =
             quinn::ClientConfig::new(Arc::new(tls::client_crypto(identity, PEER_ALPN)?));
         peer_client_config.transport_config(transport_config);
 
-        let endpoint = quinn::Endpoint::server(server_config, config.listen_addr)
-            .map_err(|source| StartError::Bind { addr: config.listen_addr, source })?;
+        let endpoint =
+            quinn::Endpoint::server(server_config, config.listen_addr).map_err(|source| {
+                StartError::Bind {
+                    addr: config.listen_addr,
+                    source,
+                }
+            })?;
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_queue);
         let (task_token, tasks_done) = mpsc::channel(1);
         let inner = Arc::new(Inner {
@@ -241,6 +282,7 @@ impl QuicTransport {
             task_token: Mutex::new(Some(task_token)),
             tasks_done: tokio::sync::Mutex::new(tasks_done),
             runtime: tokio::runtime::Handle::current(),
+            refusal_log: Mutex::new(HashMap::new()),
         });
         let accepting = inner.clone();
         inner.spawn(accept_loop(accepting));
@@ -267,10 +309,21 @@ impl QuicTransport {
 
     /// The peers this node currently has at least one open connection to.
     pub fn connected_peers(&self) -> Vec<NodeId> {
-        let mut peers: Vec<NodeId> =
-            self.inner.links().values().filter(|link| link.is_connected()).map(|link| link.peer()).collect();
+        let mut peers: Vec<NodeId> = self
+            .inner
+            .links()
+            .values()
+            .filter(|link| link.is_connected())
+            .map(|link| link.peer())
+            .collect();
         peers.sort_unstable();
         peers
+    }
+
+    /// Open QUIC connections of the endpoint (peers and clients), including
+    /// ones still closing.
+    pub fn open_connections(&self) -> usize {
+        self.inner.endpoint.open_connections()
     }
 
     /// Counters since start.
@@ -290,15 +343,23 @@ impl QuicTransport {
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         inner.shutdown.send_replace(true);
-        inner.endpoint.close(CLOSE_SHUTDOWN.into(), b"node shutting down");
+        inner
+            .endpoint
+            .close(CLOSE_SHUTDOWN.into(), b"node shutting down");
         let token = match inner.task_token.lock() {
             Ok(mut guard) => guard.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         };
         drop(token);
         let mut done = inner.tasks_done.lock().await;
-        if tokio::time::timeout(Duration::from_secs(5), done.recv()).await.is_err() {
-            warn!(node = inner.local(), "transport tasks did not stop within 5 s of shutdown");
+        if tokio::time::timeout(Duration::from_secs(5), done.recv())
+            .await
+            .is_err()
+        {
+            warn!(
+                node = inner.local(),
+                "transport tasks did not stop within 5 s of shutdown"
+            );
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), inner.endpoint.wait_idle()).await;
         info!(node = inner.local(), "QUIC transport shut down");
@@ -309,7 +370,9 @@ impl Drop for QuicTransport {
     fn drop(&mut self) {
         // Tasks notice and end; the endpoint closes once they are gone.
         self.inner.shutdown.send_replace(true);
-        self.inner.endpoint.close(CLOSE_SHUTDOWN.into(), b"node shutting down");
+        self.inner
+            .endpoint
+            .close(CLOSE_SHUTDOWN.into(), b"node shutting down");
     }
 }
 
@@ -333,10 +396,17 @@ impl Transport for QuicTransport {
         if to == inner.local() {
             return inner
                 .inbound_tx
-                .try_send(Inbound { message, _slot: None })
+                .try_send(Inbound {
+                    message,
+                    _slot: None,
+                })
                 .map_err(|_| TransportError::Unreachable(to));
         }
-        let link = inner.links().get(&to).filter(|link| link.is_known()).cloned();
+        let link = inner
+            .links()
+            .get(&to)
+            .filter(|link| link.is_known())
+            .cloned();
         let link = link.ok_or(TransportError::UnknownPeer(to))?;
         if let Some(faults) = &inner.config.fault_injector {
             match faults.outbound(inner.local(), to) {
@@ -391,18 +461,21 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
     let connection = match tokio::time::timeout(inner.config.handshake_timeout, incoming).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(error)) => {
-            Counters::add(&inner.counters.connections_refused, 1);
-            warn!(
-                node = inner.local(),
-                %remote,
+            let message = format!(
                 "refused a connection: the TLS handshake failed ({error}); the client needs a \
                  certificate signed by the cluster CA and ALPN raft-peer/1 or raft-client/1"
             );
+            if inner.note_refusal(remote, &error.to_string()) {
+                warn!(node = inner.local(), %remote, "{message}");
+            } else {
+                debug!(node = inner.local(), %remote, "{message}");
+            }
             return;
         }
         Err(_) => {
-            Counters::add(&inner.counters.connections_refused, 1);
-            warn!(node = inner.local(), %remote, "refused a connection: the TLS handshake timed out");
+            if inner.note_refusal(remote, "handshake timeout") {
+                warn!(node = inner.local(), %remote, "refused a connection: the TLS handshake timed out");
+            }
             return;
         }
     };
@@ -411,15 +484,17 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
         Some(CLIENT_ALPN) => match inner.config.client_handler.clone() {
             Some(handler) => client::serve_connection(inner, connection, handler).await,
             None => {
-                Counters::add(&inner.counters.connections_refused, 1);
-                warn!(node = inner.local(), %remote, "refused a client connection: this node serves no clients");
+                if inner.note_refusal(remote, "no client service") {
+                    warn!(node = inner.local(), %remote, "refused a client connection: this node serves no clients");
+                }
                 connection.close(CLOSE_NO_SERVICE.into(), b"this node serves no clients");
             }
         },
         other => {
-            Counters::add(&inner.counters.connections_refused, 1);
             let alpn = other.map(|p| String::from_utf8_lossy(p).into_owned());
-            warn!(node = inner.local(), %remote, ?alpn, "refused a connection without a known ALPN protocol");
+            if inner.note_refusal(remote, "alpn") {
+                warn!(node = inner.local(), %remote, ?alpn, "refused a connection without a known ALPN protocol");
+            }
             connection.close(CLOSE_NO_SERVICE.into(), b"unknown or missing ALPN protocol");
         }
     }
