@@ -2,6 +2,7 @@
 //! simulator, the storage conformance suite every [`crate::LogRead`] adapter
 //! runs, and in-memory adapters for drivers.
 
+pub mod conformance;
 pub mod oracle;
 pub mod sim;
 pub mod state_machine;
