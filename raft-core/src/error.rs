@@ -40,6 +40,15 @@ pub enum Error {
     /// A lease read was asked for but [`crate::Config::lease_reads`] is off.
     #[error("lease reads are disabled; enable Config::lease_reads (with check_quorum) or use a ReadIndex read")]
     LeaseReadsDisabled,
+    /// The host built a snapshot at `index`, but the node already has (or is
+    /// installing) a snapshot at `newest` covering it. Discard the new one.
+    #[error("snapshot at index {index} is obsolete: a snapshot at {newest} already covers it; discard it")]
+    SnapshotObsolete {
+        /// The index of the snapshot the host built.
+        index: Index,
+        /// The index of the newer snapshot.
+        newest: Index,
+    },
     /// The configuration is invalid.
     #[error("invalid raft configuration: {0}")]
     InvalidConfig(String),

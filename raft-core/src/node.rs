@@ -163,7 +163,10 @@ impl<S: LogRead> Node<S> {
             emitted_hard_state: hard_state,
             configs,
             election_elapsed: 0,
-            since_leader_contact: 0,
+            // With lease reads on, a (re)started node refuses votes for an
+            // election timeout: it may have acknowledged a leader's lease
+            // just before it crashed.
+            since_leader_contact: if config.lease_reads { 0 } else { config.election_ticks },
             heartbeat_elapsed: 0,
             randomized_election_timeout: config.election_ticks,
             now: 0,
@@ -185,6 +188,9 @@ impl<S: LogRead> Node<S> {
             counters: Counters::default(),
             config,
         };
+        if let Some(meta) = &snapshot {
+            node.snapshots.on_installed(meta.last.index);
+        }
         node.reset_randomized_timeout();
         Ok(node)
     }
@@ -298,7 +304,7 @@ impl<S: LogRead> Node<S> {
                     inflight: pr.inflight.len(),
                     state: pr.state,
                     lag: last.index.saturating_sub(pr.match_index),
-                    recent_active: pr.recent_active,
+                    recent_active: self.now.saturating_sub(pr.last_active) < self.config.election_ticks,
                     snapshot_bytes_acked: pr.snapshot.as_ref().map(|s| (s.acked, s.meta.size)),
                 })
                 .collect()
@@ -333,6 +339,16 @@ impl<S: LogRead> Node<S> {
         } else {
             self.tick_election()
         }
+    }
+
+    /// Starts an election now (a pre-vote round first, with
+    /// [`Config::pre_vote`]), as if the election timeout had elapsed. Voters
+    /// apply their usual rules. Useful for a fast first election and in tests.
+    pub fn campaign(&mut self) -> Result<(), Error> {
+        if self.role == Role::Leader {
+            return Ok(());
+        }
+        self.start_campaign(self.config.pre_vote, false)
     }
 
     /// Proposes a command. On the leader, returns the position the entry will

@@ -46,8 +46,8 @@ pub(crate) struct Progress {
     pub(crate) probe_sent: bool,
     /// In Replicate: the last index of each AppendEntries in flight.
     pub(crate) inflight: VecDeque<Index>,
-    /// Heard from since the last CheckQuorum.
-    pub(crate) recent_active: bool,
+    /// The tick at which the leader last heard from it.
+    pub(crate) last_active: u64,
     /// The latest heartbeat round it acknowledged.
     pub(crate) read_ack: u64,
     pub(crate) snapshot: Option<SnapshotSend>,
@@ -61,7 +61,7 @@ impl Progress {
             state: ReplicationState::Probe,
             probe_sent: false,
             inflight: VecDeque::new(),
-            recent_active: false,
+            last_active: 0,
             read_ack: 0,
             snapshot: None,
         }

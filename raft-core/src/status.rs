@@ -57,7 +57,7 @@ pub struct FollowerStatus {
     pub state: ReplicationState,
     /// Entries it is behind the leader's last index.
     pub lag: u64,
-    /// Whether it answered since the last CheckQuorum.
+    /// Whether it answered within the last election timeout.
     pub recent_active: bool,
     /// While a snapshot is being sent: (bytes acknowledged, total bytes).
     pub snapshot_bytes_acked: Option<(u64, u64)>,

@@ -115,7 +115,7 @@ impl<S: LogRead> Node<S> {
         match self.poll() {
             VoteResult::Won => {
                 if pre_vote {
-                    self.campaign(false, false)?;
+                    self.start_campaign(false, false)?;
                 } else {
                     self.become_leader()?;
                 }
@@ -138,13 +138,13 @@ impl<S: LogRead> Node<S> {
         self.since_leader_contact = self.since_leader_contact.saturating_add(1);
         if self.promotable() && self.election_elapsed >= self.randomized_election_timeout {
             self.election_elapsed = 0;
-            self.campaign(self.config.pre_vote, false)?;
+            self.start_campaign(self.config.pre_vote, false)?;
         }
         Ok(())
     }
 
     /// Starts an election (or a pre-vote round).
-    pub(super) fn campaign(&mut self, pre_vote: bool, transfer: bool) -> Result<(), Error> {
+    pub(super) fn start_campaign(&mut self, pre_vote: bool, transfer: bool) -> Result<(), Error> {
         if !self.promotable() {
             return Ok(());
         }
@@ -165,7 +165,7 @@ impl<S: LogRead> Node<S> {
         self.votes.insert(self.id, true);
         if self.poll() == VoteResult::Won {
             // A single-voter cluster.
-            return if pre_vote { self.campaign(false, transfer) } else { self.become_leader() };
+            return if pre_vote { self.start_campaign(false, transfer) } else { self.become_leader() };
         }
         let req = VoteRequest { last_log: self.log.last_log_id()?, transfer };
         let voters: Vec<NodeId> = self.membership().voters().iter().copied().filter(|&v| v != self.id).collect();
@@ -208,7 +208,7 @@ impl<S: LogRead> Node<S> {
         let members: Vec<NodeId> = self.membership().members().filter(|&m| m != self.id).collect();
         for id in members {
             let mut pr = Progress::new(last + 1);
-            pr.recent_active = true;
+            pr.last_active = self.now;
             self.progress.insert(id, pr);
         }
         self.broadcast_commit = 0;
@@ -228,12 +228,12 @@ impl<S: LogRead> Node<S> {
         }
         if self.election_elapsed >= self.config.election_ticks {
             self.election_elapsed = 0;
-            if self.config.check_quorum && !self.quorum_active() {
-                tracing::info!(id = self.id, term = self.term, "lost contact with a quorum; stepping down");
-                let term = self.term;
-                self.become_follower(term, None);
-                return Ok(());
-            }
+        }
+        if self.config.check_quorum && !self.quorum_active() {
+            tracing::info!(id = self.id, term = self.term, "lost contact with a quorum; stepping down");
+            let term = self.term;
+            self.become_follower(term, None);
+            return Ok(());
         }
         self.tick_snapshot_sends()?;
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
@@ -243,22 +243,20 @@ impl<S: LogRead> Node<S> {
         Ok(())
     }
 
-    /// CheckQuorum: did a quorum of voters answer since the last check?
-    fn quorum_active(&mut self) -> bool {
+    /// CheckQuorum: has a quorum of voters answered within the last
+    /// election timeout?
+    fn quorum_active(&self) -> bool {
         let me = self.id;
-        let result = quorum::majority_vote(self.membership().voters(), |id| {
-            Some(id == me || self.progress.get(&id).is_some_and(|p| p.recent_active))
-        });
-        for pr in self.progress.values_mut() {
-            pr.recent_active = false;
-        }
-        result == VoteResult::Won
+        let window = self.config.election_ticks;
+        quorum::majority_vote(self.membership().voters(), |id| {
+            Some(id == me || self.progress.get(&id).is_some_and(|p| self.now.saturating_sub(p.last_active) < window))
+        }) == VoteResult::Won
     }
 
     pub(super) fn handle_timeout_now(&mut self, from: NodeId) -> Result<(), Error> {
         if self.leader == Some(from) && self.role == Role::Follower {
             tracing::info!(id = self.id, from, "leadership transferred to us; campaigning");
-            self.campaign(false, true)?;
+            self.start_campaign(false, true)?;
         }
         Ok(())
     }

@@ -53,7 +53,7 @@ impl<S: LogRead> Node<S> {
                 for id in membership.members() {
                     if id != self.id && !self.progress.contains_key(&id) {
                         let mut pr = Progress::new(next);
-                        pr.recent_active = true;
+                        pr.last_active = self.now;
                         self.progress.insert(id, pr);
                         self.need_append = true;
                     }

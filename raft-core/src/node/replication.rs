@@ -114,8 +114,9 @@ impl<S: LogRead> Node<S> {
         if self.role != Role::Leader {
             return Ok(());
         }
+        let now = self.now;
         let Some(pr) = self.progress.get_mut(&from) else { return Ok(()) };
-        pr.recent_active = true;
+        pr.last_active = now;
         match resp {
             AppendResponse::Success { match_index } => {
                 let answers_probe = pr.state == ReplicationState::Probe && match_index + 1 >= pr.next_index;
@@ -166,8 +167,9 @@ impl<S: LogRead> Node<S> {
         }
         let max_inflight = self.config.max_inflight;
         let last = self.log.last_index();
+        let now = self.now;
         let Some(pr) = self.progress.get_mut(&from) else { return Ok(()) };
-        pr.recent_active = true;
+        pr.last_active = now;
         pr.read_ack = pr.read_ack.max(resp.round);
         match pr.state {
             ReplicationState::Probe => pr.probe_sent = false,

@@ -92,6 +92,10 @@ impl<S: LogRead> Node<S> {
                 self.log.applied
             )));
         }
+        let newest = self.snapshots.last_index.max(self.log.pending_snapshot().map_or(0, |m| m.last.index));
+        if index <= newest {
+            return Err(Error::SnapshotObsolete { index, newest });
+        }
         let term = self.log.term(index)?;
         let (membership_index, membership) = self.config_at(index).unwrap_or_default();
         Ok(SnapshotMeta { last: LogId::new(term, index), membership, membership_index, size })
@@ -149,6 +153,11 @@ impl<S: LogRead> Node<S> {
             }
             self.snapshots.incoming = None;
             respond(self, chunk.meta.size, false, true);
+            return Ok(());
+        }
+        if self.log.pending_snapshot().is_some() {
+            // A snapshot is being installed; its write must complete before
+            // a new transfer starts. The leader resends after a pause.
             return Ok(());
         }
         let expected = match &self.snapshots.incoming {
@@ -234,8 +243,9 @@ impl<S: LogRead> Node<S> {
         if self.role != super::Role::Leader {
             return Ok(());
         }
+        let now = self.now;
         let Some(pr) = self.progress.get_mut(&from) else { return Ok(()) };
-        pr.recent_active = true;
+        pr.last_active = now;
         let current = pr.snapshot.as_ref().map(|s| s.meta.last.index);
         if resp.installed {
             let news = pr.update_match(resp.snapshot_index);

@@ -3,9 +3,11 @@
 //! runs, and in-memory adapters for drivers.
 
 pub mod conformance;
+pub mod cluster;
 pub mod oracle;
 pub mod sim;
 pub mod state_machine;
 
+pub use cluster::Cluster;
 pub use oracle::Violation;
 pub use sim::{run_seeds, Interceptor, Sim, SimConfig, SimFailure, SimStats};

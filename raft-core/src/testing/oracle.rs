@@ -119,6 +119,7 @@ impl Oracle {
     pub(crate) fn check_nodes<'a>(
         &mut self,
         nodes: impl Iterator<Item = &'a Node<MemLog>>,
+        disks: &BTreeMap<NodeId, &MemLog>,
     ) -> Result<(), Violation> {
         for node in nodes {
             let id = node.id();
@@ -133,7 +134,7 @@ impl Oracle {
             // followers learn theirs from leaders, and a leader may step down
             // in the very step its commit advanced (e.g. after removing
             // itself), so collect claims from everyone.
-            self.record_commits(node)?;
+            self.record_commits(node, disks)?;
             if node.role() != Role::Leader {
                 continue;
             }
@@ -201,7 +202,7 @@ impl Oracle {
 
     /// Records what a leader declares committed; it must agree with what
     /// was committed and applied before.
-    fn record_commits(&mut self, node: &Node<MemLog>) -> Result<(), Violation> {
+    fn record_commits(&mut self, node: &Node<MemLog>, disks: &BTreeMap<NodeId, &MemLog>) -> Result<(), Violation> {
         let commit = node.commit_index();
         if commit <= self.max_commit {
             // Known already; still check the leader agrees at its commit index.
@@ -215,6 +216,7 @@ impl Oracle {
             }
             return Ok(());
         }
+        self.check_commit_durable(node, commit, disks)?;
         let first = node.first_index().unwrap_or(1).max(self.max_commit + 1);
         let entries = node.entries(first, commit + 1, u64::MAX).map_err(|e| Violation::new("storage", e.to_string()))?;
         for entry in &entries {
@@ -248,6 +250,48 @@ impl Oracle {
             }
         }
         self.max_commit = commit;
+        Ok(())
+    }
+
+    /// Commit safety (Raft paper §5.4.2): when an index is first claimed
+    /// committed, an entry of the claimer's term at or after it is durable
+    /// on a majority of the claimer's voters. (Followers claim only what
+    /// their leader claimed before them, in the same term.) Catches leaders
+    /// that commit entries of earlier terms by counting replicas.
+    fn check_commit_durable(
+        &self,
+        node: &Node<MemLog>,
+        commit: Index,
+        disks: &BTreeMap<NodeId, &MemLog>,
+    ) -> Result<(), Violation> {
+        use crate::LogRead;
+        let term = node.term();
+        let voters = node.membership().voters();
+        let holds = |disk: &MemLog| -> bool {
+            let last = disk.last_index().unwrap_or(0);
+            let mut index = last;
+            // Walk down over later terms; stop at the first entry of `term`
+            // or below it.
+            while index >= commit && index > 0 {
+                match disk.term(index) {
+                    Ok(t) if t == term => return true,
+                    Ok(t) if t < term => return false,
+                    Ok(_) => index -= 1,
+                    Err(_) => return false,
+                }
+            }
+            false
+        };
+        let durable = voters.iter().filter(|id| disks.get(id).is_some_and(|d| holds(d))).count();
+        if durable * 2 <= voters.len() {
+            return Err(Violation::new(
+                "commit safety",
+                format!(
+                    "node {} (term {term}) claims index {commit} committed, but no entry of term {term} at or after it is durable on a majority of {voters:?} (only {durable})",
+                    node.id()
+                ),
+            ));
+        }
         Ok(())
     }
 

@@ -63,16 +63,40 @@ pub struct SimConfig {
     /// Ticks allowed, after healing, for a leader to appear and a proposal
     /// to commit.
     pub liveness_ticks: u64,
+    /// Entries per AppendEntries (drawn per seed: small batches stress
+    /// pipelining and expose previous-term entries one at a time).
+    pub max_append_entries: usize,
+    /// The pipelining window (drawn per seed).
+    pub max_inflight: usize,
+    /// The AppendEntries byte budget (drawn per seed).
+    pub max_append_bytes: u64,
+    /// PreVote on or off (drawn per seed: Raft is safe either way).
+    pub pre_vote: bool,
+    /// CheckQuorum on or off (drawn per seed; lease reads need it).
+    pub check_quorum: bool,
 }
 
 impl SimConfig {
     /// Everything on, for `nodes` initial voters.
     pub fn new(seed: u64, nodes: usize) -> Self {
+        // Replication parameters vary by seed, from a stream of their own so
+        // that they do not perturb the main schedule.
+        let mut params = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F_C0FF_EE00);
+        let max_append_entries = [1, 2, 8, 64][params.random_range(0..4)];
+        let max_inflight = [1, 4, 16][params.random_range(0..3)];
+        let max_append_bytes = [64, 512, 1 << 16][params.random_range(0..3)];
+        let pre_vote = params.random_bool(0.7);
+        let check_quorum = params.random_bool(0.7);
         Self {
+            pre_vote,
+            check_quorum,
+            max_append_entries,
+            max_inflight,
+            max_append_bytes,
             seed,
             nodes,
             spare_nodes: 2,
-            steps: 6000,
+            steps: 8000,
             drop_rate: 0.05,
             duplicate_rate: 0.02,
             max_delay: 2,
@@ -81,7 +105,7 @@ impl SimConfig {
             membership_changes: true,
             transfers: true,
             reads: true,
-            lease_reads: true,
+            lease_reads: check_quorum,
             snapshots: true,
             liveness_ticks: 400,
         }
@@ -92,13 +116,15 @@ impl SimConfig {
         let mut config = Config::new(id);
         config.election_ticks = 10;
         config.heartbeat_ticks = 2;
-        config.lease_reads = self.lease_reads;
-        config.max_append_entries = 8;
-        config.max_append_bytes = 512;
-        config.max_inflight = 4;
+        config.lease_reads = self.lease_reads && self.check_quorum;
+        config.pre_vote = self.pre_vote;
+        config.check_quorum = self.check_quorum;
+        config.max_append_entries = self.max_append_entries;
+        config.max_append_bytes = self.max_append_bytes;
+        config.max_inflight = self.max_inflight;
         config.seed = self.seed ^ (id << 32) ^ incarnation.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         config.snapshot = if self.snapshots {
-            SnapshotPolicy { threshold: 40, retention: 8, chunk_size: 64, chunks_in_flight: 2 }
+            SnapshotPolicy { threshold: 24, retention: 6, chunk_size: 64, chunks_in_flight: 2 }
         } else {
             SnapshotPolicy { threshold: 0, ..SnapshotPolicy::default() }
         };
@@ -224,6 +250,10 @@ pub struct Sim {
     /// Ids of spare nodes never yet added.
     spares: Vec<NodeId>,
     faults_on: bool,
+    /// (term, leader) pairs already seen, and a leader scheduled to crash
+    /// soon after its election: (node, term, steps left).
+    seen_leaders: BTreeSet<(u64, NodeId)>,
+    doomed: Option<(NodeId, u64, u32)>,
 }
 
 type StepResult = Result<(), Violation>;
@@ -269,6 +299,8 @@ impl Sim {
             next_read: 1,
             spares,
             faults_on: true,
+            seen_leaders: BTreeSet::new(),
+            doomed: None,
         }
     }
 
@@ -342,24 +374,54 @@ impl Sim {
                     self.build_snapshot_one()?
                 }
             }
-            975..980 => {
+            975..982 => {
                 if self.config.membership_changes {
                     self.change_membership()?
                 }
             }
-            980..983 => {
+            982..985 => {
                 if self.config.transfers {
                     self.transfer_one()?
                 }
             }
             _ => self.inject_fault()?,
         }
+        self.doom_new_leaders();
         self.check()
     }
 
+    /// Leaders crash shortly after their election now and then, with entries
+    /// of earlier terms still on their way: how logs diverge in the hard
+    /// cases (Raft paper, figure 8).
+    fn doom_new_leaders(&mut self) {
+        if let Some((id, term, left)) = self.doomed {
+            if left == 0 {
+                self.doomed = None;
+                let still = self.nodes[&id].node.as_ref().is_some_and(|n| n.is_leader() && n.term() == term);
+                if still {
+                    self.crash(id);
+                }
+            } else {
+                self.doomed = Some((id, term, left - 1));
+            }
+        }
+        for id in self.leaders() {
+            let term = self.nodes[&id].node.as_ref().expect("live leader").term();
+            if self.seen_leaders.insert((term, id)) && self.doomed.is_none() && self.chance(0.15) {
+                let left = self.rng.random_range(5..80);
+                self.doomed = Some((id, term, left));
+            }
+        }
+    }
+
     fn check(&mut self) -> StepResult {
+        let disks: BTreeMap<NodeId, &MemLog> = self
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| n.node.as_ref().map(|node| node.store()).or(n.disk.as_ref()).map(|d| (*id, d)))
+            .collect();
         let nodes = self.nodes.values().filter_map(|n| n.node.as_ref());
-        self.oracle.check_nodes(nodes)
+        self.oracle.check_nodes(nodes, &disks)
     }
 
     // ----- time and network --------------------------------------------------
@@ -573,7 +635,11 @@ impl Sim {
             return Ok(());
         }
         let data = sim_node.machine.snapshot(100);
-        let meta = node.snapshot_meta_for(index, data.len() as u64).map_err(|e| storage_violation(id, e))?;
+        let meta = match node.snapshot_meta_for(index, data.len() as u64) {
+            Ok(meta) => meta,
+            Err(Error::SnapshotObsolete { .. }) => return Ok(()),
+            Err(e) => return Err(storage_violation(id, e)),
+        };
         node.store_mut().save_snapshot(meta.clone(), data);
         node.on_snapshot_built(&meta).map_err(|e| storage_violation(id, e))?;
         self.stats.snapshots += 1;
@@ -714,11 +780,29 @@ impl Sim {
             self.trace("heal");
             return Ok(());
         }
-        let crash_p = self.config.crash_rate / 0.017;
-        let partition_p = self.config.partition_rate / 0.017;
+        // Fault actions are 15 in 1000 steps; scale to per-step rates.
+        let crash_p = self.config.crash_rate / 0.015;
+        let partition_p = self.config.partition_rate / 0.015;
         if self.chance(crash_p.min(1.0)) {
-            let live = self.live_ids();
-            if let Some(id) = self.pick(&live) {
+            // Prefer nodes with writes in flight: crashing them exercises the
+            // durability contract (what was sent must survive).
+            let writing: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.node.is_some() && !n.pending.is_empty())
+                .map(|(id, _)| *id)
+                .collect();
+            // Leaders too: a leader crashing right after it appended entries
+            // is how logs diverge in the hard cases (Raft paper, figure 8).
+            let leaders = self.leaders();
+            let victims = if !leaders.is_empty() && self.chance(0.4) {
+                leaders
+            } else if !writing.is_empty() && self.chance(0.6) {
+                writing
+            } else {
+                self.live_ids()
+            };
+            if let Some(id) = self.pick(&victims) {
                 self.crash(id);
             }
         } else if self.chance(partition_p.min(1.0)) {
