@@ -60,7 +60,8 @@ pub struct TransportConfig {
     /// The longest reconnection delay. Default 5 s.
     pub reconnect_max_backoff: Duration,
     /// Bytes a peer may send on one stream ahead of our reading it; sized
-    /// for a few snapshot chunks. Default 8 MiB.
+    /// for a few snapshot chunks. A connection may have four times this
+    /// unread in all. Default 8 MiB.
     pub stream_receive_window: u32,
     /// Bytes in flight (sent, unacknowledged) per connection. Default 32 MiB.
     pub send_window: u64,
@@ -176,6 +177,11 @@ impl TransportConfig {
             .max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok())
             .keep_alive_interval(Some(self.keep_alive_interval))
             .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
+            // Room for a stalled snapshot stream plus everything else, so
+            // that a snapshot held back never starves the control stream.
+            .receive_window(
+                VarInt::from_u64(u64::from(self.stream_receive_window) * 4).unwrap_or(VarInt::MAX),
+            )
             .send_window(self.send_window)
             .max_concurrent_bidi_streams(VarInt::from_u32(self.max_client_streams.max(1)))
             .max_concurrent_uni_streams(VarInt::from_u32(16));
