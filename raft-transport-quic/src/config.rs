@@ -63,7 +63,10 @@ pub struct TransportConfig {
     /// for a few snapshot chunks. A connection may have four times this
     /// unread in all. Default 8 MiB.
     pub stream_receive_window: u32,
-    /// Bytes in flight (sent, unacknowledged) per connection. Default 32 MiB.
+    /// Bytes written but not yet acknowledged per connection, across all
+    /// streams. At least twice `stream_receive_window` plus 1 MiB, so that
+    /// the snapshot and replication streams can never use it all up and
+    /// hold back control messages. Default 32 MiB.
     pub send_window: u64,
     /// Concurrent requests one client connection may have open. Default 256.
     pub max_client_streams: u32,
@@ -167,6 +170,17 @@ impl TransportConfig {
                 "stream_receive_window must hold at least one snapshot chunk (1 MiB)".into(),
             );
         }
+        // Each stream buffers at most what the peer's stream window allows;
+        // the send window must hold the snapshot and replication streams'
+        // share and still leave room, so control writes never block on it.
+        let streams = 2 * u64::from(self.stream_receive_window);
+        if self.send_window < streams + (1 << 20) {
+            return Err(format!(
+                "send_window ({}) must be at least twice stream_receive_window plus 1 MiB ({})",
+                self.send_window,
+                streams + (1 << 20)
+            ));
+        }
         Ok(())
     }
 
@@ -186,5 +200,32 @@ impl TransportConfig {
             .max_concurrent_bidi_streams(VarInt::from_u32(self.max_client_streams.max(1)))
             .max_concurrent_uni_streams(VarInt::from_u32(16));
         transport
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_explained() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(TransportConfig::new(1, "main", addr).validate(), Ok(()));
+        let bad: [(&str, fn(&mut TransportConfig)); 6] = [
+            ("node_id", |c| c.node_id = 0),
+            ("cluster id", |c| c.cluster_id = "Main".into()),
+            ("keep_alive_interval", |c| {
+                c.keep_alive_interval = c.idle_timeout
+            }),
+            ("control_queue", |c| c.control_queue = 0),
+            ("max_frame_size", |c| c.max_frame_size = 10),
+            ("send_window", |c| c.send_window = 1 << 20),
+        ];
+        for (field, spoil) in bad {
+            let mut config = TransportConfig::new(1, "main", addr);
+            spoil(&mut config);
+            let error = config.validate().unwrap_err();
+            assert!(error.contains(field), "{field}: {error}");
+        }
     }
 }

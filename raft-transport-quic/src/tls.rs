@@ -69,6 +69,30 @@ pub(crate) fn negotiated_alpn(connection: &quinn::Connection) -> Option<Vec<u8>>
         .and_then(|data| data.protocol)
 }
 
+/// Checks that our own certificate names node `node_id` of `cluster_id`,
+/// so that a wrong certificate fails at start rather than at every peer.
+pub(crate) fn check_own_certificate(
+    identity: &TlsIdentity,
+    cluster_id: &str,
+    node_id: NodeId,
+) -> Result<(), String> {
+    let end_entity = identity
+        .chain
+        .first()
+        .ok_or_else(|| "the certificate chain is empty".to_owned())?;
+    let parsed = ParsedCertificate::try_from(end_entity)
+        .map_err(|e| format!("the certificate cannot be parsed: {e}"))?;
+    let expected = node_server_name(cluster_id, node_id);
+    let name = ServerName::try_from(expected.clone())
+        .map_err(|e| format!("invalid name {expected}: {e}"))?;
+    rustls::client::verify_server_name(&parsed, &name).map_err(|_| {
+        format!(
+            "the certificate does not carry the name {expected}, so it is not the certificate of node {node_id} \
+             of cluster {cluster_id}; issue one with CertificateAuthority::issue_node (raft-cli certs)"
+        )
+    })
+}
+
 /// Checks that the certificate the other side of `connection` presented
 /// (already verified against the CA by the TLS handshake) names node
 /// `node_id` of `cluster_id`.

@@ -32,6 +32,9 @@ pub enum StartError {
     /// The certificates or key could not be used.
     #[error(transparent)]
     Tls(#[from] CertError),
+    /// The certificate is not this node's.
+    #[error("wrong node certificate: {0}")]
+    WrongCertificate(String),
     /// The UDP socket could not be bound.
     #[error(
         "could not listen on UDP {addr}: {source}; is the port in use, or the address not local?"
@@ -249,6 +252,8 @@ impl QuicTransport {
         identity: &TlsIdentity,
     ) -> Result<Self, StartError> {
         config.validate().map_err(StartError::Config)?;
+        tls::check_own_certificate(identity, &config.cluster_id, config.node_id)
+            .map_err(StartError::WrongCertificate)?;
         let transport_config = Arc::new(config.quinn_transport());
 
         let mut server_config =

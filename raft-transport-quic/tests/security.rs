@@ -298,3 +298,31 @@ async fn wait_refusals(node: &QuicTransport, at_least: u64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_to_start_with_another_nodes_certificate_or_a_bad_config() {
+    init_tracing();
+    let ca = ca();
+    let wrong = identity(&ca, CLUSTER, 2);
+    let started = QuicTransport::start(config(1, CLUSTER, loopback()), &wrong).await;
+    assert!(
+        matches!(
+            started,
+            Err(raft_transport_quic::StartError::WrongCertificate(_))
+        ),
+        "{started:?}"
+    );
+    let client = ca.client_identity(CLUSTER, "alice").unwrap();
+    assert!(
+        QuicTransport::start(config(1, CLUSTER, loopback()), &client)
+            .await
+            .is_err()
+    );
+    let mut bad = config(1, CLUSTER, loopback());
+    bad.max_frame_size = 0;
+    let started = QuicTransport::start(bad, &identity(&ca, CLUSTER, 1)).await;
+    assert!(
+        matches!(started, Err(raft_transport_quic::StartError::Config(_))),
+        "{started:?}"
+    );
+}
