@@ -209,7 +209,7 @@ impl RocksStore {
         for dir in [&db_path, &snapshot_path] {
             std::fs::create_dir_all(dir).map_err(|e| Error::from_io(dir, e))?;
         }
-        probe_writable(&snapshot_path)?;
+        probe_writable(&snapshot_path).map_err(|e| Error::from_io(&path, e))?;
 
         let marker = path.join(CLEAN_SHUTDOWN);
         let clean = marker.exists();
@@ -334,7 +334,7 @@ fn prepare_directory(path: &Path, create_if_missing: bool) -> Result<(), Error> 
 /// Writes, syncs and deletes a small file, so that an unwritable directory
 /// or a full disk is reported as such before RocksDB reports it less
 /// clearly.
-fn probe_writable(dir: &Path) -> Result<(), Error> {
+fn probe_writable(dir: &Path) -> std::io::Result<()> {
     use std::io::Write;
     let path = dir.join(PROBE);
     let result = (|| {
@@ -343,7 +343,7 @@ fn probe_writable(dir: &Path) -> Result<(), Error> {
         file.sync_all()
     })();
     let _ = std::fs::remove_file(&path);
-    result.map_err(|e| Error::from_io(dir, e))
+    result
 }
 
 /// Opens RocksDB. After a clean shutdown the WAL must be intact
