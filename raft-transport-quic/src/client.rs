@@ -32,6 +32,16 @@ pub struct ClientRequest {
     pub remote_address: SocketAddr,
 }
 
+impl ClientRequest {
+    /// A request, e.g. to test a handler without a network.
+    pub fn new(body: Bytes, remote_address: SocketAddr) -> Self {
+        Self {
+            body,
+            remote_address,
+        }
+    }
+}
+
 /// What a handler answers.
 #[derive(Debug)]
 pub enum Response {

@@ -52,7 +52,8 @@ async fn a_64_mib_snapshot_streams_while_heartbeats_keep_flowing() {
         let b = b.clone();
         let sent_at = sent_at.clone();
         tokio::spawn(async move {
-            let mut delays = Vec::new();
+            let mut idle_delays = Vec::new(); // before the first chunk
+            let mut delays = Vec::new(); // during the transfer
             let mut next_offset = 0u64;
             let mut finished_at = None;
             while finished_at.is_none() || delays.len() < 5 {
@@ -62,7 +63,9 @@ async fn a_64_mib_snapshot_streams_while_heartbeats_keep_flowing() {
                 match message.body {
                     MessageBody::Heartbeat(heartbeat) => {
                         let sent = sent_at.lock().unwrap()[&heartbeat.round];
-                        if finished_at.is_none() {
+                        if next_offset == 0 {
+                            idle_delays.push(sent.elapsed());
+                        } else if finished_at.is_none() {
                             delays.push(sent.elapsed());
                         }
                     }
@@ -71,7 +74,7 @@ async fn a_64_mib_snapshot_streams_while_heartbeats_keep_flowing() {
                         assert_eq!(chunk.offset, next_offset);
                         let i = (chunk.offset as usize) / CHUNK;
                         assert!(
-                            chunk.data.iter().all(|&byte| byte == i as u8),
+                            chunk.data[..] == vec![i as u8; CHUNK][..],
                             "chunk {i} corrupted"
                         );
                         next_offset += chunk.data.len() as u64;
@@ -82,7 +85,7 @@ async fn a_64_mib_snapshot_streams_while_heartbeats_keep_flowing() {
                     other => panic!("unexpected {other:?}"),
                 }
             }
-            (next_offset, delays, finished_at.unwrap())
+            (next_offset, idle_delays, delays, finished_at.unwrap())
         })
     };
 
@@ -106,6 +109,9 @@ async fn a_64_mib_snapshot_streams_while_heartbeats_keep_flowing() {
         })
     };
 
+    // A quiet moment first, for a baseline heartbeat delay.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
     // The snapshot: a full queue means "slow down" (backpressure).
     let started = Instant::now();
     let mut pushed_back = 0;
@@ -122,7 +128,7 @@ async fn a_64_mib_snapshot_streams_while_heartbeats_keep_flowing() {
             }
         }
     }
-    let (bytes, mut delays, finished_at) = receiver.await.unwrap();
+    let (bytes, mut idle_delays, mut delays, finished_at) = receiver.await.unwrap();
     transfer_done.notify_one();
     let rounds = heartbeats.await.unwrap();
     assert_eq!(bytes, (CHUNK * CHUNKS) as u64);
@@ -130,11 +136,16 @@ async fn a_64_mib_snapshot_streams_while_heartbeats_keep_flowing() {
 
     let elapsed = finished_at - started;
     delays.sort();
+    idle_delays.sort();
     let median = delays[delays.len() / 2];
     let max = *delays.last().unwrap();
+    let idle_median = idle_delays
+        .get(idle_delays.len() / 2)
+        .copied()
+        .unwrap_or_default();
     println!(
         "snapshot: {} MiB in {elapsed:.2?} ({:.1} MiB/s, {pushed_back} pushbacks); {} heartbeats during the transfer \
-         ({rounds} sent), delay median {median:.2?}, max {max:.2?}",
+         ({rounds} sent in all): delay median {median:.2?}, max {max:.2?} (median {idle_median:.2?} before the transfer)",
         CHUNKS,
         CHUNKS as f64 / elapsed.as_secs_f64(),
         delays.len(),
