@@ -211,7 +211,8 @@ mod tests {
     fn defaults_are_valid_and_bad_values_are_explained() {
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
         assert_eq!(TransportConfig::new(1, "main", addr).validate(), Ok(()));
-        let bad: [(&str, fn(&mut TransportConfig)); 6] = [
+        type Spoil = fn(&mut TransportConfig);
+        let bad: [(&str, Spoil); 6] = [
             ("node_id", |c| c.node_id = 0),
             ("cluster id", |c| c.cluster_id = "Main".into()),
             ("keep_alive_interval", |c| {
