@@ -28,7 +28,9 @@ fn main() -> ExitCode {
             "--nodes" => nodes = value("--nodes") as usize,
             "--verbose" => verbose = true,
             other => {
-                eprintln!("unknown argument {other}; usage: sim --seeds N [--start S] [--nodes K] [--verbose]");
+                eprintln!(
+                    "unknown argument {other}; usage: sim --seeds N [--start S] [--nodes K] [--verbose]"
+                );
                 return ExitCode::from(2);
             }
         }
@@ -76,5 +78,9 @@ fn main() -> ExitCode {
         failures.len(),
         began.elapsed().as_secs_f64()
     );
-    if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

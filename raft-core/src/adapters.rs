@@ -74,7 +74,10 @@ pub trait StateMachine: Send + 'static {
     /// Applies committed entries in log order (no-op and configuration
     /// entries included, so the state machine can track its applied index),
     /// returning the output of each command entry with its position.
-    async fn apply(&mut self, entries: Vec<Entry>) -> Result<Vec<(LogId, Self::Output)>, StateMachineError>;
+    async fn apply(
+        &mut self,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<(LogId, Self::Output)>, StateMachineError>;
 
     /// The index of the last entry applied.
     fn applied_index(&self) -> Index;

@@ -72,7 +72,12 @@ pub struct SnapshotPolicy {
 
 impl Default for SnapshotPolicy {
     fn default() -> Self {
-        Self { threshold: 100_000, retention: 10_000, chunk_size: 1 << 20, chunks_in_flight: 4 }
+        Self {
+            threshold: 100_000,
+            retention: 10_000,
+            chunk_size: 1 << 20,
+            chunks_in_flight: 4,
+        }
     }
 }
 

@@ -35,14 +35,20 @@ pub enum Error {
     #[error("node {0} is already the leader; pick another node to transfer leadership to")]
     TransferToSelf(NodeId),
     /// Leadership can only go to a voter of the current configuration.
-    #[error("node {0} is not a voter of the current configuration; promote it before transferring leadership to it")]
+    #[error(
+        "node {0} is not a voter of the current configuration; promote it before transferring leadership to it"
+    )]
     TransferToNonVoter(NodeId),
     /// A lease read was asked for but [`crate::Config::lease_reads`] is off.
-    #[error("lease reads are disabled; enable Config::lease_reads (with check_quorum) or use a ReadIndex read")]
+    #[error(
+        "lease reads are disabled; enable Config::lease_reads (with check_quorum) or use a ReadIndex read"
+    )]
     LeaseReadsDisabled,
     /// The host built a snapshot at `index`, but the node already has (or is
     /// installing) a snapshot at `newest` covering it. Discard the new one.
-    #[error("snapshot at index {index} is obsolete: a snapshot at {newest} already covers it; discard it")]
+    #[error(
+        "snapshot at index {index} is obsolete: a snapshot at {newest} already covers it; discard it"
+    )]
     SnapshotObsolete {
         /// The index of the snapshot the host built.
         index: Index,
@@ -66,7 +72,9 @@ pub enum ConfChangeError {
     NoVotersLeft,
     /// More than one voter would be added or removed at once, which could
     /// let two disjoint majorities exist. Make one change at a time.
-    #[error("more than one voter changed without entering joint config; change one voter at a time")]
+    #[error(
+        "more than one voter changed without entering joint config; change one voter at a time"
+    )]
     MoreThanOneVoterChanged,
     /// Node id 0 is reserved.
     #[error("node id 0 is reserved; use ids from 1")]

@@ -144,9 +144,10 @@ pub use mem_log::MemLog;
 pub use membership::{ConfChange, Membership};
 pub use message::{
     AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, Message, MessageBody, MessageKind,
-    ReadIndexRequest, ReadIndexResponse, SnapshotChunk, SnapshotResponse, VoteRequest, VoteResponse,
+    ReadIndexRequest, ReadIndexResponse, SnapshotChunk, SnapshotResponse, VoteRequest,
+    VoteResponse,
 };
-pub use node::{next_snapshot_threshold, Node, ReadPolicy, Role};
+pub use node::{Node, ReadPolicy, Role, next_snapshot_threshold};
 pub use progress::ReplicationState;
 pub use ready::{ReadState, Ready};
 pub use status::{Counters, FollowerStatus, Status};
@@ -157,5 +158,9 @@ pub use types::{Entry, EntryPayload, HardState, Index, LogId, NodeId, SnapshotMe
 /// initial configuration, written before the node first starts.
 /// It is committed by the first leader's no-op entry.
 pub fn bootstrap_entry(membership: Membership) -> Entry {
-    Entry { term: 1, index: 1, payload: EntryPayload::Membership(membership) }
+    Entry {
+        term: 1,
+        index: 1,
+        payload: EntryPayload::Membership(membership),
+    }
 }

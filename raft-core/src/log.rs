@@ -115,7 +115,12 @@ impl<S: LogRead> RaftLog<S> {
     }
 
     /// Entries in `low..high`, within `max_bytes` (at least one).
-    pub(crate) fn entries(&self, low: Index, high: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+    pub(crate) fn entries(
+        &self,
+        low: Index,
+        high: Index,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
         let high = high.min(self.last_index() + 1);
         if low >= high {
             return Ok(Vec::new());
@@ -205,7 +210,9 @@ impl<S: LogRead> RaftLog<S> {
         if last.index < self.offset {
             return;
         }
-        let Some(entry) = self.unstable.get((last.index - self.offset) as usize) else { return };
+        let Some(entry) = self.unstable.get((last.index - self.offset) as usize) else {
+            return;
+        };
         if entry.term != last.term {
             // Replaced since; the newer write is still pending.
             return;
@@ -218,7 +225,12 @@ impl<S: LogRead> RaftLog<S> {
 
     /// The host made the snapshot with last index `index` durable.
     pub(crate) fn stable_snapshot_to(&mut self, index: Index) {
-        if self.snapshot.as_ref().is_some_and(|m| m.last.index == index) && self.snapshot_in_progress {
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|m| m.last.index == index)
+            && self.snapshot_in_progress
+        {
             self.snapshot = None;
             self.snapshot_in_progress = false;
         }

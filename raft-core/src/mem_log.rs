@@ -5,10 +5,10 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use crate::Membership;
 use crate::error::StorageError;
 use crate::storage::{LogRead, LogWrite};
 use crate::types::{Entry, EntryPayload, HardState, Index, SnapshotMeta, Term};
-use crate::Membership;
 
 /// A log, hard state and snapshot held in memory.
 ///
@@ -33,7 +33,10 @@ pub struct MemLog {
 impl MemLog {
     /// An empty log (a node that will join an existing cluster).
     pub fn new() -> Self {
-        Self { offset: 1, ..Self::default() }
+        Self {
+            offset: 1,
+            ..Self::default()
+        }
     }
 
     /// A log holding [`crate::bootstrap_entry`] for `membership`: give one to
@@ -65,7 +68,9 @@ impl MemLog {
         }
         if let Some(meta) = &write.install_snapshot {
             let Some((incoming_meta, data)) = self.incoming.take() else {
-                return Err(StorageError::Corrupt("install of a snapshot that was never received".into()));
+                return Err(StorageError::Corrupt(
+                    "install of a snapshot that was never received".into(),
+                ));
             };
             if incoming_meta.last != meta.last || data.len() as u64 != meta.size {
                 return Err(StorageError::Corrupt(format!(
@@ -88,7 +93,10 @@ impl MemLog {
             }
             let keep = (first.index - self.offset) as usize;
             if keep > self.entries.len() {
-                return Err(StorageError::Corrupt(format!("append at {} leaves a gap", first.index)));
+                return Err(StorageError::Corrupt(format!(
+                    "append at {} leaves a gap",
+                    first.index
+                )));
             }
             self.entries.truncate(keep);
             self.entries.extend(write.entries.iter().cloned());
@@ -117,7 +125,11 @@ impl MemLog {
 
     /// Saves a snapshot the host built.
     pub fn save_snapshot(&mut self, meta: SnapshotMeta, data: Bytes) {
-        if self.snapshot.as_ref().is_some_and(|(m, _)| m.last.index >= meta.last.index) {
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|(m, _)| m.last.index >= meta.last.index)
+        {
             return;
         }
         self.snapshot = Some((meta, data));
@@ -189,7 +201,10 @@ impl LogRead for MemLog {
         }
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut used = 0;
-        for entry in self.entries.range((low - self.offset) as usize..(high - self.offset) as usize) {
+        for entry in self
+            .entries
+            .range((low - self.offset) as usize..(high - self.offset) as usize)
+        {
             used += entry.budget_size();
             if !out.is_empty() && used > max_bytes {
                 break;
@@ -199,7 +214,12 @@ impl LogRead for MemLog {
         Ok(out)
     }
 
-    fn snapshot_chunk(&self, snapshot_index: Index, offset: u64, max_len: u64) -> Result<Bytes, StorageError> {
+    fn snapshot_chunk(
+        &self,
+        snapshot_index: Index,
+        offset: u64,
+        max_len: u64,
+    ) -> Result<Bytes, StorageError> {
         match &self.snapshot {
             Some((meta, data)) if meta.last.index == snapshot_index => {
                 let start = (offset as usize).min(data.len());

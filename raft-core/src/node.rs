@@ -131,7 +131,9 @@ impl<S: LogRead> Node<S> {
         config.validate()?;
         let hard_state = store.hard_state()?;
         let snapshot = store.snapshot_meta()?;
-        let applied = config.applied.max(snapshot.as_ref().map_or(0, |s| s.last.index));
+        let applied = config
+            .applied
+            .max(snapshot.as_ref().map_or(0, |s| s.last.index));
         let log = RaftLog::new(store, hard_state.commit, applied)?;
         let mut configs = Vec::new();
         if let Some(meta) = &snapshot {
@@ -166,7 +168,11 @@ impl<S: LogRead> Node<S> {
             // With lease reads on, a (re)started node refuses votes for an
             // election timeout: it may have acknowledged a leader's lease
             // just before it crashed.
-            since_leader_contact: if config.lease_reads { 0 } else { config.election_ticks },
+            since_leader_contact: if config.lease_reads {
+                0
+            } else {
+                config.election_ticks
+            },
             heartbeat_elapsed: 0,
             randomized_election_timeout: config.election_ticks,
             now: 0,
@@ -225,17 +231,27 @@ impl<S: LogRead> Node<S> {
     /// The configuration in force: the latest one in the log, committed or not.
     pub fn membership(&self) -> &Membership {
         static EMPTY: std::sync::OnceLock<Membership> = std::sync::OnceLock::new();
-        self.configs.last().map_or_else(|| EMPTY.get_or_init(Membership::default), |(_, m)| m)
+        self.configs
+            .last()
+            .map_or_else(|| EMPTY.get_or_init(Membership::default), |(_, m)| m)
     }
 
     /// The latest configuration known to be committed.
     pub fn committed_membership(&self) -> Option<&Membership> {
-        self.configs.iter().rev().find(|(index, _)| *index <= self.log.committed).map(|(_, m)| m)
+        self.configs
+            .iter()
+            .rev()
+            .find(|(index, _)| *index <= self.log.committed)
+            .map(|(_, m)| m)
     }
 
     /// The hard state as this node sees it now (possibly not yet durable).
     pub fn hard_state(&self) -> HardState {
-        HardState { term: self.term, vote: self.vote, commit: self.log.committed }
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed,
+        }
     }
 
     /// The highest index known committed.
@@ -304,7 +320,8 @@ impl<S: LogRead> Node<S> {
                     inflight: pr.inflight.len(),
                     state: pr.state,
                     lag: last.index.saturating_sub(pr.match_index),
-                    recent_active: self.now.saturating_sub(pr.last_active) < self.config.election_ticks,
+                    recent_active: self.now.saturating_sub(pr.last_active)
+                        < self.config.election_ticks,
                     snapshot_bytes_acked: pr.snapshot.as_ref().map(|s| (s.acked, s.meta.size)),
                 })
                 .collect()
@@ -366,9 +383,13 @@ impl<S: LogRead> Node<S> {
     pub fn propose_membership(&mut self, change: ConfChange) -> Result<LogId, Error> {
         self.check_can_propose()?;
         if self.pending_conf_index > self.log.committed {
-            return Err(Error::ConfigChangeInProgress { pending_index: self.pending_conf_index });
+            return Err(Error::ConfigChangeInProgress {
+                pending_index: self.pending_conf_index,
+            });
         }
-        let next = self.membership().apply_changes(std::slice::from_ref(&change))?;
+        let next = self
+            .membership()
+            .apply_changes(std::slice::from_ref(&change))?;
         if &next == self.membership() {
             return Err(crate::error::ConfChangeError::NoChange.into());
         }
@@ -385,7 +406,9 @@ impl<S: LogRead> Node<S> {
 
     fn check_can_propose(&self) -> Result<(), Error> {
         if self.role != Role::Leader {
-            return Err(Error::NotLeader { leader_hint: self.leader });
+            return Err(Error::NotLeader {
+                leader_hint: self.leader,
+            });
         }
         if let Some(t) = self.transfer {
             return Err(Error::TransferInProgress { target: t.target });
@@ -396,7 +419,11 @@ impl<S: LogRead> Node<S> {
     /// Appends an entry to the leader's own log.
     fn append_entry(&mut self, payload: EntryPayload) -> LogId {
         let index = self.log.last_index() + 1;
-        let entry = Entry { term: self.term, index, payload };
+        let entry = Entry {
+            term: self.term,
+            index,
+            payload,
+        };
         let id = entry.log_id();
         let config = match &entry.payload {
             EntryPayload::Membership(m) => Some(m.clone()),
@@ -425,7 +452,9 @@ impl<S: LogRead> Node<S> {
             MessageBody::PreVoteResponse(resp) => {
                 self.handle_vote_response(from, message.term, resp.granted, true)
             }
-            MessageBody::VoteResponse(resp) => self.handle_vote_response(from, message.term, resp.granted, false),
+            MessageBody::VoteResponse(resp) => {
+                self.handle_vote_response(from, message.term, resp.granted, false)
+            }
             MessageBody::Append(req) => self.handle_append(from, req),
             MessageBody::AppendResponse(resp) => self.handle_append_response(from, resp),
             MessageBody::Heartbeat(hb) => self.handle_heartbeat(from, hb),
@@ -474,7 +503,9 @@ impl<S: LogRead> Node<S> {
             || self.reads.has_ready(self.log.applied)
             || self.snapshots.has_ready()
             || (self.role == Role::Leader
-                && (self.need_append || self.reads.has_unsent() || self.broadcast_commit < self.log.committed))
+                && (self.need_append
+                    || self.reads.has_unsent()
+                    || self.broadcast_commit < self.log.committed))
     }
 
     fn hard_state_must_sync(&self) -> bool {
@@ -507,7 +538,14 @@ impl<S: LogRead> Node<S> {
             None
         };
         let compact_to = self.snapshots.take_compaction();
-        let write = LogWrite { snapshot_chunks, install_snapshot, entries, hard_state, compact_to, must_sync };
+        let write = LogWrite {
+            snapshot_chunks,
+            install_snapshot,
+            entries,
+            hard_state,
+            compact_to,
+            must_sync,
+        };
         if !write.is_empty() {
             self.pending_persists.push_back(PendingPersist {
                 number,
@@ -517,7 +555,8 @@ impl<S: LogRead> Node<S> {
         }
 
         let committed_entries = self.log.next_to_apply(self.config.max_apply_bytes)?;
-        self.reads.collect_ready(self.log.applied, &mut self.read_states);
+        self.reads
+            .collect_ready(self.log.applied, &mut self.read_states);
         let read_states = std::mem::take(&mut self.read_states);
         let snapshot_due = self.snapshots.take_due();
 
@@ -561,7 +600,10 @@ impl<S: LogRead> Node<S> {
     /// Acknowledges that the host applied committed entries up to `index`.
     pub fn on_applied(&mut self, index: Index) -> Result<(), Error> {
         self.log.applied_to(index);
-        let log_len = self.log.last_index().saturating_sub(self.log.first_index()?.saturating_sub(1));
+        let log_len = self
+            .log
+            .last_index()
+            .saturating_sub(self.log.first_index()?.saturating_sub(1));
         self.snapshots.maybe_request(self.log.applied, log_len);
         Ok(())
     }
@@ -569,11 +611,21 @@ impl<S: LogRead> Node<S> {
     // ----- shared helpers ----------------------------------------------------
 
     fn send(&mut self, to: NodeId, body: MessageBody) {
-        self.messages.push(Message { from: self.id, to, term: self.term, body });
+        self.messages.push(Message {
+            from: self.id,
+            to,
+            term: self.term,
+            body,
+        });
     }
 
     fn send_after_persist(&mut self, to: NodeId, body: MessageBody) {
-        self.persisted_messages.push(Message { from: self.id, to, term: self.term, body });
+        self.persisted_messages.push(Message {
+            from: self.id,
+            to,
+            term: self.term,
+            body,
+        });
     }
 
     fn reset_randomized_timeout(&mut self) {
@@ -597,6 +649,12 @@ impl<S: LogRead> Node<S> {
         self.progress.clear();
         self.need_append = false;
         let hint = self.leader;
-        self.reads.fail_all(hint, &mut self.read_states, &mut self.messages, self.id, self.term);
+        self.reads.fail_all(
+            hint,
+            &mut self.read_states,
+            &mut self.messages,
+            self.id,
+            self.term,
+        );
     }
 }

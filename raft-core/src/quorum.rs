@@ -23,7 +23,10 @@ pub enum VoteResult {
 /// `acked` gives each voter's acknowledged index (`None`: nothing known yet,
 /// counted as 0). An empty configuration commits everything (`Index::MAX`),
 /// which makes it neutral in [`joint_committed`].
-pub fn majority_committed(voters: &BTreeSet<NodeId>, mut acked: impl FnMut(NodeId) -> Option<Index>) -> Index {
+pub fn majority_committed(
+    voters: &BTreeSet<NodeId>,
+    mut acked: impl FnMut(NodeId) -> Option<Index>,
+) -> Index {
     let n = voters.len();
     if n == 0 {
         return Index::MAX;
@@ -37,7 +40,10 @@ pub fn majority_committed(voters: &BTreeSet<NodeId>, mut acked: impl FnMut(NodeI
         }
         &mut stack[..n]
     } else {
-        heap = voters.iter().map(|id| acked(*id).unwrap_or(0)).collect::<Vec<_>>();
+        heap = voters
+            .iter()
+            .map(|id| acked(*id).unwrap_or(0))
+            .collect::<Vec<_>>();
         &mut heap[..]
     };
     indexes.sort_unstable_by(|a, b| b.cmp(a));
@@ -56,7 +62,10 @@ pub fn joint_committed(
 
 /// The outcome of a vote among `voters`, where `vote` gives each voter's
 /// answer (`None`: not answered yet). An empty configuration wins.
-pub fn majority_vote(voters: &BTreeSet<NodeId>, mut vote: impl FnMut(NodeId) -> Option<bool>) -> VoteResult {
+pub fn majority_vote(
+    voters: &BTreeSet<NodeId>,
+    mut vote: impl FnMut(NodeId) -> Option<bool>,
+) -> VoteResult {
     if voters.is_empty() {
         return VoteResult::Won;
     }
@@ -104,7 +113,10 @@ mod tests {
     #[test]
     fn committed_index_is_the_majority_median() {
         let voters = set(&[1, 2, 3]);
-        assert_eq!(majority_committed(&voters, |id| Some([0, 12, 5, 7][id as usize])), 7);
+        assert_eq!(
+            majority_committed(&voters, |id| Some([0, 12, 5, 7][id as usize])),
+            7
+        );
         assert_eq!(majority_committed(&voters, |id| (id == 1).then_some(12)), 0);
         assert_eq!(majority_committed(&set(&[]), |_| None), Index::MAX);
     }
@@ -112,7 +124,10 @@ mod tests {
     #[test]
     fn vote_outcomes() {
         let voters = set(&[1, 2, 3]);
-        assert_eq!(majority_vote(&voters, |id| (id == 1).then_some(true)), VoteResult::Pending);
+        assert_eq!(
+            majority_vote(&voters, |id| (id == 1).then_some(true)),
+            VoteResult::Pending
+        );
         assert_eq!(majority_vote(&voters, |id| Some(id != 3)), VoteResult::Won);
         assert_eq!(majority_vote(&voters, |id| Some(id == 3)), VoteResult::Lost);
     }

@@ -48,7 +48,12 @@ pub trait LogRead {
     /// Up to `max_len` bytes of the current snapshot's data, starting at
     /// `offset`. Fails with [`StorageError::SnapshotChanged`] when the current
     /// snapshot is no longer the one whose last index is `snapshot_index`.
-    fn snapshot_chunk(&self, snapshot_index: Index, offset: u64, max_len: u64) -> Result<Bytes, StorageError>;
+    fn snapshot_chunk(
+        &self,
+        snapshot_index: Index,
+        offset: u64,
+        max_len: u64,
+    ) -> Result<Bytes, StorageError>;
 }
 
 impl<T: LogRead + ?Sized> LogRead for std::sync::Arc<T> {
@@ -70,7 +75,12 @@ impl<T: LogRead + ?Sized> LogRead for std::sync::Arc<T> {
     fn entries(&self, low: Index, high: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
         (**self).entries(low, high, max_bytes)
     }
-    fn snapshot_chunk(&self, snapshot_index: Index, offset: u64, max_len: u64) -> Result<Bytes, StorageError> {
+    fn snapshot_chunk(
+        &self,
+        snapshot_index: Index,
+        offset: u64,
+        max_len: u64,
+    ) -> Result<Bytes, StorageError> {
         (**self).snapshot_chunk(snapshot_index, offset, max_len)
     }
 }

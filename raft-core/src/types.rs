@@ -17,7 +17,9 @@ pub type Index = u64;
 /// The position of one log entry: its index and the term it was created in.
 /// Two logs that hold an entry with the same `LogId` are identical up to it
 /// (the log matching property).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct LogId {
     /// The term of the leader that created the entry.
     pub term: Term,

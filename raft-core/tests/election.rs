@@ -37,11 +37,18 @@ fn re_election_after_leader_is_lost() {
     c.isolate(1);
     c.run_ticks(60);
     let leaders = c.leaders();
-    let new = *leaders.iter().find(|&&id| id != 1).expect("a new leader among 2 and 3");
+    let new = *leaders
+        .iter()
+        .find(|&&id| id != 1)
+        .expect("a new leader among 2 and 3");
     assert!(c.node(new).term() > term);
     c.heal();
     c.run_ticks(30);
-    assert_eq!(c.leaders(), vec![new], "the old leader stepped down and follows");
+    assert_eq!(
+        c.leaders(),
+        vec![new],
+        "the old leader stepped down and follows"
+    );
     assert_eq!(c.node(1).leader(), Some(new));
 }
 
@@ -87,11 +94,17 @@ fn rejoining_node_disrupts_without_pre_vote() {
     let term = c.node(1).term();
     c.isolate(3);
     c.run_ticks(200);
-    assert!(c.node(3).term() > term + 3, "without pre-vote the term climbs");
+    assert!(
+        c.node(3).term() > term + 3,
+        "without pre-vote the term climbs"
+    );
     c.heal();
     c.run_ticks(40);
     let leader = c.leader().expect("a leader again");
-    assert!(c.node(leader).term() > term, "the cluster was forced into a new term");
+    assert!(
+        c.node(leader).term() > term,
+        "the cluster was forced into a new term"
+    );
 }
 
 /// Raft thesis §6.2 (CheckQuorum): a leader cut off from a quorum steps down
@@ -103,7 +116,11 @@ fn partitioned_leader_steps_down() {
     c.partition(&[1, 2]);
     let election = c.node(1).config().election_ticks;
     c.run_ticks(election + 1);
-    assert_eq!(c.node(1).role(), Role::Follower, "the minority leader stepped down");
+    assert_eq!(
+        c.node(1).role(),
+        Role::Follower,
+        "the minority leader stepped down"
+    );
     c.run_ticks(60);
     let leader = c.leader().expect("the majority elected a leader");
     assert!([3, 4, 5].contains(&leader));
@@ -124,5 +141,9 @@ fn stale_log_cannot_win() {
     c.node_mut(3).campaign().unwrap();
     c.drop_if(|m| matches!(m.body, MessageBody::Append(_) | MessageBody::Heartbeat(_)));
     c.stabilize();
-    assert_ne!(c.node(3).role(), Role::Leader, "node 2 refuses a candidate missing a committed entry");
+    assert_ne!(
+        c.node(3).role(),
+        Role::Leader,
+        "node 2 refuses a candidate missing a committed entry"
+    );
 }

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use raft_core::quorum::{joint_committed, joint_vote, majority_committed, majority_vote, VoteResult};
+use raft_core::quorum::{
+    VoteResult, joint_committed, joint_vote, majority_committed, majority_vote,
+};
 use raft_core::{ConfChange, ConfChangeError, Membership};
 
 /// The unpacked `go.etcd.io/etcd/raft` directory.
@@ -64,10 +66,18 @@ fn cases(dir: &Path, prefix: &str) -> Vec<Case> {
         .expect("testdata directory")
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(".txt")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".txt"))
+        })
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "no {prefix}*.txt files in {}", dir.display());
+    assert!(
+        !files.is_empty(),
+        "no {prefix}*.txt files in {}",
+        dir.display()
+    );
     let mut out = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).expect("read testdata");
@@ -120,7 +130,11 @@ fn args(command: &str) -> (String, Vec<(String, Vec<String>)>) {
             let end = after.find(' ').unwrap_or(after.len());
             (&after[..end], &after[end..])
         };
-        let values = value.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
+        let values = value
+            .split(',')
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect();
         out.push((key, values));
         rest = tail.trim();
     }
@@ -147,7 +161,18 @@ fn quorum_testdata_agrees() {
                         cfgj = values.iter().map(|v| v.parse::<u64>().unwrap()).collect();
                     }
                 }
-                "idx" => idx = values.iter().map(|v| if v == "_" { None } else { Some(v.parse::<u64>().unwrap()) }).collect(),
+                "idx" => {
+                    idx = values
+                        .iter()
+                        .map(|v| {
+                            if v == "_" {
+                                None
+                            } else {
+                                Some(v.parse::<u64>().unwrap())
+                            }
+                        })
+                        .collect()
+                }
                 "votes" => {
                     votes = values
                         .iter()
@@ -176,13 +201,25 @@ fn quorum_testdata_agrees() {
         match verb.as_str() {
             "committed" => {
                 let acked = |id: u64| position(id).and_then(|p| idx.get(p).copied().flatten());
-                let got = if joint { joint_committed(&a, &b, acked) } else { majority_committed(&a, acked) };
-                let want = if last.ends_with('∞') { u64::MAX } else { last.parse().unwrap() };
+                let got = if joint {
+                    joint_committed(&a, &b, acked)
+                } else {
+                    majority_committed(&a, acked)
+                };
+                let want = if last.ends_with('∞') {
+                    u64::MAX
+                } else {
+                    last.parse().unwrap()
+                };
                 assert_eq!(got, want, "{}:{}: {}", case.file, case.line, case.command);
             }
             "vote" => {
                 let vote = |id: u64| position(id).and_then(|p| votes.get(p).copied().flatten());
-                let got = if joint { joint_vote(&a, &b, vote) } else { majority_vote(&a, vote) };
+                let got = if joint {
+                    joint_vote(&a, &b, vote)
+                } else {
+                    majority_vote(&a, vote)
+                };
                 let got = match got {
                     VoteResult::Won => "VoteWon",
                     VoteResult::Lost => "VoteLost",
@@ -195,7 +232,10 @@ fn quorum_testdata_agrees() {
         checked += 1;
     }
     println!("{checked} quorum cases agree with etcd raft");
-    assert!(checked > 100, "expected the full quorum testdata, got {checked} cases");
+    assert!(
+        checked > 100,
+        "expected the full quorum testdata, got {checked} cases"
+    );
 }
 
 #[test]
@@ -212,17 +252,25 @@ fn confchange_simple_testdata_agrees() {
             let id: u64 = id.parse().unwrap();
             changes.push(match kind {
                 "v" => ConfChange::AddVoter { id, address: None },
-                "l" => ConfChange::AddLearner { id, address: format!("node-{id}") },
+                "l" => ConfChange::AddLearner {
+                    id,
+                    address: format!("node-{id}"),
+                },
                 "r" => ConfChange::Remove { id },
                 other => panic!("{}:{}: unknown change {other}", case.file, case.line),
             });
         }
         // Each file is one sequence of changes from an empty configuration.
         let current = files.entry(case.file.clone()).or_default();
-        let first = case.expected.first().map(String::as_str).unwrap_or_default();
+        let first = case
+            .expected
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default();
         match current.apply_changes(&changes) {
             Ok(next) => {
-                let show = |s: &BTreeSet<u64>| s.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
+                let show =
+                    |s: &BTreeSet<u64>| s.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
                 let mut got = format!("voters=({})", show(next.voters()));
                 if !next.learners().is_empty() {
                     got.push_str(&format!(" learners=({})", show(next.learners())));
@@ -233,15 +281,23 @@ fn confchange_simple_testdata_agrees() {
             Err(e) => {
                 let want = match e {
                     ConfChangeError::NoVotersLeft => "removed all voters",
-                    ConfChangeError::MoreThanOneVoterChanged => "more than one voter changed without entering joint config",
+                    ConfChangeError::MoreThanOneVoterChanged => {
+                        "more than one voter changed without entering joint config"
+                    }
                     other => panic!("{}:{}: unexpected error {other}", case.file, case.line),
                 };
                 assert_eq!(want, first, "{}:{}: {}", case.file, case.line, case.command);
-                assert!(e.to_string().starts_with(want), "our message says what etcd says: {e}");
+                assert!(
+                    e.to_string().starts_with(want),
+                    "our message says what etcd says: {e}"
+                );
             }
         }
         checked += 1;
     }
     println!("{checked} single-change cases agree with etcd raft");
-    assert!(checked >= 20, "expected the simple_*.txt cases, got {checked}");
+    assert!(
+        checked >= 20,
+        "expected the simple_*.txt cases, got {checked}"
+    );
 }

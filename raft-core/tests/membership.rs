@@ -7,7 +7,12 @@ use raft_core::{ConfChange, Error, MemLog, Role};
 
 fn add_learner(c: &mut Cluster, leader: u64, id: u64) {
     c.add_member(id, MemLog::new(), |_| {});
-    c.node_mut(leader).propose_membership(ConfChange::AddLearner { id, address: format!("node-{id}") }).unwrap();
+    c.node_mut(leader)
+        .propose_membership(ConfChange::AddLearner {
+            id,
+            address: format!("node-{id}"),
+        })
+        .unwrap();
     c.stabilize();
 }
 
@@ -23,30 +28,54 @@ fn add_learner_catch_up_and_promote() {
     c.stabilize();
     add_learner(&mut c, 1, 4);
     assert!(c.node(1).membership().is_learner(4));
-    assert!(!c.node(1).membership().is_voter(4), "a learner does not vote");
+    assert!(
+        !c.node(1).membership().is_voter(4),
+        "a learner does not vote"
+    );
     c.run_ticks(3);
     // Caught up: same state as the leader.
     assert_eq!(c.member(4).machine, c.member(1).machine);
-    let lag = c.node(1).status().followers.iter().find(|f| f.id == 4).unwrap().lag;
+    let lag = c
+        .node(1)
+        .status()
+        .followers
+        .iter()
+        .find(|f| f.id == 4)
+        .unwrap()
+        .lag;
     assert_eq!(lag, 0);
     // A learner never campaigns.
     c.node_mut(4).campaign().unwrap();
     assert_eq!(c.node(4).role(), Role::Follower);
-    c.node_mut(1).propose_membership(ConfChange::AddVoter { id: 4, address: None }).unwrap();
+    c.node_mut(1)
+        .propose_membership(ConfChange::AddVoter {
+            id: 4,
+            address: None,
+        })
+        .unwrap();
     c.stabilize();
     c.run_ticks(2);
     for id in 1..=4 {
-        assert!(c.node(id).membership().is_voter(4), "node {id} sees 4 as a voter");
+        assert!(
+            c.node(id).membership().is_voter(4),
+            "node {id} sees 4 as a voter"
+        );
     }
     // Four voters: a commit needs three.
     c.isolate(2);
     c.isolate(3);
     c.propose(1, b"needs three").unwrap();
     c.run_ticks(2);
-    assert!(c.applied(1).iter().all(|e| e.payload != raft_core::EntryPayload::Command(bytes::Bytes::from_static(b"needs three"))));
+    assert!(c.applied(1).iter().all(|e| e.payload
+        != raft_core::EntryPayload::Command(bytes::Bytes::from_static(b"needs three"))));
     c.heal();
     c.run_ticks(2);
-    assert_eq!(c.applied(1).last().map(|e| e.payload.clone()), Some(raft_core::EntryPayload::Command(bytes::Bytes::from_static(b"needs three"))));
+    assert_eq!(
+        c.applied(1).last().map(|e| e.payload.clone()),
+        Some(raft_core::EntryPayload::Command(bytes::Bytes::from_static(
+            b"needs three"
+        )))
+    );
 }
 
 /// Raft thesis §4.2.2: the leader can remove itself; it keeps managing the
@@ -56,14 +85,24 @@ fn add_learner_catch_up_and_promote() {
 fn remove_the_leader() {
     let mut c = Cluster::new(3);
     c.elect(1);
-    c.node_mut(1).propose_membership(ConfChange::Remove { id: 1 }).unwrap();
+    c.node_mut(1)
+        .propose_membership(ConfChange::Remove { id: 1 })
+        .unwrap();
     c.stabilize();
-    assert_eq!(c.node(1).role(), Role::Follower, "stepped down once the removal committed");
+    assert_eq!(
+        c.node(1).role(),
+        Role::Follower,
+        "stepped down once the removal committed"
+    );
     assert!(!c.node(1).membership().contains(1));
     c.run_ticks(50);
     let leader = c.leader().expect("the remaining two elect a leader");
     assert!([2, 3].contains(&leader));
-    assert_eq!(c.node(1).role(), Role::Follower, "the removed node never campaigns");
+    assert_eq!(
+        c.node(1).role(),
+        Role::Follower,
+        "the removed node never campaigns"
+    );
     c.propose_committed(b"after removal");
     c.run_ticks(2);
     for id in [2, 3] {
@@ -79,16 +118,25 @@ fn remove_a_partitioned_node_which_then_cannot_disrupt() {
     let mut c = Cluster::new(3);
     c.elect(1);
     c.isolate(3);
-    c.node_mut(1).propose_membership(ConfChange::Remove { id: 3 }).unwrap();
+    c.node_mut(1)
+        .propose_membership(ConfChange::Remove { id: 3 })
+        .unwrap();
     c.stabilize();
     assert!(!c.node(1).membership().contains(3));
-    assert!(c.node(3).membership().contains(3), "node 3 never heard of its removal");
+    assert!(
+        c.node(3).membership().contains(3),
+        "node 3 never heard of its removal"
+    );
     c.run_ticks(100);
     let term = c.node(1).term();
     c.heal();
     c.run_ticks(100);
     assert_eq!(c.leader(), Some(1), "the cluster's leader is undisturbed");
-    assert_eq!(c.node(1).term(), term, "no term inflation from the removed node");
+    assert_eq!(
+        c.node(1).term(),
+        term,
+        "no term inflation from the removed node"
+    );
     c.propose_committed(b"still fine");
 }
 
@@ -101,13 +149,31 @@ fn second_change_while_one_is_in_flight_is_refused() {
     c.isolate(2);
     c.isolate(3);
     c.add_member(4, MemLog::new(), |_| {});
-    let first = c.node_mut(1).propose_membership(ConfChange::AddLearner { id: 4, address: "node-4".into() }).unwrap();
-    let second = c.node_mut(1).propose_membership(ConfChange::Remove { id: 2 });
-    assert_eq!(second, Err(Error::ConfigChangeInProgress { pending_index: first.index }));
+    let first = c
+        .node_mut(1)
+        .propose_membership(ConfChange::AddLearner {
+            id: 4,
+            address: "node-4".into(),
+        })
+        .unwrap();
+    let second = c
+        .node_mut(1)
+        .propose_membership(ConfChange::Remove { id: 2 });
+    assert_eq!(
+        second,
+        Err(Error::ConfigChangeInProgress {
+            pending_index: first.index
+        })
+    );
     c.heal();
     c.stabilize();
     c.run_ticks(2);
-    assert!(c.node_mut(1).propose_membership(ConfChange::Remove { id: 2 }).is_ok(), "allowed once the first committed");
+    assert!(
+        c.node_mut(1)
+            .propose_membership(ConfChange::Remove { id: 2 })
+            .is_ok(),
+        "allowed once the first committed"
+    );
 }
 
 /// A new leader may not change the configuration before it has committed an
@@ -119,11 +185,20 @@ fn new_leader_changes_configuration_only_after_its_first_commit() {
     let mut c = Cluster::new(3);
     c.drop_if(|m| matches!(m.body, raft_core::MessageBody::Append(_)));
     c.elect(1);
-    let result = c.node_mut(1).propose_membership(ConfChange::Remove { id: 3 });
-    assert!(matches!(result, Err(Error::ConfigChangeInProgress { .. })), "{result:?}");
+    let result = c
+        .node_mut(1)
+        .propose_membership(ConfChange::Remove { id: 3 });
+    assert!(
+        matches!(result, Err(Error::ConfigChangeInProgress { .. })),
+        "{result:?}"
+    );
     c.heal();
     c.run_ticks(2);
-    assert!(c.node_mut(1).propose_membership(ConfChange::Remove { id: 3 }).is_ok());
+    assert!(
+        c.node_mut(1)
+            .propose_membership(ConfChange::Remove { id: 3 })
+            .is_ok()
+    );
 }
 
 /// Invalid changes get clear errors.
@@ -131,8 +206,30 @@ fn new_leader_changes_configuration_only_after_its_first_commit() {
 fn invalid_changes_are_refused() {
     let mut c = Cluster::new(3);
     c.elect(1);
-    assert!(matches!(c.node_mut(2).propose_membership(ConfChange::Remove { id: 3 }), Err(Error::NotLeader { leader_hint: Some(1) })));
-    assert!(matches!(c.node_mut(1).propose_membership(ConfChange::Remove { id: 9 }), Err(Error::ConfChange(_))));
-    assert!(matches!(c.node_mut(1).propose_membership(ConfChange::AddVoter { id: 2, address: None }), Err(Error::ConfChange(_))));
-    assert!(matches!(c.node_mut(1).propose_membership(ConfChange::AddLearner { id: 0, address: String::new() }), Err(Error::ConfChange(_))));
+    assert!(matches!(
+        c.node_mut(2)
+            .propose_membership(ConfChange::Remove { id: 3 }),
+        Err(Error::NotLeader {
+            leader_hint: Some(1)
+        })
+    ));
+    assert!(matches!(
+        c.node_mut(1)
+            .propose_membership(ConfChange::Remove { id: 9 }),
+        Err(Error::ConfChange(_))
+    ));
+    assert!(matches!(
+        c.node_mut(1).propose_membership(ConfChange::AddVoter {
+            id: 2,
+            address: None
+        }),
+        Err(Error::ConfChange(_))
+    ));
+    assert!(matches!(
+        c.node_mut(1).propose_membership(ConfChange::AddLearner {
+            id: 0,
+            address: String::new()
+        }),
+        Err(Error::ConfChange(_))
+    ));
 }

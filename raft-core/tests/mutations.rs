@@ -12,7 +12,11 @@ use raft_core::testing::{Interceptor, Sim, SimConfig};
 use raft_core::{LogId, MemLog, Message, MessageBody, Node, NodeId, Ready, Term, VoteResponse};
 
 /// Runs seeds until one fails; returns the failure text.
-fn first_failure(max_seeds: u64, make: impl Fn() -> Box<dyn Interceptor>, nodes: usize) -> Option<String> {
+fn first_failure(
+    max_seeds: u64,
+    make: impl Fn() -> Box<dyn Interceptor>,
+    nodes: usize,
+) -> Option<String> {
     for seed in 0..max_seeds {
         let sim = Sim::new(SimConfig::new(seed, nodes));
         let sim = with_boxed(sim, make());
@@ -50,7 +54,8 @@ struct GrantsTwoVotes {
 impl Interceptor for GrantsTwoVotes {
     fn on_step(&mut self, node: &Node<MemLog>, message: &Message) {
         if let MessageBody::Vote(req) = &message.body {
-            self.requests.insert((node.id(), message.from, message.term), req.last_log);
+            self.requests
+                .insert((node.id(), message.from, message.term), req.last_log);
         }
     }
 
@@ -58,7 +63,9 @@ impl Interceptor for GrantsTwoVotes {
         let mine = node.last_log_id().unwrap_or_default();
         for m in ready.persisted_messages.iter_mut() {
             if let MessageBody::VoteResponse(VoteResponse { granted: false }) = m.body {
-                let Some(last) = self.requests.get(&(node.id(), m.to, m.term)) else { continue };
+                let Some(last) = self.requests.get(&(node.id(), m.to, m.term)) else {
+                    continue;
+                };
                 let up_to_date = (last.term, last.index) >= (mine.term, mine.index);
                 if up_to_date && node.hard_state().vote.is_some_and(|v| v != m.to) {
                     m.body = MessageBody::VoteResponse(VoteResponse { granted: true });
@@ -79,9 +86,17 @@ impl Interceptor for CommitsByCounting {
         }
         let status = node.status();
         let own = node.store().last_index_for_test();
-        let matched: BTreeMap<NodeId, u64> = status.followers.iter().map(|f| (f.id, f.match_index)).collect();
+        let matched: BTreeMap<NodeId, u64> = status
+            .followers
+            .iter()
+            .map(|f| (f.id, f.match_index))
+            .collect();
         let counted = majority_committed(node.membership().voters(), |id| {
-            if id == node.id() { Some(own) } else { matched.get(&id).copied() }
+            if id == node.id() {
+                Some(own)
+            } else {
+                matched.get(&id).copied()
+            }
         });
         if counted == u64::MAX || counted <= node.commit_index() {
             return;

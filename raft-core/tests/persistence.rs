@@ -8,10 +8,10 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use raft_core::Entry;
+use raft_core::testing::Cluster;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use raft_core::testing::Cluster;
-use raft_core::Entry;
 
 /// Drops a share of all messages, decided by a seeded RNG (replacing any
 /// earlier filter).
@@ -61,7 +61,11 @@ fn assert_all_applied(c: &mut Cluster, committed: &[Vec<u8>]) {
         // ones must all be there, in order.
         let mut it = applied.iter();
         for want in &expected {
-            assert!(it.any(|got| got == want), "node {id} lost or reordered {:?}", String::from_utf8_lossy(want));
+            assert!(
+                it.any(|got| got == want),
+                "node {id} lost or reordered {:?}",
+                String::from_utf8_lossy(want)
+            );
         }
     }
 }
@@ -114,7 +118,10 @@ fn crash_and_restart_a_minority_repeatedly() {
             c.crash(id);
         }
         let data = format!("minority round {round}").into_bytes();
-        assert!(commit(&mut c, &data), "round {round}: a majority commits while two are down");
+        assert!(
+            commit(&mut c, &data),
+            "round {round}: a majority commits while two are down"
+        );
         committed.push(data);
         for id in minority {
             c.restart(id);

@@ -10,7 +10,11 @@ fn leases(cfg: &mut Config) {
 }
 
 fn read_result(c: &Cluster, id: u64, read: u64) -> Option<Result<u64, Error>> {
-    c.member(id).reads.iter().find(|r: &&ReadState| r.id == read).map(|r| r.result.clone())
+    c.member(id)
+        .reads
+        .iter()
+        .find(|r: &&ReadState| r.id == read)
+        .map(|r| r.result.clone())
 }
 
 /// ReadIndex on the leader: one heartbeat round confirms leadership; the
@@ -26,9 +30,15 @@ fn read_index_on_the_leader_takes_one_heartbeat_round() {
     c.read(1, 7, ReadPolicy::ReadIndex).unwrap();
     c.stabilize();
     assert_eq!(read_result(&c, 1, 7), Some(Ok(commit)));
-    let heartbeats = c.delivered[before..].iter().filter(|m| matches!(m.body, MessageBody::Heartbeat(_))).count();
+    let heartbeats = c.delivered[before..]
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::Heartbeat(_)))
+        .count();
     assert_eq!(heartbeats, 2, "one round to both followers");
-    let appends = c.delivered[before..].iter().filter(|m| matches!(m.body, MessageBody::Append(_))).count();
+    let appends = c.delivered[before..]
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::Append(_)))
+        .count();
     assert_eq!(appends, 0, "nothing written to the log");
 }
 
@@ -54,7 +64,11 @@ fn new_leader_serves_no_read_before_its_noop_commits() {
     c.elect(1);
     c.read(1, 1, ReadPolicy::ReadIndex).unwrap();
     c.run_ticks(3);
-    assert_eq!(read_result(&c, 1, 1), None, "held back: nothing of this term is committed");
+    assert_eq!(
+        read_result(&c, 1, 1),
+        None,
+        "held back: nothing of this term is committed"
+    );
     c.heal();
     c.run_ticks(2);
     assert_eq!(read_result(&c, 1, 1), Some(Ok(c.node(1).commit_index())));
@@ -69,8 +83,14 @@ fn partitioned_leader_does_not_serve_read_index() {
     c.isolate(1);
     c.read(1, 3, ReadPolicy::ReadIndex).unwrap();
     c.run_ticks(30);
-    assert!(!matches!(read_result(&c, 1, 3), Some(Ok(_))), "never confirmed");
-    assert!(matches!(read_result(&c, 1, 3), Some(Err(Error::NotLeader { .. }))), "failed once it stepped down");
+    assert!(
+        !matches!(read_result(&c, 1, 3), Some(Ok(_))),
+        "never confirmed"
+    );
+    assert!(
+        matches!(read_result(&c, 1, 3), Some(Err(Error::NotLeader { .. }))),
+        "failed once it stepped down"
+    );
 }
 
 /// Lease reads: served without a round trip while the lease holds.
@@ -111,7 +131,10 @@ fn partitioned_leader_stops_serving_lease_reads() {
         }
         c.tick_all();
     }
-    assert!(!served.is_empty(), "the lease served reads right after the partition");
+    assert!(
+        !served.is_empty(),
+        "the lease served reads right after the partition"
+    );
     assert!(
         served.iter().all(|&t| t < election - 2),
         "lease reads only within the lease (< {} ticks): served at {served:?}",
@@ -131,11 +154,19 @@ fn partitioned_leader_stops_serving_lease_reads() {
 fn lease_reads_are_opt_in() {
     let mut c = Cluster::new(3);
     c.elect(1);
-    assert_eq!(c.read(1, 1, ReadPolicy::Lease), Err(Error::LeaseReadsDisabled));
+    assert_eq!(
+        c.read(1, 1, ReadPolicy::Lease),
+        Err(Error::LeaseReadsDisabled)
+    );
     let mut c = Cluster::with_config(3, leases);
     c.run_ticks(12);
     c.elect(1);
-    assert!(matches!(c.read(2, 1, ReadPolicy::Lease), Err(Error::NotLeader { leader_hint: Some(1) })));
+    assert!(matches!(
+        c.read(2, 1, ReadPolicy::Lease),
+        Err(Error::NotLeader {
+            leader_hint: Some(1)
+        })
+    ));
     let mut bad = Config::new(1);
     bad.lease_reads = true;
     bad.check_quorum = false;

@@ -4,7 +4,8 @@
 
 use raft_core::testing::Cluster;
 use raft_core::{
-    bootstrap_entry, Entry, EntryPayload, HardState, LogWrite, MemLog, Membership, MessageBody, Role,
+    Entry, EntryPayload, HardState, LogWrite, MemLog, Membership, MessageBody, Role,
+    bootstrap_entry,
 };
 
 fn command_log(membership: &Membership, terms: &[u64]) -> MemLog {
@@ -20,11 +21,19 @@ fn command_log_in_term(membership: &Membership, terms: &[u64], term: u64) -> Mem
     for (i, &term) in terms.iter().enumerate().skip(1) {
         let index = i as u64 + 1;
         let payload = EntryPayload::Command(bytes::Bytes::from(format!("{index}/{term}")));
-        entries.push(Entry { term, index, payload });
+        entries.push(Entry {
+            term,
+            index,
+            payload,
+        });
     }
     log.apply(&LogWrite {
         entries,
-        hard_state: Some(HardState { term, vote: None, commit: 0 }),
+        hard_state: Some(HardState {
+            term,
+            vote: None,
+            commit: 0,
+        }),
         must_sync: true,
         ..LogWrite::default()
     })
@@ -75,11 +84,23 @@ fn figure_8_previous_term_entry_is_not_committed_by_counting() {
     let mut c = Cluster::empty();
     let one_at_a_time = |cfg: &mut raft_core::Config| cfg.max_append_entries = 1;
     // Everyone has seen term 3 (S5's brief leadership).
-    c.add_member(1, command_log_in_term(&membership, &[1, 2], 3), one_at_a_time);
-    c.add_member(2, command_log_in_term(&membership, &[1, 2], 3), one_at_a_time);
+    c.add_member(
+        1,
+        command_log_in_term(&membership, &[1, 2], 3),
+        one_at_a_time,
+    );
+    c.add_member(
+        2,
+        command_log_in_term(&membership, &[1, 2], 3),
+        one_at_a_time,
+    );
     c.add_member(3, command_log_in_term(&membership, &[1], 3), one_at_a_time);
     c.add_member(4, command_log_in_term(&membership, &[1], 3), one_at_a_time);
-    c.add_member(5, command_log_in_term(&membership, &[1, 3], 3), one_at_a_time);
+    c.add_member(
+        5,
+        command_log_in_term(&membership, &[1, 3], 3),
+        one_at_a_time,
+    );
     // (c): S1 is elected (term 4, by S3 and S4) and replicates its term-2
     // entry to S3 and S4, but its own no-op (index 3, term 4) does not get
     // through to them. S2 and S5 are out of reach.
@@ -88,11 +109,15 @@ fn figure_8_previous_term_entry_is_not_committed_by_counting() {
     let acked = std::rc::Rc::new(std::cell::RefCell::new(std::collections::BTreeSet::new()));
     let seen = acked.clone();
     c.drop_if(move |m| match &m.body {
-        MessageBody::AppendResponse(raft_core::AppendResponse::Success { match_index }) if *match_index >= 2 => {
+        MessageBody::AppendResponse(raft_core::AppendResponse::Success { match_index })
+            if *match_index >= 2 =>
+        {
             seen.borrow_mut().insert(m.from);
             false
         }
-        MessageBody::Append(req) => req.entries.iter().any(|e| e.index >= 3) && seen.borrow().contains(&m.to),
+        MessageBody::Append(req) => {
+            req.entries.iter().any(|e| e.index >= 3) && seen.borrow().contains(&m.to)
+        }
         _ => false,
     });
     c.elect(1);
@@ -100,12 +125,26 @@ fn figure_8_previous_term_entry_is_not_committed_by_counting() {
     assert_eq!(c.node(1).term(), 4);
     assert_eq!(acked.borrow().len(), 2, "S3 and S4 acknowledged index 2");
     for id in [1, 3, 4] {
-        assert_eq!(c.node(id).term_at(2).unwrap(), Some(2), "node {id} holds the term-2 entry");
-        assert_eq!(c.node(id).term_at(3).unwrap_or(None), if id == 1 { Some(4) } else { None });
+        assert_eq!(
+            c.node(id).term_at(2).unwrap(),
+            Some(2),
+            "node {id} holds the term-2 entry"
+        );
+        assert_eq!(
+            c.node(id).term_at(3).unwrap_or(None),
+            if id == 1 { Some(4) } else { None }
+        );
     }
-    assert_eq!(c.node(1).commit_index(), 0, "the term-2 entry is on a majority but must not commit by counting");
+    assert_eq!(
+        c.node(1).commit_index(),
+        0,
+        "the term-2 entry is on a majority but must not commit by counting"
+    );
     for id in 1..=5 {
-        assert!(c.node(id).commit_index() < 2, "no node treats index 2 as committed");
+        assert!(
+            c.node(id).commit_index() < 2,
+            "no node treats index 2 as committed"
+        );
     }
     // (d): S1 crashes; S5 is elected by S2, S3, S4 (its last term 3 beats
     // their term 2) and overwrites index 2. That is only safe because index
@@ -116,10 +155,17 @@ fn figure_8_previous_term_entry_is_not_committed_by_counting() {
     c.elect(5);
     c.run_ticks(3);
     for id in 2..=5 {
-        assert_eq!(c.node(id).term_at(2).unwrap(), Some(3), "node {id} now holds S5's entry");
+        assert_eq!(
+            c.node(id).term_at(2).unwrap(),
+            Some(3),
+            "node {id} now holds S5's entry"
+        );
     }
     for id in 2..=5 {
-        assert!(c.applied(id).iter().all(|e| !(e.index == 2 && e.term == 2)), "nobody applied the overwritten entry");
+        assert!(
+            c.applied(id).iter().all(|e| !(e.index == 2 && e.term == 2)),
+            "nobody applied the overwritten entry"
+        );
     }
 }
 
@@ -156,10 +202,23 @@ fn follower_diverged_by_many_entries_catches_up_fast() {
     c.run_ticks(10);
     let rejections = c.delivered[before..]
         .iter()
-        .filter(|m| m.from == 1 && matches!(m.body, MessageBody::AppendResponse(raft_core::AppendResponse::Rejected { .. })))
+        .filter(|m| {
+            m.from == 1
+                && matches!(
+                    m.body,
+                    MessageBody::AppendResponse(raft_core::AppendResponse::Rejected { .. })
+                )
+        })
         .count();
-    assert_eq!(c.log_ids(1), c.log_ids(leader), "node 1's log now matches the leader's");
-    assert!(rejections <= 3, "fast backtracking: {rejections} rejected probes for 60 divergent entries");
+    assert_eq!(
+        c.log_ids(1),
+        c.log_ids(leader),
+        "node 1's log now matches the leader's"
+    );
+    assert!(
+        rejections <= 3,
+        "fast backtracking: {rejections} rejected probes for 60 divergent entries"
+    );
     assert_eq!(c.node(leader).role(), Role::Leader);
 }
 
@@ -187,7 +246,11 @@ fn batching_and_pipelining() {
             _ => None,
         })
         .collect();
-    assert_eq!(appends, vec![16, 16, 16, 16], "four messages in flight of 16 entries each");
+    assert_eq!(
+        appends,
+        vec![16, 16, 16, 16],
+        "four messages in flight of 16 entries each"
+    );
     c.run_ticks(5);
     for id in 1..=3 {
         assert_eq!(c.applied(id).len(), 101, "node {id} applied everything");

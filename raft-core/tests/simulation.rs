@@ -20,8 +20,16 @@ fn run_range(start: u64, count: u64, nodes: usize) {
             Err(failure) => failures.push(failure.to_string()),
         }
     }
-    println!("seeds {start}..{}: {nodes} nodes, {steps} steps, {committed} proposals committed", start + count);
-    assert!(failures.is_empty(), "{} failing seeds:\n{}", failures.len(), failures.join("\n"));
+    println!(
+        "seeds {start}..{}: {nodes} nodes, {steps} steps, {committed} proposals committed",
+        start + count
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failing seeds:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(committed > count * 5, "the simulation makes progress");
 }
 
@@ -46,8 +54,12 @@ fn three_nodes_seeds_0_to_600() {
 #[test]
 fn same_seed_same_trace() {
     for seed in [0, 7, 4242] {
-        let a = Sim::new(SimConfig::new(seed, 5)).run().expect("seed passes");
-        let b = Sim::new(SimConfig::new(seed, 5)).run().expect("seed passes");
+        let a = Sim::new(SimConfig::new(seed, 5))
+            .run()
+            .expect("seed passes");
+        let b = Sim::new(SimConfig::new(seed, 5))
+            .run()
+            .expect("seed passes");
         assert_eq!(a, b, "seed {seed} replays identically");
     }
     let a = Sim::new(SimConfig::new(1, 5)).run().expect("seed passes");

@@ -2,11 +2,11 @@
 
 #![cfg(feature = "testing")]
 
-use raft_core::testing::Cluster;
 use bytes::Bytes;
+use raft_core::testing::Cluster;
 use raft_core::{
-    next_snapshot_threshold, Config, Error, LogId, MemLog, Membership, Message, MessageBody, Node, ReplicationState,
-    SnapshotChunk, SnapshotMeta,
+    Config, Error, LogId, MemLog, Membership, Message, MessageBody, Node, ReplicationState,
+    SnapshotChunk, SnapshotMeta, next_snapshot_threshold,
 };
 
 fn snapshotting(cfg: &mut Config) {
@@ -22,7 +22,11 @@ fn snapshotting(cfg: &mut Config) {
 #[test]
 fn compaction_threshold_grows_with_what_remains() {
     assert_eq!(next_snapshot_threshold(100_000, 80_000), 120_000);
-    assert_eq!(next_snapshot_threshold(100_000, 10_000), 100_000, "never below the initial value");
+    assert_eq!(
+        next_snapshot_threshold(100_000, 10_000),
+        100_000,
+        "never below the initial value"
+    );
     assert_eq!(next_snapshot_threshold(100_000, 0), 100_000);
     assert_eq!(next_snapshot_threshold(100_000, 200_000), 300_000);
 }
@@ -46,7 +50,10 @@ fn node_threshold_rises_for_a_log_that_stays_large_and_returns() {
     // the host reports the snapshot: 80 + 10 retained remain after compaction.
     let applied = c.node(1).applied_index();
     let data = c.member(1).machine.snapshot(0);
-    let meta = c.node(1).snapshot_meta_for(applied, data.len() as u64).unwrap();
+    let meta = c
+        .node(1)
+        .snapshot_meta_for(applied, data.len() as u64)
+        .unwrap();
     for i in 0..80 {
         c.propose(1, format!("b{i}").as_bytes()).unwrap();
     }
@@ -55,7 +62,11 @@ fn node_threshold_rises_for_a_log_that_stays_large_and_returns() {
     assert_eq!(c.node(1).snapshot_threshold(), 135, "1.5 × 90 entries left");
     c.stabilize();
     c.snapshot(1);
-    assert_eq!(c.node(1).snapshot_threshold(), 100, "back to the initial value");
+    assert_eq!(
+        c.node(1).snapshot_threshold(),
+        100,
+        "back to the initial value"
+    );
 }
 
 /// Raft paper §7: a follower far behind the leader's first index receives a
@@ -71,7 +82,10 @@ fn far_behind_follower_gets_snapshot_in_chunks_with_a_lost_chunk_resent() {
         c.propose(1, format!("v{i}").as_bytes()).unwrap();
         c.stabilize();
     }
-    assert!(c.node(1).first_index().unwrap() > 10, "the leader compacted its log");
+    assert!(
+        c.node(1).first_index().unwrap() > 10,
+        "the leader compacted its log"
+    );
     // Lose the second chunk once.
     let lost = std::rc::Rc::new(std::cell::Cell::new(false));
     let flag = lost.clone();
@@ -93,11 +107,21 @@ fn far_behind_follower_gets_snapshot_in_chunks_with_a_lost_chunk_resent() {
             _ => None,
         })
         .collect();
-    assert!(chunks.len() >= 3, "the snapshot went in several chunks: {chunks:?}");
-    let rejected = c.delivered.iter().any(|m| matches!(&m.body, MessageBody::SnapshotResponse(r) if r.rejected));
+    assert!(
+        chunks.len() >= 3,
+        "the snapshot went in several chunks: {chunks:?}"
+    );
+    let rejected = c
+        .delivered
+        .iter()
+        .any(|m| matches!(&m.body, MessageBody::SnapshotResponse(r) if r.rejected));
     assert!(rejected, "the follower asked for the missing chunk again");
     assert_eq!(c.node(3).status().counters.snapshots_installed, 1);
-    assert_eq!(c.member(3).machine, c.member(1).machine, "same state after install and catch-up");
+    assert_eq!(
+        c.member(3).machine,
+        c.member(1).machine,
+        "same state after install and catch-up"
+    );
     // And it continues from the log after the snapshot.
     c.propose_committed(b"after");
     c.run_ticks(3);
@@ -122,8 +146,16 @@ fn compaction_under_load() {
     c.run_ticks(10);
     for id in 1..=3 {
         let status = c.node(id).status();
-        assert!(status.counters.snapshots_built >= 5, "node {id} snapshotted repeatedly: {:?}", status.counters);
-        assert!(status.first_index > 250, "node {id} compacted: first index {}", status.first_index);
+        assert!(
+            status.counters.snapshots_built >= 5,
+            "node {id} snapshotted repeatedly: {:?}",
+            status.counters
+        );
+        assert!(
+            status.first_index > 250,
+            "node {id} compacted: first index {}",
+            status.first_index
+        );
         assert_eq!(c.member(id).machine, c.member(1).machine);
     }
 }
@@ -138,11 +170,18 @@ fn restart_from_a_snapshot() {
         c.stabilize();
     }
     let before = c.member(2).machine.clone();
-    assert!(c.node(2).store().snapshot().is_some(), "node 2 has a snapshot");
+    assert!(
+        c.node(2).store().snapshot().is_some(),
+        "node 2 has a snapshot"
+    );
     c.crash(2);
     c.restart(2);
     c.run_ticks(3);
-    assert_eq!(c.member(2).machine, before, "snapshot plus log replay restore the state");
+    assert_eq!(
+        c.member(2).machine,
+        before,
+        "snapshot plus log replay restore the state"
+    );
     assert!(c.node(2).first_index().unwrap() > 1);
 }
 
@@ -154,12 +193,22 @@ fn follower() -> Node<MemLog> {
 
 fn chunk(index: u64, offset: u64, data: &'static [u8], size: u64, done: bool) -> Message {
     let membership = Membership::with_voters([(1, "n1".to_string()), (2, "n2".to_string())]);
-    let meta = SnapshotMeta { last: LogId::new(2, index), membership, membership_index: 1, size };
+    let meta = SnapshotMeta {
+        last: LogId::new(2, index),
+        membership,
+        membership_index: 1,
+        size,
+    };
     Message {
         from: 1,
         to: 2,
         term: 2,
-        body: MessageBody::Snapshot(SnapshotChunk { meta, offset, data: Bytes::from_static(data), done }),
+        body: MessageBody::Snapshot(SnapshotChunk {
+            meta,
+            offset,
+            data: Bytes::from_static(data),
+            done,
+        }),
     }
 }
 
@@ -171,12 +220,22 @@ fn chunk(index: u64, offset: u64, data: &'static [u8], size: u64, done: bool) ->
 #[test]
 fn new_snapshot_chunks_wait_for_a_pending_install() {
     let mut node = follower();
-    node.step(chunk(50, 0, b"first snapshot", 14, true)).unwrap();
+    node.step(chunk(50, 0, b"first snapshot", 14, true))
+        .unwrap();
     node.step(chunk(80, 0, b"second", 12, false)).unwrap();
     let ready = node.ready().unwrap();
-    assert_eq!(ready.write.snapshot_chunks.len(), 1, "only the first snapshot's chunk is written");
-    assert_eq!(ready.write.install_snapshot.as_ref().map(|m| m.last.index), Some(50));
-    node.store_mut().apply(&ready.write).expect("the write is consistent");
+    assert_eq!(
+        ready.write.snapshot_chunks.len(),
+        1,
+        "only the first snapshot's chunk is written"
+    );
+    assert_eq!(
+        ready.write.install_snapshot.as_ref().map(|m| m.last.index),
+        Some(50)
+    );
+    node.store_mut()
+        .apply(&ready.write)
+        .expect("the write is consistent");
     node.on_persisted(ready.number).unwrap();
     // Once installed, the newer snapshot is accepted.
     node.step(chunk(80, 0, b"second", 12, false)).unwrap();
@@ -193,11 +252,23 @@ fn host_snapshot_older_than_a_pending_install_is_refused() {
     let mut node = follower();
     node.step(chunk(50, 0, b"snapshot", 8, true)).unwrap();
     let result = node.snapshot_meta_for(0, 10);
-    assert!(matches!(result, Err(Error::SnapshotObsolete { index: 0, newest: 50 })), "{result:?}");
+    assert!(
+        matches!(
+            result,
+            Err(Error::SnapshotObsolete {
+                index: 0,
+                newest: 50
+            })
+        ),
+        "{result:?}"
+    );
     let ready = node.ready().unwrap();
     node.store_mut().apply(&ready.write).unwrap();
     node.on_persisted(ready.number).unwrap();
     assert_eq!(node.applied_index(), 50);
     let result = node.snapshot_meta_for(50, 10);
-    assert!(matches!(result, Err(Error::SnapshotObsolete { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::SnapshotObsolete { .. })),
+        "{result:?}"
+    );
 }

@@ -1,1 +1,145 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, as plain Rust.
+//!
+//! - `cargo xtask test`: checks system packages, then runs fmt, clippy and the
+//!   whole test suite (what CI runs).
+//! - `cargo xtask sim --seeds N [--start S] [--nodes K]`: the deterministic
+//!   simulator over any range of seeds.
+
+mod system;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Project automation: tests, simulation, local clusters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check system packages, then run cargo fmt --check, clippy -D warnings
+    /// and the whole test suite. This is what CI runs.
+    Test {
+        /// Skip fmt and clippy (the tests only).
+        #[arg(long)]
+        no_lint: bool,
+    },
+    /// Run the deterministic cluster simulator over a range of seeds.
+    Sim {
+        /// How many seeds to run.
+        #[arg(long, default_value_t = 1000)]
+        seeds: u64,
+        /// The first seed.
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// Initial voters per simulated cluster.
+        #[arg(long, default_value_t = 5)]
+        nodes: u64,
+        /// Print one line per seed.
+        #[arg(long)]
+        verbose: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Test { no_lint } => test(no_lint),
+        Cmd::Sim {
+            seeds,
+            start,
+            nodes,
+            verbose,
+        } => {
+            let mut args = vec![
+                "--seeds".to_string(),
+                seeds.to_string(),
+                "--start".to_string(),
+                start.to_string(),
+                "--nodes".to_string(),
+                nodes.to_string(),
+            ];
+            if verbose {
+                args.push("--verbose".into());
+            }
+            let mut cmd = cargo();
+            cmd.args([
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "raft-core",
+                "--features",
+                "testing",
+                "--example",
+                "sim",
+                "--",
+            ]);
+            cmd.args(args);
+            step("simulator", cmd)
+        }
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Runs a command in the workspace root, failing with its name.
+fn step(name: &str, mut cmd: Command) -> Result<()> {
+    cmd.current_dir(workspace_root());
+    eprintln!("xtask: {name}: {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {name}"))?;
+    if !status.success() {
+        bail!("{name} failed ({status})");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the workspace")
+        .to_path_buf()
+}
+
+fn test(no_lint: bool) -> Result<()> {
+    system::ensure_packages()?;
+    if !no_lint {
+        let mut fmt = cargo();
+        fmt.args(["fmt", "--all", "--check"]);
+        step("cargo fmt --check", fmt)?;
+        let mut clippy = cargo();
+        clippy.args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+        step("cargo clippy", clippy)?;
+    }
+    let mut test = cargo();
+    test.args(["test", "--workspace", "--all-features", "--no-fail-fast"]);
+    step("cargo test", test)
+}

@@ -36,7 +36,9 @@ impl<S: LogRead> Node<S> {
                     // node): ignore it while a leader is known to be alive.
                     return Ok(false);
                 }
-                Append(_) | Heartbeat(_) | Snapshot(_) => self.become_follower(m.term, Some(m.from)),
+                Append(_) | Heartbeat(_) | Snapshot(_) => {
+                    self.become_follower(m.term, Some(m.from))
+                }
                 _ => self.become_follower(m.term, None),
             }
             return Ok(true);
@@ -47,12 +49,18 @@ impl<S: LogRead> Node<S> {
                     // A stale leader: tell it about the newer term so it steps
                     // down instead of disrupting us forever (needed with
                     // PreVote/CheckQuorum, which keep our term from rising).
-                    self.send(m.from, AppendResponse(crate::message::AppendResponse::Rejected {
-                        rejected: 0,
-                        hint: Default::default(),
-                    }));
+                    self.send(
+                        m.from,
+                        AppendResponse(crate::message::AppendResponse::Rejected {
+                            rejected: 0,
+                            hint: Default::default(),
+                        }),
+                    );
                 }
-                PreVote(_) => self.send(m.from, PreVoteResponse(crate::message::VoteResponse { granted: false })),
+                PreVote(_) => self.send(
+                    m.from,
+                    PreVoteResponse(crate::message::VoteResponse { granted: false }),
+                ),
                 _ => {}
             }
             return Ok(false);
@@ -69,7 +77,10 @@ impl<S: LogRead> Node<S> {
     ) -> Result<(), Error> {
         if pre_vote && !req.transfer && self.in_lease() && self.leader.is_some_and(|l| l != from) {
             // Same lease rule as for votes: a leader is alive, keep it.
-            self.send(from, MessageBody::PreVoteResponse(VoteResponse { granted: false }));
+            self.send(
+                from,
+                MessageBody::PreVoteResponse(VoteResponse { granted: false }),
+            );
             return Ok(());
         }
         let can_vote = self.vote == Some(from)
@@ -104,7 +115,11 @@ impl<S: LogRead> Node<S> {
         granted: bool,
         pre_vote: bool,
     ) -> Result<(), Error> {
-        let expected = if pre_vote { Role::PreCandidate } else { Role::Candidate };
+        let expected = if pre_vote {
+            Role::PreCandidate
+        } else {
+            Role::Candidate
+        };
         if self.role != expected {
             return Ok(());
         }
@@ -130,7 +145,9 @@ impl<S: LogRead> Node<S> {
     }
 
     fn poll(&self) -> VoteResult {
-        quorum::majority_vote(self.membership().voters(), |id| self.votes.get(&id).copied())
+        quorum::majority_vote(self.membership().voters(), |id| {
+            self.votes.get(&id).copied()
+        })
     }
 
     pub(super) fn tick_election(&mut self) -> Result<(), Error> {
@@ -165,13 +182,35 @@ impl<S: LogRead> Node<S> {
         self.votes.insert(self.id, true);
         if self.poll() == VoteResult::Won {
             // A single-voter cluster.
-            return if pre_vote { self.start_campaign(false, transfer) } else { self.become_leader() };
+            return if pre_vote {
+                self.start_campaign(false, transfer)
+            } else {
+                self.become_leader()
+            };
         }
-        let req = VoteRequest { last_log: self.log.last_log_id()?, transfer };
-        let voters: Vec<NodeId> = self.membership().voters().iter().copied().filter(|&v| v != self.id).collect();
+        let req = VoteRequest {
+            last_log: self.log.last_log_id()?,
+            transfer,
+        };
+        let voters: Vec<NodeId> = self
+            .membership()
+            .voters()
+            .iter()
+            .copied()
+            .filter(|&v| v != self.id)
+            .collect();
         for to in voters {
-            let body = if pre_vote { MessageBody::PreVote(req) } else { MessageBody::Vote(req) };
-            let message = Message { from: self.id, to, term, body };
+            let body = if pre_vote {
+                MessageBody::PreVote(req)
+            } else {
+                MessageBody::Vote(req)
+            };
+            let message = Message {
+                from: self.id,
+                to,
+                term,
+                body,
+            };
             if pre_vote {
                 self.messages.push(message);
             } else {
@@ -205,7 +244,11 @@ impl<S: LogRead> Node<S> {
         // No configuration change until everything from earlier terms is
         // committed (which the no-op below forces).
         self.pending_conf_index = last;
-        let members: Vec<NodeId> = self.membership().members().filter(|&m| m != self.id).collect();
+        let members: Vec<NodeId> = self
+            .membership()
+            .members()
+            .filter(|&m| m != self.id)
+            .collect();
         for id in members {
             let mut pr = Progress::new(last + 1);
             pr.last_active = self.now;
@@ -222,7 +265,11 @@ impl<S: LogRead> Node<S> {
         if let Some(transfer) = self.transfer.as_mut() {
             transfer.elapsed += 1;
             if transfer.elapsed >= self.config.election_ticks {
-                tracing::info!(id = self.id, target = transfer.target, "leadership transfer timed out; resuming");
+                tracing::info!(
+                    id = self.id,
+                    target = transfer.target,
+                    "leadership transfer timed out; resuming"
+                );
                 self.transfer = None;
             }
         }
@@ -230,7 +277,11 @@ impl<S: LogRead> Node<S> {
             self.election_elapsed = 0;
         }
         if self.config.check_quorum && !self.quorum_active() {
-            tracing::info!(id = self.id, term = self.term, "lost contact with a quorum; stepping down");
+            tracing::info!(
+                id = self.id,
+                term = self.term,
+                "lost contact with a quorum; stepping down"
+            );
             let term = self.term;
             self.become_follower(term, None);
             return Ok(());
@@ -249,13 +300,23 @@ impl<S: LogRead> Node<S> {
         let me = self.id;
         let window = self.config.election_ticks;
         quorum::majority_vote(self.membership().voters(), |id| {
-            Some(id == me || self.progress.get(&id).is_some_and(|p| self.now.saturating_sub(p.last_active) < window))
+            Some(
+                id == me
+                    || self
+                        .progress
+                        .get(&id)
+                        .is_some_and(|p| self.now.saturating_sub(p.last_active) < window),
+            )
         }) == VoteResult::Won
     }
 
     pub(super) fn handle_timeout_now(&mut self, from: NodeId) -> Result<(), Error> {
         if self.leader == Some(from) && self.role == Role::Follower {
-            tracing::info!(id = self.id, from, "leadership transferred to us; campaigning");
+            tracing::info!(
+                id = self.id,
+                from,
+                "leadership transferred to us; campaigning"
+            );
             self.start_campaign(false, true)?;
         }
         Ok(())
@@ -266,7 +327,9 @@ impl<S: LogRead> Node<S> {
     /// it has not won within an election timeout, this leader resumes.
     pub fn transfer_leader(&mut self, target: NodeId) -> Result<(), Error> {
         if self.role != Role::Leader {
-            return Err(Error::NotLeader { leader_hint: self.leader });
+            return Err(Error::NotLeader {
+                leader_hint: self.leader,
+            });
         }
         if target == self.id {
             return Err(Error::TransferToSelf(target));
@@ -289,7 +352,11 @@ impl<S: LogRead> Node<S> {
             return Ok(());
         }
         let last = self.log.last_index();
-        if self.progress.get(&to).is_some_and(|p| p.match_index == last) {
+        if self
+            .progress
+            .get(&to)
+            .is_some_and(|p| p.match_index == last)
+        {
             self.lease_revoked = true;
             self.send(to, MessageBody::TimeoutNow);
         } else {

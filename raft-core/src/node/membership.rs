@@ -35,13 +35,21 @@ impl<S: LogRead> Node<S> {
     /// Drops configurations that no retained log position needs: keeps the
     /// one in force at `index` and every later one.
     pub(super) fn prune_configs(&mut self, index: Index) {
-        let keep_from = self.configs.iter().rposition(|(i, _)| *i <= index).unwrap_or(0);
+        let keep_from = self
+            .configs
+            .iter()
+            .rposition(|(i, _)| *i <= index)
+            .unwrap_or(0);
         self.configs.drain(..keep_from);
     }
 
     /// The configuration in force at log position `index`.
     pub(crate) fn config_at(&self, index: Index) -> Option<(Index, Membership)> {
-        self.configs.iter().rev().find(|(i, _)| *i <= index).cloned()
+        self.configs
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .cloned()
     }
 
     fn on_config_changed(&mut self) {
@@ -83,7 +91,11 @@ impl<S: LogRead> Node<S> {
         }
         let latest = self.configs.last().map_or(0, |(i, _)| *i);
         if latest <= self.log.committed {
-            tracing::info!(id = self.id, term = self.term, "removed from the configuration; stepping down");
+            tracing::info!(
+                id = self.id,
+                term = self.term,
+                "removed from the configuration; stepping down"
+            );
             let term = self.term;
             self.become_follower(term, None);
         }

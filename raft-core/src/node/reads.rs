@@ -9,13 +9,13 @@
 use std::collections::VecDeque;
 
 use super::{Node, Role};
+use crate::Message;
 use crate::error::Error;
 use crate::message::{MessageBody, ReadIndexRequest, ReadIndexResponse};
 use crate::quorum;
 use crate::ready::ReadState;
 use crate::storage::LogRead;
 use crate::types::{Index, NodeId};
-use crate::Message;
 
 /// How a read is confirmed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -73,7 +73,10 @@ impl Reads {
     pub(super) fn collect_ready(&mut self, applied: Index, out: &mut Vec<ReadState>) {
         self.ready.retain(|&(id, index)| {
             if index <= applied {
-                out.push(ReadState { id, result: Ok(index) });
+                out.push(ReadState {
+                    id,
+                    result: Ok(index),
+                });
                 false
             } else {
                 true
@@ -102,7 +105,12 @@ impl Reads {
         }
         self.term_committed = true;
         for (id, from) in self.waiting_commit.drain(..) {
-            self.unsent.push(PendingRead { id, from, index: committed, round: 0 });
+            self.unsent.push(PendingRead {
+                id,
+                from,
+                index: committed,
+                round: 0,
+            });
         }
     }
 
@@ -116,11 +124,18 @@ impl Reads {
         me: NodeId,
         term: u64,
     ) {
-        let waiting = self.waiting_commit.drain(..).map(|(id, from)| (id, from));
-        let others = self.unsent.drain(..).chain(self.pending.drain(..)).map(|r| (r.id, r.from));
+        let waiting = self.waiting_commit.drain(..);
+        let others = self
+            .unsent
+            .drain(..)
+            .chain(self.pending.drain(..))
+            .map(|r| (r.id, r.from));
         for (id, from) in waiting.chain(others).collect::<Vec<_>>() {
             if from == me {
-                read_states.push(ReadState { id, result: Err(Error::NotLeader { leader_hint }) });
+                read_states.push(ReadState {
+                    id,
+                    result: Err(Error::NotLeader { leader_hint }),
+                });
             } else {
                 messages.push(Message {
                     from: me,
@@ -151,7 +166,9 @@ impl<S: LogRead> Node<S> {
                 return Err(Error::LeaseReadsDisabled);
             }
             if self.role != Role::Leader {
-                return Err(Error::NotLeader { leader_hint: self.leader });
+                return Err(Error::NotLeader {
+                    leader_hint: self.leader,
+                });
             }
             if self.lease_valid() && self.reads.term_committed {
                 self.counters.lease_reads += 1;
@@ -180,13 +197,21 @@ impl<S: LogRead> Node<S> {
     /// have been elected since (voters refuse votes for an election timeout
     /// after hearing from a leader).
     pub(super) fn lease_valid(&self) -> bool {
-        self.role == Role::Leader && !self.lease_revoked && self.transfer.is_none() && self.now < self.reads.lease_until
+        self.role == Role::Leader
+            && !self.lease_revoked
+            && self.transfer.is_none()
+            && self.now < self.reads.lease_until
     }
 
     fn leader_read(&mut self, id: u64, from: NodeId) {
         if self.reads.term_committed {
             let index = self.log.committed;
-            self.reads.unsent.push(PendingRead { id, from, index, round: 0 });
+            self.reads.unsent.push(PendingRead {
+                id,
+                from,
+                index,
+                round: 0,
+            });
         } else {
             self.reads.waiting_commit.push((id, from));
         }
@@ -204,16 +229,22 @@ impl<S: LogRead> Node<S> {
             self.counters.read_index_requests += 1;
             self.leader_read(id, from);
         } else {
-            self.send(from, MessageBody::ReadIndexResponse(ReadIndexResponse { id, index: None }));
+            self.send(
+                from,
+                MessageBody::ReadIndexResponse(ReadIndexResponse { id, index: None }),
+            );
         }
     }
 
     pub(super) fn handle_read_index_response(&mut self, _from: NodeId, resp: ReadIndexResponse) {
         match resp.index {
             Some(index) => self.reads.ready.push((resp.id, index)),
-            None => self
-                .read_states
-                .push(ReadState { id: resp.id, result: Err(Error::NotLeader { leader_hint: self.leader }) }),
+            None => self.read_states.push(ReadState {
+                id: resp.id,
+                result: Err(Error::NotLeader {
+                    leader_hint: self.leader,
+                }),
+            }),
         }
     }
 
@@ -225,7 +256,11 @@ impl<S: LogRead> Node<S> {
         let me = self.id;
         let own = self.reads.round;
         let confirmed = quorum::majority_committed(self.membership().voters(), |id| {
-            if id == me { Some(own) } else { self.progress.get(&id).map(|p| p.read_ack) }
+            if id == me {
+                Some(own)
+            } else {
+                self.progress.get(&id).map(|p| p.read_ack)
+            }
         });
         if confirmed == u64::MAX || confirmed <= self.reads.confirmed {
             return;
@@ -251,7 +286,10 @@ impl<S: LogRead> Node<S> {
             } else {
                 self.send(
                     read.from,
-                    MessageBody::ReadIndexResponse(ReadIndexResponse { id: read.id, index: Some(read.index) }),
+                    MessageBody::ReadIndexResponse(ReadIndexResponse {
+                        id: read.id,
+                        index: Some(read.index),
+                    }),
                 );
             }
         }

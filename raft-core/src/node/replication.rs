@@ -21,7 +21,9 @@ impl<S: LogRead> Node<S> {
             // (committed entries are in every later leader's log).
             self.send_after_persist(
                 from,
-                MessageBody::AppendResponse(AppendResponse::Success { match_index: committed }),
+                MessageBody::AppendResponse(AppendResponse::Success {
+                    match_index: committed,
+                }),
             );
             return Ok(());
         }
@@ -30,14 +32,22 @@ impl<S: LogRead> Node<S> {
             let hint = self.find_conflict_by_term(hint_index, req.prev.term)?;
             self.send_after_persist(
                 from,
-                MessageBody::AppendResponse(AppendResponse::Rejected { rejected: req.prev.index, hint }),
+                MessageBody::AppendResponse(AppendResponse::Rejected {
+                    rejected: req.prev.index,
+                    hint,
+                }),
             );
             return Ok(());
         }
         let last_new = req.prev.index + req.entries.len() as Index;
         self.append_from_leader(req.entries)?;
         self.log.commit_to(req.commit.min(last_new));
-        self.send_after_persist(from, MessageBody::AppendResponse(AppendResponse::Success { match_index: last_new }));
+        self.send_after_persist(
+            from,
+            MessageBody::AppendResponse(AppendResponse::Success {
+                match_index: last_new,
+            }),
+        );
         Ok(())
     }
 
@@ -76,7 +86,11 @@ impl<S: LogRead> Node<S> {
 
     /// The largest index `<= index` whose term is `<= term` (or the first
     /// readable position), for fast backtracking.
-    pub(super) fn find_conflict_by_term(&self, mut index: Index, term: Term) -> Result<LogId, Error> {
+    pub(super) fn find_conflict_by_term(
+        &self,
+        mut index: Index,
+        term: Term,
+    ) -> Result<LogId, Error> {
         loop {
             match self.log.term_if_present(index)? {
                 Some(t) if t > term => index -= 1,
@@ -104,25 +118,38 @@ impl<S: LogRead> Node<S> {
         self.accept_leader(from);
         self.log.commit_to(hb.commit);
         // Heartbeat answers carry no durability promise: send at once.
-        self.send(from, MessageBody::HeartbeatResponse(HeartbeatResponse { round: hb.round }));
+        self.send(
+            from,
+            MessageBody::HeartbeatResponse(HeartbeatResponse { round: hb.round }),
+        );
         Ok(())
     }
 
     // ----- leader side -----------------------------------------------------
 
-    pub(super) fn handle_append_response(&mut self, from: NodeId, resp: AppendResponse) -> Result<(), Error> {
+    pub(super) fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        resp: AppendResponse,
+    ) -> Result<(), Error> {
         if self.role != Role::Leader {
             return Ok(());
         }
         let now = self.now;
-        let Some(pr) = self.progress.get_mut(&from) else { return Ok(()) };
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return Ok(());
+        };
         pr.last_active = now;
         match resp {
             AppendResponse::Success { match_index } => {
-                let answers_probe = pr.state == ReplicationState::Probe && match_index + 1 >= pr.next_index;
+                let answers_probe =
+                    pr.state == ReplicationState::Probe && match_index + 1 >= pr.next_index;
                 let news = pr.update_match(match_index);
                 let snapshot_done = pr.state == ReplicationState::Snapshot
-                    && pr.snapshot.as_ref().is_some_and(|s| pr.match_index >= s.meta.last.index);
+                    && pr
+                        .snapshot
+                        .as_ref()
+                        .is_some_and(|s| pr.match_index >= s.meta.last.index);
                 if answers_probe || snapshot_done {
                     pr.become_replicate();
                 }
@@ -161,14 +188,20 @@ impl<S: LogRead> Node<S> {
         Ok(())
     }
 
-    pub(super) fn handle_heartbeat_response(&mut self, from: NodeId, resp: HeartbeatResponse) -> Result<(), Error> {
+    pub(super) fn handle_heartbeat_response(
+        &mut self,
+        from: NodeId,
+        resp: HeartbeatResponse,
+    ) -> Result<(), Error> {
         if self.role != Role::Leader {
             return Ok(());
         }
         let max_inflight = self.config.max_inflight;
         let last = self.log.last_index();
         let now = self.now;
-        let Some(pr) = self.progress.get_mut(&from) else { return Ok(()) };
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return Ok(());
+        };
         pr.last_active = now;
         pr.read_ack = pr.read_ack.max(resp.round);
         match pr.state {
@@ -219,7 +252,9 @@ impl<S: LogRead> Node<S> {
     /// paused. With `allow_empty`, sends even with no new entries (a probe or
     /// commit update). Returns whether a message with entries went out.
     pub(super) fn send_append(&mut self, to: NodeId, allow_empty: bool) -> Result<bool, Error> {
-        let Some(pr) = self.progress.get(&to) else { return Ok(false) };
+        let Some(pr) = self.progress.get(&to) else {
+            return Ok(false);
+        };
         if pr.is_paused(self.config.max_inflight) {
             return Ok(false);
         }
@@ -231,7 +266,10 @@ impl<S: LogRead> Node<S> {
         };
         let last = self.log.last_index();
         let mut entries = if next <= last {
-            match self.log.entries(next, last + 1, self.config.max_append_bytes) {
+            match self
+                .log
+                .entries(next, last + 1, self.config.max_append_bytes)
+            {
                 Ok(entries) => entries,
                 Err(StorageError::Compacted(_)) => {
                     self.start_snapshot_send(to)?;
@@ -254,14 +292,22 @@ impl<S: LogRead> Node<S> {
         self.counters.appends_sent += 1;
         self.send(
             to,
-            MessageBody::Append(AppendRequest { prev: LogId::new(prev_term, prev_index), entries, commit }),
+            MessageBody::Append(AppendRequest {
+                prev: LogId::new(prev_term, prev_index),
+                entries,
+                commit,
+            }),
         );
         Ok(has_entries)
     }
 
     pub(super) fn broadcast_heartbeat(&mut self) {
         let round = self.reads.next_round(self.now);
-        let peers: Vec<(NodeId, Index)> = self.progress.iter().map(|(id, pr)| (*id, pr.match_index)).collect();
+        let peers: Vec<(NodeId, Index)> = self
+            .progress
+            .iter()
+            .map(|(id, pr)| (*id, pr.match_index))
+            .collect();
         for (to, match_index) in peers {
             let commit = self.log.committed.min(match_index);
             self.send(to, MessageBody::Heartbeat(Heartbeat { commit, round }));
@@ -276,7 +322,11 @@ impl<S: LogRead> Node<S> {
         let me = self.id;
         let own = self.log.persisted_index();
         let index = quorum::majority_committed(self.membership().voters(), |id| {
-            if id == me { Some(own) } else { self.progress.get(&id).map(|p| p.match_index) }
+            if id == me {
+                Some(own)
+            } else {
+                self.progress.get(&id).map(|p| p.match_index)
+            }
         });
         if index == Index::MAX || index <= self.log.committed {
             return Ok(());

@@ -69,7 +69,11 @@ impl SnapshotState {
     /// Asks for a snapshot when the log holds `log_len` entries and the
     /// policy says it is time.
     pub(super) fn maybe_request(&mut self, applied: Index, log_len: u64) {
-        if self.threshold > 0 && !self.requested && log_len >= self.threshold && applied > self.last_index {
+        if self.threshold > 0
+            && !self.requested
+            && log_len >= self.threshold
+            && applied > self.last_index
+        {
             self.requested = true;
             self.due = true;
         }
@@ -92,13 +96,21 @@ impl<S: LogRead> Node<S> {
                 self.log.applied
             )));
         }
-        let newest = self.snapshots.last_index.max(self.log.pending_snapshot().map_or(0, |m| m.last.index));
+        let newest = self
+            .snapshots
+            .last_index
+            .max(self.log.pending_snapshot().map_or(0, |m| m.last.index));
         if index <= newest {
             return Err(Error::SnapshotObsolete { index, newest });
         }
         let term = self.log.term(index)?;
         let (membership_index, membership) = self.config_at(index).unwrap_or_default();
-        Ok(SnapshotMeta { last: LogId::new(term, index), membership, membership_index, size })
+        Ok(SnapshotMeta {
+            last: LogId::new(term, index),
+            membership,
+            membership_index,
+            size,
+        })
     }
 
     /// The host saved a snapshot durably. The node compacts its log up to
@@ -119,7 +131,8 @@ impl<S: LogRead> Node<S> {
             first - 1
         };
         let remaining = self.log.last_index().saturating_sub(compacted_to);
-        self.snapshots.threshold = next_snapshot_threshold(self.snapshots.initial_threshold, remaining);
+        self.snapshots.threshold =
+            next_snapshot_threshold(self.snapshots.initial_threshold, remaining);
         self.prune_configs(compacted_to);
         Ok(())
     }
@@ -132,7 +145,11 @@ impl<S: LogRead> Node<S> {
 
     // ----- follower side ---------------------------------------------------
 
-    pub(super) fn handle_snapshot_chunk(&mut self, from: NodeId, chunk: SnapshotChunk) -> Result<(), Error> {
+    pub(super) fn handle_snapshot_chunk(
+        &mut self,
+        from: NodeId,
+        chunk: SnapshotChunk,
+    ) -> Result<(), Error> {
         self.accept_leader(from);
         let last = chunk.meta.last;
         let respond = |node: &mut Self, next_offset, rejected, installed| {
@@ -184,7 +201,12 @@ impl<S: LogRead> Node<S> {
     }
 
     fn install_snapshot(&mut self, meta: SnapshotMeta) {
-        tracing::info!(id = self.id, index = meta.last.index, term = meta.last.term, "installing snapshot");
+        tracing::info!(
+            id = self.id,
+            index = meta.last.index,
+            term = meta.last.term,
+            "installing snapshot"
+        );
         self.counters.snapshots_installed += 1;
         self.reset_configs(meta.membership_index, meta.membership.clone());
         self.snapshots.on_installed(meta.last.index);
@@ -200,12 +222,26 @@ impl<S: LogRead> Node<S> {
                 "log entries were compacted but the store has no snapshot".into(),
             )));
         };
-        let Some(pr) = self.progress.get_mut(&to) else { return Ok(()) };
-        tracing::debug!(id = self.id, to, index = meta.last.index, size = meta.size, "sending snapshot");
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return Ok(());
+        };
+        tracing::debug!(
+            id = self.id,
+            to,
+            index = meta.last.index,
+            size = meta.size,
+            "sending snapshot"
+        );
         pr.state = ReplicationState::Snapshot;
         pr.inflight.clear();
         pr.probe_sent = false;
-        pr.snapshot = Some(SnapshotSend { meta, acked: 0, sent: 0, done_sent: false, idle_ticks: 0 });
+        pr.snapshot = Some(SnapshotSend {
+            meta,
+            acked: 0,
+            sent: 0,
+            done_sent: false,
+            idle_ticks: 0,
+        });
         self.counters.snapshots_sent += 1;
         self.send_snapshot_chunks(to)
     }
@@ -214,12 +250,18 @@ impl<S: LogRead> Node<S> {
         let chunk_size = self.config.snapshot.chunk_size;
         let window = chunk_size.saturating_mul(self.config.snapshot.chunks_in_flight);
         loop {
-            let Some(send) = self.progress.get(&to).and_then(|p| p.snapshot.as_ref()) else { return Ok(()) };
+            let Some(send) = self.progress.get(&to).and_then(|p| p.snapshot.as_ref()) else {
+                return Ok(());
+            };
             if send.done_sent || send.sent - send.acked >= window {
                 return Ok(());
             }
             let (meta, offset) = (send.meta.clone(), send.sent);
-            let data = match self.log.store.snapshot_chunk(meta.last.index, offset, chunk_size) {
+            let data = match self
+                .log
+                .store
+                .snapshot_chunk(meta.last.index, offset, chunk_size)
+            {
                 Ok(data) => data,
                 Err(StorageError::SnapshotChanged(_)) => return self.start_snapshot_send(to),
                 Err(e) => return Err(e.into()),
@@ -232,19 +274,37 @@ impl<S: LogRead> Node<S> {
                     meta.last.index, meta.size
                 ))));
             }
-            let send = self.progress.get_mut(&to).and_then(|p| p.snapshot.as_mut()).expect("checked above");
+            let send = self
+                .progress
+                .get_mut(&to)
+                .and_then(|p| p.snapshot.as_mut())
+                .expect("checked above");
             send.sent = end;
             send.done_sent = done;
-            self.send(to, MessageBody::Snapshot(SnapshotChunk { meta, offset, data, done }));
+            self.send(
+                to,
+                MessageBody::Snapshot(SnapshotChunk {
+                    meta,
+                    offset,
+                    data,
+                    done,
+                }),
+            );
         }
     }
 
-    pub(super) fn handle_snapshot_response(&mut self, from: NodeId, resp: SnapshotResponse) -> Result<(), Error> {
+    pub(super) fn handle_snapshot_response(
+        &mut self,
+        from: NodeId,
+        resp: SnapshotResponse,
+    ) -> Result<(), Error> {
         if self.role != super::Role::Leader {
             return Ok(());
         }
         let now = self.now;
-        let Some(pr) = self.progress.get_mut(&from) else { return Ok(()) };
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return Ok(());
+        };
         pr.last_active = now;
         let current = pr.snapshot.as_ref().map(|s| s.meta.last.index);
         if resp.installed {

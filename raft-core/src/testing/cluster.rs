@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 
 use super::state_machine::RegisterMachine;
+use crate::MemLog;
 use crate::config::Config;
 use crate::error::Error;
 use crate::membership::Membership;
@@ -14,7 +15,6 @@ use crate::message::Message;
 use crate::node::{Node, ReadPolicy, Role};
 use crate::ready::ReadState;
 use crate::types::{Entry, EntryPayload, Index, LogId, NodeId};
-use crate::MemLog;
 
 type Filter = Box<dyn FnMut(&Message) -> bool>;
 
@@ -121,7 +121,12 @@ impl Cluster {
     pub fn leader(&self) -> Option<NodeId> {
         self.members
             .iter()
-            .filter_map(|(id, m)| m.node.as_ref().filter(|n| n.role() == Role::Leader).map(|n| (n.term(), *id)))
+            .filter_map(|(id, m)| {
+                m.node
+                    .as_ref()
+                    .filter(|n| n.role() == Role::Leader)
+                    .map(|n| (n.term(), *id))
+            })
             .max()
             .map(|(_, id)| id)
     }
@@ -217,7 +222,11 @@ impl Cluster {
                 break;
             }
         }
-        assert_eq!(self.node(id).role(), Role::Leader, "node {id} should have won the election");
+        assert_eq!(
+            self.node(id).role(),
+            Role::Leader,
+            "node {id} should have won the election"
+        );
     }
 
     /// Performs every node's output batches and delivers every message until
@@ -226,7 +235,11 @@ impl Cluster {
         for _ in 0..100_000 {
             let mut moved = false;
             for id in self.ids() {
-                while self.members[&id].node.as_ref().is_some_and(|n| n.has_ready()) {
+                while self.members[&id]
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.has_ready())
+                {
                     self.process_ready(id);
                     moved = true;
                 }
@@ -248,7 +261,9 @@ impl Cluster {
             return;
         }
         let to = message.to;
-        let Some(node) = self.members.get_mut(&to).and_then(|m| m.node.as_mut()) else { return };
+        let Some(node) = self.members.get_mut(&to).and_then(|m| m.node.as_mut()) else {
+            return;
+        };
         self.delivered.push(message.clone());
         node.step(message).expect("step");
     }
@@ -313,7 +328,9 @@ impl Cluster {
     /// Proposes at the leader and stabilizes; panics without a leader.
     pub fn propose_committed(&mut self, data: &[u8]) -> LogId {
         let leader = self.leader().expect("a leader");
-        let id = self.propose(leader, data).expect("leader accepts the proposal");
+        let id = self
+            .propose(leader, data)
+            .expect("leader accepts the proposal");
         self.stabilize();
         id
     }
@@ -356,7 +373,9 @@ impl Cluster {
         let node = self.node(id);
         let first = node.first_index().expect("first index");
         let last = node.last_log_id().expect("last").index;
-        (first..=last).map(|i| node.term_at(i).expect("term").unwrap_or(0)).collect()
+        (first..=last)
+            .map(|i| node.term_at(i).expect("term").unwrap_or(0))
+            .collect()
     }
 
     /// The (index, term) pairs of `id`'s whole log.
@@ -364,11 +383,18 @@ impl Cluster {
         let node = self.node(id);
         let first = node.first_index().expect("first index");
         let last = node.last_log_id().expect("last").index;
-        (first..=last).map(|i| LogId::new(node.term_at(i).expect("term").unwrap_or(0), i)).collect()
+        (first..=last)
+            .map(|i| LogId::new(node.term_at(i).expect("term").unwrap_or(0), i))
+            .collect()
     }
 
     /// The highest commit index among running nodes.
     pub fn max_commit(&self) -> Index {
-        self.members.values().filter_map(|m| m.node.as_ref()).map(|n| n.commit_index()).max().unwrap_or(0)
+        self.members
+            .values()
+            .filter_map(|m| m.node.as_ref())
+            .map(|n| n.commit_index())
+            .max()
+            .unwrap_or(0)
     }
 }

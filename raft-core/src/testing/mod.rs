@@ -2,12 +2,12 @@
 //! simulator, the storage conformance suite every [`crate::LogRead`] adapter
 //! runs, and in-memory adapters for drivers.
 
-pub mod conformance;
 pub mod cluster;
+pub mod conformance;
 pub mod oracle;
 pub mod sim;
 pub mod state_machine;
 
 pub use cluster::Cluster;
 pub use oracle::Violation;
-pub use sim::{run_seeds, Interceptor, Sim, SimConfig, SimFailure, SimStats};
+pub use sim::{Interceptor, Sim, SimConfig, SimFailure, SimStats, run_seeds};

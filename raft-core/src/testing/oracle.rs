@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::MemLog;
 use crate::membership::Membership;
 use crate::node::{Node, Role};
 use crate::types::{Entry, EntryPayload, Index, LogId, NodeId, Term};
-use crate::MemLog;
 
 use super::state_machine::entry_digest;
 
@@ -22,7 +22,10 @@ pub struct Violation {
 
 impl Violation {
     pub(crate) fn new(invariant: &'static str, detail: impl Into<String>) -> Self {
-        Self { invariant, detail: detail.into() }
+        Self {
+            invariant,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -65,7 +68,12 @@ impl Oracle {
     }
 
     /// Log matching, checked on every entry a node writes.
-    pub(crate) fn on_written(&mut self, node: NodeId, entries: &[Entry], prev_term: Term) -> Result<(), Violation> {
+    pub(crate) fn on_written(
+        &mut self,
+        node: NodeId,
+        entries: &[Entry],
+        prev_term: Term,
+    ) -> Result<(), Violation> {
         let mut prev = prev_term;
         for entry in entries {
             let digest = entry_digest(entry);
@@ -83,7 +91,8 @@ impl Oracle {
                 }
                 Some(_) => {}
                 None => {
-                    self.written.insert((entry.index, entry.term), (digest, prev));
+                    self.written
+                        .insert((entry.index, entry.term), (digest, prev));
                 }
             }
             prev = entry.term;
@@ -98,14 +107,20 @@ impl Oracle {
             if c != value {
                 return Err(Violation::new(
                     "state machine safety",
-                    format!("node {node} applied {}/{} but {}/{} was committed there", entry.index, entry.term, entry.index, c.0),
+                    format!(
+                        "node {node} applied {}/{} but {}/{} was committed there",
+                        entry.index, entry.term, entry.index, c.0
+                    ),
                 ));
             }
         }
         match self.applied.get(&entry.index) {
             Some(&a) if a != value => Err(Violation::new(
                 "state machine safety",
-                format!("node {node} applied {}/{} where another node applied term {}", entry.index, entry.term, a.0),
+                format!(
+                    "node {node} applied {}/{} where another node applied term {}",
+                    entry.index, entry.term, a.0
+                ),
             )),
             Some(_) => Ok(()),
             None => {
@@ -127,7 +142,10 @@ impl Oracle {
             let commit = node.commit_index();
             let seen = self.commit_seen.entry(id).or_insert(commit);
             if commit < *seen {
-                return Err(Violation::new("commit monotonic", format!("node {id} commit went from {seen} to {commit}")));
+                return Err(Violation::new(
+                    "commit monotonic",
+                    format!("node {id} commit went from {seen} to {commit}"),
+                ));
             }
             *seen = commit;
             // Every node's commit index is a claim about the committed log;
@@ -154,7 +172,9 @@ impl Oracle {
                     if self.removed.contains(&id) {
                         return Err(Violation::new(
                             "removed node never leads",
-                            format!("node {id}, removed from the cluster, became leader of term {term}"),
+                            format!(
+                                "node {id}, removed from the cluster, became leader of term {term}"
+                            ),
                         ));
                     }
                 }
@@ -186,13 +206,19 @@ impl Oracle {
     /// Leader append-only: a leader never drops or rewrites its entries.
     fn check_append_only(&mut self, node: &Node<MemLog>) -> Result<(), Violation> {
         let key = (node.id(), node.term());
-        let last = node.last_log_id().map_err(|e| Violation::new("storage", e.to_string()))?;
+        let last = node
+            .last_log_id()
+            .map_err(|e| Violation::new("storage", e.to_string()))?;
         if let Some(prev) = self.leader_last.get(&key) {
             let term_now = node.term_at(prev.index).ok().flatten();
             if last.index < prev.index || (term_now.is_some() && term_now != Some(prev.term)) {
                 return Err(Violation::new(
                     "leader append-only",
-                    format!("leader {} of term {} went from last entry {prev:?} to {last:?}", node.id(), node.term()),
+                    format!(
+                        "leader {} of term {} went from last entry {prev:?} to {last:?}",
+                        node.id(),
+                        node.term()
+                    ),
                 ));
             }
         }
@@ -202,15 +228,24 @@ impl Oracle {
 
     /// Records what a leader declares committed; it must agree with what
     /// was committed and applied before.
-    fn record_commits(&mut self, node: &Node<MemLog>, disks: &BTreeMap<NodeId, &MemLog>) -> Result<(), Violation> {
+    fn record_commits(
+        &mut self,
+        node: &Node<MemLog>,
+        disks: &BTreeMap<NodeId, &MemLog>,
+    ) -> Result<(), Violation> {
         let commit = node.commit_index();
         if commit <= self.max_commit {
             // Known already; still check the leader agrees at its commit index.
-            if let (Some(&(term, _)), Ok(Some(t))) = (self.committed.get(&commit), node.term_at(commit)) {
+            if let (Some(&(term, _)), Ok(Some(t))) =
+                (self.committed.get(&commit), node.term_at(commit))
+            {
                 if term != t {
                     return Err(Violation::new(
                         "state machine safety",
-                        format!("node {} has {commit}/{t} committed where {commit}/{term} was committed", node.id()),
+                        format!(
+                            "node {} has {commit}/{t} committed where {commit}/{term} was committed",
+                            node.id()
+                        ),
                     ));
                 }
             }
@@ -218,14 +253,19 @@ impl Oracle {
         }
         self.check_commit_durable(node, commit, disks)?;
         let first = node.first_index().unwrap_or(1).max(self.max_commit + 1);
-        let entries = node.entries(first, commit + 1, u64::MAX).map_err(|e| Violation::new("storage", e.to_string()))?;
+        let entries = node
+            .entries(first, commit + 1, u64::MAX)
+            .map_err(|e| Violation::new("storage", e.to_string()))?;
         for entry in &entries {
             let value = (entry.term, entry_digest(entry));
             if let Some(&c) = self.committed.get(&entry.index) {
                 if c != value {
                     return Err(Violation::new(
                         "state machine safety",
-                        format!("entry {} committed twice with different contents", entry.index),
+                        format!(
+                            "entry {} committed twice with different contents",
+                            entry.index
+                        ),
                     ));
                 }
             }
@@ -282,7 +322,10 @@ impl Oracle {
             }
             false
         };
-        let durable = voters.iter().filter(|id| disks.get(id).is_some_and(|d| holds(d))).count();
+        let durable = voters
+            .iter()
+            .filter(|id| disks.get(id).is_some_and(|d| holds(d)))
+            .count();
         if durable * 2 <= voters.len() {
             return Err(Violation::new(
                 "commit safety",
@@ -335,7 +378,10 @@ impl Oracle {
         if served > self.max_commit {
             return Err(Violation::new(
                 "linearizable read",
-                format!("read {id} on node {node} served at {served}, beyond anything committed ({})", self.max_commit),
+                format!(
+                    "read {id} on node {node} served at {served}, beyond anything committed ({})",
+                    self.max_commit
+                ),
             ));
         }
         Ok(())

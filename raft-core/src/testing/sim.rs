@@ -81,7 +81,7 @@ impl SimConfig {
     pub fn new(seed: u64, nodes: usize) -> Self {
         // Replication parameters vary by seed, from a stream of their own so
         // that they do not perturb the main schedule.
-        let mut params = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F_C0FF_EE00);
+        let mut params = ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_C0FF_EE00);
         let max_append_entries = [1, 2, 8, 64][params.random_range(0..4)];
         let max_inflight = [1, 4, 16][params.random_range(0..3)];
         let max_append_bytes = [64, 512, 1 << 16][params.random_range(0..3)];
@@ -124,9 +124,17 @@ impl SimConfig {
         config.max_inflight = self.max_inflight;
         config.seed = self.seed ^ (id << 32) ^ incarnation.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         config.snapshot = if self.snapshots {
-            SnapshotPolicy { threshold: 24, retention: 6, chunk_size: 64, chunks_in_flight: 2 }
+            SnapshotPolicy {
+                threshold: 24,
+                retention: 6,
+                chunk_size: 64,
+                chunks_in_flight: 2,
+            }
         } else {
-            SnapshotPolicy { threshold: 0, ..SnapshotPolicy::default() }
+            SnapshotPolicy {
+                threshold: 0,
+                ..SnapshotPolicy::default()
+            }
         };
         config
     }
@@ -262,10 +270,15 @@ impl Sim {
     /// A simulator for `config`.
     pub fn new(config: SimConfig) -> Self {
         let voters: Vec<NodeId> = (1..=config.nodes as NodeId).collect();
-        let membership = Membership::with_voters(voters.iter().map(|&id| (id, format!("sim-{id}"))));
+        let membership =
+            Membership::with_voters(voters.iter().map(|&id| (id, format!("sim-{id}"))));
         let mut nodes = BTreeMap::new();
         for id in 1..=(config.nodes + config.spare_nodes) as NodeId {
-            let store = if voters.contains(&id) { MemLog::bootstrap(membership.clone()) } else { MemLog::new() };
+            let store = if voters.contains(&id) {
+                MemLog::bootstrap(membership.clone())
+            } else {
+                MemLog::new()
+            };
             let node = Node::new(config.node_config(id, 0), store).expect("valid simulator config");
             nodes.insert(
                 id,
@@ -282,7 +295,9 @@ impl Sim {
                 },
             );
         }
-        let spares = ((config.nodes + 1)..=(config.nodes + config.spare_nodes)).map(|i| i as NodeId).collect();
+        let spares = ((config.nodes + 1)..=(config.nodes + config.spare_nodes))
+            .map(|i| i as NodeId)
+            .collect();
         Sim {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             config,
@@ -339,7 +354,11 @@ impl Sim {
     }
 
     fn live_ids(&self) -> Vec<NodeId> {
-        self.nodes.iter().filter(|(_, n)| n.node.is_some()).map(|(id, _)| *id).collect()
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.node.is_some())
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     fn pick<T: Copy>(&mut self, items: &[T]) -> Option<T> {
@@ -397,7 +416,10 @@ impl Sim {
         if let Some((id, term, left)) = self.doomed {
             if left == 0 {
                 self.doomed = None;
-                let still = self.nodes[&id].node.as_ref().is_some_and(|n| n.is_leader() && n.term() == term);
+                let still = self.nodes[&id]
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.is_leader() && n.term() == term);
                 if still {
                     self.crash(id);
                 }
@@ -418,7 +440,13 @@ impl Sim {
         let disks: BTreeMap<NodeId, &MemLog> = self
             .nodes
             .iter()
-            .filter_map(|(id, n)| n.node.as_ref().map(|node| node.store()).or(n.disk.as_ref()).map(|d| (*id, d)))
+            .filter_map(|(id, n)| {
+                n.node
+                    .as_ref()
+                    .map(|node| node.store())
+                    .or(n.disk.as_ref())
+                    .map(|d| (*id, d))
+            })
             .collect();
         let nodes = self.nodes.values().filter_map(|n| n.node.as_ref());
         self.oracle.check_nodes(nodes, &disks)
@@ -470,15 +498,25 @@ impl Sim {
             1
         };
         for _ in 0..copies {
-            let delay = if self.config.max_delay > 0 { self.rng.random_range(0..=self.config.max_delay) } else { 0 };
-            self.in_flight.push(InFlight { deliver_at: self.now + delay, message: message.clone() });
+            let delay = if self.config.max_delay > 0 {
+                self.rng.random_range(0..=self.config.max_delay)
+            } else {
+                0
+            };
+            self.in_flight.push(InFlight {
+                deliver_at: self.now + delay,
+                message: message.clone(),
+            });
         }
     }
 
     fn deliver_one(&mut self) -> StepResult {
-        let deliverable: Vec<usize> =
-            (0..self.in_flight.len()).filter(|&i| self.in_flight[i].deliver_at <= self.now).collect();
-        let Some(i) = self.pick(&deliverable) else { return Ok(()) };
+        let deliverable: Vec<usize> = (0..self.in_flight.len())
+            .filter(|&i| self.in_flight[i].deliver_at <= self.now)
+            .collect();
+        let Some(i) = self.pick(&deliverable) else {
+            return Ok(());
+        };
         let InFlight { message, .. } = self.in_flight.swap_remove(i);
         self.deliver(message)
     }
@@ -488,9 +526,14 @@ impl Sim {
             return Ok(());
         }
         let to = message.to;
-        let Some(sim_node) = self.nodes.get_mut(&to) else { return Ok(()) };
-        let Some(node) = sim_node.node.as_mut() else { return Ok(()) };
-        self.trace.write_u64(message.from ^ (to << 8) ^ (message.term << 16));
+        let Some(sim_node) = self.nodes.get_mut(&to) else {
+            return Ok(());
+        };
+        let Some(node) = sim_node.node.as_mut() else {
+            return Ok(());
+        };
+        self.trace
+            .write_u64(message.from ^ (to << 8) ^ (message.term << 16));
         message.kind().hash(&mut self.trace);
         if let Some(interceptor) = self.interceptor.as_mut() {
             interceptor.on_step(node, &message);
@@ -526,9 +569,12 @@ impl Sim {
             let prev_term = if first.index == 1 {
                 0
             } else {
-                node.term_at(first.index - 1).map_err(|e| storage_violation(id, e))?.unwrap_or(0)
+                node.term_at(first.index - 1)
+                    .map_err(|e| storage_violation(id, e))?
+                    .unwrap_or(0)
             };
-            self.oracle.on_written(id, &ready.write.entries, prev_term)?;
+            self.oracle
+                .on_written(id, &ready.write.entries, prev_term)?;
         }
         // Committed entries are durable already: apply them now.
         let mut applied_to = None;
@@ -545,7 +591,8 @@ impl Sim {
             }
         }
         if let Some(index) = applied_to {
-            node.on_applied(index).map_err(|e| storage_violation(id, e))?;
+            node.on_applied(index)
+                .map_err(|e| storage_violation(id, e))?;
         }
         let served = sim_node.machine.applied_index();
         for read in &ready.read_states {
@@ -557,7 +604,8 @@ impl Sim {
                             format!("read {} index {index} but applied {served}", read.id),
                         ));
                     }
-                    self.oracle.check_read(id, read.id, pending.committed_at_invocation, served)?;
+                    self.oracle
+                        .check_read(id, read.id, pending.committed_at_invocation, served)?;
                     self.stats.reads += 1;
                 }
             }
@@ -565,7 +613,8 @@ impl Sim {
         for (read_id, index) in std::mem::take(&mut sim_node.forced_reads) {
             if let Some(pending) = sim_node.reads.remove(&read_id) {
                 if served >= index {
-                    self.oracle.check_read(id, read_id, pending.committed_at_invocation, served)?;
+                    self.oracle
+                        .check_read(id, read_id, pending.committed_at_invocation, served)?;
                     self.stats.reads += 1;
                 } else {
                     sim_node.forced_reads.push((read_id, index));
@@ -607,15 +656,28 @@ impl Sim {
 
     fn persist_next(&mut self, id: NodeId) -> StepResult {
         let sim_node = self.nodes.get_mut(&id).expect("known node");
-        let Some(pending) = sim_node.pending.pop_front() else { return Ok(()) };
+        let Some(pending) = sim_node.pending.pop_front() else {
+            return Ok(());
+        };
         let node = sim_node.node.as_mut().expect("live node");
-        node.store_mut().apply(&pending.write).map_err(|e| storage_violation(id, e.into()))?;
+        node.store_mut()
+            .apply(&pending.write)
+            .map_err(|e| storage_violation(id, e.into()))?;
         if pending.write.install_snapshot.is_some() {
-            let (_, data) = node.store().snapshot().cloned().expect("installed snapshot is stored");
-            sim_node.machine = RegisterMachine::restore(&data)
-                .ok_or_else(|| Violation::new("snapshot", format!("node {id} received an undecodable snapshot")))?;
+            let (_, data) = node
+                .store()
+                .snapshot()
+                .cloned()
+                .expect("installed snapshot is stored");
+            sim_node.machine = RegisterMachine::restore(&data).ok_or_else(|| {
+                Violation::new(
+                    "snapshot",
+                    format!("node {id} received an undecodable snapshot"),
+                )
+            })?;
         }
-        node.on_persisted(pending.number).map_err(|e| storage_violation(id, e))?;
+        node.on_persisted(pending.number)
+            .map_err(|e| storage_violation(id, e))?;
         self.trace(("persist", id, pending.number));
         for message in pending.persisted_messages {
             self.send(message);
@@ -624,9 +686,15 @@ impl Sim {
     }
 
     fn build_snapshot_one(&mut self) -> StepResult {
-        let ids: Vec<NodeId> =
-            self.nodes.iter().filter(|(_, n)| n.node.is_some() && n.snapshot_due).map(|(id, _)| *id).collect();
-        let Some(id) = self.pick(&ids) else { return Ok(()) };
+        let ids: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.node.is_some() && n.snapshot_due)
+            .map(|(id, _)| *id)
+            .collect();
+        let Some(id) = self.pick(&ids) else {
+            return Ok(());
+        };
         let sim_node = self.nodes.get_mut(&id).expect("known node");
         sim_node.snapshot_due = false;
         let node = sim_node.node.as_mut().expect("live node");
@@ -641,7 +709,8 @@ impl Sim {
             Err(e) => return Err(storage_violation(id, e)),
         };
         node.store_mut().save_snapshot(meta.clone(), data);
-        node.on_snapshot_built(&meta).map_err(|e| storage_violation(id, e))?;
+        node.on_snapshot_built(&meta)
+            .map_err(|e| storage_violation(id, e))?;
         self.stats.snapshots += 1;
         self.trace(("snapshot", id, index));
         Ok(())
@@ -660,8 +729,14 @@ impl Sim {
     fn propose_one(&mut self) -> StepResult {
         // Clients mostly find the leader; sometimes they ask whoever.
         let leaders = self.leaders();
-        let candidates = if !leaders.is_empty() && self.chance(0.9) { leaders } else { self.live_ids() };
-        let Some(id) = self.pick(&candidates) else { return Ok(()) };
+        let candidates = if !leaders.is_empty() && self.chance(0.9) {
+            leaders
+        } else {
+            self.live_ids()
+        };
+        let Some(id) = self.pick(&candidates) else {
+            return Ok(());
+        };
         self.propose_at(id);
         Ok(())
     }
@@ -669,11 +744,16 @@ impl Sim {
     fn propose_at(&mut self, id: NodeId) -> bool {
         let value = self.next_value;
         let key = self.rng.random_range(0..8u8);
-        let node = self.nodes.get_mut(&id).and_then(|n| n.node.as_mut()).expect("live node");
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .and_then(|n| n.node.as_mut())
+            .expect("live node");
         match node.propose(SetCommand { key, value }.encode(16)) {
             Ok(position) => {
                 self.next_value += 1;
-                self.proposals.insert((position.term, position.index), value);
+                self.proposals
+                    .insert((position.term, position.index), value);
                 self.stats.proposed += 1;
                 self.trace(("propose", id, position.index));
                 true
@@ -684,8 +764,14 @@ impl Sim {
 
     fn read_one(&mut self) -> StepResult {
         let live = self.live_ids();
-        let Some(id) = self.pick(&live) else { return Ok(()) };
-        let policy = if self.config.lease_reads && self.chance(0.3) { ReadPolicy::Lease } else { ReadPolicy::ReadIndex };
+        let Some(id) = self.pick(&live) else {
+            return Ok(());
+        };
+        let policy = if self.config.lease_reads && self.chance(0.3) {
+            ReadPolicy::Lease
+        } else {
+            ReadPolicy::ReadIndex
+        };
         let read_id = self.next_read;
         self.next_read += 1;
         let committed_at_invocation = self.oracle.max_commit;
@@ -693,13 +779,23 @@ impl Sim {
         let node = sim_node.node.as_mut().expect("live node");
         if let Some(interceptor) = self.interceptor.as_mut() {
             if let Some(index) = interceptor.on_read(node) {
-                sim_node.reads.insert(read_id, PendingRead { committed_at_invocation });
+                sim_node.reads.insert(
+                    read_id,
+                    PendingRead {
+                        committed_at_invocation,
+                    },
+                );
                 sim_node.forced_reads.push((read_id, index));
                 return Ok(());
             }
         }
         if node.read_index(read_id, policy).is_ok() {
-            sim_node.reads.insert(read_id, PendingRead { committed_at_invocation });
+            sim_node.reads.insert(
+                read_id,
+                PendingRead {
+                    committed_at_invocation,
+                },
+            );
             self.trace(("read", id, read_id));
         }
         Ok(())
@@ -709,7 +805,9 @@ impl Sim {
 
     fn change_membership(&mut self) -> StepResult {
         let leaders = self.leaders();
-        let Some(leader) = self.pick(&leaders) else { return Ok(()) };
+        let Some(leader) = self.pick(&leaders) else {
+            return Ok(());
+        };
         let node = self.nodes[&leader].node.as_ref().expect("live leader");
         let membership = node.membership().clone();
         let voters: Vec<NodeId> = membership.voters().iter().copied().collect();
@@ -718,7 +816,10 @@ impl Sim {
         let change = match roll {
             0 if !self.spares.is_empty() => {
                 let id = self.spares[0];
-                Some(ConfChange::AddLearner { id, address: format!("sim-{id}") })
+                Some(ConfChange::AddLearner {
+                    id,
+                    address: format!("sim-{id}"),
+                })
             }
             1 if !learners.is_empty() => {
                 let id = self.pick(&learners).expect("non-empty");
@@ -732,7 +833,11 @@ impl Sim {
             _ => None,
         };
         let Some(change) = change else { return Ok(()) };
-        let node = self.nodes.get_mut(&leader).and_then(|n| n.node.as_mut()).expect("live leader");
+        let node = self
+            .nodes
+            .get_mut(&leader)
+            .and_then(|n| n.node.as_mut())
+            .expect("live leader");
         if node.propose_membership(change.clone()).is_ok() {
             if let ConfChange::AddLearner { id, .. } = change {
                 self.spares.retain(|&s| s != id);
@@ -745,7 +850,9 @@ impl Sim {
 
     fn transfer_one(&mut self) -> StepResult {
         let leaders = self.leaders();
-        let Some(leader) = self.pick(&leaders) else { return Ok(()) };
+        let Some(leader) = self.pick(&leaders) else {
+            return Ok(());
+        };
         let voters: Vec<NodeId> = self.nodes[&leader]
             .node
             .as_ref()
@@ -756,8 +863,14 @@ impl Sim {
             .copied()
             .filter(|&v| v != leader)
             .collect();
-        let Some(target) = self.pick(&voters) else { return Ok(()) };
-        let node = self.nodes.get_mut(&leader).and_then(|n| n.node.as_mut()).expect("live leader");
+        let Some(target) = self.pick(&voters) else {
+            return Ok(());
+        };
+        let node = self
+            .nodes
+            .get_mut(&leader)
+            .and_then(|n| n.node.as_mut())
+            .expect("live leader");
         if node.transfer_leader(target).is_ok() {
             self.stats.transfers += 1;
             self.trace(("transfer", leader, target));
@@ -769,7 +882,12 @@ impl Sim {
 
     fn inject_fault(&mut self) -> StepResult {
         let roll = self.rng.random_range(0..100u32);
-        let crashed: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.node.is_none()).map(|(id, _)| *id).collect();
+        let crashed: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.node.is_none())
+            .map(|(id, _)| *id)
+            .collect();
         if roll < 30 {
             if let Some(id) = self.pick(&crashed) {
                 return self.restart(id);
@@ -829,8 +947,9 @@ impl Sim {
         let store = sim_node.disk.take().expect("crashed node has a disk");
         sim_node.incarnation += 1;
         let machine = match store.snapshot() {
-            Some((_, data)) => RegisterMachine::restore(data)
-                .ok_or_else(|| Violation::new("snapshot", format!("node {id} has an undecodable snapshot")))?,
+            Some((_, data)) => RegisterMachine::restore(data).ok_or_else(|| {
+                Violation::new("snapshot", format!("node {id} has an undecodable snapshot"))
+            })?,
             None => RegisterMachine::default(),
         };
         let mut config = self.config.node_config(id, sim_node.incarnation);
@@ -848,7 +967,11 @@ impl Sim {
         self.stats.faults += 1;
         if self.chance(0.5) {
             // Symmetric: split into two sides.
-            let side: BTreeSet<NodeId> = ids.iter().copied().filter(|_| self.rng.random_bool(0.5)).collect();
+            let side: BTreeSet<NodeId> = ids
+                .iter()
+                .copied()
+                .filter(|_| self.rng.random_bool(0.5))
+                .collect();
             for &a in &ids {
                 for &b in &ids {
                     if side.contains(&a) != side.contains(&b) {
@@ -871,7 +994,12 @@ impl Sim {
     fn heal(&mut self) -> StepResult {
         self.faults_on = false;
         self.cuts.clear();
-        let crashed: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.node.is_none()).map(|(id, _)| *id).collect();
+        let crashed: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.node.is_none())
+            .map(|(id, _)| *id)
+            .collect();
         for id in crashed {
             self.restart(id)?;
         }
@@ -885,7 +1013,11 @@ impl Sim {
         self.stats.ticks += 1;
         for id in self.live_ids() {
             self.stats.steps += 1;
-            let node = self.nodes.get_mut(&id).and_then(|n| n.node.as_mut()).expect("live");
+            let node = self
+                .nodes
+                .get_mut(&id)
+                .and_then(|n| n.node.as_mut())
+                .expect("live");
             node.tick().map_err(|e| storage_violation(id, e))?;
         }
         for _ in 0..50 {
@@ -926,8 +1058,12 @@ impl Sim {
 
     fn build_snapshot_at(&mut self, id: NodeId) -> StepResult {
         // Reuse the random-step builder on exactly this node.
-        let others: Vec<NodeId> =
-            self.nodes.iter().filter(|(other, n)| **other != id && n.snapshot_due).map(|(o, _)| *o).collect();
+        let others: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(other, n)| **other != id && n.snapshot_due)
+            .map(|(o, _)| *o)
+            .collect();
         for other in &others {
             self.nodes.get_mut(other).expect("known").snapshot_due = false;
         }
@@ -977,7 +1113,15 @@ impl Sim {
             .nodes
             .values()
             .filter_map(|n| n.node.as_ref())
-            .map(|n| format!("{}:{:?}/t{}/c{}", n.id(), n.role(), n.term(), n.commit_index()))
+            .map(|n| {
+                format!(
+                    "{}:{:?}/t{}/c{}",
+                    n.id(),
+                    n.role(),
+                    n.term(),
+                    n.commit_index()
+                )
+            })
             .collect();
         Err(Violation::new(
             "liveness",

@@ -35,7 +35,10 @@ impl SetCommand {
             return None;
         }
         let value = u64::from_le_bytes(data[1..9].try_into().ok()?);
-        Some(Self { key: data[0], value })
+        Some(Self {
+            key: data[0],
+            value,
+        })
     }
 }
 
@@ -115,7 +118,9 @@ impl RegisterMachine {
 
     /// Restores from [`RegisterMachine::snapshot`] data.
     pub fn restore(data: &[u8]) -> Option<Self> {
-        let u64_at = |at: usize| -> Option<u64> { Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?)) };
+        let u64_at = |at: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
+        };
         let term = u64_at(0)?;
         let index = u64_at(8)?;
         let digest = u64_at(16)?;
@@ -125,7 +130,11 @@ impl RegisterMachine {
             let at = 28 + i * 9;
             registers.insert(*data.get(at)?, u64_at(at + 1)?);
         }
-        Some(Self { registers, applied: LogId::new(term, index), digest })
+        Some(Self {
+            registers,
+            applied: LogId::new(term, index),
+            digest,
+        })
     }
 
     /// The applied index.

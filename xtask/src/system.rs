@@ -1,0 +1,68 @@
+//! System packages the workspace needs from Debian: clang and libclang-dev
+//! to build RocksDB's bindings; apt-get and dpkg to fetch etcd's test data.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+/// Debian packages the build and the tests need.
+pub(crate) const PACKAGES: &[&str] = &["clang", "libclang-dev"];
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains("install ok installed")
+        })
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Installs missing packages when running as root on Debian; otherwise says
+/// exactly what to run and fails.
+pub(crate) fn ensure_packages() -> Result<()> {
+    if !std::path::Path::new("/etc/debian_version").exists() {
+        eprintln!(
+            "xtask: not a Debian system; make sure these are installed: {} (RocksDB's bindings need clang and libclang)",
+            PACKAGES.join(" ")
+        );
+        return Ok(());
+    }
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let command = format!("apt-get update && apt-get install -y {}", missing.join(" "));
+    if !is_root() {
+        bail!(
+            "missing system packages: {}. Install them with:\n    sudo sh -c '{command}'",
+            missing.join(" ")
+        );
+    }
+    eprintln!(
+        "xtask: installing missing system packages: {}",
+        missing.join(" ")
+    );
+    let update = Command::new("apt-get").arg("update").status()?;
+    if !update.success() {
+        bail!("`apt-get update` failed; check the network and run: {command}");
+    }
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
+    if !status.success() {
+        bail!("`apt-get install` failed; run it yourself: {command}");
+    }
+    Ok(())
+}
