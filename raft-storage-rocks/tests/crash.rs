@@ -158,9 +158,18 @@ fn parse(lines: &[String]) -> Report {
     report
 }
 
-/// Runs one child until it is killed after `delay`, returning its complete
-/// stdout lines.
-fn run_child(dir: &Path, term: Term, delay: Duration) -> Vec<String> {
+/// When to kill a child.
+#[derive(Clone, Copy, Debug)]
+enum Kill {
+    /// This long after starting it: often while it opens (and recovers) the
+    /// store.
+    AfterSpawn(Duration),
+    /// This long after it reported the store open: mid-stream.
+    AfterOpen(Duration),
+}
+
+/// Runs one child until it is killed, returning its complete stdout lines.
+fn run_child(dir: &Path, term: Term, kill: Kill) -> Vec<String> {
     let exe = std::env::current_exe().expect("test binary path");
     let mut child = Command::new(exe)
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
@@ -170,23 +179,37 @@ fn run_child(dir: &Path, term: Term, delay: Duration) -> Vec<String> {
         .spawn()
         .expect("spawning the child");
     let stdout = child.stdout.take().expect("piped stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
-        let mut lines = Vec::new();
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         // Only whole lines count: a line cut by the kill is dropped.
         while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-            if line.ends_with('\n') {
-                lines.push(line.trim_end().to_string());
+            if line.ends_with('\n') && lines_tx.send(line.trim_end().to_string()).is_err() {
+                break;
             }
             line.clear();
         }
-        lines
     });
-    std::thread::sleep(delay);
+    let mut lines = Vec::new();
+    match kill {
+        Kill::AfterSpawn(delay) => std::thread::sleep(delay),
+        Kill::AfterOpen(delay) => {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !lines.iter().any(|l: &String| l.starts_with("open ")) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match lines_rx.recv_timeout(left) {
+                    Ok(line) => lines.push(line),
+                    Err(_) => break,
+                }
+            }
+            std::thread::sleep(delay);
+        }
+    }
     child.kill().expect("SIGKILL");
     let status = child.wait().expect("wait");
-    let lines = reader.join().expect("reader thread");
+    reader.join().expect("reader thread");
+    lines.extend(lines_rx.try_iter());
     if status.signal() != Some(9) {
         let mut stderr = String::new();
         if let Some(mut err) = child.stderr.take() {
@@ -261,17 +284,17 @@ fn acknowledged_writes_survive_sigkill() {
         rng = splitmix(rng);
         // Mostly mid-stream, sometimes while the child is still opening the
         // store (and recovering from the previous kill).
-        let delay = match rng % 10 {
-            0 => Duration::from_millis(rng % 15),
-            _ => Duration::from_millis(20 + (rng >> 8) % 120),
+        let kill = match rng % 5 {
+            0 => Kill::AfterSpawn(Duration::from_millis((rng >> 8) % 60)),
+            _ => Kill::AfterOpen(Duration::from_millis((rng >> 8) % 80)),
         };
-        let lines = run_child(&dir, term, delay);
+        let lines = run_child(&dir, term, kill);
         let report = parse(&lines);
         *stats
             .entry(if report.opened_at.is_some() {
-                "killed after open"
+                "killed mid-stream"
             } else {
-                "killed during open"
+                "killed while opening"
             })
             .or_default() += 1;
         if let Some(opened_at) = report.opened_at {
@@ -320,7 +343,11 @@ fn acknowledged_writes_survive_sigkill() {
         );
         if (last as usize) < expected.terms.len() {
             *stats.entry("in-flight batch lost").or_default() += 1;
-        } else if report.acked.is_none_or(|acked| acked < last) {
+        } else if report
+            .begun
+            .last()
+            .is_some_and(|&(_, end, _)| report.acked != Some(end))
+        {
             *stats.entry("in-flight batch kept").or_default() += 1;
         }
         expected.terms.truncate(last as usize);
