@@ -354,8 +354,9 @@ fn probe_writable(dir: &Path) -> std::io::Result<()> {
 /// would silently cut the log short at the damage instead).
 fn open_db(path: &Path, clean_shutdown: bool) -> Result<DB, rocksdb::Error> {
     // No fallocate: on ext4 a preallocated WAL is made of unwritten extents,
-    // and converting them at every fdatasync halved the synced write rate
-    // (benches/append.rs). (Not settable through the typed API.)
+    // and converting them at every fdatasync cost a large share of the
+    // synced write rate (benches/append.rs). Not settable through the typed
+    // API, hence the options string.
     let mut options = Options::default().get_options_from_string("allow_fallocate=false")?;
     options.create_if_missing(true);
     options.create_missing_column_families(true);
