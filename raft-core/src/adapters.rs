@@ -65,8 +65,15 @@ pub trait Transport: Send + Sync + 'static {
 #[error("state machine: {0}")]
 pub struct StateMachineError(pub String);
 
+/// Serialises a state machine's state as of one index, off the apply path
+/// (see [`StateMachine::snapshot`]).
+pub type SnapshotBuilder = Box<dyn FnOnce() -> Result<Bytes, StateMachineError> + Send>;
+
 /// The application replicated by Raft.
-#[async_trait]
+///
+/// Drivers call it from the thread that owns the node, so applying must be
+/// deterministic and should be quick; building the snapshot data happens
+/// elsewhere (see [`StateMachine::snapshot`]).
 pub trait StateMachine: Send + 'static {
     /// What applying one command produces for the client that proposed it.
     type Output: Send + 'static;
@@ -74,17 +81,17 @@ pub trait StateMachine: Send + 'static {
     /// Applies committed entries in log order (no-op and configuration
     /// entries included, so the state machine can track its applied index),
     /// returning the output of each command entry with its position.
-    async fn apply(
-        &mut self,
-        entries: Vec<Entry>,
-    ) -> Result<Vec<(LogId, Self::Output)>, StateMachineError>;
+    fn apply(&mut self, entries: &[Entry]) -> Vec<(LogId, Self::Output)>;
 
     /// The index of the last entry applied.
     fn applied_index(&self) -> Index;
 
-    /// Serialises the state as of [`StateMachine::applied_index`].
-    async fn snapshot(&mut self) -> Result<(Index, Bytes), StateMachineError>;
+    /// Captures the state as of [`StateMachine::applied_index`] (cheaply,
+    /// e.g. by cloning a persistent data structure) and returns a builder
+    /// that serialises it; the driver runs the builder on another thread
+    /// while applying goes on.
+    fn snapshot(&self) -> SnapshotBuilder;
 
     /// Replaces the state with a snapshot's.
-    async fn restore(&mut self, meta: &SnapshotMeta, data: Bytes) -> Result<(), StateMachineError>;
+    fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StateMachineError>;
 }

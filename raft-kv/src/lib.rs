@@ -1,1 +1,36 @@
-//! raft-kv (see README.md).
+//! A replicated key-value service: raft-core for consensus,
+//! raft-storage-rocks for durability, raft-transport-quic for the network.
+//!
+//! # Layout
+//!
+//! - [`driver`]: the task that owns a raft-core node and performs its output
+//!   batches; generic over raft-core's log store, transport and state
+//!   machine traits, so another project can run its own state machine on it.
+//! - [`state_machine`]: the built-in KV state machine (put, get, delete,
+//!   compare-and-swap, scans; revisions; exactly-once client sessions).
+//! - [`watch`]: change notifications in commit order, resumable from a
+//!   revision.
+//! - [`protocol`]: what clients and nodes send each other, and the typed
+//!   errors clients act on.
+//! - [`service`]: serves client requests on a node and forwards writes and
+//!   admin requests to the leader.
+//! - [`client`]: the client library.
+//! - [`config`], [`server`]: a whole node from a TOML file; the `raft-kv`
+//!   binary is a thin shell around [`server::Server`].
+//! - [`metrics`]: Prometheus metrics and the health endpoint.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod client;
+pub mod config;
+pub mod driver;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod service;
+pub mod state_machine;
+pub mod watch;
+
+pub use client::{Client, ClientConfig, ClientError};
+pub use config::NodeConfig;
+pub use server::Server;

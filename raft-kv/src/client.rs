@@ -1,0 +1,641 @@
+//! The client library: connect to a cluster with a client certificate, and
+//! read, write, watch and administer it.
+//!
+//! The client finds the leader itself (following leader hints), retries
+//! requests that can be retried (no leader yet, leadership moving, timeouts,
+//! lost connections) until its deadline, and carries a session so that a
+//! retried write is applied exactly once. Reads are linearizable unless
+//! asked otherwise.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), raft_kv::client::ClientError> {
+//! use raft_kv::client::{Client, ClientConfig};
+//! let config = ClientConfig::from_files(
+//!     vec!["127.0.0.1:7001".into(), "127.0.0.1:7002".into()],
+//!     "ca.pem".as_ref(), "client.pem".as_ref(), "client.key".as_ref(),
+//! )?;
+//! let client = Client::connect(config).await?;
+//! client.put("greeting", "hello").await?;
+//! let value = client.get("greeting").await?.map(|kv| kv.value);
+//! assert_eq!(value.as_deref(), Some(&b"hello"[..]));
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::Mutex;
+
+use raft_core::NodeId;
+use raft_transport_quic::{
+    ClientConnection, ClientConnector, ClientOptions, FaultRule, PushReceiver, TlsIdentity,
+};
+
+use crate::protocol::{
+    self, AdminOp, AdminResult, Consistency, KeyValue, KvError, Member, NodeStatus, ReadOp,
+    ReadResult, Request, Response, Selector, Session, WatchEvent, WatchMessage, WriteOp,
+    WriteResult,
+};
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The cluster answered with an error (see [`KvError`] for what to do).
+    #[error("{0}")]
+    Kv(#[from] KvError),
+    /// No endpoint could be reached.
+    #[error(
+        "cannot reach any of {endpoints:?}: {last_error}; check the addresses and that the nodes run"
+    )]
+    Unreachable {
+        /// The endpoints tried.
+        endpoints: Vec<String>,
+        /// The last connection error.
+        last_error: String,
+    },
+    /// The client's certificate or key could not be loaded or used.
+    #[error("TLS setup failed: {0}; check the CA, certificate and key files")]
+    Tls(String),
+    /// No endpoints were given.
+    #[error("no endpoints given; pass at least one node address (host:port)")]
+    NoEndpoints,
+    /// The request did not succeed before the deadline; a write may or may
+    /// not have taken effect.
+    #[error("gave up after {0:?}: {1}")]
+    Deadline(Duration, String),
+    /// The server sent something undecodable.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// How to reach a cluster.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Node addresses (`host:port`); any node will do.
+    pub endpoints: Vec<String>,
+    /// The client's identity: the cluster CA, and a certificate and key it
+    /// issued.
+    pub identity: TlsIdentity,
+    /// How long one call may take, retries included.
+    pub deadline: Duration,
+    /// How long one attempt may take.
+    pub attempt_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// A configuration from PEM files.
+    pub fn from_files(
+        endpoints: Vec<String>,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<Self, ClientError> {
+        let identity = TlsIdentity::from_pem_files(ca, cert, key)
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        Ok(Self::new(endpoints, identity))
+    }
+
+    /// A configuration with an in-memory identity and default timeouts.
+    pub fn new(endpoints: Vec<String>, identity: TlsIdentity) -> Self {
+        Self {
+            endpoints,
+            identity,
+            deadline: Duration::from_secs(15),
+            attempt_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Routing {
+    /// Where requests go first: the last known leader.
+    target: Option<String>,
+    connections: HashMap<String, ClientConnection>,
+}
+
+/// A connection to a cluster. Cheap to share (`&Client` from many tasks).
+pub struct Client {
+    connector: ClientConnector,
+    config: ClientConfig,
+    routing: Mutex<Routing>,
+    client_id: u64,
+    next_sequence: AtomicU64,
+    outstanding: StdMutex<BTreeSet<u64>>,
+}
+
+impl Client {
+    /// Prepares a client (connections are made on first use).
+    pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
+        if config.endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let connector = ClientConnector::new(&config.identity, ClientOptions::default())
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        let client = Self {
+            connector,
+            routing: Mutex::new(Routing {
+                target: None,
+                connections: HashMap::new(),
+            }),
+            client_id: rand::random::<u64>() | 1,
+            next_sequence: AtomicU64::new(1),
+            outstanding: StdMutex::new(BTreeSet::new()),
+            config,
+        };
+        Ok(client)
+    }
+
+    /// The endpoints this client knows.
+    pub fn endpoints(&self) -> &[String] {
+        &self.config.endpoints
+    }
+
+    async fn connection(&self, address: &str) -> Result<ClientConnection, String> {
+        let mut routing = self.routing.lock().await;
+        if let Some(c) = routing.connections.get(address) {
+            return Ok(c.clone());
+        }
+        let c = tokio::time::timeout(
+            self.config.attempt_timeout,
+            self.connector.connect_to(address),
+        )
+        .await
+        .map_err(|_| format!("connecting to {address} timed out"))?
+        .map_err(|e| e.to_string())?;
+        routing.connections.insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+
+    async fn forget(&self, address: &str) {
+        let mut routing = self.routing.lock().await;
+        routing.connections.remove(address);
+        if routing.target.as_deref() == Some(address) {
+            routing.target = None;
+        }
+    }
+
+    /// One attempt against `address`.
+    async fn attempt(&self, address: &str, body: &Bytes) -> Result<Response, String> {
+        let connection = self.connection(address).await?;
+        let reply =
+            tokio::time::timeout(self.config.attempt_timeout, connection.request(body)).await;
+        match reply {
+            Ok(Ok(bytes)) => protocol::decode(&bytes).map_err(|e| e.to_string()),
+            Ok(Err(e)) => {
+                self.forget(address).await;
+                Err(e.to_string())
+            }
+            Err(_) => Err(format!(
+                "{address} did not answer within {:?}",
+                self.config.attempt_timeout
+            )),
+        }
+    }
+
+    /// Sends `request` (to the leader if known), follows leader hints and
+    /// retries what can be retried until the deadline.
+    pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        self.call_at(None, request).await
+    }
+
+    async fn call_at(
+        &self,
+        pinned: Option<&str>,
+        request: &Request,
+    ) -> Result<Response, ClientError> {
+        let body = protocol::encode(request);
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        let mut next_endpoint = 0usize;
+        let mut last;
+        let mut reached_any = false;
+        loop {
+            let address = match pinned {
+                Some(a) => a.to_string(),
+                None => match self.routing.lock().await.target.clone() {
+                    Some(a) => a,
+                    None => {
+                        let a = self.config.endpoints[next_endpoint % self.config.endpoints.len()]
+                            .clone();
+                        next_endpoint += 1;
+                        a
+                    }
+                },
+            };
+            match self.attempt(&address, &body).await {
+                Ok(Response::Error(e)) => {
+                    reached_any = true;
+                    match &e {
+                        KvError::NotLeader {
+                            address: leader, ..
+                        } if pinned.is_none() && !leader.is_empty() => {
+                            self.routing.lock().await.target = Some(leader.clone());
+                            if started.elapsed() < self.config.deadline {
+                                continue;
+                            }
+                            last = e.to_string();
+                        }
+                        KvError::NoLeader
+                        | KvError::TransferInProgress
+                        | KvError::LeadershipLost
+                        | KvError::Timeout
+                        | KvError::Unavailable(_)
+                        | KvError::ConfigChangeInProgress
+                        | KvError::ShuttingDown => {
+                            last = e.to_string();
+                            if matches!(e, KvError::ShuttingDown) {
+                                self.forget(&address).await;
+                            }
+                        }
+                        _ => return Err(ClientError::Kv(e)),
+                    }
+                }
+                Ok(response) => {
+                    if pinned.is_none() {
+                        self.routing.lock().await.target = Some(address);
+                    }
+                    return Ok(response);
+                }
+                Err(e) => {
+                    last = format!("{address}: {e}");
+                    self.forget(&address).await;
+                }
+            }
+            if started.elapsed() + backoff > self.config.deadline {
+                if !reached_any {
+                    return Err(ClientError::Unreachable {
+                        endpoints: self.config.endpoints.clone(),
+                        last_error: last,
+                    });
+                }
+                return Err(ClientError::Deadline(self.config.deadline, last));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    fn session(&self) -> Session {
+        let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed);
+        let mut outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
+        outstanding.insert(sequence);
+        let first_outstanding = outstanding.iter().next().copied().unwrap_or(sequence);
+        Session {
+            client_id: self.client_id,
+            sequence,
+            first_outstanding,
+        }
+    }
+
+    fn done(&self, sequence: u64) {
+        self.outstanding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&sequence);
+    }
+
+    /// Applies a write exactly once (retries reuse the session).
+    pub async fn write(&self, op: WriteOp) -> Result<WriteResult, ClientError> {
+        protocol::validate_write(&op)?;
+        let session = self.session();
+        let result = self
+            .call(&Request::Write {
+                session,
+                op,
+                forwarded: false,
+            })
+            .await;
+        match result {
+            Ok(Response::Write(r)) => {
+                self.done(session.sequence);
+                Ok(r)
+            }
+            // An unknown outcome keeps the sequence outstanding, so the
+            // server keeps its result should the write have happened.
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<WriteResult, ClientError> {
+        self.write(WriteOp::Put {
+            key: key.into(),
+            value: value.into(),
+        })
+        .await
+    }
+
+    /// Deletes `key`.
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<WriteResult, ClientError> {
+        self.write(WriteOp::Delete { key: key.into() }).await
+    }
+
+    /// Compare-and-swap: if `key` holds `expected` (`None`: absent), set it
+    /// to `new` (`None`: delete). `succeeded` tells whether it swapped.
+    pub async fn cas(
+        &self,
+        key: impl Into<Bytes>,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+    ) -> Result<WriteResult, ClientError> {
+        self.write(WriteOp::Cas {
+            key: key.into(),
+            expected,
+            new,
+        })
+        .await
+    }
+
+    /// Reads with the given freshness.
+    pub async fn read(
+        &self,
+        op: ReadOp,
+        consistency: Consistency,
+    ) -> Result<ReadResult, ClientError> {
+        match self.call(&Request::Read { op, consistency }).await? {
+            Response::Read(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A linearizable read of one key.
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<KeyValue>, ClientError> {
+        Ok(self
+            .read(ReadOp::Get { key: key.into() }, Consistency::Linearizable)
+            .await?
+            .kvs
+            .pop())
+    }
+
+    /// A linearizable scan of the keys starting with `prefix`.
+    pub async fn scan_prefix(
+        &self,
+        prefix: impl Into<Bytes>,
+        limit: u32,
+    ) -> Result<ReadResult, ClientError> {
+        self.read(ReadOp::prefix(prefix, limit), Consistency::Linearizable)
+            .await
+    }
+
+    /// Watches keys from `start_revision` (0: from now on). The watcher
+    /// resumes by itself after a lost connection.
+    pub async fn watch(
+        &self,
+        selector: Selector,
+        start_revision: u64,
+    ) -> Result<Watcher<'_>, ClientError> {
+        let mut watcher = Watcher {
+            client: self,
+            selector,
+            next_revision: start_revision,
+            stream: None,
+            endpoint: 0,
+        };
+        watcher.open().await?;
+        Ok(watcher)
+    }
+
+    async fn admin(&self, op: AdminOp) -> Result<AdminResult, ClientError> {
+        match self
+            .call(&Request::Admin {
+                op,
+                forwarded: false,
+            })
+            .await?
+        {
+            Response::Admin(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Adds a node as a learner; returns the new member list.
+    pub async fn add_learner(&self, id: NodeId, address: &str) -> Result<Vec<Member>, ClientError> {
+        members(
+            self.admin(AdminOp::AddLearner {
+                id,
+                address: address.to_string(),
+            })
+            .await?,
+        )
+    }
+
+    /// Promotes a learner to voter.
+    pub async fn promote(&self, id: NodeId) -> Result<Vec<Member>, ClientError> {
+        members(self.admin(AdminOp::Promote { id }).await?)
+    }
+
+    /// Removes a node.
+    pub async fn remove(&self, id: NodeId) -> Result<Vec<Member>, ClientError> {
+        members(self.admin(AdminOp::Remove { id }).await?)
+    }
+
+    /// Moves leadership to `to` (or the most up-to-date voter); returns the
+    /// new leader.
+    pub async fn transfer_leader(&self, to: Option<NodeId>) -> Result<NodeId, ClientError> {
+        match self.admin(AdminOp::TransferLeader { to }).await? {
+            AdminResult::LeaderTransferred(id) => Ok(id),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// The status of the node at `address`.
+    pub async fn status_of(&self, address: &str) -> Result<NodeStatus, ClientError> {
+        match self.call_at(Some(address), &Request::Status).await? {
+            Response::Status(s) => Ok(*s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The members, as the leader (or any node) sees them.
+    pub async fn members(&self) -> Result<Vec<Member>, ClientError> {
+        let mut last = None;
+        for endpoint in self.config.endpoints.clone() {
+            match self.status_of(&endpoint).await {
+                Ok(status) => {
+                    let m = &status.raft.membership;
+                    return Ok(m
+                        .addresses()
+                        .iter()
+                        .map(|(id, address)| Member {
+                            id: *id,
+                            address: address.clone(),
+                            voter: m.is_voter(*id),
+                        })
+                        .collect());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ClientError::NoEndpoints))
+    }
+
+    /// Sets the fault-injection rules of the node at `address` (test
+    /// clusters started with fault injection only).
+    pub async fn set_faults(
+        &self,
+        address: &str,
+        rules: Vec<FaultRule>,
+    ) -> Result<(), ClientError> {
+        match self
+            .call_at(Some(address), &Request::SetFaults { rules })
+            .await?
+        {
+            Response::FaultsSet => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn members(result: AdminResult) -> Result<Vec<Member>, ClientError> {
+    match result {
+        AdminResult::Members(m) => Ok(m),
+        other => Err(ClientError::Protocol(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
+}
+
+fn unexpected(response: Response) -> ClientError {
+    match response {
+        Response::Error(e) => ClientError::Kv(e),
+        other => ClientError::Protocol(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// A watch on a key or prefix. Events come in commit order; after a lost
+/// connection the watcher reconnects (to any endpoint) and resumes from the
+/// revision after the last one it delivered.
+pub struct Watcher<'a> {
+    client: &'a Client,
+    selector: Selector,
+    /// The next revision wanted (0 before the first event: from now on).
+    next_revision: u64,
+    stream: Option<PushReceiver>,
+    endpoint: usize,
+}
+
+impl Watcher<'_> {
+    /// The revision the watcher resumes from.
+    pub fn next_revision(&self) -> u64 {
+        self.next_revision
+    }
+
+    async fn open(&mut self) -> Result<(), ClientError> {
+        let endpoints = self.client.config.endpoints.clone();
+        let request = protocol::encode(&Request::Watch {
+            selector: self.selector.clone(),
+            start_revision: self.next_revision,
+        });
+        let mut last = String::new();
+        for i in 0..endpoints.len() {
+            let address = &endpoints[(self.endpoint + i) % endpoints.len()];
+            let connection = match self.client.connection(address).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            match connection.subscribe(&request).await {
+                Ok(mut stream) => match stream.next().await {
+                    Ok(Some(first)) => match protocol::decode::<WatchMessage>(&first)? {
+                        WatchMessage::Started { revision } => {
+                            if self.next_revision == 0 {
+                                self.next_revision = revision + 1;
+                            }
+                            self.stream = Some(stream);
+                            self.endpoint = (self.endpoint + i) % endpoints.len();
+                            return Ok(());
+                        }
+                        WatchMessage::Error(e) => return Err(ClientError::Kv(e)),
+                        WatchMessage::Compacted { revision } => {
+                            return Err(ClientError::Kv(KvError::Compacted {
+                                requested: self.next_revision,
+                                oldest: revision,
+                            }));
+                        }
+                        WatchMessage::Events(_) => {
+                            return Err(ClientError::Protocol("watch started with events".into()));
+                        }
+                    },
+                    Ok(None) => last = format!("{address} closed the watch"),
+                    Err(e) => last = e.to_string(),
+                },
+                Err(e) => {
+                    self.client.forget(address).await;
+                    last = e.to_string();
+                }
+            }
+        }
+        Err(ClientError::Unreachable {
+            endpoints,
+            last_error: last,
+        })
+    }
+
+    /// The next batch of events. Reconnects and resumes by itself; fails if
+    /// no node can resume from where it was, or the history it needs is
+    /// compacted.
+    pub async fn next(&mut self) -> Result<Vec<WatchEvent>, ClientError> {
+        let deadline = Instant::now() + self.client.config.deadline;
+        loop {
+            if self.stream.is_none() {
+                if let Err(e) = self.open().await {
+                    if Instant::now() > deadline
+                        || matches!(e, ClientError::Kv(KvError::Compacted { .. }))
+                    {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+            let stream = self.stream.as_mut().expect("opened above");
+            match stream.next().await {
+                Ok(Some(frame)) => match protocol::decode::<WatchMessage>(&frame)? {
+                    WatchMessage::Events(events) => {
+                        let events: Vec<WatchEvent> = events
+                            .into_iter()
+                            .filter(|e| e.revision >= self.next_revision)
+                            .collect();
+                        if let Some(last) = events.last() {
+                            self.next_revision = last.revision + 1;
+                            return Ok(events);
+                        }
+                    }
+                    WatchMessage::Compacted { revision } => {
+                        // This node restored a snapshot: try another node
+                        // that still has the history.
+                        self.stream = None;
+                        self.endpoint += 1;
+                        if Instant::now() > deadline {
+                            return Err(ClientError::Kv(KvError::Compacted {
+                                requested: self.next_revision,
+                                oldest: revision,
+                            }));
+                        }
+                    }
+                    WatchMessage::Error(_) | WatchMessage::Started { .. } => {
+                        self.stream = None;
+                        self.endpoint += 1;
+                    }
+                },
+                Ok(None) | Err(_) => {
+                    // Connection lost or stream ended: resume elsewhere.
+                    self.stream = None;
+                    self.endpoint += 1;
+                }
+            }
+        }
+    }
+}

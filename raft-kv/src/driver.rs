@@ -1,0 +1,803 @@
+//! The driver: the one task that owns a raft-core [`Node`] and performs its
+//! output batches, generic over the log store, the transport and the state
+//! machine (raft-core's adapter traits).
+//!
+//! Threads:
+//! - the **driver thread** runs a single-threaded tokio runtime with one task
+//!   that owns the node and the state machine; it selects over peer
+//!   messages, client requests, ticks and completions, and performs each
+//!   output batch in the documented order. RocksDB reads the node makes
+//!   happen here, never on the shared async workers.
+//! - the **writer thread** makes batches durable in order, merging the ones
+//!   queued behind each other into one synced write (group commit), then
+//!   sends the batch's persisted messages and reports back.
+//! - snapshots are serialised and saved on short-lived threads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use raft_core::adapters::{LogStore, StateMachine, Transport, TransportError};
+use raft_core::{
+    ConfChange, Config, Error as RaftError, Index, LogId, LogWrite, Message, Node, NodeId,
+    ReadPolicy, SnapshotMeta, Status,
+};
+
+use crate::protocol::KvError;
+
+/// A read to run against the state machine once it is safe.
+pub type ReadFn<M> = Box<dyn FnOnce(Result<&M, KvError>) + Send>;
+
+/// What clients ask the driver for.
+pub enum DriverRequest<M: StateMachine> {
+    /// Propose a command; the reply carries the state machine's output.
+    Propose {
+        /// The command bytes.
+        data: Bytes,
+        /// Where the output goes.
+        reply: oneshot::Sender<Result<M::Output, KvError>>,
+    },
+    /// Run `read` once a read of the given freshness is safe (`None`: stale,
+    /// at once).
+    Read {
+        /// The read policy, or `None` for a stale read.
+        policy: Option<ReadPolicy>,
+        /// The read.
+        read: ReadFn<M>,
+    },
+    /// Propose a membership change; the reply comes once it is committed.
+    ChangeMembership {
+        /// The change.
+        change: ConfChange,
+        /// Where the result goes.
+        reply: oneshot::Sender<Result<(), KvError>>,
+    },
+    /// Start a leadership transfer (`None`: to the most up-to-date voter).
+    TransferLeader {
+        /// The target.
+        to: Option<NodeId>,
+        /// The chosen target, once the transfer started.
+        reply: oneshot::Sender<Result<NodeId, KvError>>,
+    },
+    /// The node's status.
+    Status {
+        /// Where it goes.
+        reply: oneshot::Sender<Status>,
+    },
+}
+
+/// A cheap view of the node, updated after every batch, for the service
+/// (leader hints, addresses) and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct NodeView {
+    /// The node's id.
+    pub id: NodeId,
+    /// The leader, if known.
+    pub leader: Option<NodeId>,
+    /// Whether this node leads.
+    pub is_leader: bool,
+    /// The current term.
+    pub term: u64,
+    /// The commit index.
+    pub commit: Index,
+    /// The applied index.
+    pub applied: Index,
+    /// Every member's address.
+    pub addresses: BTreeMap<NodeId, String>,
+    /// Voters.
+    pub voters: Vec<NodeId>,
+}
+
+/// The handle the service uses to talk to the driver.
+pub struct DriverHandle<M: StateMachine> {
+    requests: mpsc::Sender<DriverRequest<M>>,
+    view: watch::Receiver<NodeView>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl<M: StateMachine> Clone for DriverHandle<M> {
+    fn clone(&self) -> Self {
+        Self {
+            requests: self.requests.clone(),
+            view: self.view.clone(),
+            shutting_down: self.shutting_down.clone(),
+        }
+    }
+}
+
+impl<M: StateMachine> DriverHandle<M> {
+    /// Sends a request to the driver.
+    pub async fn send(&self, request: DriverRequest<M>) -> Result<(), KvError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(KvError::ShuttingDown);
+        }
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| KvError::ShuttingDown)
+    }
+
+    /// The latest view of the node.
+    pub fn view(&self) -> NodeView {
+        self.view.borrow().clone()
+    }
+
+    /// Waits until the view changes.
+    pub async fn view_changed(&mut self) -> Result<(), KvError> {
+        self.view.changed().await.map_err(|_| KvError::ShuttingDown)
+    }
+
+    /// Proposes a command and waits for its output.
+    pub async fn propose(&self, data: Bytes) -> Result<M::Output, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(DriverRequest::Propose { data, reply }).await?;
+        rx.await.map_err(|_| KvError::ShuttingDown)?
+    }
+
+    /// Runs `f` against the state machine once a read of the given
+    /// freshness is safe.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        policy: Option<ReadPolicy>,
+        f: impl FnOnce(&M) -> R + Send + 'static,
+    ) -> Result<R, KvError> {
+        let (tx, rx) = oneshot::channel();
+        let read: ReadFn<M> = Box::new(move |sm: Result<&M, KvError>| {
+            let _ = tx.send(sm.map(f));
+        });
+        self.send(DriverRequest::Read { policy, read }).await?;
+        rx.await.map_err(|_| KvError::ShuttingDown)?
+    }
+
+    /// Whether the node is shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+/// How the driver runs.
+#[derive(Clone, Debug)]
+pub struct DriverOptions {
+    /// Wall-clock time per Raft tick.
+    pub tick: Duration,
+    /// Proposals and reads that may wait in the driver's queue.
+    pub queue: usize,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(50),
+            queue: 65_536,
+        }
+    }
+}
+
+/// A batch handed to the writer thread.
+struct PendingWrite {
+    number: u64,
+    write: LogWrite,
+    persisted_messages: Vec<Message>,
+}
+
+/// What the writer and the snapshot threads report back.
+enum Completion {
+    Persisted {
+        number: u64,
+        /// A snapshot installed by this batch, with its data, for the state
+        /// machine to restore before the batch is acknowledged.
+        installed: Option<(SnapshotMeta, Bytes)>,
+        unreachable: Vec<NodeId>,
+    },
+    SnapshotSerialized {
+        index: Index,
+        data: Bytes,
+    },
+    SnapshotSaved {
+        meta: SnapshotMeta,
+    },
+    Failed(String),
+}
+
+/// A running driver: its handle and a way to stop it.
+pub struct Driver<M: StateMachine> {
+    handle: DriverHandle<M>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl<M: StateMachine> Driver<M>
+where
+    M::Output: Send,
+{
+    /// Starts the driver threads. `node_config.applied` must be the state
+    /// machine's applied index (the driver sets it).
+    pub fn start<L, T>(
+        mut node_config: Config,
+        store: Arc<L>,
+        transport: Arc<T>,
+        state_machine: M,
+        options: DriverOptions,
+    ) -> Result<Self, KvError>
+    where
+        L: LogStore + ?Sized,
+        T: Transport + ?Sized,
+        Arc<L>: raft_core::LogRead,
+    {
+        node_config.applied = state_machine.applied_index();
+        let node =
+            Node::new(node_config, store.clone()).map_err(|e| KvError::Internal(e.to_string()))?;
+        let (requests_tx, requests_rx) = mpsc::channel(options.queue);
+        let (view_tx, view_rx) = watch::channel(NodeView::default());
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let handle = DriverHandle {
+            requests: requests_tx,
+            view: view_rx,
+            shutting_down: shutting_down.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-driver-{}", node.id()))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start the driver runtime: {e}"))?;
+                let mut state = DriverState {
+                    node,
+                    sm: state_machine,
+                    store,
+                    transport,
+                    proposals: BTreeMap::new(),
+                    conf_changes: BTreeMap::new(),
+                    reads: HashMap::new(),
+                    next_read: 1,
+                    view: view_tx,
+                    last_addresses: BTreeMap::new(),
+                    snapshot_in_progress: false,
+                    options,
+                };
+                runtime.block_on(state.run(requests_rx, stop_rx, shutting_down))
+            })
+            .map_err(|e| KvError::Internal(format!("cannot start the driver thread: {e}")))?;
+        Ok(Self {
+            handle,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The handle for submitting requests.
+    pub fn handle(&self) -> DriverHandle<M> {
+        self.handle.clone()
+    }
+
+    /// Stops the driver: pending requests fail with `ShuttingDown`, queued
+    /// writes are made durable first.
+    pub fn stop(&mut self) -> Result<(), String> {
+        self.handle.shutting_down.store(true, Ordering::Relaxed);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| "the driver thread panicked".to_string())?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl<M: StateMachine> Drop for Driver<M> {
+    fn drop(&mut self) {
+        self.handle.shutting_down.store(true, Ordering::Relaxed);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+type ProposalReply<M> = oneshot::Sender<Result<<M as StateMachine>::Output, KvError>>;
+
+struct DriverState<L: LogStore + ?Sized, T: Transport + ?Sized, M: StateMachine> {
+    node: Node<Arc<L>>,
+    sm: M,
+    store: Arc<L>,
+    transport: Arc<T>,
+    /// Proposals waiting to be applied, by index: (term, reply).
+    proposals: BTreeMap<Index, (u64, ProposalReply<M>)>,
+    /// Membership changes waiting to commit, by index.
+    conf_changes: BTreeMap<Index, (u64, oneshot::Sender<Result<(), KvError>>)>,
+    /// Reads waiting for their read index.
+    reads: HashMap<u64, ReadFn<M>>,
+    next_read: u64,
+    view: watch::Sender<NodeView>,
+    last_addresses: BTreeMap<NodeId, String>,
+    snapshot_in_progress: bool,
+    options: DriverOptions,
+}
+
+impl<L, T, M> DriverState<L, T, M>
+where
+    L: LogStore + ?Sized,
+    T: Transport + ?Sized,
+    M: StateMachine,
+    Arc<L>: raft_core::LogRead,
+{
+    async fn run(
+        &mut self,
+        mut requests: mpsc::Receiver<DriverRequest<M>>,
+        mut stop: oneshot::Receiver<()>,
+        shutting_down: Arc<AtomicBool>,
+    ) -> Result<(), String> {
+        let (completion_tx, mut completions) = mpsc::unbounded_channel();
+        let (writer_tx, writer_rx) = std::sync::mpsc::channel::<PendingWrite>();
+        let writer = {
+            let store = self.store.clone();
+            let transport = self.transport.clone();
+            let completion_tx = completion_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("raft-writer-{}", self.node.id()))
+                .spawn(move || writer_loop(store, transport, writer_rx, completion_tx))
+                .map_err(|e| format!("cannot start the writer thread: {e}"))?
+        };
+        let mut ticker = tokio::time::interval(self.options.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let transport = self.transport.clone();
+        self.publish_view();
+        let result: Result<(), String> = loop {
+            let step: Result<(), String> = tokio::select! {
+                biased;
+                _ = &mut stop => break Ok(()),
+                Some(done) = completions.recv() => self.on_completion(done, &completion_tx),
+                Some(message) = transport.recv() => {
+                    let mut r = self.step(message);
+                    // Drain what else is already there, without waiting.
+                    for _ in 0..256 {
+                        if r.is_err() { break; }
+                        match futures_now(transport.recv()) {
+                            Some(Some(message)) => r = self.step(message),
+                            _ => break,
+                        }
+                    }
+                    r
+                }
+                Some(request) = requests.recv() => {
+                    self.on_request(request);
+                    for _ in 0..1024 {
+                        match requests.try_recv() {
+                            Ok(request) => self.on_request(request),
+                            Err(_) => break,
+                        }
+                    }
+                    Ok(())
+                }
+                _ = ticker.tick() => self.node.tick().map_err(|e| e.to_string()),
+            };
+            if let Err(e) = step.and_then(|()| self.process_ready(&writer_tx, &completion_tx)) {
+                break Err(e);
+            }
+        };
+        shutting_down.store(true, Ordering::Relaxed);
+        // Fail everything still waiting; the writer finishes queued writes.
+        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+            let _ = reply.send(Err(KvError::ShuttingDown));
+        }
+        for (_, (_, reply)) in std::mem::take(&mut self.conf_changes) {
+            let _ = reply.send(Err(KvError::ShuttingDown));
+        }
+        for (_, read) in self.reads.drain() {
+            read(Err(KvError::ShuttingDown));
+        }
+        drop(writer_tx);
+        let _ = writer.join();
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "the raft driver stopped on an error");
+        }
+        result
+    }
+
+    fn step(&mut self, message: Message) -> Result<(), String> {
+        match self.node.step(message) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(format!("stepping a message failed: {e}")),
+        }
+    }
+
+    fn on_request(&mut self, request: DriverRequest<M>) {
+        match request {
+            DriverRequest::Propose { data, reply } => match self.node.propose(data) {
+                Ok(id) => {
+                    self.proposals.insert(id.index, (id.term, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(self.raft_error(e)));
+                }
+            },
+            DriverRequest::Read { policy: None, read } => read(Ok(&self.sm)),
+            DriverRequest::Read {
+                policy: Some(policy),
+                read,
+            } => {
+                let id = self.next_read;
+                self.next_read += 1;
+                match self.node.read_index(id, policy) {
+                    Ok(()) => {
+                        self.reads.insert(id, read);
+                    }
+                    Err(e) => read(Err(self.raft_error(e))),
+                }
+            }
+            DriverRequest::ChangeMembership { change, reply } => {
+                match self.node.propose_membership(change) {
+                    Ok(id) => {
+                        self.conf_changes.insert(id.index, (id.term, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(self.raft_error(e)));
+                    }
+                }
+            }
+            DriverRequest::TransferLeader { to, reply } => {
+                let target = to.or_else(|| self.best_transfer_target());
+                let result = match target {
+                    None => Err(KvError::Transfer(
+                        "there is no other voter to transfer leadership to".into(),
+                    )),
+                    Some(target) => self
+                        .node
+                        .transfer_leader(target)
+                        .map(|()| target)
+                        .map_err(|e| self.raft_error(e)),
+                };
+                let _ = reply.send(result);
+            }
+            DriverRequest::Status { reply } => {
+                let _ = reply.send(self.node.status());
+            }
+        }
+    }
+
+    /// The voter (other than this node) with the highest match index.
+    fn best_transfer_target(&self) -> Option<NodeId> {
+        let status = self.node.status();
+        status
+            .followers
+            .iter()
+            .filter(|f| !f.is_learner && status.membership.is_voter(f.id))
+            .max_by_key(|f| f.match_index)
+            .map(|f| f.id)
+    }
+
+    fn raft_error(&self, e: RaftError) -> KvError {
+        match e {
+            RaftError::NotLeader {
+                leader_hint: Some(leader),
+            } => {
+                let address = self
+                    .node
+                    .membership()
+                    .address(leader)
+                    .unwrap_or_default()
+                    .to_string();
+                KvError::NotLeader { leader, address }
+            }
+            RaftError::NotLeader { leader_hint: None } => KvError::NoLeader,
+            RaftError::TransferInProgress { .. } => KvError::TransferInProgress,
+            RaftError::ConfigChangeInProgress { .. } => KvError::ConfigChangeInProgress,
+            RaftError::ConfChange(e) => KvError::MembershipChange(e.to_string()),
+            e @ (RaftError::TransferToSelf(_) | RaftError::TransferToNonVoter(_)) => {
+                KvError::Transfer(e.to_string())
+            }
+            e @ RaftError::LeaseReadsDisabled => KvError::InvalidRequest(e.to_string()),
+            e => KvError::Internal(e.to_string()),
+        }
+    }
+
+    fn send(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            let to = message.to;
+            match self.transport.send(message) {
+                Ok(()) => {}
+                Err(TransportError::Unreachable(_)) => self.node.report_unreachable(to),
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn process_ready(
+        &mut self,
+        writer: &std::sync::mpsc::Sender<PendingWrite>,
+        completions: &mpsc::UnboundedSender<Completion>,
+    ) -> Result<(), String> {
+        while self.node.has_ready() {
+            let ready = self
+                .node
+                .ready()
+                .map_err(|e| format!("building an output batch failed: {e}"))?;
+            self.send(ready.messages);
+            if !ready.write.is_empty() || !ready.persisted_messages.is_empty() {
+                writer
+                    .send(PendingWrite {
+                        number: ready.number,
+                        write: ready.write,
+                        persisted_messages: ready.persisted_messages,
+                    })
+                    .map_err(|_| "the writer thread stopped".to_string())?;
+            } else {
+                self.node
+                    .on_persisted(ready.number)
+                    .map_err(|e| e.to_string())?;
+            }
+            if !ready.committed_entries.is_empty() {
+                let last = ready
+                    .committed_entries
+                    .last()
+                    .map(|e| e.index)
+                    .unwrap_or_default();
+                let outputs = self.sm.apply(&ready.committed_entries);
+                self.complete_proposals(outputs, last);
+                self.complete_conf_changes(&ready.committed_entries);
+                self.node.on_applied(last).map_err(|e| e.to_string())?;
+            }
+            for read in ready.read_states {
+                if let Some(f) = self.reads.remove(&read.id) {
+                    match read.result {
+                        Ok(_) => f(Ok(&self.sm)),
+                        Err(e) => f(Err(self.raft_error(e))),
+                    }
+                }
+            }
+            if ready.snapshot_due && !self.snapshot_in_progress {
+                self.snapshot_in_progress = true;
+                let index = self.sm.applied_index();
+                let build = self.sm.snapshot();
+                let tx = completions.clone();
+                std::thread::spawn(move || {
+                    let _ = tx.send(match build() {
+                        Ok(data) => Completion::SnapshotSerialized { index, data },
+                        Err(e) => Completion::Failed(format!("building a snapshot failed: {e}")),
+                    });
+                });
+            }
+        }
+        self.publish_view();
+        Ok(())
+    }
+
+    fn complete_proposals(&mut self, outputs: Vec<(LogId, M::Output)>, last: Index) {
+        let mut outputs = outputs.into_iter().peekable();
+        while let Some(entry) = self.proposals.first_entry() {
+            if *entry.key() > last {
+                break;
+            }
+            let (index, (term, reply)) = entry.remove_entry();
+            // Outputs come in index order; skip those of others' proposals.
+            while outputs.peek().is_some_and(|(id, _)| id.index < index) {
+                outputs.next();
+            }
+            match outputs.peek() {
+                Some((id, _)) if id.index == index && id.term == term => {
+                    let (_, output) = outputs.next().expect("peeked");
+                    let _ = reply.send(Ok(output));
+                }
+                _ => {
+                    // Another entry took this position: our proposal was lost.
+                    let _ = reply.send(Err(KvError::LeadershipLost));
+                }
+            }
+        }
+    }
+
+    fn complete_conf_changes(&mut self, entries: &[raft_core::Entry]) {
+        for entry in entries {
+            if let Some((term, reply)) = self.conf_changes.remove(&entry.index) {
+                let _ = reply.send(if term == entry.term {
+                    Ok(())
+                } else {
+                    Err(KvError::LeadershipLost)
+                });
+            }
+        }
+        let last = entries.last().map(|e| e.index).unwrap_or_default();
+        while let Some(entry) = self.conf_changes.first_entry() {
+            if *entry.key() > last {
+                break;
+            }
+            let (_, (_, reply)) = entry.remove_entry();
+            let _ = reply.send(Err(KvError::LeadershipLost));
+        }
+    }
+
+    fn on_completion(
+        &mut self,
+        done: Completion,
+        completions: &mpsc::UnboundedSender<Completion>,
+    ) -> Result<(), String> {
+        match done {
+            Completion::Persisted {
+                number,
+                installed,
+                unreachable,
+            } => {
+                if let Some((meta, data)) = installed {
+                    self.sm
+                        .restore(&meta, &data)
+                        .map_err(|e| format!("restoring snapshot failed: {e}"))?;
+                }
+                for peer in unreachable {
+                    self.node.report_unreachable(peer);
+                }
+                self.node.on_persisted(number).map_err(|e| e.to_string())
+            }
+            Completion::SnapshotSerialized { index, data } => {
+                let meta = match self.node.snapshot_meta_for(index, data.len() as u64) {
+                    Ok(meta) => meta,
+                    Err(RaftError::SnapshotObsolete { .. }) => {
+                        self.snapshot_in_progress = false;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(format!("snapshot metadata: {e}")),
+                };
+                let store = self.store.clone();
+                let tx = completions.clone();
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread().build();
+                    let result = match runtime {
+                        Ok(rt) => rt
+                            .block_on(store.save_snapshot(meta.clone(), data))
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let _ = tx.send(match result {
+                        Ok(()) => Completion::SnapshotSaved { meta },
+                        Err(e) => Completion::Failed(format!("saving a snapshot failed: {e}")),
+                    });
+                });
+                Ok(())
+            }
+            Completion::SnapshotSaved { meta } => {
+                self.snapshot_in_progress = false;
+                tracing::info!(index = meta.last.index, size = meta.size, "snapshot saved");
+                self.node
+                    .on_snapshot_built(&meta)
+                    .map_err(|e| e.to_string())
+            }
+            Completion::Failed(e) => Err(e),
+        }
+    }
+
+    fn publish_view(&mut self) {
+        let membership = self.node.membership();
+        if membership.addresses() != &self.last_addresses {
+            self.last_addresses = membership.addresses().clone();
+            let peers: BTreeMap<NodeId, String> = self
+                .last_addresses
+                .iter()
+                .filter(|(id, _)| **id != self.node.id())
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
+            self.transport.update_peers(&peers);
+        }
+        let view = NodeView {
+            id: self.node.id(),
+            leader: self.node.leader(),
+            is_leader: self.node.is_leader(),
+            term: self.node.term(),
+            commit: self.node.commit_index(),
+            applied: self.node.applied_index(),
+            addresses: self.last_addresses.clone(),
+            voters: membership.voters().iter().copied().collect(),
+        };
+        self.view.send_if_modified(|old| {
+            let changed = old.leader != view.leader
+                || old.term != view.term
+                || old.addresses != view.addresses
+                || old.is_leader != view.is_leader;
+            let progressed = old.commit != view.commit || old.applied != view.applied;
+            *old = view;
+            changed || progressed
+        });
+        crate::metrics::record_raft(&self.node);
+    }
+}
+
+/// Polls a future once; `None` if it is not ready.
+fn futures_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// Makes batches durable in order. Batches queued behind each other are
+/// written with one fsync at the end (group commit): every batch but the last
+/// is written without sync, and the last one's sync covers them all.
+fn writer_loop<L: LogStore + ?Sized, T: Transport + ?Sized>(
+    store: Arc<L>,
+    transport: Arc<T>,
+    queue: std::sync::mpsc::Receiver<PendingWrite>,
+    completions: mpsc::UnboundedSender<Completion>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = completions.send(Completion::Failed(format!(
+                "cannot start the writer runtime: {e}"
+            )));
+            return;
+        }
+    };
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while let Ok(next) = queue.try_recv() {
+            group.push(next);
+            if group.len() >= 64 {
+                break;
+            }
+        }
+        let any_sync = group.iter().any(|p| p.write.must_sync);
+        let n = group.len();
+        let mut installs = Vec::with_capacity(n);
+        for (i, pending) in group.iter_mut().enumerate() {
+            let mut write = std::mem::take(&mut pending.write);
+            installs.push(write.install_snapshot.clone());
+            // Only the last write of the group syncs, covering all of them.
+            write.must_sync = i + 1 == n && any_sync;
+            if let Err(e) = runtime.block_on(store.persist(write)) {
+                let _ = completions.send(Completion::Failed(format!(
+                    "persisting a batch failed: {e}"
+                )));
+                return;
+            }
+        }
+        for (pending, install) in group.into_iter().zip(installs) {
+            let installed = match &install {
+                Some(meta) => match runtime.block_on(store.load_snapshot()) {
+                    Ok(Some((stored, data))) if stored.last == meta.last => Some((stored, data)),
+                    Ok(_) => {
+                        let _ = completions.send(Completion::Failed(format!(
+                            "installed snapshot {} is not the store's current snapshot",
+                            meta.last.index
+                        )));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = completions.send(Completion::Failed(format!(
+                            "reading the installed snapshot: {e}"
+                        )));
+                        return;
+                    }
+                },
+                None => None,
+            };
+            let mut unreachable = Vec::new();
+            for message in pending.persisted_messages {
+                let to = message.to;
+                if let Err(TransportError::Unreachable(_)) = transport.send(message) {
+                    unreachable.push(to);
+                }
+            }
+            if completions
+                .send(Completion::Persisted {
+                    number: pending.number,
+                    installed,
+                    unreachable,
+                })
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! What clients and nodes say to each other over ALPN `raft-client/1`: one
+//! postcard-encoded [`Request`] per stream, answered by one [`Response`] (or,
+//! for a watch, a stream of [`WatchMessage`]s).
+//!
+//! Every error a client can act on is a typed [`KvError`].
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use raft_core::{NodeId, Status};
+
+/// Keys may be at most this long.
+pub const MAX_KEY_LEN: usize = 4096;
+/// Values may be at most this long.
+pub const MAX_VALUE_LEN: usize = 4 << 20;
+/// The most key-values one scan returns.
+pub const MAX_SCAN_LIMIT: u32 = 10_000;
+
+/// A client's identity for exactly-once writes: a random id chosen by the
+/// client, and a sequence number per write. A retried write carries the same
+/// pair and is applied once; its first result is returned again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The client's random id.
+    pub client_id: u64,
+    /// This write's sequence number (from 1, increasing).
+    pub sequence: u64,
+    /// The lowest sequence number whose result the client has not yet
+    /// received: results below it may be forgotten.
+    pub first_outstanding: u64,
+}
+
+/// A write to the key-value store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// Set `key` to `value`.
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The new value.
+        value: Bytes,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+    /// Compare-and-swap: if the current value of `key` is `expected` (`None`:
+    /// the key must not exist), set it to `new` (`None`: delete it).
+    Cas {
+        /// The key.
+        key: Bytes,
+        /// The value the key must hold (`None`: absent).
+        expected: Option<Bytes>,
+        /// The value to set (`None`: delete).
+        new: Option<Bytes>,
+    },
+}
+
+impl WriteOp {
+    /// The key written.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            WriteOp::Put { key, .. } | WriteOp::Delete { key } | WriteOp::Cas { key, .. } => key,
+        }
+    }
+}
+
+/// A read of the key-value store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadOp {
+    /// One key.
+    Get {
+        /// The key.
+        key: Bytes,
+    },
+    /// Keys in `start..end` (`end: None`: to the end), in key order, at most
+    /// `limit` of them.
+    Scan {
+        /// The first key.
+        start: Bytes,
+        /// The key after the last (exclusive), or `None` for no bound.
+        end: Option<Bytes>,
+        /// The most key-values to return.
+        limit: u32,
+    },
+}
+
+impl ReadOp {
+    /// A scan of every key starting with `prefix`.
+    pub fn prefix(prefix: impl Into<Bytes>, limit: u32) -> Self {
+        let start: Bytes = prefix.into();
+        let end = prefix_end(&start);
+        ReadOp::Scan { start, end, limit }
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, or `None`
+/// if there is none (the prefix is all 0xFF, or empty).
+pub fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end.into());
+        }
+    }
+    None
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Linearizable: reflects every write acknowledged before the read began
+    /// (ReadIndex: one heartbeat round, nothing written to the log).
+    #[default]
+    Linearizable,
+    /// Linearizable while the leader's lease holds (no round trip); relies on
+    /// bounded clock drift. Served by the leader only.
+    Lease,
+    /// Whatever the node has applied: fast, possibly stale.
+    Stale,
+}
+
+/// Which keys a watch follows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Selector {
+    /// One key.
+    Key(Bytes),
+    /// Every key starting with the prefix.
+    Prefix(Bytes),
+}
+
+impl Selector {
+    /// Whether `key` is selected.
+    pub fn matches(&self, key: &[u8]) -> bool {
+        match self {
+            Selector::Key(k) => k.as_ref() == key,
+            Selector::Prefix(p) => key.starts_with(p),
+        }
+    }
+}
+
+/// Cluster administration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminOp {
+    /// Add a node as a learner (it receives the log but does not vote).
+    AddLearner {
+        /// The new node's id.
+        id: NodeId,
+        /// Where it listens (`host:port`).
+        address: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// The learner.
+        id: NodeId,
+    },
+    /// Remove a node (voter or learner), the leader included.
+    Remove {
+        /// The node.
+        id: NodeId,
+    },
+    /// Hand leadership to `to`, or to the most up-to-date voter.
+    TransferLeader {
+        /// The target, or `None` to let the leader pick.
+        to: Option<NodeId>,
+    },
+}
+
+/// A client request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// A write, with its session for exactly-once application.
+    Write {
+        /// The client's session.
+        session: Session,
+        /// The write.
+        op: WriteOp,
+        /// Set when a follower forwarded the request: the receiver does not
+        /// forward it again.
+        forwarded: bool,
+    },
+    /// A read.
+    Read {
+        /// The read.
+        op: ReadOp,
+        /// How fresh it must be.
+        consistency: Consistency,
+    },
+    /// Follow changes to keys from `start_revision` on (0: from now). The
+    /// answer is a stream of [`WatchMessage`]s.
+    Watch {
+        /// The keys.
+        selector: Selector,
+        /// The first revision wanted (0: only future changes).
+        start_revision: u64,
+    },
+    /// Cluster administration (forwarded to the leader).
+    Admin {
+        /// The operation.
+        op: AdminOp,
+        /// Set when already forwarded once.
+        forwarded: bool,
+    },
+    /// This node's status.
+    Status,
+    /// Test-only fault injection between nodes (refused unless the node was
+    /// started with fault injection enabled).
+    SetFaults {
+        /// The rules, replacing the current ones (empty: heal everything).
+        rules: Vec<raft_transport_quic::FaultRule>,
+    },
+}
+
+/// A key and its value, with its history counters (etcd's shape).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    /// The key.
+    pub key: Bytes,
+    /// The value.
+    pub value: Bytes,
+    /// The revision of the write that created the key.
+    pub create_revision: u64,
+    /// The revision of the write that last changed it.
+    pub mod_revision: u64,
+    /// How many times it was written since it was created.
+    pub version: u64,
+}
+
+/// The result of a write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResult {
+    /// The store's revision after the write (unchanged by a failed CAS or a
+    /// delete of a missing key).
+    pub revision: u64,
+    /// For CAS: whether it swapped. Puts and deletes always succeed.
+    pub succeeded: bool,
+    /// The key's value before the write (for a failed CAS: its current value).
+    pub previous: Option<KeyValue>,
+}
+
+/// The result of a read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadResult {
+    /// The store's revision the read reflects.
+    pub revision: u64,
+    /// The key-values found, in key order.
+    pub kvs: Vec<KeyValue>,
+    /// Whether a scan stopped at its limit with more keys left.
+    pub more: bool,
+}
+
+/// What happened to a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// Created or changed.
+    Put,
+    /// Deleted.
+    Delete,
+}
+
+/// One change, as watchers see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// The revision of the write.
+    pub revision: u64,
+    /// Put or delete.
+    pub kind: EventKind,
+    /// The key-value after the write (for a delete: the key, an empty value
+    /// and the delete's revision).
+    pub kv: KeyValue,
+}
+
+/// One frame of a watch stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WatchMessage {
+    /// The watch is registered; events from `revision + 1` on will follow
+    /// (after any history requested).
+    Started {
+        /// The store's revision when the watch started.
+        revision: u64,
+    },
+    /// Changes, in commit order.
+    Events(Vec<WatchEvent>),
+    /// The requested revisions are no longer available on this node (its
+    /// history was compacted, or it restored a snapshot): re-read the keys,
+    /// then watch from `revision`.
+    Compacted {
+        /// The oldest revision this node can still replay from.
+        revision: u64,
+    },
+    /// The watch ended with an error.
+    Error(KvError),
+}
+
+/// One member, as `Members` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its id.
+    pub id: NodeId,
+    /// Its address.
+    pub address: String,
+    /// Whether it votes.
+    pub voter: bool,
+}
+
+/// What an admin request returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminResult {
+    /// The change committed; the members are now these.
+    Members(Vec<Member>),
+    /// Leadership moved to this node.
+    LeaderTransferred(NodeId),
+}
+
+/// A node's status, for `raft-cli status` and health checks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's address.
+    pub address: String,
+    /// The store's revision on this node.
+    pub revision: u64,
+    /// Raft's view.
+    pub raft: Status,
+}
+
+/// A response.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// A write was applied.
+    Write(WriteResult),
+    /// A read.
+    Read(ReadResult),
+    /// An admin operation completed.
+    Admin(AdminResult),
+    /// A node's status.
+    Status(Box<NodeStatus>),
+    /// Fault rules were set.
+    FaultsSet,
+    /// The request failed.
+    Error(KvError),
+}
+
+/// Errors a client can act on. Each says what to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum KvError {
+    /// No leader is known yet (an election is under way): retry shortly.
+    #[error("no leader is elected yet; retry in a moment")]
+    NoLeader,
+    /// This node is not the leader; the leader is `leader` at `address`.
+    #[error("node is not the leader; the leader is node {leader} at {address}")]
+    NotLeader {
+        /// The leader's id.
+        leader: NodeId,
+        /// The leader's address.
+        address: String,
+    },
+    /// Another membership change is not committed yet: retry when it is.
+    #[error("a membership change is in progress; retry once it has committed")]
+    ConfigChangeInProgress,
+    /// Leadership is being handed over: retry shortly (on the new leader).
+    #[error("leadership is being transferred; retry in a moment")]
+    TransferInProgress,
+    /// The request did not complete in time; a write may or may not have
+    /// been applied (retrying with the same session is safe).
+    #[error(
+        "the request timed out; it may or may not have taken effect (retrying with the same session is safe)"
+    )]
+    Timeout,
+    /// The node could not reach the leader (or a node could not be
+    /// reached): retry; a write may or may not have taken effect (retrying
+    /// with the same session is safe).
+    #[error("unavailable: {0}; retry (with the same session a retried write is safe)")]
+    Unavailable(String),
+    /// The node is shutting down: use another node.
+    #[error("the node is shutting down; use another node")]
+    ShuttingDown,
+    /// The leader lost leadership before the request committed; a write may
+    /// or may not have been applied (retrying with the same session is safe).
+    #[error(
+        "leadership was lost before the request completed; retry (with the same session it is safe)"
+    )]
+    LeadershipLost,
+    /// The request is invalid (too large, bad arguments...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The membership change is not allowed.
+    #[error("membership change refused: {0}")]
+    MembershipChange(String),
+    /// A leadership transfer is not allowed.
+    #[error("leadership transfer refused: {0}")]
+    Transfer(String),
+    /// A retried write's session is too old: its result was forgotten.
+    /// Start a new session (a new client).
+    #[error(
+        "the session's result for this sequence number was discarded; start a new client session"
+    )]
+    SessionExpired,
+    /// The requested watch revision is compacted on this node.
+    #[error(
+        "revision {requested} is compacted; the oldest available is {oldest}; re-read and watch from there"
+    )]
+    Compacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The oldest revision still available.
+        oldest: u64,
+    },
+    /// Fault injection is not enabled on this node.
+    #[error(
+        "fault injection is not enabled on this node (start it with --enable-fault-injection, tests only)"
+    )]
+    FaultInjectionDisabled,
+    /// The node failed internally (storage): it needs attention.
+    #[error("internal error on the node: {0}")]
+    Internal(String),
+}
+
+/// Encodes a value with postcard.
+pub fn encode<T: Serialize>(value: &T) -> Bytes {
+    // Serialising our own in-memory types cannot fail.
+    Bytes::from(postcard::to_stdvec(value).unwrap_or_default())
+}
+
+/// Decodes a value with postcard.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, KvError> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| KvError::InvalidRequest(format!("undecodable message: {e}")))
+}
+
+/// Checks a write's sizes.
+pub fn validate_write(op: &WriteOp) -> Result<(), KvError> {
+    let key = op.key();
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(KvError::InvalidRequest(format!(
+            "keys must be 1 to {MAX_KEY_LEN} bytes, got {}",
+            key.len()
+        )));
+    }
+    let value_len = match op {
+        WriteOp::Put { value, .. } => value.len(),
+        WriteOp::Delete { .. } => 0,
+        WriteOp::Cas { expected, new, .. } => expected
+            .as_ref()
+            .map_or(0, Bytes::len)
+            .max(new.as_ref().map_or(0, Bytes::len)),
+    };
+    if value_len > MAX_VALUE_LEN {
+        return Err(KvError::InvalidRequest(format!(
+            "values may be at most {MAX_VALUE_LEN} bytes, got {value_len}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! A whole node: storage, transport, driver, service and metrics, started
+//! from a [`NodeConfig`] and stopped gracefully.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use raft_core::LogRead;
+use raft_storage_rocks::{RocksStore, StoreOptions};
+use raft_transport_quic::{
+    ClientConnector, ClientHandler, ClientOptions, ClientRequest, FaultInjector, QuicTransport,
+    Response as Reply, TlsIdentity, TransportConfig,
+};
+
+use crate::config::NodeConfig;
+use crate::driver::{Driver, DriverHandle, DriverOptions};
+use crate::metrics::Health;
+use crate::protocol::{self, KvError, Response};
+use crate::service::KvService;
+use crate::state_machine::KvStateMachine;
+use crate::watch::WatchHub;
+
+/// Why a node could not start. Each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The certificates could not be loaded.
+    #[error("cannot load the TLS files (ca {ca}, cert {cert}, key {key}): {message}")]
+    Tls {
+        /// The CA file.
+        ca: String,
+        /// The certificate file.
+        cert: String,
+        /// The key file.
+        key: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The data directory could not be opened.
+    #[error(transparent)]
+    Storage(#[from] raft_storage_rocks::Error),
+    /// The data directory is new but no cluster to bootstrap or join was
+    /// given.
+    #[error(
+        "the data directory {0} is empty: pass --initial-cluster to bootstrap a new cluster, or --join to wait to be added to an existing one"
+    )]
+    NothingToStart(String),
+    /// The network could not be set up (e.g. the port is busy).
+    #[error("cannot start the network on {address}: {message}")]
+    Network {
+        /// The address.
+        address: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Something else failed.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The client handler, plugged in once the driver runs.
+#[derive(Default)]
+struct LateHandler(OnceLock<KvService>);
+
+#[async_trait]
+impl ClientHandler for LateHandler {
+    async fn handle(&self, request: ClientRequest) -> Reply {
+        match self.0.get() {
+            Some(service) => service.handle(request).await,
+            None => Reply::Unary(protocol::encode(&Response::Error(KvError::Unavailable(
+                "the node is starting".into(),
+            )))),
+        }
+    }
+}
+
+struct NodeHealth(DriverHandle<KvStateMachine>);
+
+impl Health for NodeHealth {
+    fn health(&self) -> (bool, String) {
+        let view = self.0.view();
+        if self.0.is_shutting_down() {
+            return (false, "shutting down\n".into());
+        }
+        match view.leader {
+            Some(leader) => (
+                true,
+                format!(
+                    "ok: node {} term {} leader {leader} commit {} applied {}\n",
+                    view.id, view.term, view.commit, view.applied
+                ),
+            ),
+            None => (
+                false,
+                format!("no leader known: node {} term {}\n", view.id, view.term),
+            ),
+        }
+    }
+}
+
+/// A running node.
+pub struct Server {
+    driver: Driver<KvStateMachine>,
+    transport: Arc<QuicTransport>,
+    store: RocksStore,
+    metrics: Option<std::net::SocketAddr>,
+    local: std::net::SocketAddr,
+}
+
+impl Server {
+    /// Starts a node. Must run inside a multi-threaded tokio runtime.
+    pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
+        config.validate()?;
+        let identity =
+            TlsIdentity::from_pem_files(&config.tls.ca, &config.tls.cert, &config.tls.key)
+                .map_err(|e| StartError::Tls {
+                    ca: config.tls.ca.display().to_string(),
+                    cert: config.tls.cert.display().to_string(),
+                    key: config.tls.key.display().to_string(),
+                    message: e.to_string(),
+                })?;
+        let store = RocksStore::open(StoreOptions::new(
+            &config.data_dir,
+            config.node_id,
+            config.cluster_id.clone(),
+        ))?;
+        let is_new = store
+            .last_index()
+            .map_err(|e| StartError::Other(e.to_string()))?
+            == 0
+            && store
+                .hard_state()
+                .map_err(|e| StartError::Other(e.to_string()))?
+                .term
+                == 0;
+        if is_new {
+            match config.initial_membership()? {
+                Some(membership) => {
+                    store
+                        .bootstrap(membership)
+                        .map_err(|e| StartError::Other(format!("bootstrapping failed: {e}")))?;
+                    tracing::info!(node = config.node_id, "bootstrapped a new cluster");
+                }
+                None if config.join => {
+                    tracing::info!(node = config.node_id, "waiting to be added to the cluster")
+                }
+                None => {
+                    return Err(StartError::NothingToStart(
+                        config.data_dir.display().to_string(),
+                    ));
+                }
+            }
+        }
+
+        let watch = Arc::new(WatchHub::new(100_000));
+        let mut machine = KvStateMachine::new(watch.clone());
+        if let Some((meta, data)) = store
+            .load_snapshot_blocking()
+            .map_err(|e| StartError::Other(e.to_string()))?
+        {
+            use raft_core::adapters::StateMachine;
+            machine
+                .restore(&meta, &data)
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            tracing::info!(
+                index = meta.last.index,
+                "restored the state machine from its snapshot"
+            );
+        }
+
+        let handler = Arc::new(LateHandler::default());
+        let faults = config.enable_fault_injection.then(FaultInjector::new);
+        let mut transport_config =
+            TransportConfig::new(config.node_id, config.cluster_id.clone(), config.listen);
+        transport_config.client_handler = Some(handler.clone());
+        transport_config.fault_injector = faults.clone();
+        let transport = QuicTransport::start(transport_config, &identity)
+            .await
+            .map_err(|e| StartError::Network {
+                address: config.listen.to_string(),
+                message: e.to_string(),
+            })?;
+        let transport = Arc::new(transport);
+        let local = transport
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+
+        let options = DriverOptions {
+            tick: Duration::from_millis(config.raft.tick_ms),
+            ..DriverOptions::default()
+        };
+        let driver = Driver::start(
+            config.raft_config(),
+            Arc::new(store.clone()),
+            transport.clone(),
+            machine,
+            options,
+        )
+        .map_err(|e| StartError::Other(e.to_string()))?;
+        let connector = ClientConnector::new(&identity, ClientOptions::default())
+            .map_err(|e| StartError::Other(format!("cannot set up forwarding: {e}")))?;
+        let service = KvService::new(
+            driver.handle(),
+            watch,
+            config.advertise_address(),
+            connector,
+            faults,
+            Duration::from_millis(config.request_timeout_ms),
+        );
+        let _ = handler.0.set(service);
+        let metrics = match config.metrics_listen {
+            Some(address) => Some(
+                crate::metrics::serve(address, Arc::new(NodeHealth(driver.handle()))).map_err(
+                    |message| StartError::Network {
+                        address: address.to_string(),
+                        message,
+                    },
+                )?,
+            ),
+            None => None,
+        };
+        tracing::info!(node = config.node_id, address = %local, "node started");
+        Ok(Self {
+            driver,
+            transport,
+            store,
+            metrics,
+            local,
+        })
+    }
+
+    /// The driver handle (for embedding and tests).
+    pub fn handle(&self) -> DriverHandle<KvStateMachine> {
+        self.driver.handle()
+    }
+
+    /// The address the node listens on.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local
+    }
+
+    /// Where metrics are served, if enabled.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics
+    }
+
+    /// Stops gracefully: a leader first hands leadership to the most
+    /// up-to-date voter (so the cluster does not wait for an election), then
+    /// the driver stops after making queued writes durable, the network
+    /// closes and the database is closed cleanly.
+    pub async fn shutdown(mut self) -> Result<(), String> {
+        let handle = self.driver.handle();
+        if handle.view().is_leader && handle.view().voters.len() > 1 {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            if handle
+                .send(crate::driver::DriverRequest::TransferLeader { to: None, reply })
+                .await
+                .is_ok()
+            {
+                if let Ok(Ok(target)) = rx.await {
+                    let mut watcher = handle.clone();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while watcher.view().leader != Some(target) {
+                            if watcher.view_changed().await.is_err() {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                }
+            }
+        }
+        let stopped = tokio::task::spawn_blocking(move || {
+            let result = self.driver.stop();
+            (self, result)
+        })
+        .await
+        .map_err(|e| format!("stopping the driver: {e}"))?;
+        let (server, result) = stopped;
+        server.transport.shutdown().await;
+        drop(server.store);
+        tracing::info!("node stopped");
+        result
+    }
+}

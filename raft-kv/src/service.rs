@@ -1,0 +1,352 @@
+//! The client-facing service: decodes requests arriving on ALPN
+//! `raft-client/1`, runs them through the driver, and forwards writes and
+//! admin requests to the leader when this node is not it (so clients may
+//! talk to any node).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{Mutex, oneshot};
+
+use raft_core::{ConfChange, ReadPolicy};
+use raft_transport_quic::{
+    ClientConnection, ClientConnector, ClientHandler, ClientRequest, FaultInjector,
+    Response as Reply, push_channel,
+};
+
+use crate::driver::{DriverHandle, DriverRequest};
+use crate::protocol::{
+    self, AdminOp, AdminResult, Consistency, KvError, Member, NodeStatus, Request, Response,
+    WatchMessage,
+};
+use crate::state_machine::{Command, KvStateMachine};
+use crate::watch::WatchHub;
+
+/// Serves clients on one node.
+pub struct KvService {
+    driver: DriverHandle<KvStateMachine>,
+    watch: Arc<WatchHub>,
+    address: String,
+    forwarder: Forwarder,
+    faults: Option<FaultInjector>,
+    timeout: Duration,
+}
+
+impl KvService {
+    /// A service over `driver`; `connector` is used to forward requests to the
+    /// leader (it presents this node's certificate).
+    pub fn new(
+        driver: DriverHandle<KvStateMachine>,
+        watch: Arc<WatchHub>,
+        address: String,
+        connector: ClientConnector,
+        faults: Option<FaultInjector>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            driver,
+            watch,
+            address,
+            forwarder: Forwarder::new(connector),
+            faults,
+            timeout,
+        }
+    }
+
+    async fn with_timeout<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, KvError>>,
+    ) -> Result<T, KvError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(result) => result,
+            Err(_) => Err(KvError::Timeout),
+        }
+    }
+
+    /// Answers one decoded request (watches are handled by the caller).
+    pub async fn answer(&self, request: Request) -> Response {
+        match request {
+            Request::Write {
+                session,
+                op,
+                forwarded,
+            } => {
+                if let Err(e) = protocol::validate_write(&op) {
+                    return Response::Error(e);
+                }
+                let data = Command {
+                    session,
+                    op: op.clone(),
+                }
+                .encode();
+                match self.with_timeout(self.driver.propose(data)).await {
+                    Ok(Ok(result)) => Response::Write(result),
+                    Ok(Err(e)) => Response::Error(e),
+                    Err(KvError::NotLeader { address, .. }) if !forwarded => {
+                        self.forward(
+                            &address,
+                            Request::Write {
+                                session,
+                                op,
+                                forwarded: true,
+                            },
+                        )
+                        .await
+                    }
+                    Err(e) => Response::Error(e),
+                }
+            }
+            Request::Read { op, consistency } => {
+                let policy = match consistency {
+                    Consistency::Linearizable => Some(ReadPolicy::ReadIndex),
+                    Consistency::Lease => Some(ReadPolicy::Lease),
+                    Consistency::Stale => None,
+                };
+                let read_op = op.clone();
+                match self
+                    .with_timeout(self.driver.read(policy, move |sm| sm.read(&read_op)))
+                    .await
+                {
+                    Ok(Ok(result)) => Response::Read(result),
+                    Ok(Err(e)) => Response::Error(e),
+                    // Lease reads are served by the leader only.
+                    Err(KvError::NotLeader { address, .. }) => {
+                        self.forward(&address, Request::Read { op, consistency })
+                            .await
+                    }
+                    Err(e) => Response::Error(e),
+                }
+            }
+            Request::Admin { op, forwarded } => match self.admin(op.clone()).await {
+                Err(KvError::NotLeader { address, .. }) if !forwarded => {
+                    self.forward(
+                        &address,
+                        Request::Admin {
+                            op,
+                            forwarded: true,
+                        },
+                    )
+                    .await
+                }
+                Ok(result) => Response::Admin(result),
+                Err(e) => Response::Error(e),
+            },
+            Request::Status => match self.status().await {
+                Ok(status) => Response::Status(Box::new(status)),
+                Err(e) => Response::Error(e),
+            },
+            Request::SetFaults { rules } => match &self.faults {
+                Some(faults) => {
+                    faults.set_rules(rules);
+                    Response::FaultsSet
+                }
+                None => Response::Error(KvError::FaultInjectionDisabled),
+            },
+            Request::Watch { .. } => {
+                Response::Error(KvError::InvalidRequest("a watch needs a stream".into()))
+            }
+        }
+    }
+
+    async fn status(&self) -> Result<NodeStatus, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.driver.send(DriverRequest::Status { reply }).await?;
+        let raft = rx.await.map_err(|_| KvError::ShuttingDown)?;
+        let revision = self.driver.read(None, |sm| sm.revision()).await?;
+        Ok(NodeStatus {
+            address: self.address.clone(),
+            revision,
+            raft,
+        })
+    }
+
+    async fn admin(&self, op: AdminOp) -> Result<AdminResult, KvError> {
+        let change = match op {
+            AdminOp::AddLearner { id, address } => ConfChange::AddLearner { id, address },
+            AdminOp::Promote { id } => ConfChange::AddVoter { id, address: None },
+            AdminOp::Remove { id } => ConfChange::Remove { id },
+            AdminOp::TransferLeader { to } => return self.transfer(to).await,
+        };
+        let (reply, rx) = oneshot::channel();
+        self.driver
+            .send(DriverRequest::ChangeMembership { change, reply })
+            .await?;
+        self.with_timeout(async { rx.await.map_err(|_| KvError::ShuttingDown)? })
+            .await?;
+        let view = self.driver.view();
+        let members = view
+            .addresses
+            .iter()
+            .map(|(id, address)| Member {
+                id: *id,
+                address: address.clone(),
+                voter: view.voters.contains(id),
+            })
+            .collect();
+        Ok(AdminResult::Members(members))
+    }
+
+    async fn transfer(&self, to: Option<u64>) -> Result<AdminResult, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.driver
+            .send(DriverRequest::TransferLeader { to, reply })
+            .await?;
+        let target = rx.await.map_err(|_| KvError::ShuttingDown)??;
+        // Wait until this node sees the target lead (or give up).
+        let mut driver = self.driver.clone();
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let view = driver.view();
+            if view.leader == Some(target) {
+                return Ok(AdminResult::LeaderTransferred(target));
+            }
+            if view.is_leader && view.leader == Some(view.id) && Instant::now() > deadline {
+                return Err(KvError::Transfer(format!(
+                    "node {target} did not take over in time; this node still leads"
+                )));
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(KvError::Timeout);
+            }
+            let _ = tokio::time::timeout(remaining, driver.view_changed()).await;
+        }
+    }
+
+    async fn forward(&self, address: &str, request: Request) -> Response {
+        if address.is_empty() {
+            return Response::Error(KvError::NoLeader);
+        }
+        match self
+            .forwarder
+            .request(address, &protocol::encode(&request))
+            .await
+        {
+            Ok(bytes) => protocol::decode(&bytes).unwrap_or_else(Response::Error),
+            Err(e) => Response::Error(e),
+        }
+    }
+
+    fn watch(&self, selector: protocol::Selector, start_revision: u64) -> Reply {
+        match self.watch.subscribe(selector, start_revision) {
+            Ok(mut events) => {
+                let (tx, stream) = push_channel(64);
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            message = events.recv() => match message {
+                                Some(message) => {
+                                    let end = matches!(message, WatchMessage::Compacted { .. } | WatchMessage::Error(_));
+                                    if tx.send(protocol::encode(&message)).await.is_err() || end {
+                                        return;
+                                    }
+                                }
+                                None => {
+                                    // Cut off (too slow) or the node stopped.
+                                    let _ = tx.send(protocol::encode(&WatchMessage::Error(KvError::ShuttingDown))).await;
+                                    return;
+                                }
+                            },
+                            _ = tx.closed() => return,
+                        }
+                    }
+                });
+                Reply::Stream(stream)
+            }
+            Err(e) => {
+                let (tx, stream) = push_channel(1);
+                tokio::spawn(async move {
+                    let _ = tx.send(protocol::encode(&WatchMessage::Error(e))).await;
+                });
+                Reply::Stream(stream)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ClientHandler for KvService {
+    async fn handle(&self, request: ClientRequest) -> Reply {
+        let started = Instant::now();
+        let request: Request = match protocol::decode(&request.body) {
+            Ok(request) => request,
+            Err(e) => return Reply::Unary(protocol::encode(&Response::Error(e))),
+        };
+        let kind = match &request {
+            Request::Write { .. } => "write",
+            Request::Read { .. } => "read",
+            Request::Watch { .. } => "watch",
+            Request::Admin { .. } => "admin",
+            Request::Status => "status",
+            Request::SetFaults { .. } => "faults",
+        };
+        if let Request::Watch {
+            selector,
+            start_revision,
+        } = request
+        {
+            crate::metrics::record_request(kind, true, 0.0);
+            return self.watch(selector, start_revision);
+        }
+        if self.driver.is_shutting_down() {
+            return Reply::Unary(protocol::encode(&Response::Error(KvError::ShuttingDown)));
+        }
+        let response = self.answer(request).await;
+        crate::metrics::record_request(
+            kind,
+            !matches!(response, Response::Error(_)),
+            started.elapsed().as_secs_f64(),
+        );
+        Reply::Unary(protocol::encode(&response))
+    }
+}
+
+/// Connections to other nodes for forwarding, reused.
+struct Forwarder {
+    connector: ClientConnector,
+    connections: Mutex<HashMap<String, ClientConnection>>,
+}
+
+impl Forwarder {
+    fn new(connector: ClientConnector) -> Self {
+        Self {
+            connector,
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn request(&self, address: &str, body: &Bytes) -> Result<Bytes, KvError> {
+        for attempt in 0..2 {
+            let connection = {
+                let mut connections = self.connections.lock().await;
+                match connections.get(address) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = self.connector.connect_to(address).await.map_err(|e| {
+                            KvError::Unavailable(format!(
+                                "cannot reach the leader at {address}: {e}"
+                            ))
+                        })?;
+                        connections.insert(address.to_string(), c.clone());
+                        c
+                    }
+                }
+            };
+            match connection.request(body).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => {
+                    self.connections.lock().await.remove(address);
+                    if attempt == 1 {
+                        return Err(KvError::Unavailable(format!(
+                            "forwarding to the leader at {address} failed: {e}"
+                        )));
+                    }
+                }
+            }
+        }
+        Err(KvError::NoLeader)
+    }
+}

@@ -1,0 +1,430 @@
+//! The KV state machine: keys and values with etcd-style revisions, and
+//! per-client sessions so a retried write applies exactly once.
+//!
+//! The state lives in memory in persistent (structurally shared) maps, so a
+//! snapshot is an O(1) clone that is serialised off the apply path; the
+//! snapshot data is stored durably by the log store. (ARCHITECTURE.md says
+//! why.)
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use imbl::OrdMap;
+use serde::{Deserialize, Serialize};
+
+use raft_core::adapters::{SnapshotBuilder, StateMachine, StateMachineError};
+use raft_core::{Entry, EntryPayload, Index, LogId, SnapshotMeta};
+
+use crate::protocol::{
+    EventKind, KeyValue, KvError, MAX_SCAN_LIMIT, ReadOp, ReadResult, Session, WatchEvent, WriteOp,
+    WriteResult,
+};
+use crate::watch::WatchHub;
+
+/// The most client sessions remembered; the least recently used is
+/// forgotten first (deterministically: by the log index of its last write).
+pub const MAX_SESSIONS: usize = 100_000;
+/// The most unacknowledged results remembered per session.
+pub const MAX_RESULTS_PER_SESSION: usize = 1024;
+
+/// A write as it travels through the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Who wrote it.
+    pub session: Session,
+    /// What to write.
+    pub op: WriteOp,
+}
+
+impl Command {
+    /// The log entry payload.
+    pub fn encode(&self) -> Bytes {
+        crate::protocol::encode(self)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct SessionState {
+    /// Results not yet known to be received, by sequence number.
+    results: BTreeMap<u64, WriteResult>,
+    /// Results below this sequence number were discarded.
+    floor: u64,
+    /// The log index of the session's last write (for eviction).
+    last_index: Index,
+}
+
+/// The replicated key-value store.
+#[derive(Clone)]
+pub struct KvStateMachine {
+    data: OrdMap<Bytes, KeyValue>,
+    sessions: OrdMap<u64, SessionState>,
+    /// The revision of the last write (0 before any).
+    revision: u64,
+    applied: LogId,
+    watch: Arc<WatchHub>,
+}
+
+/// What a snapshot holds.
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    applied: LogId,
+    revision: u64,
+    data: Vec<KeyValue>,
+    sessions: Vec<(u64, SessionState)>,
+}
+
+impl KvStateMachine {
+    /// An empty store publishing changes to `watch`.
+    pub fn new(watch: Arc<WatchHub>) -> Self {
+        Self {
+            data: OrdMap::new(),
+            sessions: OrdMap::new(),
+            revision: 0,
+            applied: LogId::default(),
+            watch,
+        }
+    }
+
+    /// The revision of the last write.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The number of keys.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Serves a read from the current state.
+    pub fn read(&self, op: &ReadOp) -> Result<ReadResult, KvError> {
+        match op {
+            ReadOp::Get { key } => Ok(ReadResult {
+                revision: self.revision,
+                kvs: self.data.get(key).cloned().into_iter().collect(),
+                more: false,
+            }),
+            ReadOp::Scan { start, end, limit } => {
+                let limit = (*limit).clamp(1, MAX_SCAN_LIMIT) as usize;
+                let mut kvs = Vec::new();
+                let mut more = false;
+                let range = self.data.range(start.clone()..);
+                for (key, kv) in range {
+                    if end.as_ref().is_some_and(|end| key >= end) {
+                        break;
+                    }
+                    if kvs.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    kvs.push(kv.clone());
+                }
+                Ok(ReadResult {
+                    revision: self.revision,
+                    kvs,
+                    more,
+                })
+            }
+        }
+    }
+
+    /// A digest of the whole state (keys, values, revisions), to compare
+    /// replicas.
+    pub fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.revision.hash(&mut h);
+        for (k, kv) in &self.data {
+            k.hash(&mut h);
+            kv.value.hash(&mut h);
+            kv.mod_revision.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    fn apply_command(
+        &mut self,
+        index: Index,
+        data: &[u8],
+        events: &mut Vec<WatchEvent>,
+    ) -> Result<WriteResult, KvError> {
+        let command: Command = crate::protocol::decode(data)?;
+        let session = command.session;
+        let mut state = self
+            .sessions
+            .get(&session.client_id)
+            .cloned()
+            .unwrap_or_default();
+        state.results = state.results.split_off(&session.first_outstanding);
+        state.floor = state.floor.max(session.first_outstanding);
+        state.last_index = index;
+        let result = if let Some(previous) = state.results.get(&session.sequence) {
+            // A retry of a write already applied: answer as the first time.
+            Ok(previous.clone())
+        } else if session.sequence < state.floor {
+            Err(KvError::SessionExpired)
+        } else {
+            let result = self.execute(command.op, events);
+            state.results.insert(session.sequence, result.clone());
+            while state.results.len() > MAX_RESULTS_PER_SESSION {
+                if let Some((&seq, _)) = state.results.iter().next() {
+                    state.results.remove(&seq);
+                    state.floor = state.floor.max(seq + 1);
+                }
+            }
+            Ok(result)
+        };
+        self.sessions.insert(session.client_id, state);
+        if self.sessions.len() > MAX_SESSIONS {
+            let oldest = self
+                .sessions
+                .iter()
+                .min_by_key(|(_, s)| s.last_index)
+                .map(|(id, _)| *id);
+            if let Some(id) = oldest {
+                self.sessions.remove(&id);
+            }
+        }
+        result
+    }
+
+    fn execute(&mut self, op: WriteOp, events: &mut Vec<WatchEvent>) -> WriteResult {
+        match op {
+            WriteOp::Put { key, value } => self.put(key, value, events),
+            WriteOp::Delete { key } => self.delete(key, events),
+            WriteOp::Cas { key, expected, new } => {
+                let current = self.data.get(&key).cloned();
+                if current.as_ref().map(|kv| &kv.value) != expected.as_ref() {
+                    return WriteResult {
+                        revision: self.revision,
+                        succeeded: false,
+                        previous: current,
+                    };
+                }
+                match new {
+                    Some(value) => self.put(key, value, events),
+                    None => self.delete(key, events),
+                }
+            }
+        }
+    }
+
+    fn put(&mut self, key: Bytes, value: Bytes, events: &mut Vec<WatchEvent>) -> WriteResult {
+        self.revision += 1;
+        let previous = self.data.get(&key).cloned();
+        let kv = KeyValue {
+            key: key.clone(),
+            value,
+            create_revision: previous
+                .as_ref()
+                .map_or(self.revision, |p| p.create_revision),
+            mod_revision: self.revision,
+            version: previous.as_ref().map_or(1, |p| p.version + 1),
+        };
+        events.push(WatchEvent {
+            revision: self.revision,
+            kind: EventKind::Put,
+            kv: kv.clone(),
+        });
+        self.data.insert(key, kv);
+        WriteResult {
+            revision: self.revision,
+            succeeded: true,
+            previous,
+        }
+    }
+
+    fn delete(&mut self, key: Bytes, events: &mut Vec<WatchEvent>) -> WriteResult {
+        let Some(previous) = self.data.remove(&key) else {
+            return WriteResult {
+                revision: self.revision,
+                succeeded: true,
+                previous: None,
+            };
+        };
+        self.revision += 1;
+        events.push(WatchEvent {
+            revision: self.revision,
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key,
+                value: Bytes::new(),
+                create_revision: 0,
+                mod_revision: self.revision,
+                version: 0,
+            },
+        });
+        WriteResult {
+            revision: self.revision,
+            succeeded: true,
+            previous: Some(previous),
+        }
+    }
+}
+
+impl StateMachine for KvStateMachine {
+    type Output = Result<WriteResult, KvError>;
+
+    fn apply(&mut self, entries: &[Entry]) -> Vec<(LogId, Self::Output)> {
+        let mut outputs = Vec::new();
+        let mut events = Vec::new();
+        for entry in entries {
+            if entry.index <= self.applied.index {
+                continue;
+            }
+            if let EntryPayload::Command(data) = &entry.payload {
+                let result = self.apply_command(entry.index, data, &mut events);
+                outputs.push((entry.log_id(), result));
+            }
+            self.applied = entry.log_id();
+        }
+        if !events.is_empty() {
+            self.watch.publish(events, self.revision);
+        }
+        outputs
+    }
+
+    fn applied_index(&self) -> Index {
+        self.applied.index
+    }
+
+    fn snapshot(&self) -> SnapshotBuilder {
+        let (data, sessions, revision, applied) = (
+            self.data.clone(),
+            self.sessions.clone(),
+            self.revision,
+            self.applied,
+        );
+        Box::new(move || {
+            let snapshot = SnapshotData {
+                applied,
+                revision,
+                data: data.values().cloned().collect(),
+                sessions: sessions.iter().map(|(id, s)| (*id, s.clone())).collect(),
+            };
+            postcard::to_stdvec(&snapshot)
+                .map(Bytes::from)
+                .map_err(|e| StateMachineError(format!("cannot encode the snapshot: {e}")))
+        })
+    }
+
+    fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StateMachineError> {
+        let snapshot: SnapshotData = postcard::from_bytes(data).map_err(|e| {
+            StateMachineError(format!("snapshot {} is undecodable: {e}", meta.last.index))
+        })?;
+        if snapshot.applied != meta.last {
+            return Err(StateMachineError(format!(
+                "snapshot data covers {:?} but its metadata says {:?}",
+                snapshot.applied, meta.last
+            )));
+        }
+        self.data = snapshot
+            .data
+            .into_iter()
+            .map(|kv| (kv.key.clone(), kv))
+            .collect();
+        self.sessions = snapshot.sessions.into_iter().collect();
+        self.revision = snapshot.revision;
+        self.applied = snapshot.applied;
+        // Watchers must not be fed history they can no longer get in order.
+        self.watch.reset(self.revision);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: Index, client: u64, seq: u64, op: WriteOp) -> Entry {
+        let session = Session {
+            client_id: client,
+            sequence: seq,
+            first_outstanding: seq,
+        };
+        Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Command(Command { session, op }.encode()),
+        }
+    }
+
+    fn put(key: &str, value: &str) -> WriteOp {
+        WriteOp::Put {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn retried_write_applies_once() {
+        let mut sm = KvStateMachine::new(Arc::new(WatchHub::new(100)));
+        let first = sm.apply(&[entry(1, 7, 1, put("k", "a"))]);
+        // The same session and sequence again (a client retry that also got
+        // committed): same answer, no second write.
+        let again = sm.apply(&[entry(2, 7, 1, put("k", "a"))]);
+        assert_eq!(first[0].1, again[0].1);
+        assert_eq!(sm.revision(), 1);
+        let next = sm.apply(&[entry(3, 7, 2, put("k", "b"))]);
+        assert_eq!(next[0].1.as_ref().unwrap().revision, 2);
+    }
+
+    #[test]
+    fn cas_compares_and_swaps() {
+        let mut sm = KvStateMachine::new(Arc::new(WatchHub::new(100)));
+        sm.apply(&[entry(1, 1, 1, put("k", "a"))]);
+        let cas = |expected: Option<&str>, new: Option<&str>| WriteOp::Cas {
+            key: Bytes::from_static(b"k"),
+            expected: expected.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+            new: new.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+        };
+        let failed = sm.apply(&[entry(2, 1, 2, cas(Some("x"), Some("b")))]);
+        let failed = failed[0].1.as_ref().unwrap();
+        assert!(!failed.succeeded);
+        assert_eq!(
+            failed.previous.as_ref().unwrap().value,
+            Bytes::from_static(b"a")
+        );
+        let swapped = sm.apply(&[entry(3, 1, 3, cas(Some("a"), Some("b")))]);
+        assert!(swapped[0].1.as_ref().unwrap().succeeded);
+        let deleted = sm.apply(&[entry(4, 1, 4, cas(Some("b"), None))]);
+        assert!(deleted[0].1.as_ref().unwrap().succeeded);
+        let created = sm.apply(&[entry(5, 1, 5, cas(None, Some("c")))]);
+        assert!(created[0].1.as_ref().unwrap().succeeded);
+        assert_eq!(
+            sm.read(&ReadOp::Get {
+                key: Bytes::from_static(b"k")
+            })
+            .unwrap()
+            .kvs[0]
+                .version,
+            1
+        );
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let mut sm = KvStateMachine::new(Arc::new(WatchHub::new(100)));
+        for i in 0..50u64 {
+            sm.apply(&[entry(i + 1, 1, i + 1, put(&format!("key{i:02}"), "v"))]);
+        }
+        let data = (sm.snapshot())().unwrap();
+        let meta = SnapshotMeta {
+            last: LogId::new(1, 50),
+            ..SnapshotMeta::default()
+        };
+        let mut restored = KvStateMachine::new(Arc::new(WatchHub::new(100)));
+        restored.restore(&meta, &data).unwrap();
+        assert_eq!(restored.digest(), sm.digest());
+        let scan = restored
+            .read(&ReadOp::prefix(Bytes::from_static(b"key1"), 5))
+            .unwrap();
+        assert_eq!(scan.kvs.len(), 5);
+        assert!(scan.more);
+    }
+}
