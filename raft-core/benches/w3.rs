@@ -23,6 +23,8 @@ struct Bench {
     completed: u64,
     latency: Histogram<u64>,
     payload: Bytes,
+    /// The time of the current pump round (one clock read per round).
+    now: Instant,
 }
 
 impl Bench {
@@ -45,6 +47,7 @@ impl Bench {
             completed: 0,
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
             payload: Bytes::from(vec![7u8; 64]),
+            now: Instant::now(),
         };
         bench.nodes[0].campaign().expect("campaign");
         while !bench.nodes[0].is_leader() {
@@ -65,24 +68,25 @@ impl Bench {
         while self.started.len() <= slot {
             self.started.push_back(None);
         }
-        self.started[slot] = Some(Instant::now());
+        self.started[slot] = Some(self.now);
     }
 
     /// Performs every node's output once and delivers the messages.
     fn pump(&mut self) {
+        self.now = Instant::now();
         for i in 0..self.nodes.len() {
             while self.nodes[i].has_ready() {
                 let ready = self.nodes[i].ready().expect("ready");
                 self.wire.extend(ready.messages);
                 let node = &mut self.nodes[i];
-                node.store_mut().apply(&ready.write).expect("write");
+                node.store_mut().apply_owned(ready.write).expect("write");
                 self.wire.extend(ready.persisted_messages);
                 node.on_persisted(ready.number).expect("persisted");
                 let mut done = 0;
                 if let Some(last) = ready.committed_entries.last() {
                     let last = last.index;
                     if i == 0 {
-                        let now = Instant::now();
+                        let now = self.now;
                         for entry in &ready.committed_entries {
                             if let EntryPayload::Command(_) = entry.payload {
                                 if entry.index >= self.base {

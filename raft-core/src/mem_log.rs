@@ -49,6 +49,12 @@ impl MemLog {
 
     /// Applies one output batch's writes, in the documented order.
     pub fn apply(&mut self, write: &LogWrite) -> Result<(), StorageError> {
+        self.apply_owned(write.clone())
+    }
+
+    /// [`MemLog::apply`] for a write the caller no longer needs: entries are
+    /// moved in, not copied.
+    pub fn apply_owned(&mut self, write: LogWrite) -> Result<(), StorageError> {
         for chunk in &write.snapshot_chunks {
             let incoming = match &mut self.incoming {
                 Some((meta, data)) if chunk.offset != 0 && meta.last == chunk.meta.last => data,
@@ -99,7 +105,7 @@ impl MemLog {
                 )));
             }
             self.entries.truncate(keep);
-            self.entries.extend(write.entries.iter().cloned());
+            self.entries.extend(write.entries);
         }
         if let Some(hs) = write.hard_state {
             self.hard_state = hs;

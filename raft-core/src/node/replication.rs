@@ -55,8 +55,10 @@ impl<S: LogRead> Node<S> {
     /// ones we already hold and truncating at the first conflict.
     fn append_from_leader(&mut self, entries: Vec<Entry>) -> Result<(), Error> {
         let mut conflict = None;
+        let last = self.log.last_index();
         for (i, entry) in entries.iter().enumerate() {
-            if self.log.term_if_present(entry.index)? != Some(entry.term) {
+            // Past our last entry nothing can conflict: append from here.
+            if entry.index > last || self.log.term_if_present(entry.index)? != Some(entry.term) {
                 conflict = Some(i);
                 break;
             }
