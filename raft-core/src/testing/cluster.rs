@@ -280,8 +280,11 @@ impl Cluster {
         let node = member.node.as_mut().expect("running");
         let ready = node.ready().expect("ready");
         self.queue.extend(ready.messages);
-        node.store_mut().apply(&ready.write).expect("apply write");
-        if ready.write.install_snapshot.is_some() {
+        let installs = ready.write.install_snapshot.is_some();
+        node.store_mut()
+            .apply_owned(ready.write)
+            .expect("apply write");
+        if installs {
             let (_, data) = node.store().snapshot().cloned().expect("snapshot stored");
             member.machine = RegisterMachine::restore(&data).expect("decodable snapshot");
         }

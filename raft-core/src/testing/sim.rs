@@ -660,10 +660,11 @@ impl Sim {
             return Ok(());
         };
         let node = sim_node.node.as_mut().expect("live node");
+        let installs = pending.write.install_snapshot.is_some();
         node.store_mut()
-            .apply(&pending.write)
+            .apply_owned(pending.write)
             .map_err(|e| storage_violation(id, e.into()))?;
-        if pending.write.install_snapshot.is_some() {
+        if installs {
             let (_, data) = node
                 .store()
                 .snapshot()
