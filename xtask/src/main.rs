@@ -4,7 +4,11 @@
 //!   whole test suite (what CI runs).
 //! - `cargo xtask sim --seeds N [--start S] [--nodes K]`: the deterministic
 //!   simulator over any range of seeds.
+//! - `cargo xtask cluster [--nodes 3] [--detach] [--debug]`, `cluster spawn
+//!   ID`, `cluster stop`: a local cluster of raft-kv processes (see
+//!   `cluster.rs`).
 
+mod cluster;
 mod system;
 
 use std::process::{Command, ExitCode};
@@ -46,6 +50,12 @@ enum Cmd {
         #[arg(long)]
         verbose: bool,
     },
+    /// Start a local cluster: build raft-kv and raft-cli, create
+    /// certificates, configurations and data under target/cluster/, start
+    /// the nodes on loopback and wait for a leader. Foreground (logs
+    /// streamed, Ctrl-C stops every node) unless --detach. Also `cluster
+    /// spawn ID` (one more node, for `raft-cli add-node`) and `cluster stop`.
+    Cluster(cluster::ClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +71,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Test { no_lint } => test(no_lint),
+        Cmd::Cluster(args) => cluster::run(args),
         Cmd::Sim {
             seeds,
             start,
