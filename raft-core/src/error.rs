@@ -103,6 +103,10 @@ pub enum StorageError {
     /// node from a healthy replica (remove its data directory and re-add it).
     #[error("corrupt data in storage: {0}")]
     Corrupt(String),
+    /// The disk holding the data is full. Free space or grow the volume,
+    /// then restart the node; acknowledged data is intact.
+    #[error("{0}")]
+    DiskFull(String),
     /// The storage device failed.
     #[error("storage I/O failed: {0}")]
     Io(String),

@@ -29,6 +29,10 @@ use raft_core::{
 
 use crate::protocol::KvError;
 
+/// How long a read may wait for its read index before the driver gives up
+/// on it (the client gave up long before).
+const ABANDONED_AFTER: Duration = Duration::from_secs(60);
+
 /// A read to run against the state machine once it is safe.
 pub type ReadFn<M> = Box<dyn FnOnce(Result<&M, KvError>) + Send>;
 
@@ -255,6 +259,7 @@ where
                     proposals: BTreeMap::new(),
                     conf_changes: BTreeMap::new(),
                     reads: HashMap::new(),
+                    ticks_since_sweep: 0,
                     next_read: 1,
                     view: view_tx,
                     last_addresses: BTreeMap::new(),
@@ -316,7 +321,9 @@ struct DriverState<L: LogStore + ?Sized, T: Transport + ?Sized, M: StateMachine>
     /// Membership changes waiting to commit, by index.
     conf_changes: BTreeMap<Index, (u64, oneshot::Sender<Result<(), KvError>>)>,
     /// Reads waiting for their read index.
-    reads: HashMap<u64, ReadFn<M>>,
+    reads: HashMap<u64, (std::time::Instant, ReadFn<M>)>,
+    /// Ticks since the last sweep of requests nobody waits for any more.
+    ticks_since_sweep: u64,
     next_read: u64,
     view: watch::Sender<NodeView>,
     last_addresses: BTreeMap<NodeId, String>,
@@ -379,7 +386,10 @@ where
                     }
                     Ok(())
                 }
-                _ = ticker.tick() => self.node.tick().map_err(|e| e.to_string()),
+                _ = ticker.tick() => {
+                    self.sweep_abandoned();
+                    self.node.tick().map_err(|e| e.to_string())
+                }
             };
             if let Err(e) = step.and_then(|()| self.process_ready(&writer_tx, &completion_tx)) {
                 break Err(e);
@@ -393,7 +403,7 @@ where
         for (_, (_, reply)) in std::mem::take(&mut self.conf_changes) {
             let _ = reply.send(Err(KvError::ShuttingDown));
         }
-        for (_, read) in self.reads.drain() {
+        for (_, (_, read)) in self.reads.drain() {
             read(Err(KvError::ShuttingDown));
         }
         drop(writer_tx);
@@ -402,6 +412,28 @@ where
             tracing::error!(error = %e, "the raft driver stopped on an error");
         }
         result
+    }
+
+    /// Drops reads whose answer got lost (e.g. a ReadIndex request to a
+    /// leader that died): after a minute nobody waits for them any more.
+    fn sweep_abandoned(&mut self) {
+        self.ticks_since_sweep += 1;
+        if self.ticks_since_sweep < 100 {
+            return;
+        }
+        self.ticks_since_sweep = 0;
+        let now = std::time::Instant::now();
+        let expired: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, (at, _))| now.duration_since(*at) > ABANDONED_AFTER)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some((_, read)) = self.reads.remove(&id) {
+                read(Err(KvError::Timeout));
+            }
+        }
     }
 
     fn step(&mut self, message: Message) -> Result<(), String> {
@@ -430,7 +462,7 @@ where
                 self.next_read += 1;
                 match self.node.read_index(id, policy) {
                     Ok(()) => {
-                        self.reads.insert(id, read);
+                        self.reads.insert(id, (std::time::Instant::now(), read));
                     }
                     Err(e) => read(Err(self.raft_error(e))),
                 }
@@ -531,11 +563,10 @@ where
                         persisted_messages: ready.persisted_messages,
                     })
                     .map_err(|_| "the writer thread stopped".to_string())?;
-            } else {
-                self.node
-                    .on_persisted(ready.number)
-                    .map_err(|e| e.to_string())?;
             }
+            // A batch with nothing to write needs no acknowledgement, and must
+            // not get one: `on_persisted(n)` acknowledges every batch up to
+            // `n`, including earlier ones still queued at the writer.
             if !ready.committed_entries.is_empty() {
                 let last = ready
                     .committed_entries
@@ -548,7 +579,7 @@ where
                 self.node.on_applied(last).map_err(|e| e.to_string())?;
             }
             for read in ready.read_states {
-                if let Some(f) = self.reads.remove(&read.id) {
+                if let Some((_, f)) = self.reads.remove(&read.id) {
                     match read.result {
                         Ok(_) => f(Ok(&self.sm)),
                         Err(e) => f(Err(self.raft_error(e))),

@@ -52,6 +52,13 @@ fn node_config(dir: &Path, id: u64, addresses: &[(u64, SocketAddr)]) -> NodeConf
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_serve_reads_writes_and_watches() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,quinn=error")),
+        )
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let ca = CertificateAuthority::generate("test CA").unwrap();
     ca.save(&dir.path().join("ca.pem"), &dir.path().join("ca.key"))

@@ -175,6 +175,7 @@ impl From<Error> for StorageError {
     fn from(error: Error) -> Self {
         match error {
             Error::Corrupt { .. } => StorageError::Corrupt(error.to_string()),
+            Error::DiskFull { .. } => StorageError::DiskFull(error.to_string()),
             other => StorageError::Io(other.to_string()),
         }
     }
@@ -217,7 +218,7 @@ pub(crate) fn storage_rocks(path: &Path, what: &str, error: rocksdb::Error) -> S
 
 /// The error for a full disk.
 pub(crate) fn disk_full(path: &Path, detail: &str) -> StorageError {
-    StorageError::Io(format!(
+    StorageError::DiskFull(format!(
         "disk full: no space left on the device holding {} ({detail}); free some space or grow the volume, then restart the node",
         path.display()
     ))
@@ -275,7 +276,7 @@ mod tests {
 
         let write = storage_io(path, "writing", &io::Error::from_raw_os_error(28));
         assert!(
-            matches!(&write, StorageError::Io(m) if m.starts_with("disk full") && m.contains("/data/raft")),
+            matches!(&write, StorageError::DiskFull(m) if m.starts_with("disk full") && m.contains("/data/raft")),
             "{write:?}"
         );
     }

@@ -751,7 +751,7 @@ impl Inner {
             )));
         }
         let result = f(&mut writer);
-        if let Err(StorageError::Io(reason)) = &result {
+        if let Err(StorageError::Io(reason) | StorageError::DiskFull(reason)) = &result {
             tracing::error!(path = %self.path.display(), %reason, "write failed; refusing further writes");
             writer.failed = Some(reason.clone());
         }

@@ -283,7 +283,7 @@ fn disk_full_child() {
     };
     println!("filled after {acked} entries: {error}");
     assert!(
-        matches!(&error, StorageError::Io(m) if m.starts_with("disk full") && m.contains(&store_dir.display().to_string())),
+        matches!(&error, StorageError::DiskFull(m) if m.starts_with("disk full") && m.contains(&store_dir.display().to_string())),
         "{error:?}"
     );
     // No further write is attempted after a failed one.
