@@ -870,7 +870,18 @@ fn supervise(
     mut children: Vec<NodeChild>,
     interrupted: &AtomicBool,
 ) -> Result<()> {
-    loop {
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut followed: Vec<u64> = Vec::new();
+    for round in 0u64.. {
+        // Nodes added by `cluster spawn` log to files: follow them too.
+        if round % 10 == 0 {
+            for n in spawned_nodes(cluster, &children) {
+                if !followed.contains(&n.id) {
+                    followed.push(n.id);
+                    follow_log(&cluster.dir, n, node_prefix(n.id, colour));
+                }
+            }
+        }
         if interrupted.swap(false, Ordering::SeqCst) {
             say!("\nxtask: stopping every node (press Ctrl-C again to kill them at once)");
             let spawned = spawned_nodes(cluster, &children);
@@ -919,6 +930,37 @@ fn supervise(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    unreachable!("the loop only returns")
+}
+
+/// Prints the lines a detached node appends to its log, prefixed, until
+/// the node has exited and the whole log is printed.
+fn follow_log(dir: &Path, node: NodeRecord, prefix: String) {
+    let log = log_path(dir, node.id);
+    let config = config_path(dir, node.id);
+    std::thread::spawn(move || {
+        let Ok(file) = File::open(&log) else {
+            return;
+        };
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        loop {
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => {
+                    if !process::node_alive(node.pid, &config) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+                Ok(_) if !line.ends_with(b"\n") => continue,
+                Ok(_) => {}
+            }
+            let text = String::from_utf8_lossy(&line);
+            outln!("{prefix}{}", text.trim_end_matches(['\n', '\r']));
+            line.clear();
+        }
+    });
 }
 
 /// Nodes started by `cluster spawn` (not our children) that still run.
@@ -972,7 +1014,8 @@ fn stop_all(
     let mut ok = true;
     for c in children.iter_mut() {
         match c.poll() {
-            Some(status) => say!("xtask: node-{} stopped ({status})", c.id),
+            Some(status) if status.success() => say!("xtask: node-{} stopped", c.id),
+            Some(status) => say!("xtask: node-{} exited ({status})", c.id),
             None => {
                 let _ = c.child.kill();
                 let status = c.child.wait();

@@ -22,7 +22,7 @@ use super::process;
 pub(crate) const FILE: &str = "cluster.state";
 
 /// One node as recorded.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct NodeRecord {
     pub id: u64,
     pub pid: u32,
