@@ -1,0 +1,273 @@
+//! The `raft-kv` binary as an operator meets it: bad configuration,
+//! unreadable certificates, a busy port, another node's data directory and
+//! a data directory in use each stop the node with a message that names
+//! the problem and a non-zero exit; SIGTERM shuts a node down cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use raft_transport_quic::CertificateAuthority;
+
+/// Generous: a node that fails to start does so in well under a second.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn free_address() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A directory with a CA and certificates for nodes 1 and 2.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::generate("server-errors CA").unwrap();
+        ca.save(&dir.path().join("ca.pem"), &dir.path().join("ca.key"))
+            .unwrap();
+        for id in [1, 2] {
+            ca.issue_node("test", id, ["127.0.0.1".to_string()])
+                .unwrap()
+                .save(
+                    &dir.path().join(format!("node-{id}.pem")),
+                    &dir.path().join(format!("node-{id}.key")),
+                )
+                .unwrap();
+        }
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Flags for node `id` on `listen` with data in `data`.
+    fn args(&self, id: u64, listen: SocketAddr, data: &Path) -> Vec<String> {
+        vec![
+            "--node-id".into(),
+            id.to_string(),
+            "--cluster-id".into(),
+            "test".into(),
+            "--listen".into(),
+            listen.to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--initial-cluster".into(),
+            format!("{id}={listen}"),
+            "--ca".into(),
+            self.path("ca.pem").display().to_string(),
+            "--cert".into(),
+            self.path(&format!("node-{id}.pem")).display().to_string(),
+            "--key".into(),
+            self.path(&format!("node-{id}.key")).display().to_string(),
+        ]
+    }
+}
+
+fn raft_kv(args: &[String]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_raft-kv"));
+    command
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("RAFT_KV_CONFIG")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs a node that must fail to start; returns its output.
+fn fails(args: &[String]) -> Output {
+    let mut child = raft_kv(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start raft-kv");
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("raft-kv {args:?} kept running; it should have refused to start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        !output.status.success(),
+        "raft-kv {args:?} exited successfully"
+    );
+    output
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A node running in the background, its log lines collected.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Starts a node and waits until it logs that it started.
+    fn start(args: &[String]) -> Self {
+        let mut child = raft_kv(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start raft-kv");
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut running = Self { child, lines };
+        running.wait_for("node started");
+        running
+    }
+
+    fn wait_for(&mut self, text: &str) {
+        let started = Instant::now();
+        let mut seen = Vec::new();
+        while started.elapsed() < DEADLINE {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.contains(text) => return,
+                Ok(line) => seen.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let _ = self.child.kill();
+        panic!(
+            "raft-kv never logged {text:?}; its log:\n{}",
+            seen.join("\n")
+        );
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "SIGTERM could not be sent");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if started.elapsed() > DEADLINE {
+                let _ = self.child.kill();
+                panic!("raft-kv did not stop after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn missing_settings_are_named() {
+    let output = fails(&[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("--node-id is required (or give --config"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn a_bad_configuration_file_is_named_with_the_problem() {
+    let setup = Setup::new();
+    let config = setup.path("node.toml");
+    std::fs::write(&config, "node_id = \"one\"\n").unwrap();
+    let output = fails(&["--config".into(), config.display().to_string()]);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("invalid configuration file") && text.contains(&config.display().to_string()),
+        "{text}"
+    );
+
+    let missing = setup.path("nowhere.toml");
+    let output = fails(&["--config".into(), missing.display().to_string()]);
+    let text = stderr(&output);
+    assert!(
+        text.contains("cannot read the configuration file")
+            && text.contains(&missing.display().to_string()),
+        "{text}"
+    );
+}
+
+#[test]
+fn unreadable_certificates_are_named() {
+    let setup = Setup::new();
+    let mut args = setup.args(1, free_address(), &setup.path("data-1"));
+    let missing = setup.path("missing.pem").display().to_string();
+    let cert = args.iter().position(|a| a == "--cert").unwrap() + 1;
+    args[cert] = missing.clone();
+    let text = stderr(&fails(&args));
+    assert!(
+        text.contains("cannot load the TLS files") && text.contains(&missing),
+        "{text}"
+    );
+
+    // A certificate that is not PEM at all.
+    std::fs::write(setup.path("garbage.pem"), "not a certificate").unwrap();
+    args[cert] = setup.path("garbage.pem").display().to_string();
+    let text = stderr(&fails(&args));
+    assert!(text.contains("cannot load the TLS files"), "{text}");
+}
+
+#[test]
+fn a_busy_port_is_reported() {
+    let setup = Setup::new();
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let text = stderr(&fails(&setup.args(1, address, &setup.path("data-1"))));
+    assert!(
+        text.contains(&format!("cannot start the network on {address}")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_data_directory_in_use_or_of_another_node_is_refused_and_sigterm_stops_cleanly() {
+    let setup = Setup::new();
+    let data = setup.path("data-1");
+    let node = Running::start(&setup.args(1, free_address(), &data));
+
+    // A second process on the same directory: locked.
+    let text = stderr(&fails(&setup.args(1, free_address(), &data)));
+    assert!(
+        text.contains("is locked by a running node") && text.contains(&data.display().to_string()),
+        "{text}"
+    );
+
+    let status = node.terminate();
+    assert!(status.success(), "SIGTERM: {status}");
+
+    // Node 2 pointed at node 1's directory.
+    let text = stderr(&fails(&setup.args(2, free_address(), &data)));
+    assert!(text.contains("belongs to node 1, not node 2"), "{text}");
+
+    // Node 1 starts again from its own directory.
+    let node = Running::start(&setup.args(1, free_address(), &data));
+    assert!(node.terminate().success());
+}
