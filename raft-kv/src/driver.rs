@@ -422,6 +422,8 @@ where
             return;
         }
         self.ticks_since_sweep = 0;
+        // As rarely: the node's counters and replication for Prometheus.
+        crate::metrics::record_status(&self.node.status());
         let now = std::time::Instant::now();
         let expired: Vec<u64> = self
             .reads

@@ -20,6 +20,36 @@ pub(crate) fn record_raft<S: LogRead>(node: &Node<S>) {
     metrics::gauge!("raft_leader_id").set(node.leader().unwrap_or(0) as f64);
 }
 
+/// Records the node's counters, log bounds and per-follower replication
+/// (called every few seconds: building a status allocates).
+pub(crate) fn record_status(status: &raft_core::Status) {
+    metrics::gauge!("raft_last_log_index").set(status.last_log.index as f64);
+    metrics::gauge!("raft_first_log_index").set(status.first_index as f64);
+    metrics::gauge!("raft_voters").set(status.membership.voters().len() as f64);
+    let c = &status.counters;
+    for (name, value) in [
+        ("raft_elections_started_total", c.elections_started),
+        ("raft_elections_won_total", c.elections_won),
+        ("raft_proposals_total", c.proposals),
+        ("raft_appends_sent_total", c.appends_sent),
+        ("raft_appends_received_total", c.appends_received),
+        ("raft_snapshots_built_total", c.snapshots_built),
+        ("raft_snapshots_installed_total", c.snapshots_installed),
+        ("raft_snapshots_sent_total", c.snapshots_sent),
+        ("raft_read_index_requests_total", c.read_index_requests),
+        ("raft_lease_reads_total", c.lease_reads),
+        ("raft_leader_transfers_total", c.leader_transfers),
+    ] {
+        metrics::counter!(name).absolute(value);
+    }
+    for follower in &status.followers {
+        let peer = follower.id.to_string();
+        metrics::gauge!("raft_follower_lag", "peer" => peer.clone()).set(follower.lag as f64);
+        metrics::gauge!("raft_follower_match_index", "peer" => peer)
+            .set(follower.match_index as f64);
+    }
+}
+
 /// Counts one client request of `kind` and its outcome.
 pub(crate) fn record_request(kind: &'static str, ok: bool, seconds: f64) {
     metrics::counter!("kv_requests_total", "kind" => kind, "outcome" => if ok { "ok" } else { "error" }).increment(1);

@@ -1,9 +1,11 @@
 //! The `raft-kv` binary as an operator meets it: bad configuration,
 //! unreadable certificates, a busy port, another node's data directory and
 //! a data directory in use each stop the node with a message that names
-//! the problem and a non-zero exit; SIGTERM shuts a node down cleanly.
+//! the problem and a non-zero exit; SIGTERM shuts a node down cleanly; a
+//! running node serves Prometheus metrics and a health check over HTTP.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -269,5 +271,64 @@ fn a_data_directory_in_use_or_of_another_node_is_refused_and_sigterm_stops_clean
 
     // Node 1 starts again from its own directory.
     let node = Running::start(&setup.args(1, free_address(), &data));
+    assert!(node.terminate().success());
+}
+
+/// `GET path` over plain HTTP/1.0; `(status, body)`.
+fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((status, body.to_string()))
+}
+
+#[test]
+fn a_running_node_serves_metrics_and_health() {
+    let setup = Setup::new();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut args = setup.args(1, free_address(), &setup.path("data-1"));
+    args.extend([
+        "--metrics-listen".to_string(),
+        metrics.to_string(),
+        "--tick-ms".to_string(),
+        "10".to_string(),
+    ]);
+    let node = Running::start(&args);
+
+    // A single-node cluster elects itself; then it is healthy, and the
+    // counters it publishes every 100 ticks show the election.
+    let started = Instant::now();
+    let (mut health, mut body) = (0, String::new());
+    while started.elapsed() < DEADLINE {
+        health = http_get(metrics, "/health").map_or(0, |(status, _)| status);
+        body = http_get(metrics, "/metrics").map_or_else(|e| e.to_string(), |(_, body)| body);
+        if health == 200 && body.contains("raft_elections_won_total 1") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(health, 200, "/health never answered 200");
+    for metric in [
+        "raft_is_leader 1",
+        "raft_term ",
+        "raft_commit_index ",
+        "raft_elections_won_total 1",
+        "raft_last_log_index ",
+    ] {
+        assert!(body.contains(metric), "/metrics lacks {metric:?}:\n{body}");
+    }
+    let (status, _) = http_get(metrics, "/nowhere").unwrap();
+    assert_eq!(status, 404);
     assert!(node.terminate().success());
 }
