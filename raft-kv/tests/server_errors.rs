@@ -115,6 +115,8 @@ fn stderr(output: &Output) -> String {
 struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// The line that said the node started.
+    started: String,
 }
 
 impl Running {
@@ -134,17 +136,21 @@ impl Running {
                 }
             }
         });
-        let mut running = Self { child, lines };
-        running.wait_for("node started");
+        let mut running = Self {
+            child,
+            lines,
+            started: String::new(),
+        };
+        running.started = running.wait_for("node started");
         running
     }
 
-    fn wait_for(&mut self, text: &str) {
+    fn wait_for(&mut self, text: &str) -> String {
         let started = Instant::now();
         let mut seen = Vec::new();
         while started.elapsed() < DEADLINE {
             match self.lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.contains(text) => return,
+                Ok(line) if line.contains(text) => return line,
                 Ok(line) => seen.push(line),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -330,5 +336,18 @@ fn a_running_node_serves_metrics_and_health() {
     }
     let (status, _) = http_get(metrics, "/nowhere").unwrap();
     assert_eq!(status, 404);
+    assert!(node.terminate().success());
+}
+
+#[test]
+fn logs_can_be_json() {
+    let setup = Setup::new();
+    let mut args = setup.args(1, free_address(), &setup.path("data-1"));
+    args.extend(["--log-format".to_string(), "json".to_string()]);
+    let node = Running::start(&args);
+    let line = node.started.clone();
+    let value: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert!(value["level"].is_string(), "{line}");
     assert!(node.terminate().success());
 }
