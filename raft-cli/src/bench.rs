@@ -1,0 +1,484 @@
+//! `bench`: closed-loop load from concurrent clients, each waiting for its
+//! reply before sending the next request; a progress bar while it runs,
+//! then throughput and a latency histogram.
+//!
+//! Each simulated client is its own [`Client`] (its own connection and
+//! session), as independent processes would be. Latencies are recorded in
+//! microseconds in one HDR histogram per client and merged at the end.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use raft_kv::Client;
+use raft_kv::protocol::{Consistency, ReadOp};
+use serde_json::{Value, json};
+
+use crate::args::{BenchArgs, BenchOp, ConsistencyArg};
+use crate::commands::{Context, Outcome, explain, write_stdout};
+use crate::output::Table;
+
+/// The longest latency the histogram holds (longer ones are clamped).
+const MAX_LATENCY_US: u64 = 120_000_000;
+
+/// The measured figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// What ran, e.g. `put` or `get-linearizable`.
+    pub workload: String,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Operations that succeeded.
+    pub ops: u64,
+    /// Operations that failed.
+    pub errors: u64,
+    /// The measured time.
+    pub secs: f64,
+    /// Latency percentiles and the maximum, in milliseconds.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// The slowest operation.
+    pub max_ms: f64,
+    /// (upper bound in ms, count) per histogram bucket, doubling.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl Report {
+    /// Builds a report from merged latencies (µs).
+    pub fn new(
+        workload: String,
+        clients: usize,
+        latencies: &Histogram<u64>,
+        errors: u64,
+        secs: f64,
+    ) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        let quantile = |q: f64| {
+            if latencies.is_empty() {
+                0.0
+            } else {
+                ms(latencies.value_at_quantile(q))
+            }
+        };
+        Self {
+            workload,
+            clients,
+            ops: latencies.len(),
+            errors,
+            secs,
+            p50_ms: quantile(0.5),
+            p90_ms: quantile(0.9),
+            p99_ms: quantile(0.99),
+            p999_ms: quantile(0.999),
+            max_ms: if latencies.is_empty() {
+                0.0
+            } else {
+                ms(latencies.max())
+            },
+            buckets: buckets(latencies),
+        }
+    }
+
+    /// Operations per second.
+    pub fn ops_per_sec(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.ops as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+
+    /// The BENCHMARKS.md line. raft-cli cannot see the servers' CPU time, so
+    /// `cpu_us_per_op` is null.
+    pub fn json(&self) -> Value {
+        let round = |v: f64| (v * 1000.0).round() / 1000.0;
+        json!({
+            "workload": self.workload,
+            "clients": self.clients,
+            "ops": self.ops,
+            "secs": round(self.secs),
+            "ops_per_sec": round(self.ops_per_sec()),
+            "p50_ms": round(self.p50_ms),
+            "p99_ms": round(self.p99_ms),
+            "p999_ms": round(self.p999_ms),
+            "errors": self.errors,
+            "cpu_us_per_op": Value::Null,
+        })
+    }
+
+    /// The summary and histogram for people.
+    pub fn text(&self) -> String {
+        let mut summary = Table::new(["WORKLOAD", "CLIENTS", "OPS", "ERRORS", "SECS", "OPS/S"]);
+        summary.row([
+            self.workload.clone(),
+            self.clients.to_string(),
+            self.ops.to_string(),
+            self.errors.to_string(),
+            format!("{:.2}", self.secs),
+            format!("{:.1}", self.ops_per_sec()),
+        ]);
+        let mut latency = Table::new(["LATENCY", "P50", "P90", "P99", "P99.9", "MAX"]);
+        latency.row([
+            "ms".to_string(),
+            format!("{:.3}", self.p50_ms),
+            format!("{:.3}", self.p90_ms),
+            format!("{:.3}", self.p99_ms),
+            format!("{:.3}", self.p999_ms),
+            format!("{:.3}", self.max_ms),
+        ]);
+        let mut out = summary.render();
+        out.push('\n');
+        out.push_str(&latency.render());
+        out.push('\n');
+        out.push_str(&histogram_text(&self.buckets));
+        out
+    }
+}
+
+/// Doubling buckets from 0.125 ms up to the slowest operation.
+fn buckets(latencies: &Histogram<u64>) -> Vec<(f64, u64)> {
+    if latencies.is_empty() {
+        return Vec::new();
+    }
+    let max = latencies.max();
+    let mut out = Vec::new();
+    let mut low = 0u64;
+    let mut high = 125u64;
+    loop {
+        let count = latencies.count_between(low, high - 1);
+        out.push((high as f64 / 1000.0, count));
+        if high > max {
+            break;
+        }
+        low = high;
+        high *= 2;
+    }
+    // Drop empty leading buckets, but keep the rest for shape.
+    let first = out.iter().position(|(_, c)| *c > 0).unwrap_or(0);
+    out.split_off(first)
+}
+
+fn histogram_text(buckets: &[(f64, u64)]) -> String {
+    const WIDTH: u64 = 40;
+    let most = buckets.iter().map(|(_, c)| *c).max().unwrap_or(0).max(1);
+    let mut out = String::from("latency histogram (ms, upper bound: count)\n");
+    for (bound, count) in buckets {
+        let bar = "#".repeat(((count * WIDTH).div_ceil(most)) as usize);
+        out.push_str(&format!("  < {bound:>9.3}  {count:>9}  {bar}\n"));
+    }
+    out
+}
+
+/// A small fast PRNG (xorshift64*): key choice only needs to be spread.
+struct KeyPicker(u64);
+
+impl KeyPicker {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound.max(1)
+    }
+}
+
+fn bench_key(index: u64) -> Bytes {
+    Bytes::from(format!("bench/{index:08}"))
+}
+
+/// The workload's name in reports.
+pub fn workload_name(op: BenchOp, consistency: ConsistencyArg) -> String {
+    let consistency = match consistency {
+        ConsistencyArg::Linearizable => "linearizable",
+        ConsistencyArg::Lease => "lease",
+        ConsistencyArg::Stale => "stale",
+    };
+    match op {
+        BenchOp::Put => "put".into(),
+        BenchOp::Get => format!("get-{consistency}"),
+        BenchOp::Mixed => format!("mixed-{consistency}"),
+    }
+}
+
+fn progress_bar(len: u64, template: &str, json: bool) -> ProgressBar {
+    let target = if json {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let bar = ProgressBar::with_draw_target(Some(len), target);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Runs the benchmark.
+pub async fn run(context: &Context, args: BenchArgs) -> anyhow::Result<Outcome> {
+    if args.clients == 0 || args.duration == 0 || args.keys == 0 {
+        bail!("--clients, --duration and --keys must be at least 1");
+    }
+    if args.value_size > raft_kv::protocol::MAX_VALUE_LEN {
+        bail!(
+            "--value-size may be at most {} bytes",
+            raft_kv::protocol::MAX_VALUE_LEN
+        );
+    }
+    let mut clients = Vec::with_capacity(args.clients);
+    for _ in 0..args.clients {
+        clients.push(Arc::new(context.client().await?));
+    }
+    // Fail early, with a clear message, if the cluster cannot be used.
+    clients[0]
+        .put(bench_key(0), Bytes::from(vec![b'x'; args.value_size]))
+        .await
+        .map_err(|e| explain("bench: the first write failed", e))?;
+    if args.op != BenchOp::Put {
+        preload(context, &clients, &args).await?;
+    }
+    let report = measure(context, &clients, &args).await;
+    // BENCHMARKS.md asks for one JSON line per configuration: compact.
+    if context.json() {
+        write_stdout(&format!("{}\n", report.json()))?;
+    } else {
+        write_stdout(&report.text())?;
+    }
+    Ok(Outcome::Success)
+}
+
+/// Writes every key once so that reads find values.
+async fn preload(
+    context: &Context,
+    clients: &[Arc<Client>],
+    args: &BenchArgs,
+) -> anyhow::Result<()> {
+    let bar = progress_bar(
+        args.keys,
+        "preloading {pos}/{len} keys [{bar:40}] {elapsed}",
+        context.json(),
+    );
+    let next = Arc::new(AtomicU64::new(0));
+    let value = Bytes::from(vec![b'x'; args.value_size]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in clients {
+        let (client, next, value, bar, keys) = (
+            client.clone(),
+            next.clone(),
+            value.clone(),
+            bar.clone(),
+            args.keys,
+        );
+        tasks.spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= keys {
+                    return Ok(());
+                }
+                client.put(bench_key(index), value.clone()).await?;
+                bar.inc(1);
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(Err(e)) = joined {
+            bar.abandon();
+            return Err(explain("bench: preloading the keys failed", e));
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+async fn measure(context: &Context, clients: &[Arc<Client>], args: &BenchArgs) -> Report {
+    let duration = Duration::from_secs(args.duration);
+    let bar = progress_bar(
+        duration.as_millis() as u64,
+        "{elapsed_precise} [{bar:40}] {msg}",
+        context.json(),
+    );
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let value = Bytes::from(vec![b'x'; args.value_size]);
+    let consistency: Consistency = args.consistency.into();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (worker, client) in clients.iter().enumerate() {
+        let (client, done, failed, value) =
+            (client.clone(), done.clone(), failed.clone(), value.clone());
+        let (op, keys) = (args.op, args.keys);
+        tasks.spawn(async move {
+            let mut latencies = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("static histogram bounds are valid");
+            let mut picker = KeyPicker::new(worker as u64 + 1);
+            while Instant::now() < deadline {
+                let key = bench_key(picker.next(keys));
+                let write = match op {
+                    BenchOp::Put => true,
+                    BenchOp::Get => false,
+                    BenchOp::Mixed => picker.next(2) == 0,
+                };
+                let begun = Instant::now();
+                let ok = if write {
+                    client.put(key, value.clone()).await.is_ok()
+                } else {
+                    client.read(ReadOp::Get { key }, consistency).await.is_ok()
+                };
+                if ok {
+                    latencies.saturating_record(begun.elapsed().as_micros() as u64);
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            latencies
+        });
+    }
+    let mut merged = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)
+        .expect("static histogram bounds are valid");
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(Ok(latencies)) => {
+                    let _ = merged.add(&latencies);
+                }
+                Some(Err(_)) => {}
+                None => break,
+            },
+            _ = ticker.tick() => {
+                let elapsed = started.elapsed();
+                let ops = done.load(Ordering::Relaxed);
+                bar.set_position((elapsed.as_millis() as u64).min(duration.as_millis() as u64));
+                bar.set_message(format!(
+                    "{ops} ops, {:.0} ops/s, {} errors",
+                    ops as f64 / elapsed.as_secs_f64().max(0.001),
+                    failed.load(Ordering::Relaxed)
+                ));
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    Report::new(
+        workload_name(args.op, args.consistency),
+        args.clients,
+        &merged,
+        failed.load(Ordering::Relaxed),
+        secs,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn histogram(values_us: &[u64]) -> Histogram<u64> {
+        let mut h = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).unwrap();
+        for v in values_us {
+            h.record(*v).unwrap();
+        }
+        h
+    }
+
+    #[test]
+    fn reports_have_the_benchmarks_md_fields() {
+        // 1000 operations: 980 of 1 ms, 15 of 5 ms, 5 of 20 ms.
+        let mut values = vec![1000; 980];
+        values.extend([5000; 15]);
+        values.extend([20_000; 5]);
+        let report = Report::new("put".into(), 4, &histogram(&values), 2, 2.0);
+        assert_eq!(report.ops, 1000);
+        assert_eq!(report.ops_per_sec(), 500.0);
+        let json = report.json();
+        for field in [
+            "workload",
+            "clients",
+            "ops",
+            "secs",
+            "ops_per_sec",
+            "p50_ms",
+            "p99_ms",
+            "p999_ms",
+            "errors",
+            "cpu_us_per_op",
+        ] {
+            assert!(json.get(field).is_some(), "{field} missing from {json}");
+        }
+        // The histogram keeps 3 significant digits: within 0.1%.
+        let close = |field: &str, expected: f64| {
+            let got = json[field].as_f64().unwrap();
+            assert!(
+                (got - expected).abs() <= expected / 1000.0,
+                "{field}: {got} is not {expected}"
+            );
+        };
+        close("p50_ms", 1.0);
+        close("p99_ms", 5.0);
+        close("p999_ms", 20.0);
+        assert_eq!(json["errors"], 2);
+        assert_eq!(json["cpu_us_per_op"], Value::Null);
+        // One line when printed compactly.
+        assert!(!json.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn the_histogram_doubles_its_buckets_up_to_the_maximum() {
+        let report = Report::new(
+            "get-linearizable".into(),
+            1,
+            &histogram(&[300, 300, 900, 3000]),
+            0,
+            1.0,
+        );
+        let bounds: Vec<f64> = report.buckets.iter().map(|(b, _)| *b).collect();
+        assert_eq!(bounds, [0.5, 1.0, 2.0, 4.0]);
+        let counts: Vec<u64> = report.buckets.iter().map(|(_, c)| *c).collect();
+        assert_eq!(counts, [2, 1, 0, 1]);
+        let text = report.text();
+        assert!(
+            text.contains("get-linearizable") && text.contains("P99.9"),
+            "{text}"
+        );
+        assert!(
+            text.contains("########################################"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn empty_runs_do_not_divide_by_zero() {
+        let report = Report::new("put".into(), 1, &histogram(&[]), 5, 0.0);
+        assert_eq!(report.ops_per_sec(), 0.0);
+        assert_eq!(report.p99_ms, 0.0);
+        assert!(report.buckets.is_empty());
+    }
+
+    #[test]
+    fn keys_spread_over_the_key_space() {
+        let mut picker = KeyPicker::new(1);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..1000 {
+            let k = picker.next(10);
+            assert!(k < 10);
+            seen.insert(k);
+        }
+        assert_eq!(seen.len(), 10);
+        assert_eq!(
+            workload_name(BenchOp::Mixed, ConsistencyArg::Lease),
+            "mixed-lease"
+        );
+    }
+}
