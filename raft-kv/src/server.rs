@@ -61,6 +61,14 @@ pub enum StartError {
     Other(String),
 }
 
+/// TEST ONLY: the environment variable that switches on a deliberate bug,
+/// so that the chaos checker (`raft-kv/examples/chaos`) can prove it catches
+/// one. `stale-reads`: linearizable reads skip ReadIndex. Honoured only on a
+/// node started with `enable_fault_injection = true`, and announced with a
+/// warning; nothing else reads it.
+#[doc(hidden)]
+pub const BROKEN_MODE_ENV: &str = "RAFT_KV_TEST_ONLY_BROKEN";
+
 /// The client handler, plugged in once the driver runs.
 #[derive(Default)]
 struct LateHandler(OnceLock<KvService>);
@@ -202,7 +210,7 @@ impl Server {
         .map_err(|e| StartError::Other(e.to_string()))?;
         let connector = ClientConnector::new(&identity, ClientOptions::default())
             .map_err(|e| StartError::Other(format!("cannot set up forwarding: {e}")))?;
-        let service = KvService::new(
+        let mut service = KvService::new(
             driver.handle(),
             watch,
             config.advertise_address(),
@@ -210,6 +218,15 @@ impl Server {
             faults,
             Duration::from_millis(config.request_timeout_ms),
         );
+        if config.enable_fault_injection
+            && std::env::var(BROKEN_MODE_ENV).as_deref() == Ok("stale-reads")
+        {
+            tracing::warn!(
+                "TEST-ONLY BROKEN MODE ({BROKEN_MODE_ENV}=stale-reads): linearizable reads \
+                 skip ReadIndex and may be stale; never run this node with real data"
+            );
+            service = service.break_linearizable_reads();
+        }
         let _ = handler.0.set(service);
         let metrics = match config.metrics_listen {
             Some(address) => Some(

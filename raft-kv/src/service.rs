@@ -33,6 +33,8 @@ pub struct KvService {
     forwarder: Forwarder,
     faults: Option<FaultInjector>,
     timeout: Duration,
+    /// Test-only deliberate bug (see [`KvService::break_linearizable_reads`]).
+    stale_linearizable_reads: bool,
 }
 
 impl KvService {
@@ -53,7 +55,19 @@ impl KvService {
             forwarder: Forwarder::new(connector),
             faults,
             timeout,
+            stale_linearizable_reads: false,
         }
+    }
+
+    /// TEST ONLY: a deliberate bug, so that the chaos checker can show it
+    /// catches one. Linearizable reads skip ReadIndex and read whatever this
+    /// node has applied (stale on a lagging or partitioned node). Set only
+    /// by [`crate::server`] when [`crate::server::BROKEN_MODE_ENV`] asks for
+    /// it on a node with fault injection enabled.
+    #[doc(hidden)]
+    pub fn break_linearizable_reads(mut self) -> Self {
+        self.stale_linearizable_reads = true;
+        self
     }
 
     async fn with_timeout<T>(
@@ -101,6 +115,7 @@ impl KvService {
             }
             Request::Read { op, consistency } => {
                 let policy = match consistency {
+                    Consistency::Linearizable if self.stale_linearizable_reads => None,
                     Consistency::Linearizable => Some(ReadPolicy::ReadIndex),
                     Consistency::Lease => Some(ReadPolicy::Lease),
                     Consistency::Stale => None,

@@ -7,7 +7,11 @@
 //! - `cargo xtask cluster [--nodes 3] [--detach] [--debug]`, `cluster spawn
 //!   ID`, `cluster stop`: a local cluster of raft-kv processes (see
 //!   `cluster.rs`).
+//! - `cargo xtask chaos [--duration 60s] [--nodes 5] [--clients 10] [--seed
+//!   N]`: real processes, a nemesis and a linearizability check (see
+//!   `chaos.rs`).
 
+mod chaos;
 mod cluster;
 mod system;
 
@@ -56,6 +60,11 @@ enum Cmd {
     /// streamed, Ctrl-C stops every node) unless --detach. Also `cluster
     /// spawn ID` (one more node, for `raft-cli add-node`) and `cluster stop`.
     Cluster(cluster::ClusterArgs),
+    /// Chaos test: start raft-kv processes, run concurrent clients while a
+    /// seeded nemesis kills, pauses, partitions, changes membership, moves
+    /// the leader and forces snapshots; then check the history is
+    /// linearizable, no acknowledged write is lost and the nodes converge.
+    Chaos(chaos::ChaosArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +81,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Test { no_lint } => test(no_lint),
         Cmd::Cluster(args) => cluster::run(args),
+        Cmd::Chaos(args) => chaos::run(&args, true),
         Cmd::Sim {
             seeds,
             start,
@@ -152,5 +162,7 @@ fn test(no_lint: bool) -> Result<()> {
     }
     let mut test = cargo();
     test.args(["test", "--workspace", "--all-features", "--no-fail-fast"]);
-    step("cargo test", test)
+    step("cargo test", test)?;
+    // cargo test built the chaos program and the raft-kv binary.
+    chaos::run(&chaos::ChaosArgs::for_ci(), false)
 }
