@@ -257,6 +257,41 @@ fn add_node_remove_node_and_transfer_leader_while_writes_continue() {
     assert_eq!(moved.json()["leader"], target, "{moved}");
     assert_eq!(cluster.wait_for_leader(&remaining), target);
 
+    // `--learner` stops after adding: node 5 replicates but does not vote.
+    let address = cluster.start_joining_node(5);
+    let added = cluster.cli_at(
+        &cluster.endpoints_of(&remaining),
+        &["add-node", "5", &address, "--learner", "--output", "json"],
+    );
+    added.assert_success();
+    let members = added.json();
+    let five = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == 5)
+        .unwrap_or_else(|| panic!("node 5 is not a member: {members}"));
+    assert_eq!(five["voter"], false, "{members}");
+    wait_for("node 5 to follow as a learner", SETTLE, || {
+        let rows = cluster.status_at(&remaining)?;
+        match row(&rows, 5) {
+            Some(r) if r["role"] == "learner" && r["health"] == "ok" => Ok(()),
+            other => Err(format!("node 5: {other:?}")),
+        }
+    });
+    // A learner can be removed too.
+    let removed_learner = cluster.cli_at(
+        &cluster.endpoints_of(&remaining),
+        &["remove-node", "5", "--output", "json"],
+    );
+    removed_learner.assert_success();
+    let members = removed_learner.json();
+    assert!(
+        members.as_array().unwrap().iter().all(|m| m["id"] != 5),
+        "{members}"
+    );
+    cluster.kill(5);
+
     stop.store(true, Ordering::Relaxed);
     let acknowledged = cluster.block_on(writer).expect("writer");
     assert!(!acknowledged.is_empty(), "the writer made progress");

@@ -27,7 +27,7 @@ pub const CLUSTER_ID: &str = "e2e";
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long to wait for the cluster to reach a state (leader elected, node
 /// caught up...). Generous: the machine is shared and the builds are debug.
-pub const SETTLE: Duration = Duration::from_secs(60);
+pub const SETTLE: Duration = Duration::from_secs(120);
 
 /// The raft-cli binary under test.
 pub fn raft_cli() -> PathBuf {
