@@ -853,6 +853,16 @@ fn value_of(record: &Record) -> Option<&String> {
     }
 }
 
+/// Whether the operation may have written its value: an acknowledged put
+/// or swapping CAS, or a write with an unknown outcome.
+fn may_have_written(record: &Record) -> bool {
+    match (&record.outcome, &record.op) {
+        (_, Op::Get) | (Outcome::Fail, _) => false,
+        (Outcome::Unknown, _) | (Outcome::Ok, Op::Put(_)) => true,
+        (Outcome::Ok, Op::Cas { .. }) => record.result.as_deref() == Some("true"),
+    }
+}
+
 fn to_operation(record: &Record) -> Option<Operation<CasOp, CasRet>> {
     let op = match &record.op {
         Op::Get => CasOp::Read,
@@ -1615,7 +1625,7 @@ async fn drive(args: &Args, seed: u64, dir: &Path, cluster: &mut Cluster) -> Res
         let final_writer = f.result.as_ref().and_then(|v| {
             key_records
                 .iter()
-                .find(|r| value_of(r) == Some(v) && !matches!(r.outcome, Outcome::Fail))
+                .find(|r| value_of(r) == Some(v) && may_have_written(r))
         });
         if f.result.is_some() && final_writer.is_none() {
             lost.push(format!(
