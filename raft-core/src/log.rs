@@ -31,7 +31,12 @@ impl<S: LogRead> RaftLog<S> {
         let last = store.last_index()?;
         let first = store.first_index()?;
         let floor = first.saturating_sub(1);
-        let committed = committed.clamp(floor, last);
+        // What was applied (or is in the snapshot) was committed, even when
+        // the stored commit index lags behind it (the host persists the
+        // commit index lazily, and may have built a snapshot past it):
+        // without this, entries after the stored commit index would be
+        // handed out to apply a second time.
+        let committed = committed.max(applied).clamp(floor, last);
         let applied = applied.clamp(floor, committed);
         Ok(Self {
             store,

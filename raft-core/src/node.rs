@@ -145,9 +145,21 @@ impl<S: LogRead> Node<S> {
         let mut next = first;
         while next <= last {
             let batch = log.entries(next, last + 1, 8 << 20)?;
-            let Some(tail) = batch.last() else { break };
-            next = tail.index + 1;
+            if batch.is_empty() {
+                break;
+            }
             for entry in batch {
+                // A store that skips or repeats indexes cannot be trusted
+                // (and would make this scan go round forever).
+                if entry.index != next {
+                    return Err(Error::Storage(crate::error::StorageError::Corrupt(
+                        format!(
+                            "the log holds entry {} where entry {next} belongs",
+                            entry.index
+                        ),
+                    )));
+                }
+                next += 1;
                 if let EntryPayload::Membership(m) = entry.payload {
                     configs.retain(|(index, _)| *index < entry.index);
                     configs.push((entry.index, m));
@@ -440,6 +452,24 @@ impl<S: LogRead> Node<S> {
     /// Feeds a message from another node.
     pub fn step(&mut self, message: Message) -> Result<(), Error> {
         if message.to != self.id || message.from == self.id {
+            return Ok(());
+        }
+        let malformed = match &message.body {
+            MessageBody::Append(req) => replication::malformed_append(message.term, req),
+            MessageBody::Snapshot(chunk) => Self::malformed_chunk(message.term, chunk),
+            _ => None,
+        };
+        if let Some(problem) = malformed {
+            // Dropped before it can change anything (not even the term): a
+            // corrupt or hostile message is no reason to stop the node.
+            self.counters.malformed_messages += 1;
+            tracing::warn!(
+                id = self.id,
+                from = message.from,
+                term = message.term,
+                kind = ?message.kind(),
+                "dropped a malformed message: {problem}"
+            );
             return Ok(());
         }
         if !self.step_term(&message)? {

@@ -88,4 +88,9 @@ pub struct Counters {
     pub lease_reads: u64,
     /// Leadership transfers it started.
     pub leader_transfers: u64,
+    /// Peer messages it dropped as malformed (an AppendEntries whose
+    /// entries are not contiguous after `prev`, a snapshot chunk outside
+    /// its snapshot, ...); each is logged at warn level.
+    #[serde(default)]
+    pub malformed_messages: u64,
 }

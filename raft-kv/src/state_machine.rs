@@ -27,6 +27,9 @@ use crate::watch::WatchHub;
 pub const MAX_SESSIONS: usize = 100_000;
 /// The most unacknowledged results remembered per session.
 pub const MAX_RESULTS_PER_SESSION: usize = 1024;
+/// The highest revision the store reaches (etcd's revisions are `i64`s too).
+/// Billions of years of writes away; a snapshot claiming more is corrupt.
+pub const MAX_REVISION: u64 = i64::MAX as u64;
 
 /// A write as it travels through the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +75,36 @@ struct SnapshotData {
     revision: u64,
     data: Vec<KeyValue>,
     sessions: Vec<(u64, SessionState)>,
+}
+
+impl SnapshotData {
+    /// Checks what a state built by writes always satisfies, so a corrupt
+    /// (or hostile) snapshot is refused at restore instead of breaking the
+    /// store later: the revision leaves room for writes, and every key's
+    /// revisions and version are consistent with it.
+    fn validate(&self) -> Result<(), String> {
+        if self.revision > MAX_REVISION {
+            return Err(format!(
+                "revision {} is above the highest possible ({MAX_REVISION})",
+                self.revision
+            ));
+        }
+        for kv in &self.data {
+            if kv.create_revision == 0
+                || kv.create_revision > kv.mod_revision
+                || kv.mod_revision > self.revision
+                || kv.version == 0
+                || kv.version > kv.mod_revision
+            {
+                return Err(format!(
+                    "key {:?} has create revision {}, mod revision {}, version {} \
+                     in a store at revision {}",
+                    kv.key, kv.create_revision, kv.mod_revision, kv.version, self.revision
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl KvStateMachine {
@@ -169,7 +202,7 @@ impl KvStateMachine {
         } else if session.sequence < state.floor {
             Err(KvError::SessionExpired)
         } else {
-            let result = self.execute(command.op, events);
+            let result = self.execute(command.op, events)?;
             state.results.insert(session.sequence, result.clone());
             while state.results.len() > MAX_RESULTS_PER_SESSION {
                 if let Some((&seq, _)) = state.results.iter().next() {
@@ -193,25 +226,36 @@ impl KvStateMachine {
         result
     }
 
-    fn execute(&mut self, op: WriteOp, events: &mut Vec<WatchEvent>) -> WriteResult {
-        match op {
+    fn execute(
+        &mut self,
+        op: WriteOp,
+        events: &mut Vec<WatchEvent>,
+    ) -> Result<WriteResult, KvError> {
+        if self.revision >= MAX_REVISION {
+            // Unreachable from a valid history (restore refuses such a
+            // snapshot), but a write must never overflow the revision.
+            return Err(KvError::InvalidRequest(format!(
+                "the store is at its last revision ({MAX_REVISION})"
+            )));
+        }
+        Ok(match op {
             WriteOp::Put { key, value } => self.put(key, value, events),
             WriteOp::Delete { key } => self.delete(key, events),
             WriteOp::Cas { key, expected, new } => {
                 let current = self.data.get(&key).cloned();
                 if current.as_ref().map(|kv| &kv.value) != expected.as_ref() {
-                    return WriteResult {
+                    return Ok(WriteResult {
                         revision: self.revision,
                         succeeded: false,
                         previous: current,
-                    };
+                    });
                 }
                 match new {
                     Some(value) => self.put(key, value, events),
                     None => self.delete(key, events),
                 }
             }
-        }
+        })
     }
 
     fn put(&mut self, key: Bytes, value: Bytes, events: &mut Vec<WatchEvent>) -> WriteResult {
@@ -323,6 +367,12 @@ impl StateMachine for KvStateMachine {
                 snapshot.applied, meta.last
             )));
         }
+        snapshot.validate().map_err(|problem| {
+            StateMachineError(format!(
+                "snapshot {} is corrupt: {problem}",
+                meta.last.index
+            ))
+        })?;
         self.data = snapshot
             .data
             .into_iter()
@@ -426,5 +476,64 @@ mod tests {
             .unwrap();
         assert_eq!(scan.kvs.len(), 5);
         assert!(scan.more);
+    }
+
+    /// Fuzz finding F1 (fuzz/README.md): a snapshot at revision u64::MAX
+    /// (or one below) restored, and the next write panicked with an add
+    /// overflow. Such a snapshot is corrupt: restore refuses it, and the
+    /// store is unchanged.
+    #[test]
+    fn snapshot_with_impossible_revision_is_refused() {
+        let mut sm = KvStateMachine::new(Arc::new(WatchHub::new(100)));
+        sm.apply(&[entry(1, 1, 1, put("k", "a"))]);
+        let digest = sm.digest();
+        let meta = SnapshotMeta {
+            last: LogId::new(1, 7),
+            ..SnapshotMeta::default()
+        };
+        let corrupt = |revision: u64, kvs: Vec<KeyValue>| {
+            postcard::to_stdvec(&SnapshotData {
+                applied: meta.last,
+                revision,
+                data: kvs,
+                sessions: Vec::new(),
+            })
+            .unwrap()
+        };
+        let kv = |create: u64, modified: u64, version: u64| KeyValue {
+            key: Bytes::from_static(b"x"),
+            value: Bytes::from_static(b"v"),
+            create_revision: create,
+            mod_revision: modified,
+            version,
+        };
+        for data in [
+            corrupt(u64::MAX, Vec::new()),
+            corrupt(u64::MAX - 1, Vec::new()),
+            corrupt(MAX_REVISION + 1, Vec::new()),
+            // Keys whose revisions or version the store's revision
+            // cannot have produced.
+            corrupt(5, vec![kv(1, 6, 1)]),
+            corrupt(5, vec![kv(4, 3, 1)]),
+            corrupt(5, vec![kv(0, 3, 1)]),
+            corrupt(5, vec![kv(1, 3, 0)]),
+            corrupt(5, vec![kv(1, 3, u64::MAX)]),
+        ] {
+            let error = sm.restore(&meta, &data).unwrap_err();
+            assert!(error.0.contains("corrupt"), "{error:?}");
+            assert_eq!(sm.digest(), digest);
+            assert_eq!(sm.applied_index(), 1);
+        }
+        // The highest valid revision restores; the next write is refused
+        // with a typed error instead of overflowing.
+        sm.restore(&meta, &corrupt(MAX_REVISION, vec![kv(1, 3, 2)]))
+            .unwrap();
+        let out = sm.apply(&[entry(8, 1, 1, put("k", "b"))]);
+        assert!(
+            matches!(out[0].1, Err(KvError::InvalidRequest(_))),
+            "{out:?}"
+        );
+        assert_eq!(sm.revision(), MAX_REVISION);
+        assert_eq!(sm.applied_index(), 8);
     }
 }

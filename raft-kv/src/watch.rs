@@ -73,7 +73,7 @@ impl WatchHub {
     ) -> Result<mpsc::Receiver<WatchMessage>, KvError> {
         let mut inner = self.lock();
         let start = if start_revision == 0 {
-            inner.revision + 1
+            inner.revision.saturating_add(1)
         } else {
             start_revision
         };
@@ -100,7 +100,7 @@ impl WatchHub {
                 ));
             }
         }
-        let next = start.max(inner.revision + 1);
+        let next = start.max(inner.revision.saturating_add(1));
         inner.subscribers.push(Subscriber { selector, tx, next });
         Ok(rx)
     }
@@ -113,7 +113,7 @@ impl WatchHub {
         inner.subscribers.retain_mut(|sub| {
             let mine: Vec<WatchEvent> =
                 events.iter().filter(|e| e.revision >= sub.next && sub.selector.matches(&e.kv.key)).cloned().collect();
-            sub.next = revision + 1;
+            sub.next = revision.saturating_add(1);
             if mine.is_empty() {
                 return !sub.tx.is_closed();
             }
@@ -140,13 +140,13 @@ impl WatchHub {
     pub fn reset(&self, revision: u64) {
         let mut inner = self.lock();
         inner.history.clear();
-        inner.floor = revision + 1;
+        inner.floor = revision.saturating_add(1);
         let old = inner.revision;
         inner.revision = revision;
         inner.subscribers.retain(|sub| {
             if sub.next <= revision || old > revision {
                 let _ = sub.tx.try_send(WatchMessage::Compacted {
-                    revision: revision + 1,
+                    revision: revision.saturating_add(1),
                 });
                 false
             } else {

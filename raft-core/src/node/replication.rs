@@ -9,6 +9,40 @@ use crate::quorum;
 use crate::storage::LogRead;
 use crate::types::{Entry, EntryPayload, Index, LogId, NodeId, Term};
 
+/// Why an AppendEntries from the leader of `term` cannot be genuine, if it
+/// cannot: its entries must carry the indexes `prev.index + 1`, `+ 2`, ...,
+/// with terms that never decrease (from `prev.term` on) and are not above
+/// the message's term. A leader never sends anything else; a message that
+/// breaks this is corrupt or hostile, and storing it would break the log.
+pub(super) fn malformed_append(term: Term, req: &AppendRequest) -> Option<String> {
+    if req.prev.term > term {
+        return Some(format!(
+            "prev {:?} has a term above the message's term {term}",
+            req.prev
+        ));
+    }
+    let mut last = req.prev;
+    for (i, entry) in req.entries.iter().enumerate() {
+        let expected = req.prev.index.checked_add(i as Index + 1);
+        if Some(entry.index) != expected {
+            return Some(format!(
+                "entry {i} has index {} where prev {:?} requires {}",
+                entry.index,
+                req.prev,
+                expected.map_or_else(|| "an index past u64::MAX".into(), |e| e.to_string())
+            ));
+        }
+        if entry.term < last.term || entry.term > term {
+            return Some(format!(
+                "entry {} has term {} after term {} in a message of term {term}",
+                entry.index, entry.term, last.term
+            ));
+        }
+        last = entry.log_id();
+    }
+    None
+}
+
 impl<S: LogRead> Node<S> {
     // ----- follower side ---------------------------------------------------
 

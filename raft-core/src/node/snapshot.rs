@@ -8,7 +8,7 @@ use crate::error::{Error, StorageError};
 use crate::message::{MessageBody, SnapshotChunk, SnapshotResponse};
 use crate::progress::{ReplicationState, SnapshotSend};
 use crate::storage::LogRead;
-use crate::types::{Index, LogId, NodeId, SnapshotMeta};
+use crate::types::{Index, LogId, NodeId, SnapshotMeta, Term};
 
 /// The snapshot threshold after a compaction left `remaining` entries in the
 /// log: `max(initial, 1.5 × remaining)`. A log that stays large (apply lags,
@@ -144,6 +144,31 @@ impl<S: LogRead> Node<S> {
     }
 
     // ----- follower side ---------------------------------------------------
+
+    /// Why a snapshot chunk from the leader of `term` cannot be genuine, if
+    /// it cannot: its bytes must lie within the snapshot's size and the
+    /// last chunk must end exactly there; the snapshot cannot end at an
+    /// entry of a later term, nor hold a configuration from after its end.
+    pub(super) fn malformed_chunk(term: Term, chunk: &SnapshotChunk) -> Option<String> {
+        let meta = &chunk.meta;
+        if meta.last.term > term || meta.membership_index > meta.last.index {
+            return Some(format!(
+                "snapshot ending at {:?} with its configuration from index {} \
+                 in a message of term {term}",
+                meta.last, meta.membership_index
+            ));
+        }
+        match chunk.offset.checked_add(chunk.data.len() as u64) {
+            Some(end) if end <= meta.size && chunk.done == (end == meta.size) => None,
+            end => Some(format!(
+                "chunk at offset {} of {} bytes{} ends at {end:?} in a snapshot of {} bytes",
+                chunk.offset,
+                chunk.data.len(),
+                if chunk.done { " (the last)" } else { "" },
+                meta.size
+            )),
+        }
+    }
 
     pub(super) fn handle_snapshot_chunk(
         &mut self,

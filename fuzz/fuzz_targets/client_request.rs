@@ -1,0 +1,9 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    raft_fuzz::known::run(
+        "client_request",
+        data,
+        raft_fuzz::checks::client_request::check,
+    )
+});
