@@ -29,6 +29,7 @@ pub struct Cli {
 
 /// Flags every command accepts.
 #[derive(Args, Debug, Default, Clone)]
+#[command(next_help_heading = "Connection and output (any command)")]
 pub struct GlobalArgs {
     /// Node addresses (host:port), comma separated; any node will do
     /// [env: RAFT_ENDPOINTS]
@@ -53,7 +54,7 @@ pub struct GlobalArgs {
     #[arg(long, id = "global_config", global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Output format: tables for people, JSON for scripts.
-    #[arg(long, id = "global_output", global = true, value_enum, default_value_t = OutputFormat::Table)]
+    #[arg(long, id = "global_output", global = true, value_enum, default_value_t = OutputFormat::Table, value_name = "FORMAT")]
     pub output: OutputFormat,
     /// How long one request may take, retries included, in seconds.
     #[arg(
