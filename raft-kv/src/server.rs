@@ -28,7 +28,9 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// The certificates could not be loaded.
-    #[error("cannot load the TLS files (ca {ca}, cert {cert}, key {key}): {message}")]
+    #[error(
+        "cannot load the TLS files (ca {ca}, cert {cert}, key {key}): {message}; check the paths and that they are PEM files issued for this node (`raft-cli certs` creates them)"
+    )]
     Tls {
         /// The CA file.
         ca: String,
@@ -49,7 +51,9 @@ pub enum StartError {
     )]
     NothingToStart(String),
     /// The network could not be set up (e.g. the port is busy).
-    #[error("cannot start the network on {address}: {message}")]
+    #[error(
+        "cannot start the network on {address}: {message}; if another process holds that port, stop it or pick another listen address"
+    )]
     Network {
         /// The address.
         address: String,

@@ -118,8 +118,28 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// A cargo command with the environment a user's own `cargo` would have.
+///
+/// `cargo run` (which `cargo xtask` is) sets `CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR` and friends for xtask. Some build scripts (ring's)
+/// ask to rerun when those change, so passing them on would rebuild them,
+/// and everything above them, whenever a user alternates `cargo xtask test`
+/// with a plain `cargo test`.
 fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                name,
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
 }
 
 /// Runs a command in the workspace root, failing with its name.
