@@ -1416,10 +1416,17 @@ async fn drive(args: &Args, seed: u64, dir: &Path, cluster: &mut Cluster) -> Res
     tokio::time::sleep(rng.millis(500, 1500)).await;
     while Instant::now() < end {
         cluster.reap(&shared.history);
-        let kind = if step < schedule.len() {
-            schedule[step]
-        } else {
-            rng.pick(&KINDS)
+        // Every kind once in the seeded order; then a kind that has not
+        // completed yet (a transfer to a lagging node may be refused), then
+        // seeded picks.
+        let not_done = KINDS
+            .iter()
+            .copied()
+            .find(|k| !stats.done.contains_key(&format!("{k:?}").to_lowercase()));
+        let kind = match (schedule.get(step), not_done) {
+            (Some(kind), _) => *kind,
+            (None, Some(kind)) => kind,
+            (None, None) => rng.pick(&KINDS),
         };
         step += 1;
         if let Err(e) = nemesis_step(
