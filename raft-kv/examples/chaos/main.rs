@@ -1585,6 +1585,20 @@ async fn drive(args: &Args, seed: u64, dir: &Path, cluster: &mut Cluster) -> Res
         eprintln!("chaos: {line}");
         report.push_str(&line);
         report.push('\n');
+        if let Verdict::NotLinearizable(failure) = &k.wgl {
+            // The operation no linearization could place, to start reading
+            // history.jsonl from.
+            let ops: Vec<&&Record> = records
+                .iter()
+                .filter(|r| !matches!(r.outcome, Outcome::Fail))
+                .collect();
+            if let Some(r) = ops.get(failure.stuck_at) {
+                let line = format!("  no linearization can place: {}", r.to_json());
+                eprintln!("chaos: {line}");
+                report.push_str(&line);
+                report.push('\n');
+            }
+        }
         let sr_bad = matches!(k.stateright, Some(Ok(false)));
         let wgl_bad = matches!(k.wgl, Verdict::NotLinearizable(_));
         if let Some(Err(e)) = &k.stateright {
