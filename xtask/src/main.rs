@@ -145,7 +145,12 @@ fn cargo() -> Command {
 /// Runs a command in the workspace root, failing with its name.
 fn step(name: &str, mut cmd: Command) -> Result<()> {
     cmd.current_dir(workspace_root());
-    eprintln!("xtask: {name}: {cmd:?}");
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+    eprintln!(
+        "xtask: {name}: {} {}",
+        cmd.get_program().to_string_lossy(),
+        args.join(" ")
+    );
     let status = cmd
         .status()
         .with_context(|| format!("could not start {name}"))?;
