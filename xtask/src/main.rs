@@ -161,7 +161,13 @@ fn step(name: &str, mut cmd: Command) -> Result<()> {
 }
 
 fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    // `cargo run` sets CARGO_MANIFEST_DIR at run time: trust it over the
+    // compile-time value, which belongs to whichever checkout last built
+    // the xtask binary in a shared target directory.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    manifest_dir
         .parent()
         .expect("xtask is in the workspace")
         .to_path_buf()
