@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use checker::{
-    AppendOp, AppendRegister, AppendRet, CasOp, CasRegister, CasRet, Operation, Verdict,
+    AppendOp, AppendRegister, AppendRet, CasOp, CasRegister, CasRet, Operation, Rng, Verdict,
     check_stateright, check_wgl,
 };
 
@@ -313,27 +313,6 @@ fn checker_agrees_with_every_kv_verdict() {
 }
 
 // -------------------------------------------------------------- stateright
-
-/// SplitMix64: a small seeded generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// A history of a real compare-and-swap register accessed by concurrent
 /// processes: every operation takes effect at a point between its

@@ -35,7 +35,7 @@ use raft_kv::client::{Client, ClientConfig, ClientError};
 use raft_kv::protocol::{Consistency, ReadOp};
 use raft_transport_quic::{CertificateAuthority, Fault, FaultRule, TlsIdentity};
 
-use checker::{CasOp, CasRegister, CasRet, Operation, Verdict};
+use checker::{CasOp, CasRegister, CasRet, Operation, Rng, Verdict};
 
 const CLUSTER: &str = "chaos";
 /// Contended keys per epoch; a new set of keys every epoch keeps each key's
@@ -101,29 +101,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         _ => Err(format!("{s:?}: unit must be ms, s or m")),
-    }
-}
-
-/// SplitMix64: the run's only source of randomness, from the seed.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn millis(&mut self, low: u64, high: u64) -> Duration {
-        Duration::from_millis(low + self.below(high - low + 1))
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
     }
 }
 
