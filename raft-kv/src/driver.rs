@@ -33,6 +33,9 @@ use crate::protocol::KvError;
 /// on it (the client gave up long before).
 const ABANDONED_AFTER: Duration = Duration::from_secs(60);
 
+/// Ticks between two rounds of [`DriverState::housekeeping`].
+const HOUSEKEEPING_TICKS: u64 = 100;
+
 /// A read to run against the state machine once it is safe.
 pub type ReadFn<M> = Box<dyn FnOnce(Result<&M, KvError>) + Send>;
 
@@ -259,7 +262,7 @@ where
                     proposals: BTreeMap::new(),
                     conf_changes: BTreeMap::new(),
                     reads: HashMap::new(),
-                    ticks_since_sweep: 0,
+                    ticks_since_housekeeping: 0,
                     next_read: 1,
                     view: view_tx,
                     last_addresses: BTreeMap::new(),
@@ -322,8 +325,8 @@ struct DriverState<L: LogStore + ?Sized, T: Transport + ?Sized, M: StateMachine>
     conf_changes: BTreeMap<Index, (u64, oneshot::Sender<Result<(), KvError>>)>,
     /// Reads waiting for their read index.
     reads: HashMap<u64, (std::time::Instant, ReadFn<M>)>,
-    /// Ticks since the last sweep of requests nobody waits for any more.
-    ticks_since_sweep: u64,
+    /// Ticks since the last housekeeping.
+    ticks_since_housekeeping: u64,
     next_read: u64,
     view: watch::Sender<NodeView>,
     last_addresses: BTreeMap<NodeId, String>,
@@ -387,7 +390,11 @@ where
                     Ok(())
                 }
                 _ = ticker.tick() => {
-                    self.sweep_abandoned();
+                    self.ticks_since_housekeeping += 1;
+                    if self.ticks_since_housekeeping == HOUSEKEEPING_TICKS {
+                        self.ticks_since_housekeeping = 0;
+                        self.housekeeping();
+                    }
                     self.node.tick().map_err(|e| e.to_string())
                 }
             };
@@ -414,15 +421,11 @@ where
         result
     }
 
-    /// Drops reads whose answer got lost (e.g. a ReadIndex request to a
-    /// leader that died): after a minute nobody waits for them any more.
-    fn sweep_abandoned(&mut self) {
-        self.ticks_since_sweep += 1;
-        if self.ticks_since_sweep < 100 {
-            return;
-        }
-        self.ticks_since_sweep = 0;
-        // As rarely: the node's counters and replication for Prometheus.
+    /// Work too costly for every tick: publishes the node's counters and
+    /// replication for Prometheus (building a status allocates), and drops
+    /// reads whose answer got lost (e.g. a ReadIndex request to a leader
+    /// that died): after a minute nobody waits for them any more.
+    fn housekeeping(&mut self) {
         crate::metrics::record_status(&self.node.status());
         let now = std::time::Instant::now();
         let expired: Vec<u64> = self
