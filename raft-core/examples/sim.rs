@@ -1,80 +1,128 @@
 //! Runs the deterministic cluster simulator over a range of seeds:
-//! `cargo xtask sim --seeds N [--start S] [--nodes K]` calls this.
+//! `cargo xtask sim --seeds N [--start S] [--nodes K|grown|mix] [--jobs J]`
+//! calls this. Seeds are independent, so `--jobs` runs them on several
+//! threads (the simulator itself is single-threaded and deterministic: a
+//! seed's outcome does not depend on the thread that ran it).
 
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use raft_core::testing::{Sim, SimConfig, SimStats};
+use raft_core::testing::{Shape, Sim, SimConfig, SimFailure, SimStats};
+
+/// Which shapes a run covers.
+#[derive(Clone, Copy)]
+enum Mix {
+    One(Shape),
+    /// The default test mix: the shape follows from the seed.
+    Mixed,
+}
+
+impl Mix {
+    fn shape(self, seed: u64) -> Shape {
+        match self {
+            Mix::One(shape) => shape,
+            Mix::Mixed => Shape::mixed(seed),
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let mut seeds = 100u64;
     let mut start = 0u64;
-    let mut nodes = 5usize;
+    let mut mix = Mix::One(Shape::Voters(5));
+    let mut nodes_arg = "5".to_string();
+    let mut jobs = 1usize;
     let mut verbose = false;
+    let mut events = false;
+    let mut first_failure = false;
     let mut args = std::env::args().skip(1);
+    let usage = "usage: sim --seeds N [--start S] [--nodes K|grown|mix] [--jobs J] [--verbose] [--events] [--first-failure]";
     while let Some(arg) = args.next() {
-        let mut value = |name: &str| -> u64 {
-            match args.next().and_then(|v| v.parse().ok()) {
-                Some(v) => v,
-                None => {
-                    eprintln!("{name} needs a number");
-                    std::process::exit(2);
-                }
-            }
+        let mut value = |name: &str| -> String {
+            args.next().unwrap_or_else(|| {
+                eprintln!("{name} needs a value; {usage}");
+                std::process::exit(2);
+            })
+        };
+        let number = |name: &str, v: String| -> u64 {
+            v.parse().unwrap_or_else(|_| {
+                eprintln!("{name} needs a number, not {v:?}; {usage}");
+                std::process::exit(2);
+            })
         };
         match arg.as_str() {
-            "--seeds" => seeds = value("--seeds"),
-            "--start" => start = value("--start"),
-            "--nodes" => nodes = value("--nodes") as usize,
+            "--seeds" => seeds = number("--seeds", value("--seeds")),
+            "--start" => start = number("--start", value("--start")),
+            "--jobs" => jobs = number("--jobs", value("--jobs")).max(1) as usize,
+            "--nodes" => {
+                nodes_arg = value("--nodes");
+                mix = match nodes_arg.as_str() {
+                    "grown" => Mix::One(Shape::Grown),
+                    "mix" => Mix::Mixed,
+                    n => match n.parse::<usize>() {
+                        Ok(k) if k >= 1 => Mix::One(Shape::Voters(k)),
+                        _ => {
+                            eprintln!(
+                                "--nodes takes a number of voters (1 or more), grown or mix; {usage}"
+                            );
+                            return ExitCode::from(2);
+                        }
+                    },
+                };
+            }
             "--verbose" => verbose = true,
+            "--events" => events = true,
+            "--first-failure" => first_failure = true,
             other => {
-                eprintln!(
-                    "unknown argument {other}; usage: sim --seeds N [--start S] [--nodes K] [--verbose]"
-                );
+                eprintln!("unknown argument {other}; {usage}");
                 return ExitCode::from(2);
             }
         }
     }
-    if nodes == 0 {
-        eprintln!("--nodes must be at least 1");
-        return ExitCode::from(2);
-    }
     let began = Instant::now();
-    let mut total = SimStats::default();
-    let mut failures = Vec::new();
-    for seed in start..start + seeds {
-        match Sim::new(SimConfig::new(seed, nodes)).run() {
-            Ok(stats) => {
-                if verbose {
-                    println!("seed {seed}: {stats}");
+    let next = AtomicU64::new(start);
+    let end = start + seeds;
+    let total = Mutex::new(SimStats::default());
+    let failures: Mutex<Vec<SimFailure>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                let mut mine = SimStats::default();
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= end {
+                        break;
+                    }
+                    if first_failure && !failures.lock().expect("no panics").is_empty() {
+                        break;
+                    }
+                    let mut sim = Sim::new(SimConfig::with_shape(seed, mix.shape(seed)));
+                    if events {
+                        sim = sim.print_events();
+                    }
+                    match sim.run() {
+                        Ok(stats) => {
+                            if verbose {
+                                println!("seed {seed}: {stats}");
+                            }
+                            mine.add(&stats);
+                        }
+                        Err(failure) => {
+                            eprintln!("{failure}");
+                            failures.lock().expect("no panics").push(failure);
+                        }
+                    }
                 }
-                total.steps += stats.steps;
-                total.ticks += stats.ticks;
-                total.proposed += stats.proposed;
-                total.committed += stats.committed;
-                total.elections += stats.elections;
-                total.faults += stats.faults;
-                total.reads += stats.reads;
-                total.membership_changes += stats.membership_changes;
-                total.transfers += stats.transfers;
-                total.snapshots += stats.snapshots;
-            }
-            Err(failure) => {
-                eprintln!("{failure}");
-                failures.push(failure);
-            }
+                total.lock().expect("no panics").add(&mine);
+            });
         }
-    }
+    });
+    let total = total.into_inner().expect("no panics");
+    let failures = failures.into_inner().expect("no panics");
     println!(
-        "sim: seeds {seeds} (start {start}, nodes {nodes}) steps {} proposals committed {} elections {} faults {} reads {} membership changes {} transfers {} snapshots {} violations {} in {:.1}s",
-        total.steps,
-        total.committed,
-        total.elections,
-        total.faults,
-        total.reads,
-        total.membership_changes,
-        total.transfers,
-        total.snapshots,
+        "sim: seeds {seeds} (start {start}, nodes {nodes_arg}) {total} violations {} in {:.1}s",
         failures.len(),
         began.elapsed().as_secs_f64()
     );

@@ -28,11 +28,21 @@ pub struct Config {
     /// election timeout refuse to vote for others (Raft thesis §6.2, §4.2.3).
     pub check_quorum: bool,
     /// Allow [`crate::ReadPolicy::Lease`] reads: the leader serves reads
-    /// without a heartbeat round while a quorum acknowledged it within the
-    /// last `election_ticks - 2` ticks. Requires `check_quorum`, and relies on
-    /// the nodes' tick rates staying within one tick of each other over an
-    /// election timeout.
+    /// without a heartbeat round for [`Config::lease_ticks`] ticks after the
+    /// start of a heartbeat round a quorum of voters acknowledged. Requires
+    /// `check_quorum`, and relies on the nodes' clocks: see
+    /// [`Config::max_clock_drift`].
     pub lease_reads: bool,
+    /// The drift between nodes' tick rates that lease reads tolerate: over
+    /// any stretch of real time, every node counts at least
+    /// `1 - max_clock_drift` times as many ticks as any other, give or take
+    /// the one tick in progress. A host that derives ticks from a monotonic
+    /// clock, and after a pause delivers the ticks it missed before any other
+    /// input, stays within a bound of a few percent. The lease is shortened
+    /// to match ([`Config::lease_ticks`]); beyond the bound a deposed leader
+    /// may serve stale lease reads, which is why lease reads are opt-in.
+    /// Default 0.1; must be in `[0, 1)`.
+    pub max_clock_drift: f64,
     /// The byte budget of one AppendEntries message (entries'
     /// [`crate::Entry::budget_size`]). At least one entry is always sent.
     pub max_append_bytes: u64,
@@ -92,6 +102,7 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             lease_reads: false,
+            max_clock_drift: 0.1,
             max_append_bytes: 1 << 20,
             max_append_entries: 4096,
             max_inflight: 256,
@@ -100,6 +111,30 @@ impl Config {
             applied: 0,
             snapshot: SnapshotPolicy::default(),
         }
+    }
+
+    /// How long a leader's lease lasts, in its own ticks, from the start of
+    /// a heartbeat round that a quorum acknowledged:
+    /// `floor(election_ticks × (1 − max_clock_drift)) − 1`.
+    ///
+    /// Why this is safe: a voter that acknowledged the round refuses votes
+    /// for `election_ticks` of its own ticks after receiving it, which takes
+    /// at least `election_ticks − 1` full tick periods of its clock; any new
+    /// leader needs such a voter. Within the drift bound the leader counts
+    /// at most `(election_ticks − 1) × (1 − max_clock_drift)` ticks in that
+    /// time, and the lease is no longer than that.
+    ///
+    /// ```
+    /// let mut config = raft_core::Config::new(1);
+    /// config.election_ticks = 10;
+    /// config.max_clock_drift = 0.1;
+    /// assert_eq!(config.lease_ticks(), 8);
+    /// config.max_clock_drift = 0.25;
+    /// assert_eq!(config.lease_ticks(), 6);
+    /// ```
+    pub fn lease_ticks(&self) -> u64 {
+        let scaled = (self.election_ticks as f64 * (1.0 - self.max_clock_drift)).floor();
+        (scaled as u64).saturating_sub(1)
     }
 
     /// Checks the configuration for values that cannot work.
@@ -117,8 +152,16 @@ impl Config {
         if self.lease_reads && !self.check_quorum {
             return fail("lease_reads requires check_quorum");
         }
+        if !(0.0..1.0).contains(&self.max_clock_drift) {
+            return fail("max_clock_drift must be at least 0 and below 1");
+        }
         if self.lease_reads && self.election_ticks < 4 {
             return fail("lease_reads requires election_ticks of at least 4");
+        }
+        if self.lease_reads && self.lease_ticks() == 0 {
+            return fail(
+                "lease_reads with this max_clock_drift leaves no lease; raise election_ticks or lower max_clock_drift",
+            );
         }
         if self.max_inflight == 0 || self.max_append_entries == 0 {
             return fail("max_inflight and max_append_entries must be at least 1");

@@ -24,9 +24,21 @@ pub enum Error {
     /// only one change may be in flight. Retry once it commits.
     #[error("configuration change at index {pending_index} is not committed yet; retry once it is")]
     ConfigChangeInProgress {
-        /// The index of the uncommitted change (or of the last entry of the
-        /// previous term, which a new leader must commit first).
+        /// The index of the uncommitted change (or, for a leader elected in
+        /// this term, of the last entry of the previous terms).
         pending_index: Index,
+    },
+    /// This node was just elected and has not yet committed the first entry
+    /// of its term; configuration changes wait for it (Raft thesis §4.1).
+    /// It usually takes one round trip to a quorum: retry in a moment.
+    #[error(
+        "the leader of term {term} has not committed its first entry (index {index}) yet; membership changes wait for it, retry in a moment"
+    )]
+    LeaderNotSettled {
+        /// The leader's term.
+        term: crate::types::Term,
+        /// The index of the term's first entry (the leader's no-op).
+        index: Index,
     },
     /// The requested configuration change is invalid.
     #[error("invalid configuration change: {0}")]
@@ -82,6 +94,32 @@ pub enum ConfChangeError {
     /// The change refers to a node that is not a member.
     #[error("node {0} is not a member of the configuration")]
     NotAMember(NodeId),
+    /// The id belonged to a member that was removed; ids are never reused
+    /// (see [`crate::Membership::removed`]). Give the new node a new id.
+    #[error(
+        "node id {0} was removed from this cluster and is never reused; start the new node with a new id and an empty data directory"
+    )]
+    IdRemoved(NodeId),
+    /// Only a learner can be made a voter: add the node as a learner first,
+    /// let it catch up, then promote it.
+    #[error(
+        "node {0} is not a learner; add it as a learner first and promote it once it has caught up"
+    )]
+    NotALearner(NodeId),
+    /// The learner has not yet received the configuration in force (the one
+    /// that made it a learner); promoting it now could leave a voter that
+    /// cannot vote. Wait for it to catch up, then promote it.
+    #[error(
+        "learner {id} holds the log up to index {match_index} but not the configuration at index {needed}; wait for it to catch up, then promote it"
+    )]
+    LearnerBehind {
+        /// The learner.
+        id: NodeId,
+        /// The last index the leader knows it holds.
+        match_index: crate::types::Index,
+        /// The index of the configuration in force.
+        needed: crate::types::Index,
+    },
     /// The change would not change anything.
     #[error("the configuration already has that shape; nothing to change")]
     NoChange,

@@ -94,7 +94,11 @@
 //!   [`LogWrite::hard_state`] holds them. A node that forgot its vote in a
 //!   crash could vote twice in a term.
 //! - A candidate asks for votes only after its own vote for itself is durable
-//!   (its requests are also persisted messages).
+//!   (its requests are also persisted messages). A single voter, which wins
+//!   on its own vote, becomes leader only once that vote is durable (when
+//!   [`Node::on_persisted`] acknowledges it): so a node never leads a term
+//!   it could forget in a crash, and nothing it says as leader of a term
+//!   leaves before the term is durable.
 //! - A follower acknowledges appended entries (and snapshot chunks) only
 //!   after they are durable: the leader counts the acknowledgement towards a
 //!   commit quorum.

@@ -6,6 +6,7 @@ use crate::error::StorageError;
 use crate::storage::LogRead;
 use crate::types::{Entry, Index, LogId, SnapshotMeta, Term};
 
+#[derive(Clone)]
 pub(crate) struct RaftLog<S> {
     pub(crate) store: S,
     /// Entries not yet acknowledged durable, contiguous from `offset`. Storage

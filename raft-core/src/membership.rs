@@ -18,6 +18,10 @@ pub struct Membership {
     voters: BTreeSet<NodeId>,
     learners: BTreeSet<NodeId>,
     addresses: BTreeMap<NodeId, String>,
+    /// Ids removed from the cluster, never to be reused (see
+    /// [`Membership::removed`]).
+    #[serde(default)]
+    removed: BTreeSet<NodeId>,
 }
 
 /// One change to a configuration.
@@ -87,6 +91,18 @@ impl Membership {
         self.addresses.get(&id).map(String::as_str)
     }
 
+    /// Ids that were members and were removed. They are never reused
+    /// ([`crate::Node::propose_membership`] refuses to add them again), as
+    /// with etcd's member ids: an old incarnation of an id is still named
+    /// by configurations in logs and by stale nodes, and a node re-added
+    /// under it with an empty store would be counted as the voter it used to
+    /// be (it would replay old configurations as it catches up, and grant
+    /// votes its old incarnation never would). A replacement node gets a new
+    /// id.
+    pub fn removed(&self) -> &BTreeSet<NodeId> {
+        &self.removed
+    }
+
     /// Whether `id` is a voter.
     pub fn is_voter(&self, id: NodeId) -> bool {
         self.voters.contains(&id)
@@ -133,8 +149,9 @@ impl Membership {
                     }
                 }
                 ConfChange::Remove { id } => {
-                    next.voters.remove(id);
-                    next.learners.remove(id);
+                    if next.voters.remove(id) | next.learners.remove(id) {
+                        next.removed.insert(*id);
+                    }
                     next.addresses.remove(id);
                 }
             }

@@ -57,12 +57,19 @@ struct PendingPersist {
     number: u64,
     last_entry: Option<LogId>,
     installed_snapshot: Option<Index>,
+    /// The term of the hard state the batch writes, if it writes one.
+    term: Option<Term>,
 }
 
 /// One Raft replica, sans I/O.
 ///
 /// See the crate documentation for the host loop and the durability
 /// contract.
+///
+/// With the `testing` feature a node over a cloneable store can be cloned,
+/// so that the simulator can ask a copy what the node would do; a host never
+/// runs two copies of one replica.
+#[cfg_attr(feature = "testing", derive(Clone))]
 pub struct Node<S: LogRead> {
     id: NodeId,
     config: Config,
@@ -75,6 +82,10 @@ pub struct Node<S: LogRead> {
     leader: Option<NodeId>,
     /// The hard state last handed to the host.
     emitted_hard_state: HardState,
+    /// The highest term the host acknowledged durable. A node leads a term
+    /// only once it is durable (see `maybe_win_alone`): a crash could
+    /// otherwise let it lead the same term twice, with other entries.
+    durable_term: Term,
 
     /// Configurations found in the log, oldest first; the last is in force.
     configs: Vec<(Index, Membership)>,
@@ -93,9 +104,13 @@ pub struct Node<S: LogRead> {
     /// Per-member replication progress (leader only; self excluded).
     progress: BTreeMap<NodeId, Progress>,
     votes: BTreeMap<NodeId, bool>,
-    /// The index of the latest configuration entry a leader appended (or the
-    /// last index at election): no change may be proposed until it commits.
+    /// The index of the latest configuration entry a leader appended: no
+    /// change may be proposed until it commits.
     pending_conf_index: Index,
+    /// The index of this leader's first entry of its term (its no-op): no
+    /// configuration change until it commits (Raft thesis §4.1, with
+    /// Ongaro's 2015 correction for single-server changes).
+    term_start_index: Index,
     transfer: Option<Transfer>,
     /// Set once this leader sent TimeoutNow in its term: from then on its
     /// lease cannot be trusted.
@@ -175,6 +190,7 @@ impl<S: LogRead> Node<S> {
             role: Role::Follower,
             leader: None,
             emitted_hard_state: hard_state,
+            durable_term: hard_state.term,
             configs,
             election_elapsed: 0,
             // With lease reads on, a (re)started node refuses votes for an
@@ -191,6 +207,7 @@ impl<S: LogRead> Node<S> {
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
             pending_conf_index: 0,
+            term_start_index: 0,
             transfer: None,
             lease_revoked: false,
             need_append: false,
@@ -317,6 +334,11 @@ impl<S: LogRead> Node<S> {
         &self.config
     }
 
+    /// The node's event counters (cheaper than [`Node::status`]).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
     /// A snapshot of this node's state for operators and metrics.
     pub fn status(&self) -> Status {
         let last = self.log.last_log_id().unwrap_or_default();
@@ -391,9 +413,21 @@ impl<S: LogRead> Node<S> {
     }
 
     /// Proposes a configuration change (one server at a time). Fails with
-    /// [`Error::ConfigChangeInProgress`] while another change is uncommitted.
+    /// [`Error::LeaderNotSettled`] until this leader has committed the first
+    /// entry of its term, and with [`Error::ConfigChangeInProgress`] while
+    /// another change is uncommitted; both clear on their own, so retry.
     pub fn propose_membership(&mut self, change: ConfChange) -> Result<LogId, Error> {
         self.check_can_propose()?;
+        if self.term_start_index > self.log.committed {
+            // A configuration takes effect when appended: a new leader that
+            // appended one before its term's first commit could hold a
+            // configuration that a rival leader of an earlier term, with an
+            // uncommitted change of its own, never saw; both could commit.
+            return Err(Error::LeaderNotSettled {
+                term: self.term,
+                index: self.term_start_index,
+            });
+        }
         if self.pending_conf_index > self.log.committed {
             return Err(Error::ConfigChangeInProgress {
                 pending_index: self.pending_conf_index,
@@ -405,15 +439,45 @@ impl<S: LogRead> Node<S> {
         if &next == self.membership() {
             return Err(crate::error::ConfChangeError::NoChange.into());
         }
-        if let ConfChange::Remove { id } = change {
-            if !self.membership().contains(id) {
+        match change {
+            ConfChange::Remove { id } if !self.membership().contains(id) => {
                 return Err(crate::error::ConfChangeError::NotAMember(id).into());
             }
+            ConfChange::AddLearner { id, .. } | ConfChange::AddVoter { id, .. }
+                if self.membership().removed().contains(&id) =>
+            {
+                return Err(crate::error::ConfChangeError::IdRemoved(id).into());
+            }
+            ConfChange::AddVoter { id, .. } if !self.membership().is_voter(id) => {
+                self.check_promotable(id)?;
+            }
+            _ => {}
         }
         self.counters.proposals += 1;
         let id = self.append_entry(EntryPayload::Membership(next));
         self.pending_conf_index = id.index;
         Ok(id)
+    }
+
+    /// A new voter must be a learner that holds the configuration in force
+    /// (which names it): a voter that knows no configuration does not vote,
+    /// and in a small cluster the quorum could not be reached without it
+    /// (Raft thesis §4.2.1: new servers catch up as non-voting members).
+    fn check_promotable(&self, id: NodeId) -> Result<(), Error> {
+        if !self.membership().is_learner(id) {
+            return Err(crate::error::ConfChangeError::NotALearner(id).into());
+        }
+        let needed = self.configs.last().map_or(0, |(index, _)| *index);
+        let match_index = self.progress.get(&id).map_or(0, |p| p.match_index);
+        if match_index < needed {
+            return Err(crate::error::ConfChangeError::LearnerBehind {
+                id,
+                match_index,
+                needed,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     fn check_can_propose(&self) -> Result<(), Error> {
@@ -581,6 +645,7 @@ impl<S: LogRead> Node<S> {
                 number,
                 last_entry: write.entries.last().map(Entry::log_id),
                 installed_snapshot: write.install_snapshot.as_ref().map(|m| m.last.index),
+                term: write.hard_state.as_ref().map(|h| h.term),
             });
         }
 
@@ -611,6 +676,9 @@ impl<S: LogRead> Node<S> {
                 break;
             }
             self.pending_persists.pop_front();
+            if let Some(term) = p.term {
+                self.durable_term = self.durable_term.max(term);
+            }
             if let Some(index) = p.installed_snapshot {
                 self.log.stable_snapshot_to(index);
                 self.log.applied_to(index);
@@ -624,6 +692,7 @@ impl<S: LogRead> Node<S> {
         if leader_progress && self.role == Role::Leader {
             self.maybe_commit()?;
         }
+        self.maybe_win_alone()?;
         Ok(())
     }
 

@@ -101,7 +101,7 @@ impl Progress {
             self.match_index = index;
             self.probe_sent = false;
         }
-        self.next_index = self.next_index.max(index + 1);
+        self.next_index = self.next_index.max(index.saturating_add(1));
         while self.inflight.front().is_some_and(|&last| last <= index) {
             self.inflight.pop_front();
         }

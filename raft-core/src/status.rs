@@ -93,4 +93,9 @@ pub struct Counters {
     /// its snapshot, ...); each is logged at warn level.
     #[serde(default)]
     pub malformed_messages: u64,
+    /// Answers from peers that it dropped as out of range: replication
+    /// answers beyond its log, heartbeat acknowledgements of rounds it never
+    /// sent. No genuine peer sends them; each is logged at warn level.
+    #[serde(default)]
+    pub out_of_range_answers: u64,
 }

@@ -189,7 +189,7 @@ fn new_leader_changes_configuration_only_after_its_first_commit() {
         .node_mut(1)
         .propose_membership(ConfChange::Remove { id: 3 });
     assert!(
-        matches!(result, Err(Error::ConfigChangeInProgress { .. })),
+        matches!(result, Err(Error::LeaderNotSettled { index: 2, .. })),
         "{result:?}"
     );
     c.heal();

@@ -2,8 +2,8 @@
 //!
 //! - `cargo xtask test`: checks system packages, then runs fmt, clippy and the
 //!   whole test suite (what CI runs).
-//! - `cargo xtask sim --seeds N [--start S] [--nodes K]`: the deterministic
-//!   simulator over any range of seeds.
+//! - `cargo xtask sim --seeds N [--start S] [--nodes K|grown|mix] [--jobs J]`:
+//!   the deterministic simulator over any range of seeds.
 //! - `cargo xtask cluster [--nodes 3] [--detach] [--debug]`, `cluster spawn
 //!   ID`, `cluster stop`: a local cluster of raft-kv processes (see
 //!   `cluster.rs`).
@@ -47,9 +47,15 @@ enum Cmd {
         /// The first seed.
         #[arg(long, default_value_t = 0)]
         start: u64,
-        /// Initial voters per simulated cluster.
-        #[arg(long, default_value_t = 5)]
-        nodes: u64,
+        /// The cluster shape: a number of initial voters, `grown` (one
+        /// bootstrapped voter, grown by adding learners and promoting them)
+        /// or `mix` (the default test mix of 1, 2, 3, 5, 7 voters and grown
+        /// clusters).
+        #[arg(long, default_value = "5")]
+        nodes: String,
+        /// Seeds run in parallel (threads); defaults to the CPUs available.
+        #[arg(long)]
+        jobs: Option<usize>,
         /// Print one line per seed.
         #[arg(long)]
         verbose: bool,
@@ -86,15 +92,21 @@ fn run(cli: Cli) -> Result<()> {
             seeds,
             start,
             nodes,
+            jobs,
             verbose,
         } => {
+            let jobs = jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
             let mut args = vec![
                 "--seeds".to_string(),
                 seeds.to_string(),
                 "--start".to_string(),
                 start.to_string(),
                 "--nodes".to_string(),
-                nodes.to_string(),
+                nodes,
+                "--jobs".to_string(),
+                jobs.to_string(),
             ];
             if verbose {
                 args.push("--verbose".into());

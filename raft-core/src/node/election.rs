@@ -10,10 +10,24 @@ use crate::storage::LogRead;
 use crate::types::{EntryPayload, NodeId, Term};
 
 impl<S: LogRead> Node<S> {
-    /// Whether this node may campaign: it is a voter in its configuration
-    /// and is not installing a snapshot.
+    /// Whether this node may campaign: it is not installing a snapshot, and
+    /// it is a voter in its configuration, or in the last one it knows
+    /// committed while the latest (which removes or demotes it) is not known
+    /// committed. Such a node may hold the only copy of the change: a leader
+    /// that removed itself and then crashed, in a cluster of two, is the
+    /// only node that can ever pass the change on. It campaigns like any
+    /// other, counting only the votes of its latest configuration, and a
+    /// leader outside its configuration steps down once the change commits
+    /// (Raft thesis §4.2.2).
     pub(super) fn promotable(&self) -> bool {
-        self.membership().is_voter(self.id) && self.log.pending_snapshot().is_none()
+        if self.log.pending_snapshot().is_some() {
+            return false;
+        }
+        if self.membership().is_voter(self.id) {
+            return true;
+        }
+        self.committed_membership()
+            .is_some_and(|m| m != self.membership() && m.is_voter(self.id))
     }
 
     /// Whether this node currently refuses votes because it heard from a
@@ -68,6 +82,32 @@ impl<S: LogRead> Node<S> {
         Ok(true)
     }
 
+    /// Whether this node would give `from` its vote for `term` now: the one
+    /// rule behind real votes and pre-votes, so that a pre-vote is granted
+    /// exactly where the vote would be (Raft thesis §9.6). A vote for a
+    /// higher term first moves the node to that term, unless a live leader
+    /// holds it (the lease rule of [`Self::in_lease`]); in its own term it
+    /// votes once.
+    ///
+    /// A node that knows no configuration never votes: it started empty and
+    /// waits to be added, and may be a removed node re-added with a wiped
+    /// store. Its empty log would make any candidate look up to date, even a
+    /// removed node campaigning under a configuration the cluster left
+    /// behind long ago, which counts this id as the voter it used to be.
+    /// (Every voter holds a configuration: a learner is promoted only once
+    /// it has received the one that added it.)
+    fn would_vote(&self, from: NodeId, term: Term, req: &VoteRequest) -> Result<bool, Error> {
+        if self.configs.is_empty() || term < self.term {
+            return Ok(false);
+        }
+        let free = if term > self.term {
+            req.transfer || !self.in_lease()
+        } else {
+            self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none())
+        };
+        Ok(free && self.log.is_up_to_date(req.last_log)?)
+    }
+
     pub(super) fn handle_vote_request(
         &mut self,
         from: NodeId,
@@ -75,18 +115,7 @@ impl<S: LogRead> Node<S> {
         req: VoteRequest,
         pre_vote: bool,
     ) -> Result<(), Error> {
-        if pre_vote && !req.transfer && self.in_lease() && self.leader.is_some_and(|l| l != from) {
-            // Same lease rule as for votes: a leader is alive, keep it.
-            self.send(
-                from,
-                MessageBody::PreVoteResponse(VoteResponse { granted: false }),
-            );
-            return Ok(());
-        }
-        let can_vote = self.vote == Some(from)
-            || (self.vote.is_none() && self.leader.is_none())
-            || (pre_vote && term > self.term);
-        let granted = can_vote && self.log.is_up_to_date(req.last_log)?;
+        let granted = self.would_vote(from, term, &req)?;
         if pre_vote {
             // A granted pre-vote answers in the campaign's term so that the
             // candidate counts it; a refusal carries our own term.
@@ -144,6 +173,19 @@ impl<S: LogRead> Node<S> {
         Ok(())
     }
 
+    /// A candidate that wins on its own vote becomes leader once that vote
+    /// (its term) is durable.
+    pub(super) fn maybe_win_alone(&mut self) -> Result<(), Error> {
+        if self.role == Role::Candidate
+            && self.durable_term >= self.term
+            && self.vote == Some(self.id)
+            && self.poll() == VoteResult::Won
+        {
+            self.become_leader()?;
+        }
+        Ok(())
+    }
+
     fn poll(&self) -> VoteResult {
         quorum::majority_vote(self.membership().voters(), |id| {
             self.votes.get(&id).copied()
@@ -181,11 +223,14 @@ impl<S: LogRead> Node<S> {
         tracing::debug!(id = self.id, term, pre_vote, "campaigning");
         self.votes.insert(self.id, true);
         if self.poll() == VoteResult::Won {
-            // A single-voter cluster.
+            // A single-voter cluster. It wins on its own vote, which counts
+            // only once durable (`on_persisted` completes the election): a
+            // voter that led a term it then forgot in a crash could lead the
+            // same term again, with other entries.
             return if pre_vote {
                 self.start_campaign(false, transfer)
             } else {
-                self.become_leader()
+                self.maybe_win_alone()
             };
         }
         let req = VoteRequest {
@@ -241,9 +286,10 @@ impl<S: LogRead> Node<S> {
         self.counters.elections_won += 1;
         tracing::debug!(id = self.id, term, "became leader");
         let last = self.log.last_index();
-        // No configuration change until everything from earlier terms is
-        // committed (which the no-op below forces).
+        // No configuration change until the no-op below commits, and with
+        // it everything from earlier terms.
         self.pending_conf_index = last;
+        self.term_start_index = last + 1;
         let members: Vec<NodeId> = self
             .membership()
             .members()

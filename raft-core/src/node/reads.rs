@@ -38,7 +38,7 @@ struct PendingRead {
     round: u64,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(super) struct Reads {
     /// The latest heartbeat round started.
     round: u64,
@@ -62,6 +62,11 @@ pub(super) struct Reads {
 const MAX_TRACKED_ROUNDS: usize = 1024;
 
 impl Reads {
+    /// The latest heartbeat round started.
+    pub(super) fn round(&self) -> u64 {
+        self.round
+    }
+
     pub(super) fn has_unsent(&self) -> bool {
         !self.unsent.is_empty()
     }
@@ -193,9 +198,9 @@ impl<S: LogRead> Node<S> {
     }
 
     /// Whether this leader holds a lease: a quorum answered a heartbeat round
-    /// sent less than `election_ticks - 2` ticks ago, so no other leader can
-    /// have been elected since (voters refuse votes for an election timeout
-    /// after hearing from a leader).
+    /// started less than [`crate::Config::lease_ticks`] ticks ago, so no
+    /// other leader can have been elected since (voters refuse votes for an
+    /// election timeout after hearing from a leader).
     pub(super) fn lease_valid(&self) -> bool {
         self.role == Role::Leader
             && !self.lease_revoked
@@ -272,7 +277,7 @@ impl<S: LogRead> Node<S> {
             }
             self.reads.rounds.pop_front();
             if round == confirmed {
-                let lease = self.config.election_ticks.saturating_sub(2);
+                let lease = self.config.lease_ticks();
                 self.reads.lease_until = self.reads.lease_until.max(sent + lease);
             }
         }

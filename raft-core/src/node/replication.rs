@@ -171,6 +171,25 @@ impl<S: LogRead> Node<S> {
         if self.role != Role::Leader {
             return Ok(());
         }
+        let last = self.log.last_index();
+        let problem = match resp {
+            AppendResponse::Success { match_index } if match_index > last => Some(format!(
+                "it claims to match up to index {match_index}, beyond our last index {last}"
+            )),
+            AppendResponse::Rejected { rejected, hint }
+                if rejected > last || hint.index > rejected || hint.term > self.term =>
+            {
+                Some(format!(
+                    "it rejects index {rejected} with hint {hint:?}; our last index is {last}, our term {}",
+                    self.term
+                ))
+            }
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            self.drop_out_of_range_answer(from, "AppendResponse", &problem);
+            return Ok(());
+        }
         let now = self.now;
         let Some(pr) = self.progress.get_mut(&from) else {
             return Ok(());
@@ -232,6 +251,15 @@ impl<S: LogRead> Node<S> {
         if self.role != Role::Leader {
             return Ok(());
         }
+        if resp.round > self.reads.round() {
+            let problem = format!(
+                "it acknowledges heartbeat round {}, but the latest round sent is {}",
+                resp.round,
+                self.reads.round()
+            );
+            self.drop_out_of_range_answer(from, "HeartbeatResponse", &problem);
+            return Ok(());
+        }
         let max_inflight = self.config.max_inflight;
         let last = self.log.last_index();
         let now = self.now;
@@ -256,6 +284,20 @@ impl<S: LogRead> Node<S> {
             self.send_append(from, true)?;
         }
         Ok(())
+    }
+
+    /// An answer from a peer that no genuine peer could send (it refers to
+    /// log positions or rounds this leader never sent): dropped before it
+    /// changes anything, logged and counted in
+    /// [`crate::Counters::out_of_range_answers`].
+    pub(super) fn drop_out_of_range_answer(&mut self, from: NodeId, kind: &str, problem: &str) {
+        self.counters.out_of_range_answers += 1;
+        tracing::warn!(
+            id = self.id,
+            from,
+            term = self.term,
+            "dropped an out-of-range {kind}: {problem}"
+        );
     }
 
     /// Leader work deferred to `ready`: AppendEntries to every follower that

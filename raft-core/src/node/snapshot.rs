@@ -25,6 +25,7 @@ struct Incoming {
     next_offset: u64,
 }
 
+#[derive(Clone)]
 pub(super) struct SnapshotState {
     initial_threshold: u64,
     retention: u64,
@@ -324,6 +325,15 @@ impl<S: LogRead> Node<S> {
         resp: SnapshotResponse,
     ) -> Result<(), Error> {
         if self.role != super::Role::Leader {
+            return Ok(());
+        }
+        let last = self.log.last_index();
+        if resp.snapshot_index > last {
+            let problem = format!(
+                "it answers for a snapshot ending at {}, beyond our last index {last}",
+                resp.snapshot_index
+            );
+            self.drop_out_of_range_answer(from, "SnapshotResponse", &problem);
             return Ok(());
         }
         let now = self.now;

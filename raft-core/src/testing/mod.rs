@@ -10,4 +10,4 @@ pub mod state_machine;
 
 pub use cluster::Cluster;
 pub use oracle::Violation;
-pub use sim::{Interceptor, Sim, SimConfig, SimFailure, SimStats, run_seeds};
+pub use sim::{Interceptor, Shape, Sim, SimConfig, SimFailure, SimStats, run_seeds};

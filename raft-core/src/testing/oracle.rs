@@ -2,7 +2,7 @@
 //! figure 3, plus commit monotonicity, read linearizability and membership
 //! safety).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use crate::MemLog;
 use crate::membership::Membership;
@@ -53,12 +53,15 @@ pub(crate) struct Oracle {
     leader_last: BTreeMap<(NodeId, Term), LogId>,
     /// Per node incarnation: the commit index last seen.
     commit_seen: BTreeMap<NodeId, Index>,
-    /// Nodes whose removal committed (they are never added back).
-    pub(crate) removed: BTreeSet<NodeId>,
+    /// Nodes whose removal committed and who were not added back since,
+    /// with the index of the configuration that removed them.
+    pub(crate) removed: BTreeMap<NodeId, Index>,
     /// The last committed configuration, for the one-change-at-a-time rule.
     last_committed_config: Option<(Index, Membership)>,
     /// Elections won, counted once per (term, leader).
     pub(crate) elections: u64,
+    /// The most voters a committed configuration had.
+    pub(crate) peak_voters: usize,
 }
 
 impl Oracle {
@@ -169,11 +172,17 @@ impl Oracle {
                     self.leaders.insert(term, id);
                     self.elections += 1;
                     self.check_leader_completeness(node)?;
-                    if self.removed.contains(&id) {
+                    let voter = node.membership().is_voter(id)
+                        || node.committed_membership().is_some_and(|m| m.is_voter(id));
+                    if !voter {
+                        let removed = self
+                            .removed
+                            .get(&id)
+                            .map_or(String::new(), |at| format!(" (removed at {at})"));
                         return Err(Violation::new(
-                            "removed node never leads",
+                            "only voters lead",
                             format!(
-                                "node {id}, removed from the cluster, became leader of term {term}"
+                                "node {id}{removed}, a voter neither in its configuration nor in its last committed one, became leader of term {term}"
                             ),
                         ));
                     }
@@ -290,6 +299,33 @@ impl Oracle {
             }
         }
         self.max_commit = commit;
+        self.check_claim_config(node)
+    }
+
+    /// The configuration a commit was decided under must be the one in
+    /// force: the last committed configuration, or one change ahead of it
+    /// (single-server changes take effect when appended, so a leader may
+    /// run one uncommitted change ahead). Any other configuration's
+    /// majorities need not overlap the cluster's, which is how a stale
+    /// change commits beside a newer one (Raft thesis §4.1).
+    fn check_claim_config(&self, node: &Node<MemLog>) -> Result<(), Violation> {
+        let Some((index, committed)) = &self.last_committed_config else {
+            return Ok(());
+        };
+        let used = node.membership().voters();
+        let apart = used.symmetric_difference(committed.voters()).count();
+        if apart > 1 {
+            return Err(Violation::new(
+                "commit under the configuration in force",
+                format!(
+                    "node {} (term {}) claims index {} committed under voters {used:?}, {apart} changes away from the configuration committed at {index} (voters {:?})",
+                    node.id(),
+                    node.term(),
+                    node.commit_index(),
+                    committed.voters()
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -349,11 +385,36 @@ impl Oracle {
             }
             for id in prev.members() {
                 if !m.contains(id) {
-                    self.removed.insert(id);
+                    self.removed.insert(id, index);
                 }
             }
         }
+        for id in m.members() {
+            self.removed.remove(&id);
+        }
+        self.peak_voters = self.peak_voters.max(m.voters().len());
         self.last_committed_config = Some((index, m.clone()));
+        Ok(())
+    }
+
+    /// Voters of the last committed configuration (0 before any).
+    pub(crate) fn committed_voters(&self) -> usize {
+        self.last_committed_config
+            .as_ref()
+            .map_or(0, |(_, m)| m.voters().len())
+    }
+
+    /// A lease read was served at once by `node`, leader of `term`: the
+    /// lease promises that no leader of a later term exists yet.
+    pub(crate) fn check_lease_read(&self, node: NodeId, term: Term) -> Result<(), Violation> {
+        if let Some((&later, &leader)) = self.leaders.range(term + 1..).next() {
+            return Err(Violation::new(
+                "lease",
+                format!(
+                    "node {node}, leader of term {term}, served a lease read after node {leader} was elected in term {later}"
+                ),
+            ));
+        }
         Ok(())
     }
 

@@ -23,8 +23,51 @@ use crate::message::Message;
 use crate::node::{Node, ReadPolicy};
 use crate::ready::Ready;
 use crate::storage::LogWrite;
-use crate::types::{Index, NodeId};
+use crate::types::{Entry, Index, NodeId};
 use crate::{Error, MemLog};
+
+/// The shape of a simulated cluster: how many voters it starts with, and
+/// whether it grows from one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// `n` bootstrapped voters.
+    Voters(usize),
+    /// One bootstrapped voter; learners are added and promoted until the
+    /// cluster has three voters (then it changes like any other).
+    Grown,
+}
+
+impl Shape {
+    /// The shape of the default test mix for `seed`: mostly 3 and 5 voters,
+    /// and clusters of 1, 2 and 7 voters and grown clusters.
+    pub fn mixed(seed: u64) -> Self {
+        match seed % 10 {
+            0 => Shape::Voters(1),
+            1 => Shape::Grown,
+            2 => Shape::Voters(2),
+            3 => Shape::Voters(7),
+            4..=6 => Shape::Voters(3),
+            _ => Shape::Voters(5),
+        }
+    }
+
+    /// The bootstrapped voters.
+    pub fn voters(self) -> usize {
+        match self {
+            Shape::Voters(n) => n.max(1),
+            Shape::Grown => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shape::Voters(n) => write!(f, "{n}"),
+            Shape::Grown => write!(f, "grown"),
+        }
+    }
+}
 
 /// What a simulation does. [`SimConfig::new`] gives the default mix: every
 /// fault and every feature on.
@@ -32,17 +75,27 @@ use crate::{Error, MemLog};
 pub struct SimConfig {
     /// The seed of everything.
     pub seed: u64,
+    /// The cluster's shape.
+    pub shape: Shape,
     /// Initial voters.
     pub nodes: usize,
-    /// Extra node ids that membership changes may add (never re-added once
-    /// removed).
+    /// Extra node ids that membership changes may add.
     pub spare_nodes: usize,
+    /// Membership changes add learners and promote them while the cluster
+    /// has fewer voters than this.
+    pub grow_to: usize,
+    /// The most voters promotions and direct additions may reach.
+    pub max_voters: usize,
     /// Steps of the fault phase.
     pub steps: usize,
     /// Probability that a sent message is lost.
     pub drop_rate: f64,
     /// Probability that a sent message is delivered twice.
     pub duplicate_rate: f64,
+    /// Probability that a peer's answer (to AppendEntries, a snapshot chunk
+    /// or a heartbeat) is followed by a forged copy with out-of-range
+    /// indices or rounds, or a stale term.
+    pub bad_answer_rate: f64,
     /// Messages are delayed by up to this many ticks (reordering happens
     /// anyway: any deliverable message may go next).
     pub max_delay: u64,
@@ -50,8 +103,29 @@ pub struct SimConfig {
     pub crash_rate: f64,
     /// Per-step probability of a new partition.
     pub partition_rate: f64,
+    /// Per-step probability that a node is paused (no ticks, no messages,
+    /// no output) for up to three election timeouts.
+    pub pause_rate: f64,
+    /// Whether a paused node, on resuming, gets the ticks it missed before
+    /// anything else (a host deriving ticks from a monotonic clock). Without
+    /// it, a pause is clock drift beyond any bound.
+    pub pause_catch_up: bool,
+    /// The spread of the nodes' tick rates: a node's tick period is drawn
+    /// from `[1, 1 / (1 - tick_drift)]` nominal ticks, so any node counts at
+    /// least `1 - tick_drift` times the ticks of another.
+    pub tick_drift: f64,
+    /// The drift bound the nodes' leases assume
+    /// ([`Config::max_clock_drift`]); at least `tick_drift` unless a test
+    /// shows what happens beyond the bound.
+    pub lease_drift_bound: f64,
     /// Membership changes, leadership transfers, reads and snapshots.
     pub membership_changes: bool,
+    /// Removed ids are offered for re-adding (the leader must refuse:
+    /// ids are never reused, see [`crate::Membership::removed`]).
+    pub readd_removed: bool,
+    /// Probability that a newly elected leader is asked for a membership
+    /// change at once.
+    pub change_after_election: f64,
     /// Leadership transfers.
     pub transfers: bool,
     /// ReadIndex (and lease) reads.
@@ -60,6 +134,17 @@ pub struct SimConfig {
     pub lease_reads: bool,
     /// Snapshots and compaction (small threshold, tiny chunks).
     pub snapshots: bool,
+    /// Snapshot chunk size in bytes (drawn per seed; a snapshot is a few
+    /// hundred bytes, so small chunks mean many chunks in flight).
+    pub snapshot_chunk: u64,
+    /// Committed entries are applied in a later step than the one they come
+    /// out in (a state machine behind the log).
+    pub deferred_apply: bool,
+    /// The state machine is durable: it survives crashes (a node restarts
+    /// with `Config::applied` set to what it applied).
+    pub durable_machine: bool,
+    /// The other host calls: `campaign`, `report_unreachable`, `status`.
+    pub host_calls: bool,
     /// Ticks allowed, after healing, for a leader to appear and a proposal
     /// to commit.
     pub liveness_ticks: u64,
@@ -79,6 +164,11 @@ pub struct SimConfig {
 impl SimConfig {
     /// Everything on, for `nodes` initial voters.
     pub fn new(seed: u64, nodes: usize) -> Self {
+        Self::with_shape(seed, Shape::Voters(nodes))
+    }
+
+    /// Everything on, for a cluster of the given shape.
+    pub fn with_shape(seed: u64, shape: Shape) -> Self {
         // Replication parameters vary by seed, from a stream of their own so
         // that they do not perturb the main schedule.
         let mut params = ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_C0FF_EE00);
@@ -87,6 +177,19 @@ impl SimConfig {
         let max_append_bytes = [64, 512, 1 << 16][params.random_range(0..3)];
         let pre_vote = params.random_bool(0.7);
         let check_quorum = params.random_bool(0.7);
+        let tick_drift = [0.0, 0.05, 0.2][params.random_range(0..3)];
+        let deferred_apply = params.random_bool(0.5);
+        let durable_machine = params.random_bool(0.3);
+        // Fault intensity varies too: calm runs get further (a grown
+        // cluster grows, logs get long), stormy ones break more.
+        let storm = [0.25, 0.5, 1.0][params.random_range(0..3)];
+        let snapshot_chunk = [64, 128, 1 << 12][params.random_range(0..3)];
+        let nodes = shape.voters();
+        let (spare_nodes, grow_to) = match shape {
+            Shape::Grown => (4, 3),
+            Shape::Voters(n) if n < 3 => (2, 0),
+            Shape::Voters(_) => (2, 0),
+        };
         Self {
             pre_vote,
             check_quorum,
@@ -94,19 +197,33 @@ impl SimConfig {
             max_inflight,
             max_append_bytes,
             seed,
+            shape,
             nodes,
-            spare_nodes: 2,
+            spare_nodes,
+            grow_to,
+            max_voters: (nodes + 2).clamp(3, 7),
             steps: 8000,
             drop_rate: 0.05,
             duplicate_rate: 0.02,
+            bad_answer_rate: 0.002,
             max_delay: 2,
-            crash_rate: 0.004,
-            partition_rate: 0.004,
+            crash_rate: 0.004 * storm,
+            partition_rate: 0.004 * storm,
+            pause_rate: 0.0005 * storm,
+            pause_catch_up: true,
+            tick_drift,
+            lease_drift_bound: 0.2,
             membership_changes: true,
+            readd_removed: true,
+            change_after_election: 0.3,
             transfers: true,
             reads: true,
             lease_reads: check_quorum,
             snapshots: true,
+            snapshot_chunk,
+            deferred_apply,
+            durable_machine,
+            host_calls: true,
             liveness_ticks: 400,
         }
     }
@@ -117,6 +234,7 @@ impl SimConfig {
         config.election_ticks = 10;
         config.heartbeat_ticks = 2;
         config.lease_reads = self.lease_reads && self.check_quorum;
+        config.max_clock_drift = self.lease_drift_bound;
         config.pre_vote = self.pre_vote;
         config.check_quorum = self.check_quorum;
         config.max_append_entries = self.max_append_entries;
@@ -127,7 +245,7 @@ impl SimConfig {
             SnapshotPolicy {
                 threshold: 24,
                 retention: 6,
-                chunk_size: 64,
+                chunk_size: self.snapshot_chunk,
                 chunks_in_flight: 2,
             }
         } else {
@@ -169,18 +287,58 @@ pub struct SimStats {
     pub proposed: u64,
     /// Distinct (term, leader) pairs seen.
     pub elections: u64,
-    /// Faults injected: lost, duplicated messages; crashes; partitions.
+    /// Faults injected: lost, duplicated and forged messages; crashes;
+    /// partitions; pauses.
     pub faults: u64,
     /// Reads served and checked.
     pub reads: u64,
+    /// Of those, reads served from a leader's lease.
+    pub lease_reads: u64,
     /// Membership changes accepted.
     pub membership_changes: u64,
+    /// Of those, changes proposed the moment a leader was elected.
+    pub changes_after_election: u64,
+    /// Attempts to re-add a removed id (each refused, as it must be).
+    pub readds: u64,
     /// Leadership transfers started.
     pub transfers: u64,
     /// Snapshots built and installed.
     pub snapshots: u64,
+    /// Forged out-of-range or stale answers delivered.
+    pub bad_answers: u64,
+    /// Nodes paused and resumed.
+    pub pauses: u64,
+    /// Pre-votes checked against the vote the node would cast.
+    pub pre_votes_checked: u64,
+    /// Runs whose committed configuration had three or more voters at some
+    /// point (for a grown cluster: it grew).
+    pub reached_three_voters: u64,
     /// A digest of the whole event trace: same seed, same trace.
     pub trace: u64,
+}
+
+impl SimStats {
+    /// Adds another run's figures (the trace digests are combined).
+    pub fn add(&mut self, other: &SimStats) {
+        self.steps += other.steps;
+        self.ticks += other.ticks;
+        self.committed += other.committed;
+        self.proposed += other.proposed;
+        self.elections += other.elections;
+        self.faults += other.faults;
+        self.reads += other.reads;
+        self.lease_reads += other.lease_reads;
+        self.membership_changes += other.membership_changes;
+        self.changes_after_election += other.changes_after_election;
+        self.readds += other.readds;
+        self.transfers += other.transfers;
+        self.snapshots += other.snapshots;
+        self.bad_answers += other.bad_answers;
+        self.pauses += other.pauses;
+        self.pre_votes_checked += other.pre_votes_checked;
+        self.reached_three_voters += other.reached_three_voters;
+        self.trace ^= other.trace;
+    }
 }
 
 /// A failed run: the seed, the step and the broken invariant.
@@ -192,8 +350,8 @@ pub struct SimFailure {
     pub step: u64,
     /// The broken invariant.
     pub violation: Violation,
-    /// Initial voters, for the replay command.
-    pub nodes: usize,
+    /// The cluster's shape, for the replay command.
+    pub shape: Shape,
 }
 
 impl std::fmt::Display for SimFailure {
@@ -201,10 +359,13 @@ impl std::fmt::Display for SimFailure {
         write!(
             f,
             "seed {} failed at step {}: {}\n  replay: cargo xtask sim --seeds 1 --start {} --nodes {}",
-            self.seed, self.step, self.violation, self.seed, self.nodes
+            self.seed, self.step, self.violation, self.seed, self.shape
         )
     }
 }
+
+/// Clock units per nominal tick: node tick periods are drawn in these units.
+const TICK: u64 = 1000;
 
 /// A write handed to "disk" but not yet durable.
 struct PendingWrite {
@@ -225,12 +386,24 @@ struct SimNode {
     disk: Option<MemLog>,
     pending: VecDeque<PendingWrite>,
     machine: RegisterMachine,
+    /// Committed entries handed out but not yet applied.
+    to_apply: VecDeque<Entry>,
     reads: BTreeMap<u64, PendingRead>,
     /// Read answers decided by an interceptor: (read id, index).
     forced_reads: Vec<(u64, Index)>,
     incarnation: u64,
-    ticked_this_round: bool,
+    /// The node's tick period in clock units, and when it ticks next.
+    period: u64,
+    next_tick: u64,
+    /// While paused: the clock at which it resumes.
+    paused_until: Option<u64>,
     snapshot_due: bool,
+}
+
+impl SimNode {
+    fn running(&self) -> bool {
+        self.node.is_some() && self.paused_until.is_none()
+    }
 }
 
 struct InFlight {
@@ -246,7 +419,8 @@ pub struct Sim {
     in_flight: Vec<InFlight>,
     /// One-way cuts: messages from .0 to .1 are lost.
     cuts: BTreeSet<(NodeId, NodeId)>,
-    now: u64,
+    /// The clock, in units of 1/TICK of a nominal tick.
+    clock: u64,
     oracle: Oracle,
     stats: SimStats,
     trace: std::collections::hash_map::DefaultHasher,
@@ -255,13 +429,14 @@ pub struct Sim {
     proposals: BTreeMap<(u64, u64), u64>,
     next_value: u64,
     next_read: u64,
-    /// Ids of spare nodes never yet added.
+    /// Ids never yet added.
     spares: Vec<NodeId>,
     faults_on: bool,
     /// (term, leader) pairs already seen, and a leader scheduled to crash
     /// soon after its election: (node, term, steps left).
     seen_leaders: BTreeSet<(u64, NodeId)>,
     doomed: Option<(NodeId, u64, u32)>,
+    print_events: bool,
 }
 
 type StepResult = Result<(), Violation>;
@@ -272,6 +447,7 @@ impl Sim {
         let voters: Vec<NodeId> = (1..=config.nodes as NodeId).collect();
         let membership =
             Membership::with_voters(voters.iter().map(|&id| (id, format!("sim-{id}"))));
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let mut nodes = BTreeMap::new();
         for id in 1..=(config.nodes + config.spare_nodes) as NodeId {
             let store = if voters.contains(&id) {
@@ -280,6 +456,8 @@ impl Sim {
                 MemLog::new()
             };
             let node = Node::new(config.node_config(id, 0), store).expect("valid simulator config");
+            let period = draw_period(&mut rng, config.tick_drift);
+            let next_tick = rng.random_range(0..period);
             nodes.insert(
                 id,
                 SimNode {
@@ -287,10 +465,13 @@ impl Sim {
                     disk: None,
                     pending: VecDeque::new(),
                     machine: RegisterMachine::default(),
+                    to_apply: VecDeque::new(),
                     reads: BTreeMap::new(),
                     forced_reads: Vec::new(),
                     incarnation: 0,
-                    ticked_this_round: false,
+                    period,
+                    next_tick,
+                    paused_until: None,
                     snapshot_due: false,
                 },
             );
@@ -299,12 +480,12 @@ impl Sim {
             .map(|i| i as NodeId)
             .collect();
         Sim {
-            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            rng,
             config,
             nodes,
             in_flight: Vec::new(),
             cuts: BTreeSet::new(),
-            now: 0,
+            clock: 0,
             oracle: Oracle::default(),
             stats: SimStats::default(),
             trace: std::collections::hash_map::DefaultHasher::new(),
@@ -316,6 +497,7 @@ impl Sim {
             faults_on: true,
             seen_leaders: BTreeSet::new(),
             doomed: None,
+            print_events: false,
         }
     }
 
@@ -329,6 +511,7 @@ impl Sim {
     pub fn run(mut self) -> Result<SimStats, SimFailure> {
         let result = self.run_phases();
         self.stats.elections = self.oracle.elections;
+        self.stats.reached_three_voters = u64::from(self.oracle.peak_voters >= 3);
         self.stats.trace = self.trace.finish();
         match result {
             Ok(()) => Ok(self.stats),
@@ -336,7 +519,7 @@ impl Sim {
                 seed: self.config.seed,
                 step: self.stats.steps,
                 violation,
-                nodes: self.config.nodes,
+                shape: self.config.shape,
             }),
         }
     }
@@ -349,14 +532,29 @@ impl Sim {
         self.check_liveness()
     }
 
-    fn trace(&mut self, event: impl Hash) {
+    fn trace(&mut self, event: impl Hash + std::fmt::Debug) {
+        if self.print_events {
+            eprintln!(
+                "{:>6} t{:>5} {event:?}",
+                self.stats.steps,
+                self.clock / TICK
+            );
+        }
         event.hash(&mut self.trace);
     }
 
+    /// Prints every event of the run to stderr (for replaying a failing
+    /// seed by hand).
+    pub fn print_events(mut self) -> Self {
+        self.print_events = true;
+        self
+    }
+
+    /// Nodes that are up and not paused.
     fn live_ids(&self) -> Vec<NodeId> {
         self.nodes
             .iter()
-            .filter(|(_, n)| n.node.is_some())
+            .filter(|(_, n)| n.running())
             .map(|(id, _)| *id)
             .collect()
     }
@@ -373,46 +571,69 @@ impl Sim {
         p > 0.0 && self.rng.random_bool(p.min(1.0))
     }
 
+    fn node_mut(&mut self, id: NodeId) -> &mut Node<MemLog> {
+        self.nodes
+            .get_mut(&id)
+            .and_then(|n| n.node.as_mut())
+            .expect("live node")
+    }
+
     /// One step of the fault phase: one randomly chosen action.
     fn step(&mut self) -> StepResult {
         self.stats.steps += 1;
+        self.resume_due()?;
         let roll = self.rng.random_range(0..1000u32);
         match roll {
             0..150 => self.tick_one()?,
-            150..500 => self.deliver_one()?,
-            500..720 => self.ready_one()?,
-            720..880 => self.persist_one()?,
-            880..940 => self.propose_one()?,
-            940..965 => {
+            150..480 => self.deliver_one()?,
+            480..690 => self.ready_one()?,
+            690..840 => self.persist_one()?,
+            840..870 => self.apply_one()?,
+            870..925 => {
+                // A cluster that is still growing changes often.
+                if self.oracle.committed_voters() < self.config.grow_to && self.chance(0.2) {
+                    self.change_membership()?
+                } else {
+                    self.propose_one()?
+                }
+            }
+            925..950 => {
                 if self.config.reads {
                     self.read_one()?
                 }
             }
-            965..975 => {
+            950..960 => {
                 if self.config.snapshots {
                     self.build_snapshot_one()?
                 }
             }
-            975..982 => {
+            960..968 => {
                 if self.config.membership_changes {
                     self.change_membership()?
                 }
             }
-            982..985 => {
+            968..971 => {
                 if self.config.transfers {
                     self.transfer_one()?
                 }
             }
+            971..978 => {
+                if self.config.host_calls {
+                    self.host_call()?
+                }
+            }
             _ => self.inject_fault()?,
         }
-        self.doom_new_leaders();
+        self.on_new_leaders()?;
         self.check()
     }
 
-    /// Leaders crash shortly after their election now and then, with entries
-    /// of earlier terms still on their way: how logs diverge in the hard
-    /// cases (Raft paper, figure 8).
-    fn doom_new_leaders(&mut self) {
+    /// New leaders: now and then one crashes shortly after its election,
+    /// with entries of earlier terms still on their way (how logs diverge
+    /// in the hard cases, Raft paper figure 8), and now and then one is asked
+    /// for a membership change at once (Raft thesis §4.1: it must wait for
+    /// the first commit of its term).
+    fn on_new_leaders(&mut self) -> StepResult {
         if let Some((id, term, left)) = self.doomed {
             if left == 0 {
                 self.doomed = None;
@@ -429,11 +650,21 @@ impl Sim {
         }
         for id in self.leaders() {
             let term = self.nodes[&id].node.as_ref().expect("live leader").term();
-            if self.seen_leaders.insert((term, id)) && self.doomed.is_none() && self.chance(0.15) {
+            if !self.seen_leaders.insert((term, id)) {
+                continue;
+            }
+            self.trace(("leader", id, term));
+            if self.doomed.is_none() && self.chance(0.15) {
                 let left = self.rng.random_range(5..80);
                 self.doomed = Some((id, term, left));
             }
+            if self.config.membership_changes && self.chance(self.config.change_after_election) {
+                if self.change_membership_at(id)? {
+                    self.stats.changes_after_election += 1;
+                }
+            }
         }
+        Ok(())
     }
 
     fn check(&mut self) -> StepResult {
@@ -454,32 +685,89 @@ impl Sim {
 
     // ----- time and network --------------------------------------------------
 
-    /// Ticks one node that has not ticked in this round; when all have, the
-    /// global clock advances. Nodes thus tick at different moments but never
-    /// drift apart by more than one tick.
+    /// Ticks one node whose tick is due; when none is, the clock moves on to
+    /// the next due tick. Each node ticks at its own rate (see
+    /// [`SimConfig::tick_drift`]), at moments interleaved at random with
+    /// everything else.
     fn tick_one(&mut self) -> StepResult {
-        let waiting: Vec<NodeId> = self
+        let clock = self.clock;
+        let due: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.node.is_some() && !n.ticked_this_round)
+            .filter(|(_, n)| n.running() && n.next_tick <= clock)
             .map(|(id, _)| *id)
             .collect();
-        match self.pick(&waiting) {
-            Some(id) => {
-                let sim_node = self.nodes.get_mut(&id).expect("picked");
-                sim_node.ticked_this_round = true;
-                let node = sim_node.node.as_mut().expect("live");
-                node.tick().map_err(|e| storage_violation(id, e))?;
-                self.trace(("tick", id));
-            }
+        match self.pick(&due) {
+            Some(id) => self.tick_node(id),
             None => {
-                self.now += 1;
-                self.stats.ticks += 1;
-                for n in self.nodes.values_mut() {
-                    n.ticked_this_round = false;
+                let next = self
+                    .nodes
+                    .values()
+                    .filter(|n| n.running())
+                    .map(|n| n.next_tick)
+                    .min()
+                    .unwrap_or(self.clock + TICK);
+                self.advance_clock(next.max(self.clock + 1));
+                Ok(())
+            }
+        }
+    }
+
+    fn advance_clock(&mut self, to: u64) {
+        if to > self.clock {
+            self.stats.ticks += to / TICK - self.clock / TICK;
+            self.clock = to;
+        }
+    }
+
+    fn tick_node(&mut self, id: NodeId) -> StepResult {
+        let sim_node = self.nodes.get_mut(&id).expect("known node");
+        sim_node.next_tick += sim_node.period;
+        let node = sim_node.node.as_mut().expect("live");
+        node.tick().map_err(|e| storage_violation(id, e))?;
+        self.trace(("tick", id));
+        Ok(())
+    }
+
+    /// Resumes paused nodes whose pause is over. With
+    /// [`SimConfig::pause_catch_up`] a resumed node first gets every tick it
+    /// missed, before any message or client request; its clients' reads,
+    /// queued during the pause, then arrive.
+    fn resume_due(&mut self) -> StepResult {
+        let clock = self.clock;
+        let due: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.paused_until.is_some_and(|until| until <= clock))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.resume(id)?;
+            if self.config.reads && self.nodes[&id].running() {
+                for _ in 0..self.rng.random_range(0..3) {
+                    self.read_at(id)?;
                 }
             }
         }
+        Ok(())
+    }
+
+    fn resume(&mut self, id: NodeId) -> StepResult {
+        let clock = self.clock;
+        let catch_up = self.config.pause_catch_up;
+        let sim_node = self.nodes.get_mut(&id).expect("known node");
+        if sim_node.paused_until.take().is_none() {
+            return Ok(());
+        }
+        if catch_up {
+            while self.nodes[&id].next_tick <= clock {
+                self.tick_node(id)?;
+            }
+        } else {
+            let sim_node = self.nodes.get_mut(&id).expect("known node");
+            sim_node.next_tick = clock + sim_node.period;
+        }
+        self.trace(("resume", id));
         Ok(())
     }
 
@@ -498,21 +786,83 @@ impl Sim {
             1
         };
         for _ in 0..copies {
-            let delay = if self.config.max_delay > 0 {
-                self.rng.random_range(0..=self.config.max_delay)
-            } else {
-                0
-            };
-            self.in_flight.push(InFlight {
-                deliver_at: self.now + delay,
-                message: message.clone(),
-            });
+            self.enqueue(message.clone());
+        }
+        if self.faults_on && self.chance(self.config.bad_answer_rate) {
+            if let Some(forged) = self.forge_answer(&message) {
+                self.stats.faults += 1;
+                self.stats.bad_answers += 1;
+                self.enqueue(forged);
+            }
         }
     }
 
+    fn enqueue(&mut self, message: Message) {
+        let delay = if self.config.max_delay > 0 {
+            self.rng.random_range(0..=self.config.max_delay * TICK)
+        } else {
+            0
+        };
+        self.in_flight.push(InFlight {
+            deliver_at: self.clock + delay,
+            message,
+        });
+    }
+
+    /// A copy of a peer's answer that no genuine peer could send: indices
+    /// beyond any log in the simulation (up to `u64::MAX`), heartbeat rounds
+    /// never started, or an older term.
+    fn forge_answer(&mut self, genuine: &Message) -> Option<Message> {
+        use crate::message::{AppendResponse, HeartbeatResponse, MessageBody, SnapshotResponse};
+        const FAR: u64 = 1 << 40;
+        let huge = if self.chance(0.5) {
+            u64::MAX
+        } else {
+            FAR + self.rng.random_range(0..FAR)
+        };
+        let mut forged = genuine.clone();
+        if self.chance(0.2) {
+            // A stale term: dropped before its contents matter.
+            forged.term = forged.term.saturating_sub(self.rng.random_range(1..3));
+            return Some(forged);
+        }
+        forged.body = match &genuine.body {
+            MessageBody::AppendResponse(_) => match self.rng.random_range(0..3u8) {
+                0 => MessageBody::AppendResponse(AppendResponse::Success { match_index: huge }),
+                1 => MessageBody::AppendResponse(AppendResponse::Rejected {
+                    rejected: huge,
+                    hint: crate::types::LogId::new(huge, huge),
+                }),
+                _ => MessageBody::AppendResponse(AppendResponse::Rejected {
+                    rejected: huge,
+                    hint: crate::types::LogId::new(0, 1),
+                }),
+            },
+            MessageBody::SnapshotResponse(r) => MessageBody::SnapshotResponse(SnapshotResponse {
+                snapshot_index: huge,
+                next_offset: huge,
+                rejected: r.rejected,
+                installed: !r.installed,
+            }),
+            MessageBody::HeartbeatResponse(_) => {
+                MessageBody::HeartbeatResponse(HeartbeatResponse { round: huge })
+            }
+            _ => return None,
+        };
+        Some(forged)
+    }
+
     fn deliver_one(&mut self) -> StepResult {
+        let clock = self.clock;
         let deliverable: Vec<usize> = (0..self.in_flight.len())
-            .filter(|&i| self.in_flight[i].deliver_at <= self.now)
+            .filter(|&i| {
+                let f = &self.in_flight[i];
+                f.deliver_at <= clock
+                    && self
+                        .nodes
+                        .get(&f.message.to)
+                        .is_none_or(|n| n.paused_until.is_none())
+            })
             .collect();
         let Some(i) = self.pick(&deliverable) else {
             return Ok(());
@@ -535,6 +885,21 @@ impl Sim {
         self.trace
             .write_u64(message.from ^ (to << 8) ^ (message.term << 16));
         message.kind().hash(&mut self.trace);
+        if self.print_events {
+            eprintln!(
+                "{:>6} t{:>5} deliver {} -> {} term {} {:?}",
+                self.stats.steps,
+                self.clock / TICK,
+                message.from,
+                to,
+                message.term,
+                message.body
+            );
+        }
+        if let crate::message::MessageBody::PreVote(_) = &message.body {
+            check_pre_vote_agrees(node, &message)?;
+            self.stats.pre_votes_checked += 1;
+        }
         if let Some(interceptor) = self.interceptor.as_mut() {
             interceptor.on_step(node, &message);
         }
@@ -547,7 +912,7 @@ impl Sim {
         let ready_ids: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.node.as_ref().is_some_and(|node| node.has_ready()))
+            .filter(|(_, n)| n.running() && n.node.as_ref().is_some_and(|node| node.has_ready()))
             .map(|(id, _)| *id)
             .collect();
         match self.pick(&ready_ids) {
@@ -576,24 +941,15 @@ impl Sim {
             self.oracle
                 .on_written(id, &ready.write.entries, prev_term)?;
         }
-        // Committed entries are durable already: apply them now.
-        let mut applied_to = None;
-        for entry in &ready.committed_entries {
-            self.oracle.on_applied(id, entry)?;
-            sim_node.machine.apply(entry);
-            applied_to = Some(entry.index);
-            if let crate::EntryPayload::Command(data) = &entry.payload {
-                if let Some(value) = self.proposals.remove(&(entry.term, entry.index)) {
-                    if SetCommand::decode(data).map(|c| c.value) == Some(value) {
-                        self.stats.committed += 1;
-                    }
-                }
-            }
+        // Committed entries are durable already: apply them now, or queue
+        // them for a later step.
+        sim_node
+            .to_apply
+            .extend(std::mem::take(&mut ready.committed_entries));
+        if !self.config.deferred_apply || !self.faults_on {
+            self.apply_queued(id, usize::MAX)?;
         }
-        if let Some(index) = applied_to {
-            node.on_applied(index)
-                .map_err(|e| storage_violation(id, e))?;
-        }
+        let sim_node = self.nodes.get_mut(&id).expect("known node");
         let served = sim_node.machine.applied_index();
         for read in &ready.read_states {
             if let Some(pending) = sim_node.reads.remove(&read.id) {
@@ -640,12 +996,61 @@ impl Sim {
         Ok(())
     }
 
+    /// A node whose state machine lags applies some of what it was handed.
+    fn apply_one(&mut self) -> StepResult {
+        let ids: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.running() && !n.to_apply.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        let Some(id) = self.pick(&ids) else {
+            return Ok(());
+        };
+        let queued = self.nodes[&id].to_apply.len();
+        let count = self.rng.random_range(1..=queued);
+        self.apply_queued(id, count)
+    }
+
+    /// Applies up to `count` queued committed entries of `id` and tells the
+    /// node.
+    fn apply_queued(&mut self, id: NodeId, count: usize) -> StepResult {
+        let sim_node = self.nodes.get_mut(&id).expect("known node");
+        let mut applied_to = None;
+        for _ in 0..count {
+            let Some(entry) = sim_node.to_apply.pop_front() else {
+                break;
+            };
+            if entry.index <= sim_node.machine.applied_index() {
+                // Covered by a snapshot installed meanwhile.
+                continue;
+            }
+            self.oracle.on_applied(id, &entry)?;
+            sim_node.machine.apply(&entry);
+            applied_to = Some(entry.index);
+            if let crate::EntryPayload::Command(data) = &entry.payload {
+                if let Some(value) = self.proposals.remove(&(entry.term, entry.index)) {
+                    if SetCommand::decode(data).map(|c| c.value) == Some(value) {
+                        self.stats.committed += 1;
+                    }
+                }
+            }
+        }
+        if let Some(index) = applied_to {
+            let node = sim_node.node.as_mut().expect("live node");
+            node.on_applied(index)
+                .map_err(|e| storage_violation(id, e))?;
+            self.trace(("apply", id, index));
+        }
+        Ok(())
+    }
+
     /// The oldest pending write of a random node becomes durable.
     fn persist_one(&mut self) -> StepResult {
         let ids: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.node.is_some() && !n.pending.is_empty())
+            .filter(|(_, n)| n.running() && !n.pending.is_empty())
             .map(|(id, _)| *id)
             .collect();
         match self.pick(&ids) {
@@ -676,6 +1081,7 @@ impl Sim {
                     format!("node {id} received an undecodable snapshot"),
                 )
             })?;
+            sim_node.to_apply.clear();
         }
         node.on_persisted(pending.number)
             .map_err(|e| storage_violation(id, e))?;
@@ -690,12 +1096,16 @@ impl Sim {
         let ids: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.node.is_some() && n.snapshot_due)
+            .filter(|(_, n)| n.running() && n.snapshot_due)
             .map(|(id, _)| *id)
             .collect();
         let Some(id) = self.pick(&ids) else {
             return Ok(());
         };
+        self.build_snapshot(id)
+    }
+
+    fn build_snapshot(&mut self, id: NodeId) -> StepResult {
         let sim_node = self.nodes.get_mut(&id).expect("known node");
         sim_node.snapshot_due = false;
         let node = sim_node.node.as_mut().expect("live node");
@@ -722,7 +1132,7 @@ impl Sim {
     fn leaders(&self) -> Vec<NodeId> {
         self.nodes
             .iter()
-            .filter(|(_, n)| n.node.as_ref().is_some_and(|node| node.is_leader()))
+            .filter(|(_, n)| n.running() && n.node.as_ref().is_some_and(|node| node.is_leader()))
             .map(|(id, _)| *id)
             .collect()
     }
@@ -745,11 +1155,7 @@ impl Sim {
     fn propose_at(&mut self, id: NodeId) -> bool {
         let value = self.next_value;
         let key = self.rng.random_range(0..8u8);
-        let node = self
-            .nodes
-            .get_mut(&id)
-            .and_then(|n| n.node.as_mut())
-            .expect("live node");
+        let node = self.node_mut(id);
         match node.propose(SetCommand { key, value }.encode(16)) {
             Ok(position) => {
                 self.next_value += 1;
@@ -764,11 +1170,25 @@ impl Sim {
     }
 
     fn read_one(&mut self) -> StepResult {
-        let live = self.live_ids();
-        let Some(id) = self.pick(&live) else {
+        // Clients mostly find the leader; sometimes they ask whoever.
+        let leaders = self.leaders();
+        let candidates = if !leaders.is_empty() && self.chance(0.6) {
+            leaders
+        } else {
+            self.live_ids()
+        };
+        let Some(id) = self.pick(&candidates) else {
             return Ok(());
         };
-        let policy = if self.config.lease_reads && self.chance(0.3) {
+        self.read_at(id)
+    }
+
+    /// A client read at `id`: a lease read now and then (when enabled),
+    /// otherwise ReadIndex. A lease read served at once is judged on the spot:
+    /// no leader of a later term may exist (the lease's promise), besides
+    /// the linearizability check every read gets.
+    fn read_at(&mut self, id: NodeId) -> StepResult {
+        let policy = if self.config.lease_reads && self.chance(0.5) {
             ReadPolicy::Lease
         } else {
             ReadPolicy::ReadIndex
@@ -790,6 +1210,7 @@ impl Sim {
                 return Ok(());
             }
         }
+        let lease_reads_before = node.counters().lease_reads;
         if node.read_index(read_id, policy).is_ok() {
             sim_node.reads.insert(
                 read_id,
@@ -797,6 +1218,10 @@ impl Sim {
                     committed_at_invocation,
                 },
             );
+            if node.counters().lease_reads > lease_reads_before {
+                self.stats.lease_reads += 1;
+                self.oracle.check_lease_read(id, node.term())?;
+            }
             self.trace(("read", id, read_id));
         }
         Ok(())
@@ -806,47 +1231,149 @@ impl Sim {
 
     fn change_membership(&mut self) -> StepResult {
         let leaders = self.leaders();
-        let Some(leader) = self.pick(&leaders) else {
-            return Ok(());
-        };
-        let node = self.nodes[&leader].node.as_ref().expect("live leader");
-        let membership = node.membership().clone();
-        let voters: Vec<NodeId> = membership.voters().iter().copied().collect();
-        let learners: Vec<NodeId> = membership.learners().iter().copied().collect();
-        let roll = self.rng.random_range(0..4u8);
-        let change = match roll {
-            0 if !self.spares.is_empty() => {
-                let id = self.spares[0];
-                Some(ConfChange::AddLearner {
-                    id,
-                    address: format!("sim-{id}"),
-                })
-            }
-            1 if !learners.is_empty() => {
-                let id = self.pick(&learners).expect("non-empty");
-                Some(ConfChange::AddVoter { id, address: None })
-            }
-            2 if voters.len() > 3 => {
-                let others: Vec<NodeId> = voters.iter().copied().filter(|&v| v != leader).collect();
-                self.pick(&others).map(|id| ConfChange::Remove { id })
-            }
-            3 if voters.len() > 3 => Some(ConfChange::Remove { id: leader }),
-            _ => None,
-        };
-        let Some(change) = change else { return Ok(()) };
-        let node = self
-            .nodes
-            .get_mut(&leader)
-            .and_then(|n| n.node.as_mut())
-            .expect("live leader");
-        if node.propose_membership(change.clone()).is_ok() {
-            if let ConfChange::AddLearner { id, .. } = change {
-                self.spares.retain(|&s| s != id);
-            }
-            self.stats.membership_changes += 1;
-            self.trace(("membership", leader));
+        if let Some(leader) = self.pick(&leaders) {
+            self.change_membership_at(leader)?;
         }
         Ok(())
+    }
+
+    /// Proposes a random membership change at `leader`: every operation the
+    /// API offers. Returns whether the leader accepted it.
+    fn change_membership_at(&mut self, leader: NodeId) -> Result<bool, Violation> {
+        let membership = self.nodes[&leader]
+            .node
+            .as_ref()
+            .expect("live leader")
+            .membership()
+            .clone();
+        let voters: Vec<NodeId> = membership.voters().iter().copied().collect();
+        let learners: Vec<NodeId> = membership.learners().iter().copied().collect();
+        let others: Vec<NodeId> = voters.iter().copied().filter(|&v| v != leader).collect();
+        let readdable: Vec<NodeId> = if self.config.readd_removed {
+            self.oracle
+                .removed
+                .keys()
+                .copied()
+                .filter(|id| !membership.contains(*id))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let room = voters.len() < self.config.max_voters;
+        let growing = voters.len() < self.config.grow_to;
+        let roll = if growing && self.chance(0.8) {
+            self.rng.random_range(0..2u8)
+        } else {
+            self.rng.random_range(0..9u8)
+        };
+        let address = |id: NodeId| format!("sim-{id}");
+        let (change, readd) = match roll {
+            // A new learner: a spare id, or (refused) a removed one.
+            0 | 7 => {
+                let fresh = self.spares.first().copied();
+                let readd = self.pick(&readdable);
+                match (fresh, readd) {
+                    (Some(id), _) if roll == 0 || readd.is_none() => (
+                        Some(ConfChange::AddLearner {
+                            id,
+                            address: address(id),
+                        }),
+                        None,
+                    ),
+                    (_, Some(id)) => (
+                        Some(ConfChange::AddLearner {
+                            id,
+                            address: address(id),
+                        }),
+                        Some(id),
+                    ),
+                    _ => (None, None),
+                }
+            }
+            // Promote a learner.
+            1 if room && !learners.is_empty() => {
+                let id = self.pick(&learners).expect("non-empty");
+                (Some(ConfChange::AddVoter { id, address: None }), None)
+            }
+            // Add a voter directly (refused: only caught-up learners are
+            // promoted): a spare, or a removed id.
+            2 if room => {
+                let fresh = self.spares.first().copied();
+                let readd = self.pick(&readdable);
+                match (fresh, readd) {
+                    (Some(id), _) => (
+                        Some(ConfChange::AddVoter {
+                            id,
+                            address: Some(address(id)),
+                        }),
+                        None,
+                    ),
+                    (None, Some(id)) => (
+                        Some(ConfChange::AddVoter {
+                            id,
+                            address: Some(address(id)),
+                        }),
+                        Some(id),
+                    ),
+                    _ => (None, None),
+                }
+            }
+            // Remove a voter other than the leader.
+            3 if !others.is_empty() => {
+                let id = self.pick(&others).expect("non-empty");
+                (Some(ConfChange::Remove { id }), None)
+            }
+            // Remove a learner.
+            4 if !learners.is_empty() => {
+                let id = self.pick(&learners).expect("non-empty");
+                (Some(ConfChange::Remove { id }), None)
+            }
+            // Remove the leader itself.
+            5 if voters.len() > 1 => (Some(ConfChange::Remove { id: leader }), None),
+            // Demote a voter to learner.
+            6 if !others.is_empty() => {
+                let id = self.pick(&others).expect("non-empty");
+                (
+                    Some(ConfChange::AddLearner {
+                        id,
+                        address: address(id),
+                    }),
+                    None,
+                )
+            }
+            _ => (None, None),
+        };
+        let Some(change) = change else {
+            return Ok(false);
+        };
+        let node = self.node_mut(leader);
+        let result = node.propose_membership(change.clone());
+        if let Some(id) = readd {
+            // Ids are never reused: the leader must refuse.
+            self.stats.readds += 1;
+            return match result {
+                Err(_) => Ok(false),
+                Ok(at) => Err(Violation::new(
+                    "removed ids are never reused",
+                    format!(
+                        "leader {leader} accepted re-adding removed node {id} ({change:?}) at {at:?}"
+                    ),
+                )),
+            };
+        }
+        if let Err(e) = result {
+            if self.print_events {
+                eprintln!("{:>6} refused {change:?}: {e}", self.stats.steps);
+            }
+            return Ok(false);
+        }
+        let id = change.node();
+        if self.spares.contains(&id) {
+            self.spares.retain(|&s| s != id);
+        }
+        self.stats.membership_changes += 1;
+        self.trace(("membership", leader, id));
+        Ok(true)
     }
 
     fn transfer_one(&mut self) -> StepResult {
@@ -867,14 +1394,62 @@ impl Sim {
         let Some(target) = self.pick(&voters) else {
             return Ok(());
         };
-        let node = self
-            .nodes
-            .get_mut(&leader)
-            .and_then(|n| n.node.as_mut())
-            .expect("live leader");
-        if node.transfer_leader(target).is_ok() {
+        if self.node_mut(leader).transfer_leader(target).is_ok() {
             self.stats.transfers += 1;
             self.trace(("transfer", leader, target));
+        }
+        Ok(())
+    }
+
+    /// The host calls not covered elsewhere: an early `campaign`, a
+    /// `report_unreachable` from the transport (usually about a peer that is
+    /// cut off), and `status`, which must agree with the accessors.
+    fn host_call(&mut self) -> StepResult {
+        let live = self.live_ids();
+        let Some(id) = self.pick(&live) else {
+            return Ok(());
+        };
+        match self.rng.random_range(0..10u8) {
+            0 => {
+                self.node_mut(id)
+                    .campaign()
+                    .map_err(|e| storage_violation(id, e))?;
+                self.trace(("campaign", id));
+            }
+            1..=5 => {
+                let cut: Vec<NodeId> = self
+                    .cuts
+                    .iter()
+                    .filter(|(from, _)| *from == id)
+                    .map(|(_, to)| *to)
+                    .collect();
+                let all: Vec<NodeId> = self.nodes.keys().copied().filter(|&p| p != id).collect();
+                let peer = if !cut.is_empty() && self.chance(0.8) {
+                    self.pick(&cut)
+                } else {
+                    self.pick(&all)
+                };
+                if let Some(peer) = peer {
+                    self.node_mut(id).report_unreachable(peer);
+                    self.trace(("unreachable", id, peer));
+                }
+            }
+            _ => {
+                let node = self.nodes[&id].node.as_ref().expect("live");
+                let status = node.status();
+                let last = node.last_log_id().map_err(|e| storage_violation(id, e))?;
+                if status.commit != node.commit_index()
+                    || status.term != node.term()
+                    || status.role != node.role()
+                    || status.last_log != last
+                    || status.applied != node.applied_index()
+                {
+                    return Err(Violation::new(
+                        "status",
+                        format!("node {id}: status {status:?} disagrees with its accessors"),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -899,9 +1474,10 @@ impl Sim {
             self.trace("heal");
             return Ok(());
         }
-        // Fault actions are 15 in 1000 steps; scale to per-step rates.
-        let crash_p = self.config.crash_rate / 0.015;
-        let partition_p = self.config.partition_rate / 0.015;
+        // Fault actions are 22 in 1000 steps; scale to per-step rates.
+        let crash_p = self.config.crash_rate / 0.022;
+        let partition_p = self.config.partition_rate / 0.022;
+        let pause_p = self.config.pause_rate / 0.022;
         if self.chance(crash_p.min(1.0)) {
             // Prefer nodes with writes in flight: crashing them exercises the
             // durability contract (what was sent must survive).
@@ -919,43 +1495,78 @@ impl Sim {
             } else if !writing.is_empty() && self.chance(0.6) {
                 writing
             } else {
-                self.live_ids()
+                self.nodes
+                    .iter()
+                    .filter(|(_, n)| n.node.is_some())
+                    .map(|(id, _)| *id)
+                    .collect()
             };
             if let Some(id) = self.pick(&victims) {
                 self.crash(id);
             }
         } else if self.chance(partition_p.min(1.0)) {
             self.partition();
+        } else if self.chance(pause_p.min(1.0)) {
+            // Leaders mostly: a paused leader whose lease outlives the pause
+            // is the case leases must survive.
+            let leaders = self.leaders();
+            let victims = if !leaders.is_empty() && self.chance(0.6) {
+                leaders
+            } else {
+                self.live_ids()
+            };
+            if let Some(id) = self.pick(&victims) {
+                let ticks = self.rng.random_range(1..=30);
+                let until = self.clock + ticks * TICK + self.rng.random_range(0..TICK);
+                self.nodes.get_mut(&id).expect("known").paused_until = Some(until);
+                self.stats.faults += 1;
+                self.stats.pauses += 1;
+                self.trace(("pause", id, ticks));
+            }
         }
         Ok(())
     }
 
     fn crash(&mut self, id: NodeId) {
+        let durable_machine = self.config.durable_machine;
         let sim_node = self.nodes.get_mut(&id).expect("known node");
         let node = sim_node.node.take().expect("live node");
-        // Everything not acknowledged durable is lost.
+        // Everything not acknowledged durable is lost; so is a state machine
+        // that lives in memory, and whatever it had yet to apply.
         sim_node.pending.clear();
+        sim_node.to_apply.clear();
         sim_node.reads.clear();
         sim_node.forced_reads.clear();
         sim_node.snapshot_due = false;
+        sim_node.paused_until = None;
+        if !durable_machine {
+            sim_node.machine = RegisterMachine::default();
+        }
         sim_node.disk = Some(node.into_store());
         self.stats.faults += 1;
         self.trace(("crash", id));
     }
 
     fn restart(&mut self, id: NodeId) -> StepResult {
+        let period = draw_period(&mut self.rng, self.config.tick_drift);
+        let phase = self.rng.random_range(0..period);
+        let durable_machine = self.config.durable_machine;
         let sim_node = self.nodes.get_mut(&id).expect("known node");
         let store = sim_node.disk.take().expect("crashed node has a disk");
         sim_node.incarnation += 1;
-        let machine = match store.snapshot() {
-            Some((_, data)) => RegisterMachine::restore(data).ok_or_else(|| {
-                Violation::new("snapshot", format!("node {id} has an undecodable snapshot"))
-            })?,
-            None => RegisterMachine::default(),
-        };
+        sim_node.period = period;
+        sim_node.next_tick = self.clock + phase;
+        let snapshot_index = store.snapshot().map_or(0, |(meta, _)| meta.last.index);
+        if !durable_machine || sim_node.machine.applied_index() < snapshot_index {
+            sim_node.machine = match store.snapshot() {
+                Some((_, data)) => RegisterMachine::restore(data).ok_or_else(|| {
+                    Violation::new("snapshot", format!("node {id} has an undecodable snapshot"))
+                })?,
+                None => RegisterMachine::default(),
+            };
+        }
         let mut config = self.config.node_config(id, sim_node.incarnation);
-        config.applied = machine.applied_index();
-        sim_node.machine = machine;
+        config.applied = sim_node.machine.applied_index();
         let node = Node::new(config, store).map_err(|e| storage_violation(id, e))?;
         sim_node.node = Some(node);
         self.oracle.on_restart(id);
@@ -995,6 +1606,15 @@ impl Sim {
     fn heal(&mut self) -> StepResult {
         self.faults_on = false;
         self.cuts.clear();
+        let paused: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.paused_until.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in paused {
+            self.resume(id)?;
+        }
         let crashed: Vec<NodeId> = self
             .nodes
             .iter()
@@ -1004,28 +1624,27 @@ impl Sim {
         for id in crashed {
             self.restart(id)?;
         }
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.apply_queued(id, usize::MAX)?;
+        }
         self.check()
     }
 
     /// Runs the healed cluster in lock step: every tick, every node ticks,
     /// every message is delivered, every batch is performed and persisted.
     fn run_round(&mut self) -> StepResult {
-        self.now += 1;
-        self.stats.ticks += 1;
+        self.advance_clock(self.clock + TICK);
         for id in self.live_ids() {
             self.stats.steps += 1;
-            let node = self
-                .nodes
-                .get_mut(&id)
-                .and_then(|n| n.node.as_mut())
-                .expect("live");
+            let node = self.node_mut(id);
             node.tick().map_err(|e| storage_violation(id, e))?;
         }
         for _ in 0..50 {
             let mut progress = false;
             let messages: Vec<InFlight> = std::mem::take(&mut self.in_flight);
             for flight in messages {
-                if flight.deliver_at <= self.now {
+                if flight.deliver_at <= self.clock {
                     progress = true;
                     self.stats.steps += 1;
                     self.deliver(flight.message)?;
@@ -1047,7 +1666,7 @@ impl Sim {
                     self.check()?;
                 }
                 if self.nodes[&id].snapshot_due {
-                    self.build_snapshot_at(id)?;
+                    self.build_snapshot(id)?;
                 }
             }
             if !progress {
@@ -1057,31 +1676,14 @@ impl Sim {
         Ok(())
     }
 
-    fn build_snapshot_at(&mut self, id: NodeId) -> StepResult {
-        // Reuse the random-step builder on exactly this node.
-        let others: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(other, n)| **other != id && n.snapshot_due)
-            .map(|(o, _)| *o)
-            .collect();
-        for other in &others {
-            self.nodes.get_mut(other).expect("known").snapshot_due = false;
-        }
-        self.build_snapshot_one()?;
-        for other in others {
-            self.nodes.get_mut(&other).expect("known").snapshot_due = true;
-        }
-        Ok(())
-    }
-
     /// Liveness: once faults heal, a leader is elected and a proposal made
     /// after healing commits within a bounded number of ticks.
     fn check_liveness(&mut self) -> StepResult {
-        let deadline = self.now + self.config.liveness_ticks;
+        let deadline = self.clock / TICK + self.config.liveness_ticks;
         let mut proposal: Option<(NodeId, (u64, u64), u64)> = None;
-        while self.now < deadline {
+        while self.clock / TICK < deadline {
             self.run_round()?;
+            let now = self.clock / TICK;
             if let Some((_, (term, index), _)) = proposal {
                 match self.oracle.committed_at(index) {
                     Some((t, _)) if t == term => return Ok(()),
@@ -1090,7 +1692,7 @@ impl Sim {
                     None => {}
                 }
             }
-            if proposal.is_some_and(|(_, _, at)| self.now > at + 3 * 20) {
+            if proposal.is_some_and(|(_, _, at)| now > at + 3 * 20) {
                 // The proposer lost leadership before committing it.
                 proposal = None;
             }
@@ -1105,7 +1707,7 @@ impl Sim {
                             .find(|(_, v)| **v == before)
                             .map(|(p, _)| *p)
                             .expect("just proposed");
-                        proposal = Some((leader, position, self.now));
+                        proposal = Some((leader, position, now));
                     }
                 }
             }
@@ -1116,11 +1718,13 @@ impl Sim {
             .filter_map(|n| n.node.as_ref())
             .map(|n| {
                 format!(
-                    "{}:{:?}/t{}/c{}",
+                    "{}:{:?}/t{}/c{}/last{}/voters{:?}",
                     n.id(),
                     n.role(),
                     n.term(),
-                    n.commit_index()
+                    n.commit_index(),
+                    n.last_log_id().map_or(0, |l| l.index),
+                    n.membership().voters()
                 )
             })
             .collect();
@@ -1140,27 +1744,75 @@ impl Sim {
     }
 }
 
+/// A node's tick period: within `[TICK, TICK / (1 - drift)]`, at either end
+/// of the range two times in three (the extremes are where leases break).
+fn draw_period(rng: &mut ChaCha8Rng, drift: f64) -> u64 {
+    let slowest = (TICK as f64 / (1.0 - drift)).floor() as u64;
+    match rng.random_range(0..3u8) {
+        0 => TICK,
+        1 => slowest,
+        _ => rng.random_range(TICK..=slowest),
+    }
+}
+
+/// PreVote's promise (Raft thesis §9.6): a node grants a pre-vote exactly
+/// where it would grant the real vote. Asked of copies of the node, so the
+/// node itself is untouched.
+fn check_pre_vote_agrees(node: &Node<MemLog>, pre_vote: &Message) -> StepResult {
+    use crate::message::MessageBody;
+    let MessageBody::PreVote(req) = &pre_vote.body else {
+        return Ok(());
+    };
+    let answer = |message: Message| -> Result<bool, Violation> {
+        let mut copy = node.clone();
+        copy.step(message)
+            .map_err(|e| storage_violation(node.id(), e))?;
+        let ready = copy.ready().map_err(|e| storage_violation(node.id(), e))?;
+        Ok(ready
+            .messages
+            .iter()
+            .chain(&ready.persisted_messages)
+            .any(|m| {
+                m.to == pre_vote.from
+                    && matches!(
+                        m.body,
+                        MessageBody::PreVoteResponse(r) | MessageBody::VoteResponse(r) if r.granted
+                    )
+            }))
+    };
+    let pre = answer(pre_vote.clone())?;
+    let vote = answer(Message {
+        body: MessageBody::Vote(*req),
+        ..pre_vote.clone()
+    })?;
+    if pre != vote {
+        return Err(Violation::new(
+            "pre-vote agrees with vote",
+            format!(
+                "node {} (term {}, role {:?}, leader {:?}) answers a pre-vote from {} for term {} with granted={pre}, but the real vote with granted={vote}",
+                node.id(),
+                node.term(),
+                node.role(),
+                node.leader(),
+                pre_vote.from,
+                pre_vote.term
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn storage_violation(id: NodeId, e: Error) -> Violation {
     Violation::new("node error", format!("node {id}: {e}"))
 }
 
-/// Runs seeds `start..start + count` with `nodes` initial voters and the
-/// default mix; returns the summed statistics or the first failure.
-pub fn run_seeds(start: u64, count: u64, nodes: usize) -> Result<SimStats, SimFailure> {
+/// Runs seeds `start..start + count` of one shape with the default mix;
+/// returns the summed statistics or the first failure.
+pub fn run_seeds(start: u64, count: u64, shape: Shape) -> Result<SimStats, SimFailure> {
     let mut total = SimStats::default();
     for seed in start..start + count {
-        let stats = Sim::new(SimConfig::new(seed, nodes)).run()?;
-        total.steps += stats.steps;
-        total.ticks += stats.ticks;
-        total.committed += stats.committed;
-        total.proposed += stats.proposed;
-        total.elections += stats.elections;
-        total.faults += stats.faults;
-        total.reads += stats.reads;
-        total.membership_changes += stats.membership_changes;
-        total.transfers += stats.transfers;
-        total.snapshots += stats.snapshots;
-        total.trace ^= stats.trace;
+        let stats = Sim::new(SimConfig::with_shape(seed, shape)).run()?;
+        total.add(&stats);
     }
     Ok(total)
 }
@@ -1169,7 +1821,7 @@ impl std::fmt::Display for SimStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "steps {} ticks {} proposals {} committed {} elections {} faults {} reads {} membership changes {} transfers {} snapshots {}",
+            "steps {} ticks {} proposals {} committed {} elections {} faults {} reads {} (lease {}) membership changes {} (after election {}, re-adds {}) transfers {} snapshots {} bad answers {} pauses {} pre-votes checked {} runs with 3+ voters {}",
             self.steps,
             self.ticks,
             self.proposed,
@@ -1177,9 +1829,16 @@ impl std::fmt::Display for SimStats {
             self.elections,
             self.faults,
             self.reads,
+            self.lease_reads,
             self.membership_changes,
+            self.changes_after_election,
+            self.readds,
             self.transfers,
-            self.snapshots
+            self.snapshots,
+            self.bad_answers,
+            self.pauses,
+            self.pre_votes_checked,
+            self.reached_three_voters
         )
     }
 }
