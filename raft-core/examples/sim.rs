@@ -11,19 +11,25 @@ use std::time::Instant;
 
 use raft_core::testing::{Shape, Sim, SimConfig, SimFailure, SimStats};
 
-/// Which shapes a run covers.
+/// Which shapes and fault mixes a run covers.
 #[derive(Clone, Copy)]
 enum Mix {
     One(Shape),
     /// The default test mix: the shape follows from the seed.
     Mixed,
+    /// `SimConfig::lease_focus`.
+    Lease,
+    /// `SimConfig::membership_focus`.
+    Membership,
 }
 
 impl Mix {
-    fn shape(self, seed: u64) -> Shape {
+    fn config(self, seed: u64) -> SimConfig {
         match self {
-            Mix::One(shape) => shape,
-            Mix::Mixed => Shape::mixed(seed),
+            Mix::One(shape) => SimConfig::with_shape(seed, shape),
+            Mix::Mixed => SimConfig::with_shape(seed, Shape::mixed(seed)),
+            Mix::Lease => SimConfig::lease_focus(seed),
+            Mix::Membership => SimConfig::membership_focus(seed),
         }
     }
 }
@@ -38,7 +44,7 @@ fn main() -> ExitCode {
     let mut events = false;
     let mut first_failure = false;
     let mut args = std::env::args().skip(1);
-    let usage = "usage: sim --seeds N [--start S] [--nodes K|grown|mix] [--jobs J] [--verbose] [--events] [--first-failure]";
+    let usage = "usage: sim --seeds N [--start S] [--nodes K|grown|mix|lease|membership] [--jobs J] [--verbose] [--events] [--first-failure]";
     while let Some(arg) = args.next() {
         let mut value = |name: &str| -> String {
             args.next().unwrap_or_else(|| {
@@ -61,6 +67,8 @@ fn main() -> ExitCode {
                 mix = match nodes_arg.as_str() {
                     "grown" => Mix::One(Shape::Grown),
                     "mix" => Mix::Mixed,
+                    "lease" => Mix::Lease,
+                    "membership" => Mix::Membership,
                     n => match n.parse::<usize>() {
                         Ok(k) if k >= 1 => Mix::One(Shape::Voters(k)),
                         _ => {
@@ -98,7 +106,7 @@ fn main() -> ExitCode {
                     if first_failure && !failures.lock().expect("no panics").is_empty() {
                         break;
                     }
-                    let mut sim = Sim::new(SimConfig::with_shape(seed, mix.shape(seed)));
+                    let mut sim = Sim::new(mix.config(seed));
                     if events {
                         sim = sim.print_events();
                     }

@@ -13,6 +13,16 @@ pub enum Error {
         /// The leader this node currently believes in, if any.
         leader_hint: Option<NodeId>,
     },
+    /// This node heard from a live leader within the election timeout (or
+    /// just started, with lease reads on), so it refuses votes to other
+    /// candidates and may not vote for itself either: that leader's lease
+    /// may still hold. Retry after an election timeout, or move leadership
+    /// with `transfer_leader` on the leader.
+    #[error("a leader{} was heard from within the election timeout; its lease may still hold, so this node will not campaign now: retry later or transfer leadership from the leader", match .leader_hint { Some(id) => format!(" (node {id})"), None => String::new() })]
+    InLease {
+        /// The leader this node heard from, if it knows it.
+        leader_hint: Option<NodeId>,
+    },
     /// The leader is handing leadership to another node and takes no
     /// proposals meanwhile; retry on the new leader shortly.
     #[error("leadership is being transferred to node {target}; retry on it shortly")]
@@ -100,26 +110,6 @@ pub enum ConfChangeError {
         "node id {0} was removed from this cluster and is never reused; start the new node with a new id and an empty data directory"
     )]
     IdRemoved(NodeId),
-    /// Only a learner can be made a voter: add the node as a learner first,
-    /// let it catch up, then promote it.
-    #[error(
-        "node {0} is not a learner; add it as a learner first and promote it once it has caught up"
-    )]
-    NotALearner(NodeId),
-    /// The learner has not yet received the configuration in force (the one
-    /// that made it a learner); promoting it now could leave a voter that
-    /// cannot vote. Wait for it to catch up, then promote it.
-    #[error(
-        "learner {id} holds the log up to index {match_index} but not the configuration at index {needed}; wait for it to catch up, then promote it"
-    )]
-    LearnerBehind {
-        /// The learner.
-        id: NodeId,
-        /// The last index the leader knows it holds.
-        match_index: crate::types::Index,
-        /// The index of the configuration in force.
-        needed: crate::types::Index,
-    },
     /// The change would not change anything.
     #[error("the configuration already has that shape; nothing to change")]
     NoChange,

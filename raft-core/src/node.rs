@@ -375,6 +375,7 @@ impl<S: LogRead> Node<S> {
             membership: membership.clone(),
             is_voter: membership.is_voter(self.id),
             transfer_target: self.transfer.map(|t| t.target),
+            leader_contact_ticks: self.since_leader_contact,
             followers,
             counters: self.counters.clone(),
         }
@@ -395,9 +396,21 @@ impl<S: LogRead> Node<S> {
     /// Starts an election now (a pre-vote round first, with
     /// [`Config::pre_vote`]), as if the election timeout had elapsed. Voters
     /// apply their usual rules. Useful for a fast first election and in tests.
+    ///
+    /// Refused with [`Error::InLease`] while this node would refuse its
+    /// vote to any other candidate because it heard from a live leader
+    /// within the election timeout (with [`Config::check_quorum`]; a node
+    /// that just started counts as having heard from one when lease reads
+    /// are on): its vote for itself would break that leader's lease. Move
+    /// leadership with [`Node::transfer_leader`] on the leader instead.
     pub fn campaign(&mut self) -> Result<(), Error> {
         if self.role == Role::Leader {
             return Ok(());
+        }
+        if self.in_lease() {
+            return Err(Error::InLease {
+                leader_hint: self.leader,
+            });
         }
         self.start_campaign(self.config.pre_vote, false)
     }
@@ -448,36 +461,12 @@ impl<S: LogRead> Node<S> {
             {
                 return Err(crate::error::ConfChangeError::IdRemoved(id).into());
             }
-            ConfChange::AddVoter { id, .. } if !self.membership().is_voter(id) => {
-                self.check_promotable(id)?;
-            }
             _ => {}
         }
         self.counters.proposals += 1;
         let id = self.append_entry(EntryPayload::Membership(next));
         self.pending_conf_index = id.index;
         Ok(id)
-    }
-
-    /// A new voter must be a learner that holds the configuration in force
-    /// (which names it): a voter that knows no configuration does not vote,
-    /// and in a small cluster the quorum could not be reached without it
-    /// (Raft thesis §4.2.1: new servers catch up as non-voting members).
-    fn check_promotable(&self, id: NodeId) -> Result<(), Error> {
-        if !self.membership().is_learner(id) {
-            return Err(crate::error::ConfChangeError::NotALearner(id).into());
-        }
-        let needed = self.configs.last().map_or(0, |(index, _)| *index);
-        let match_index = self.progress.get(&id).map_or(0, |p| p.match_index);
-        if match_index < needed {
-            return Err(crate::error::ConfChangeError::LearnerBehind {
-                id,
-                match_index,
-                needed,
-            }
-            .into());
-        }
-        Ok(())
     }
 
     fn check_can_propose(&self) -> Result<(), Error> {

@@ -34,6 +34,12 @@ pub struct Status {
     pub is_voter: bool,
     /// The target of a leadership transfer in progress.
     pub transfer_target: Option<NodeId>,
+    /// Ticks since this node last heard from a leader (or stopped leading,
+    /// or started). Below the election timeout it refuses votes for other
+    /// candidates when CheckQuorum is on: the promise a leader's lease rests
+    /// on.
+    #[serde(default)]
+    pub leader_contact_ticks: u64,
     /// Replication state per follower (leaders only).
     pub followers: Vec<FollowerStatus>,
     /// Event counters since the node started.

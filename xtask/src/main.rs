@@ -7,12 +7,16 @@
 //! - `cargo xtask cluster [--nodes 3] [--detach] [--debug]`, `cluster spawn
 //!   ID`, `cluster stop`: a local cluster of raft-kv processes (see
 //!   `cluster.rs`).
+//! - `cargo xtask mutants [--only NAME] [--list]`: each of raft-core's
+//!   safety rules broken on purpose, each caught by the simulator (see
+//!   `mutants.rs`).
 //! - `cargo xtask chaos [--duration 60s] [--nodes 5] [--clients 10] [--seed
 //!   N]`: real processes, a nemesis and a linearizability check (see
 //!   `chaos.rs`).
 
 mod chaos;
 mod cluster;
+mod mutants;
 mod system;
 
 use std::process::{Command, ExitCode};
@@ -71,6 +75,10 @@ enum Cmd {
     /// the leader and forces snapshots; then check the history is
     /// linearizable, no acknowledged write is lost and the nodes converge.
     Chaos(chaos::ChaosArgs),
+    /// Mutation tests: break each of raft-core's safety rules on purpose
+    /// (in a patched copy of the crate) and show that the simulator catches
+    /// every broken rule within a named range of seeds.
+    Mutants(mutants::MutantsArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +96,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test { no_lint } => test(no_lint),
         Cmd::Cluster(args) => cluster::run(args),
         Cmd::Chaos(args) => chaos::run(&args, true),
+        Cmd::Mutants(args) => mutants::run(&args),
         Cmd::Sim {
             seeds,
             start,
@@ -206,6 +215,8 @@ fn test(no_lint: bool) -> Result<()> {
     let mut test = cargo();
     test.args(["test", "--workspace", "--all-features", "--no-fail-fast"]);
     step("cargo test", test)?;
+    eprintln!("xtask: mutation tests (cargo xtask mutants)");
+    mutants::run(&mutants::MutantsArgs::default())?;
     // cargo test built the chaos program and the raft-kv binary.
     chaos::run(&chaos::ChaosArgs::for_ci(), false)
 }

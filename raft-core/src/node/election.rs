@@ -32,7 +32,7 @@ impl<S: LogRead> Node<S> {
 
     /// Whether this node currently refuses votes because it heard from a
     /// live leader within an election timeout (or leads itself).
-    fn in_lease(&self) -> bool {
+    pub(super) fn in_lease(&self) -> bool {
         self.config.check_quorum
             && (self.role == Role::Leader || self.since_leader_contact < self.config.election_ticks)
     }
@@ -84,27 +84,21 @@ impl<S: LogRead> Node<S> {
 
     /// Whether this node would give `from` its vote for `term` now: the one
     /// rule behind real votes and pre-votes, so that a pre-vote is granted
-    /// exactly where the vote would be (Raft thesis §9.6). A vote for a
-    /// higher term first moves the node to that term, unless a live leader
-    /// holds it (the lease rule of [`Self::in_lease`]); in its own term it
-    /// votes once.
+    /// exactly where the vote would be (Raft thesis §9.6).
     ///
-    /// A node that knows no configuration never votes: it started empty and
-    /// waits to be added, and may be a removed node re-added with a wiped
-    /// store. Its empty log would make any candidate look up to date, even a
-    /// removed node campaigning under a configuration the cluster left
-    /// behind long ago, which counts this id as the voter it used to be.
-    /// (Every voter holds a configuration: a learner is promoted only once
-    /// it has received the one that added it.)
+    /// While a live leader holds it ([`Self::in_lease`]) it votes for no
+    /// one, in any term, unless leadership is being handed over: a leader's
+    /// lease rests on that promise. (A node can reach a candidate's term
+    /// without a vote request, from any message of that term; the promise
+    /// must hold there too.) Otherwise a vote for a higher term first moves
+    /// the node to that term, and in its own term it votes once.
     fn would_vote(&self, from: NodeId, term: Term, req: &VoteRequest) -> Result<bool, Error> {
-        if self.configs.is_empty() || term < self.term {
+        if term < self.term || (!req.transfer && self.in_lease()) {
             return Ok(false);
         }
-        let free = if term > self.term {
-            req.transfer || !self.in_lease()
-        } else {
-            self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none())
-        };
+        let free = term > self.term
+            || self.vote == Some(from)
+            || (self.vote.is_none() && self.leader.is_none());
         Ok(free && self.log.is_up_to_date(req.last_log)?)
     }
 

@@ -45,6 +45,9 @@ pub(crate) struct Oracle {
     written: HashMap<(Index, Term), (u64, Term)>,
     /// The committed log as leaders declared it: index -> (term, digest).
     committed: BTreeMap<Index, (Term, u64)>,
+    /// The term of the node that first claimed each index committed (the
+    /// entry was committed in that term or earlier).
+    commit_terms: BTreeMap<Index, Term>,
     /// The highest index any leader declared committed.
     pub(crate) max_commit: Index,
     /// What was applied at each index, first come.
@@ -193,10 +196,16 @@ impl Oracle {
         Ok(())
     }
 
-    /// Leader completeness: a new leader holds every committed entry.
+    /// Leader completeness (Raft paper §5.4): a new leader of term T holds
+    /// every entry committed in a term before T. (A leader of an older term
+    /// may still be elected late, by votes cast long ago; it can commit
+    /// nothing, and need not hold entries committed since.)
     fn check_leader_completeness(&self, node: &Node<MemLog>) -> Result<(), Violation> {
         let first = node.first_index().unwrap_or(1);
         for (&index, &(term, _)) in self.committed.range(first..) {
+            if self.commit_terms.get(&index).is_none_or(|&t| t >= node.term()) {
+                continue;
+            }
             let has = node.term_at(index).ok().flatten();
             if has != Some(term) {
                 return Err(Violation::new(
@@ -294,6 +303,7 @@ impl Oracle {
                 }
             }
             self.committed.insert(entry.index, value);
+            self.commit_terms.entry(entry.index).or_insert(node.term());
             if let EntryPayload::Membership(m) = &entry.payload {
                 self.on_config_committed(entry.index, m)?;
             }

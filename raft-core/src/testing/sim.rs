@@ -75,6 +75,9 @@ impl std::fmt::Display for Shape {
 pub struct SimConfig {
     /// The seed of everything.
     pub seed: u64,
+    /// What `cargo xtask sim --nodes` calls this mix (for the replay
+    /// command of a failure).
+    pub label: String,
     /// The cluster's shape.
     pub shape: Shape,
     /// Initial voters.
@@ -126,6 +129,29 @@ pub struct SimConfig {
     /// Probability that a newly elected leader is asked for a membership
     /// change at once.
     pub change_after_election: f64,
+    /// Per-step probability that clients go quiet for a while (no
+    /// proposals): everything commits, and the next leader is elected in a
+    /// quiet cluster, where a change proposed at once used to be accepted
+    /// before the leader's first commit.
+    pub quiet_rate: f64,
+    /// Partitions last at least this many ticks before a random heal
+    /// (drawn per seed: flapping networks and lasting splits both).
+    pub min_partition_ticks: u64,
+    /// Probability that clients go quiet after a membership change is
+    /// accepted (so that the next leader may find everything committed).
+    pub quiet_after_change: f64,
+    /// Probability that a change proposed the moment a leader was elected
+    /// is followed by a split that leaves the leader a bare majority of its
+    /// configuration.
+    pub split_after_early_change: f64,
+    /// Probability that a leader, right after a heartbeat answer (which may
+    /// extend its lease), is cut off from every other node (with lease reads
+    /// on): the moment a lease must end on time.
+    pub cut_after_round: f64,
+    /// Probability that a leader, right after accepting a membership change,
+    /// is cut off from all but a minority of the voters (so the change may
+    /// linger uncommitted on a minority while a new leader is elected).
+    pub isolate_after_change: f64,
     /// Leadership transfers.
     pub transfers: bool,
     /// ReadIndex (and lease) reads.
@@ -167,6 +193,43 @@ impl SimConfig {
         Self::with_shape(seed, Shape::Voters(nodes))
     }
 
+    /// A fault mix aimed at leases: three voters whose clocks drift as far
+    /// as the bound allows, leaders cut off right after a heartbeat answer
+    /// and kept apart for a while, and clients reading from the old leader
+    /// until its lease runs out. (Membership changes and transfers are off:
+    /// they end leases early.)
+    pub fn lease_focus(seed: u64) -> Self {
+        let mut config = Self::with_shape(seed, Shape::Voters(3));
+        config.label = "lease".into();
+        config.check_quorum = true;
+        config.lease_reads = true;
+        config.tick_drift = config.lease_drift_bound;
+        config.membership_changes = false;
+        config.transfers = false;
+        config.cut_after_round = 0.02;
+        config.crash_rate = 0.001;
+        config.pause_rate = 0.0005;
+        config
+    }
+
+    /// A fault mix aimed at membership changes: four voters (so that a
+    /// change can move the majority), frequent changes, a change proposed
+    /// the moment a leader is elected, and leaders cut off with a minority
+    /// right after a change.
+    pub fn membership_focus(seed: u64) -> Self {
+        let mut config = Self::with_shape(seed, Shape::Voters(4));
+        config.label = "membership".into();
+        config.change_after_election = 0.9;
+        config.isolate_after_change = 0.6;
+        config.quiet_rate = 0.05;
+        config.quiet_after_change = 0.8;
+        config.min_partition_ticks = 20;
+        config.split_after_early_change = 1.0;
+        config.max_voters = 5;
+        config.transfers = false;
+        config
+    }
+
     /// Everything on, for a cluster of the given shape.
     pub fn with_shape(seed: u64, shape: Shape) -> Self {
         // Replication parameters vary by seed, from a stream of their own so
@@ -175,8 +238,15 @@ impl SimConfig {
         let max_append_entries = [1, 2, 8, 64][params.random_range(0..4)];
         let max_inflight = [1, 4, 16][params.random_range(0..3)];
         let max_append_bytes = [64, 512, 1 << 16][params.random_range(0..3)];
-        let pre_vote = params.random_bool(0.7);
-        let check_quorum = params.random_bool(0.7);
+        // PreVote and CheckQuorum are each off now and then, never both:
+        // with neither, nothing keeps a removed server that missed its
+        // removal from disrupting the cluster forever (Raft thesis §4.2.3),
+        // and liveness after healing cannot be promised.
+        let (pre_vote, check_quorum) = match params.random_range(0..10u8) {
+            0..=1 => (false, true),
+            2..=3 => (true, false),
+            _ => (true, true),
+        };
         let tick_drift = [0.0, 0.05, 0.2][params.random_range(0..3)];
         let deferred_apply = params.random_bool(0.5);
         let durable_machine = params.random_bool(0.3);
@@ -191,6 +261,7 @@ impl SimConfig {
             Shape::Voters(_) => (2, 0),
         };
         Self {
+            label: shape.to_string(),
             pre_vote,
             check_quorum,
             max_append_entries,
@@ -216,6 +287,12 @@ impl SimConfig {
             membership_changes: true,
             readd_removed: true,
             change_after_election: 0.3,
+            isolate_after_change: 0.3,
+            cut_after_round: 0.01 * storm,
+            quiet_rate: 0.001,
+            quiet_after_change: 0.1,
+            min_partition_ticks: [0, 0, 15][params.random_range(0..3)],
+            split_after_early_change: 0.5,
             transfers: true,
             reads: true,
             lease_reads: check_quorum,
@@ -224,7 +301,7 @@ impl SimConfig {
             deferred_apply,
             durable_machine,
             host_calls: true,
-            liveness_ticks: 400,
+            liveness_ticks: 1000,
         }
     }
 
@@ -350,16 +427,16 @@ pub struct SimFailure {
     pub step: u64,
     /// The broken invariant.
     pub violation: Violation,
-    /// The cluster's shape, for the replay command.
-    pub shape: Shape,
+    /// The mix's label, for the replay command.
+    pub label: String,
 }
 
 impl std::fmt::Display for SimFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seed {} failed at step {}: {}\n  replay: cargo xtask sim --seeds 1 --start {} --nodes {}",
-            self.seed, self.step, self.violation, self.seed, self.shape
+            "seed {} failed at step {}: {}\n  replay: cargo xtask sim --seeds 1 --start {} --nodes {} --events",
+            self.seed, self.step, self.violation, self.seed, self.label
         )
     }
 }
@@ -437,6 +514,10 @@ pub struct Sim {
     seen_leaders: BTreeSet<(u64, NodeId)>,
     doomed: Option<(NodeId, u64, u32)>,
     print_events: bool,
+    /// Steps left in a quiet period (no client proposals).
+    quiet_steps: u32,
+    /// When the current partition was made.
+    cuts_since: u64,
 }
 
 type StepResult = Result<(), Violation>;
@@ -498,6 +579,8 @@ impl Sim {
             seen_leaders: BTreeSet::new(),
             doomed: None,
             print_events: false,
+            quiet_steps: 0,
+            cuts_since: 0,
         }
     }
 
@@ -519,7 +602,7 @@ impl Sim {
                 seed: self.config.seed,
                 step: self.stats.steps,
                 violation,
-                shape: self.config.shape,
+                label: self.config.label.clone(),
             }),
         }
     }
@@ -546,6 +629,7 @@ impl Sim {
     /// Prints every event of the run to stderr (for replaying a failing
     /// seed by hand).
     pub fn print_events(mut self) -> Self {
+        eprintln!("{:?}", self.config);
         self.print_events = true;
         self
     }
@@ -582,6 +666,12 @@ impl Sim {
     fn step(&mut self) -> StepResult {
         self.stats.steps += 1;
         self.resume_due()?;
+        if self.quiet_steps > 0 {
+            self.quiet_steps -= 1;
+        } else if self.chance(self.config.quiet_rate) {
+            self.quiet_steps = self.rng.random_range(100..800);
+            self.trace(("quiet", self.quiet_steps));
+        }
         let roll = self.rng.random_range(0..1000u32);
         match roll {
             0..150 => self.tick_one()?,
@@ -589,12 +679,17 @@ impl Sim {
             480..690 => self.ready_one()?,
             690..840 => self.persist_one()?,
             840..870 => self.apply_one()?,
-            870..925 => {
+            870..915 => {
                 // A cluster that is still growing changes often.
                 if self.oracle.committed_voters() < self.config.grow_to && self.chance(0.2) {
                     self.change_membership()?
                 } else {
                     self.propose_one()?
+                }
+            }
+            915..925 => {
+                if self.config.membership_changes {
+                    self.change_membership()?
                 }
             }
             925..950 => {
@@ -613,7 +708,9 @@ impl Sim {
                 }
             }
             968..971 => {
-                if self.config.transfers {
+                // A transfer holds back proposals until it completes or
+                // times out: now and then, not all the time.
+                if self.config.transfers && self.chance(0.3) {
                     self.transfer_one()?
                 }
             }
@@ -661,6 +758,9 @@ impl Sim {
             if self.config.membership_changes && self.chance(self.config.change_after_election) {
                 if self.change_membership_at(id)? {
                     self.stats.changes_after_election += 1;
+                    if self.chance(self.config.split_after_early_change) {
+                        self.partition_minimal_quorum(id);
+                    }
                 }
             }
         }
@@ -698,7 +798,16 @@ impl Sim {
             .map(|(id, _)| *id)
             .collect();
         match self.pick(&due) {
-            Some(id) => self.tick_node(id),
+            Some(id) => {
+                // Clients of a leader read right up to its next tick: the
+                // last moment of each tick is where a lease that is too long
+                // shows.
+                let leads = self.nodes[&id].node.as_ref().is_some_and(|n| n.is_leader());
+                if leads && self.config.lease_reads && self.chance(0.3) {
+                    self.read_with(id, ReadPolicy::Lease)?;
+                }
+                self.tick_node(id)
+            }
             None => {
                 let next = self
                     .nodes
@@ -903,7 +1012,60 @@ impl Sim {
         if let Some(interceptor) = self.interceptor.as_mut() {
             interceptor.on_step(node, &message);
         }
-        node.step(message).map_err(|e| storage_violation(to, e))
+        let acknowledges_round = node.is_leader()
+            && matches!(
+                message.body,
+                crate::message::MessageBody::HeartbeatResponse(_)
+            );
+        // The lease's promise, checked where it is kept: a node that heard
+        // from a leader within an election timeout (CheckQuorum) grants no
+        // vote, in any term, unless leadership is being handed over.
+        let bound_voter = match &message.body {
+            crate::message::MessageBody::Vote(req) if !req.transfer && self.config.check_quorum => {
+                let status = node.status();
+                let election_ticks = node.config().election_ticks;
+                (status.role == crate::node::Role::Leader
+                    || status.leader_contact_ticks < election_ticks)
+                    .then_some((message.from, status.vote, status.term))
+            }
+            _ => None,
+        };
+        node.step(message).map_err(|e| storage_violation(to, e))?;
+        if let Some((candidate, vote_before, term_before)) = bound_voter {
+            let hard = node.hard_state();
+            let newly = hard.vote == Some(candidate)
+                && (vote_before != Some(candidate) || hard.term != term_before);
+            if newly {
+                return Err(Violation::new(
+                    "lease: no vote while a leader is heard",
+                    format!(
+                        "node {to} granted its vote to {candidate} in term {} within an election timeout of hearing from a leader",
+                        hard.term
+                    ),
+                ));
+            }
+        }
+        if acknowledges_round
+            && self.faults_on
+            && self.config.lease_reads
+            && self.chance(self.config.cut_after_round)
+        {
+            // The leader has just (perhaps) extended its lease: cut it off
+            // from everyone now, with clocks at their worst, and its clients
+            // keep reading from it until the lease runs out.
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for other in ids {
+                if other != to {
+                    self.cuts.insert((to, other));
+                    self.cuts.insert((other, to));
+                }
+            }
+            self.skew_clocks();
+            self.stats.faults += 1;
+            self.cuts_since = self.clock;
+            self.trace(("cut after round", to));
+        }
+        Ok(())
     }
 
     // ----- output batches and durability ---------------------------------------
@@ -941,6 +1103,20 @@ impl Sim {
             self.oracle
                 .on_written(id, &ready.write.entries, prev_term)?;
         }
+        // A leader's own new configurations, checked once the batch is out.
+        let new_configs: Vec<Entry> = if node.is_leader() {
+            ready
+                .write
+                .entries
+                .iter()
+                .filter(|e| {
+                    e.term == node.term() && matches!(e.payload, crate::EntryPayload::Membership(_))
+                })
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
         // Committed entries are durable already: apply them now, or queue
         // them for a later step.
         sim_node
@@ -992,6 +1168,80 @@ impl Sim {
         }
         for message in messages {
             self.send(message);
+        }
+        for config in new_configs {
+            self.check_concurrent_configs(id, &config)?;
+        }
+        Ok(())
+    }
+
+    /// Membership changes never let two disjoint majorities exist (Raft
+    /// thesis §4.1): when a leader appends a configuration that could still
+    /// commit, every other configuration in any log that could still commit
+    /// is at most one voter away from it. (A configuration could still
+    /// commit if it is not committed and its log agrees with everything
+    /// committed so far.) Two such configurations two changes apart are how
+    /// a change proposed before a new leader's first commit goes wrong,
+    /// long before both commit.
+    fn check_concurrent_configs(&self, leader: NodeId, config: &Entry) -> StepResult {
+        use crate::LogRead;
+        let crate::EntryPayload::Membership(proposed) = &config.payload else {
+            return Ok(());
+        };
+        let max_commit = self.oracle.max_commit;
+        let committed_term = self.oracle.committed_at(max_commit).map(|(t, _)| t);
+        // A log view: live nodes through the node (unstable entries too),
+        // crashed ones through their disk.
+        let term_in = |id: NodeId, index: Index| -> Option<u64> {
+            let n = &self.nodes[&id];
+            match (&n.node, &n.disk) {
+                (Some(node), _) => node.term_at(index).ok().flatten(),
+                (None, Some(disk)) => disk.term(index).ok(),
+                _ => None,
+            }
+        };
+        let viable = |id: NodeId| -> bool {
+            max_commit == 0 || committed_term.is_none() || term_in(id, max_commit) == committed_term
+        };
+        if !viable(leader) {
+            return Ok(());
+        }
+        for (&id, n) in &self.nodes {
+            if !viable(id) {
+                continue;
+            }
+            let entries = match (&n.node, &n.disk) {
+                (Some(node), _) => {
+                    let last = node.last_log_id().map_or(0, |l| l.index);
+                    node.entries(max_commit + 1, last + 1, u64::MAX).unwrap_or_default()
+                }
+                (None, Some(disk)) => {
+                    let last = disk.last_index().unwrap_or(0);
+                    disk.entries(max_commit + 1, last + 1, u64::MAX).unwrap_or_default()
+                }
+                _ => Vec::new(),
+            };
+            for other in entries {
+                let crate::EntryPayload::Membership(m) = &other.payload else {
+                    continue;
+                };
+                if other.log_id() == config.log_id() {
+                    continue;
+                }
+                let apart = m.voters().symmetric_difference(proposed.voters()).count();
+                if apart > 1 {
+                    return Err(Violation::new(
+                        "no two disjoint majorities",
+                        format!(
+                            "leader {leader} appended configuration {:?} (voters {:?}) while node {id} holds configuration {:?} (voters {:?}), {apart} voters apart, and neither is committed or ruled out",
+                            config.log_id(),
+                            proposed.voters(),
+                            other.log_id(),
+                            m.voters()
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -1138,6 +1388,9 @@ impl Sim {
     }
 
     fn propose_one(&mut self) -> StepResult {
+        if self.quiet_steps > 0 {
+            return Ok(());
+        }
         // Clients mostly find the leader; sometimes they ask whoever.
         let leaders = self.leaders();
         let candidates = if !leaders.is_empty() && self.chance(0.9) {
@@ -1193,6 +1446,10 @@ impl Sim {
         } else {
             ReadPolicy::ReadIndex
         };
+        self.read_with(id, policy)
+    }
+
+    fn read_with(&mut self, id: NodeId, policy: ReadPolicy) -> StepResult {
         let read_id = self.next_read;
         self.next_read += 1;
         let committed_at_invocation = self.oracle.max_commit;
@@ -1221,8 +1478,86 @@ impl Sim {
             if node.counters().lease_reads > lease_reads_before {
                 self.stats.lease_reads += 1;
                 self.oracle.check_lease_read(id, node.term())?;
+                self.check_lease_quorum(id)?;
             }
             self.trace(("read", id, read_id));
+        }
+        Ok(())
+    }
+
+    /// A lease rests on voters that promised to refuse every candidate: a
+    /// voter is bound while it leads or has heard from a leader within an
+    /// election timeout by its own clock (a paused node's clock runs on; a
+    /// crashed one cannot vote, and refuses votes for an election timeout
+    /// when it restarts). When `leader` serves a
+    /// lease read, the unbound voters must not be able to form a majority of
+    /// its configuration, nor of its last committed one.
+    fn check_lease_quorum(&self, leader: NodeId) -> StepResult {
+        let node = self.nodes[&leader].node.as_ref().expect("live leader");
+        let term = node.term();
+        let election_ticks = self.config.node_config(leader, 0).election_ticks;
+        let bound = |j: NodeId| -> bool {
+            if j == leader {
+                return true;
+            }
+            let Some(sim_node) = self.nodes.get(&j) else {
+                return false;
+            };
+            let Some(other) = sim_node.node.as_ref() else {
+                return true;
+            };
+            // A leader votes for no one; nor does a follower that heard from
+            // a leader (in any term) within an election timeout by its own
+            // clock, or just started, unless it has voted for another node
+            // in a later term already. A node campaigning has voted for
+            // itself. (Had it heard from a newer leader, the lease would be
+            // broken already; that is checked apart.)
+            match other.role() {
+                crate::node::Role::Leader => return true,
+                crate::node::Role::Candidate | crate::node::Role::PreCandidate => return false,
+                crate::node::Role::Follower => {}
+            }
+            if other.term() > term && other.hard_state().vote.is_some_and(|v| v != leader) {
+                return false;
+            }
+            let missed = match sim_node.paused_until {
+                Some(_) if sim_node.next_tick <= self.clock => {
+                    (self.clock - sim_node.next_tick) / sim_node.period + 1
+                }
+                _ => 0,
+            };
+            other.status().leader_contact_ticks + missed < election_ticks
+        };
+        let mut configs = vec![node.membership().clone()];
+        if let Some(committed) = node.committed_membership() {
+            if committed != node.membership() {
+                configs.push(committed.clone());
+            }
+        }
+        for config in configs {
+            let voters = config.voters();
+            let unbound: Vec<NodeId> = voters.iter().copied().filter(|&j| !bound(j)).collect();
+            if unbound.len() > voters.len() / 2 {
+                let why: Vec<String> = unbound
+                    .iter()
+                    .map(|j| match self.nodes.get(j).and_then(|n| n.node.as_ref()) {
+                        Some(n) => format!(
+                            "{j}: term {} {:?}, {} ticks since a leader",
+                            n.term(),
+                            n.role(),
+                            n.status().leader_contact_ticks
+                        ),
+                        None => format!("{j}: unknown"),
+                    })
+                    .collect();
+                return Err(Violation::new(
+                    "lease",
+                    format!(
+                        "node {leader}, leader of term {term}, served a lease read while voters {unbound:?} of {voters:?}, a majority, were free to elect another leader ({})",
+                        why.join("; ")
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -1295,8 +1630,7 @@ impl Sim {
                 let id = self.pick(&learners).expect("non-empty");
                 (Some(ConfChange::AddVoter { id, address: None }), None)
             }
-            // Add a voter directly (refused: only caught-up learners are
-            // promoted): a spare, or a removed id.
+            // Add a voter directly: a spare, or (refused) a removed id.
             2 if room => {
                 let fresh = self.spares.first().copied();
                 let readd = self.pick(&readdable);
@@ -1349,17 +1683,15 @@ impl Sim {
         let node = self.node_mut(leader);
         let result = node.propose_membership(change.clone());
         if let Some(id) = readd {
-            // Ids are never reused: the leader must refuse.
+            // Ids are never reused: the leader must refuse. Should it accept,
+            // the operator goes on as for any new node: the node with that id
+            // starts over with an empty store (and what follows shows why
+            // ids are never reused).
             self.stats.readds += 1;
-            return match result {
-                Err(_) => Ok(false),
-                Ok(at) => Err(Violation::new(
-                    "removed ids are never reused",
-                    format!(
-                        "leader {leader} accepted re-adding removed node {id} ({change:?}) at {at:?}"
-                    ),
-                )),
-            };
+            if result.is_ok() {
+                self.wipe(id)?;
+            }
+            return Ok(false);
         }
         if let Err(e) = result {
             if self.print_events {
@@ -1373,7 +1705,115 @@ impl Sim {
         }
         self.stats.membership_changes += 1;
         self.trace(("membership", leader, id));
+        if self.faults_on && self.chance(self.config.isolate_after_change) {
+            self.isolate_with_minority(leader, &membership);
+            if id != leader && membership.contains(id) && !self.cuts.is_empty() {
+                // The change reaches the node it is about.
+                self.cuts.remove(&(leader, id));
+                self.cuts.remove(&(id, leader));
+            }
+        }
+        if self.faults_on && self.chance(self.config.quiet_after_change) {
+            self.quiet_steps = self.quiet_steps.max(self.rng.random_range(200..800));
+        }
         Ok(true)
+    }
+
+    /// Drift at its worst, within the bound: leaders' clocks run at the
+    /// slowest rate, everyone else's at the fastest. (Just as a leader is
+    /// cut off, this is when a lease that counts on its own clock too long
+    /// outlives the promises of its voters.)
+    fn skew_clocks(&mut self) {
+        if self.config.tick_drift <= 0.0 {
+            return;
+        }
+        let slowest = (TICK as f64 / (1.0 - self.config.tick_drift)).floor() as u64;
+        let leaders = self.leaders();
+        for (id, sim_node) in self.nodes.iter_mut() {
+            sim_node.period = if leaders.contains(id) { slowest } else { TICK };
+        }
+        self.trace("skew clocks");
+    }
+
+    /// Splits the cluster (replacing any partition) so that `leader` keeps
+    /// exactly a majority of the voters of its latest configuration; every
+    /// other node is on the other side. What the leader commits then lives
+    /// on a bare quorum, and the other side may hold a rival history.
+    fn partition_minimal_quorum(&mut self, leader: NodeId) {
+        let Some(node) = self.nodes[&leader].node.as_ref() else {
+            return;
+        };
+        let mut others: Vec<NodeId> = node
+            .membership()
+            .voters()
+            .iter()
+            .copied()
+            .filter(|&v| v != leader)
+            .collect();
+        let majority = node.membership().voters().len() / 2 + 1;
+        let mut side = BTreeSet::from([leader]);
+        while side.len() < majority && !others.is_empty() {
+            let i = self.rng.random_range(0..others.len());
+            side.insert(others.swap_remove(i));
+        }
+        self.cuts.clear();
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for &a in &ids {
+            for &b in &ids {
+                if side.contains(&a) != side.contains(&b) {
+                    self.cuts.insert((a, b));
+                }
+            }
+        }
+        self.stats.faults += 1;
+        self.cuts_since = self.clock;
+        self.trace(("minimal quorum", leader, side.len()));
+    }
+
+    /// Cuts `leader` off from all but a minority of the voters of
+    /// `membership` (and from every other node): what it appended last
+    /// reaches only that minority, where it may linger uncommitted while the
+    /// rest elect a new leader.
+    fn isolate_with_minority(&mut self, leader: NodeId, membership: &Membership) {
+        let mut voters: Vec<NodeId> = membership
+            .voters()
+            .iter()
+            .copied()
+            .filter(|&v| v != leader)
+            .collect();
+        let keep = self.rng.random_range(0..=voters.len().saturating_sub(1) / 2);
+        let mut reachable = BTreeSet::new();
+        for _ in 0..keep {
+            let i = self.rng.random_range(0..voters.len());
+            reachable.insert(voters.swap_remove(i));
+        }
+        for &learner in membership.learners() {
+            if self.chance(0.5) {
+                reachable.insert(learner);
+            }
+        }
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for other in ids {
+            if other != leader && !reachable.contains(&other) {
+                self.cuts.insert((leader, other));
+                self.cuts.insert((other, leader));
+            }
+        }
+        self.stats.faults += 1;
+        self.cuts_since = self.clock;
+        self.trace(("isolate", leader, reachable.len()));
+    }
+
+    /// Replaces `id`'s store and state machine by empty ones.
+    fn wipe(&mut self, id: NodeId) -> StepResult {
+        if self.nodes[&id].node.is_some() {
+            self.crash(id);
+        }
+        let sim_node = self.nodes.get_mut(&id).expect("known node");
+        sim_node.disk = Some(MemLog::new());
+        sim_node.machine = RegisterMachine::default();
+        self.trace(("wipe", id));
+        self.restart(id)
     }
 
     fn transfer_one(&mut self) -> StepResult {
@@ -1410,13 +1850,11 @@ impl Sim {
             return Ok(());
         };
         match self.rng.random_range(0..10u8) {
-            0 => {
-                self.node_mut(id)
-                    .campaign()
-                    .map_err(|e| storage_violation(id, e))?;
-                self.trace(("campaign", id));
-            }
-            1..=5 => {
+            0..=2 => match self.node_mut(id).campaign() {
+                Ok(()) | Err(Error::InLease { .. }) => self.trace(("campaign", id)),
+                Err(e) => return Err(storage_violation(id, e)),
+            },
+            3..=6 => {
                 let cut: Vec<NodeId> = self
                     .cuts
                     .iter()
@@ -1469,7 +1907,8 @@ impl Sim {
                 return self.restart(id);
             }
         }
-        if roll < 45 && !self.cuts.is_empty() {
+        let settled = self.clock >= self.cuts_since + self.config.min_partition_ticks * TICK;
+        if roll < 36 && !self.cuts.is_empty() && settled {
             self.cuts.clear();
             self.trace("heal");
             return Ok(());
@@ -1505,7 +1944,23 @@ impl Sim {
                 self.crash(id);
             }
         } else if self.chance(partition_p.min(1.0)) {
-            self.partition();
+            let leaders = self.leaders();
+            match self.pick(&leaders) {
+                Some(leader) if self.chance(0.3) => self.partition_minimal_quorum(leader),
+                Some(leader) if self.chance(0.3) => {
+                    let membership = self.nodes[&leader]
+                        .node
+                        .as_ref()
+                        .expect("live leader")
+                        .membership()
+                        .clone();
+                    self.isolate_with_minority(leader, &membership);
+                }
+                _ => self.partition(),
+            }
+            if self.chance(0.5) {
+                self.skew_clocks();
+            }
         } else if self.chance(pause_p.min(1.0)) {
             // Leaders mostly: a paused leader whose lease outlives the pause
             // is the case leases must survive.
@@ -1591,6 +2046,7 @@ impl Sim {
                     }
                 }
             }
+            self.cuts_since = self.clock;
             self.trace(("partition", side.iter().sum::<u64>()));
         } else if let (Some(a), Some(b)) = (self.pick(&ids), self.pick(&ids)) {
             // One-way: a can no longer reach b.
@@ -1624,7 +2080,7 @@ impl Sim {
         for id in crashed {
             self.restart(id)?;
         }
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let ids: Vec<NodeId> = self.live_ids();
         for id in ids {
             self.apply_queued(id, usize::MAX)?;
         }
