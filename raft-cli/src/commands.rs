@@ -271,6 +271,17 @@ mod tests {
             e.starts_with("remove-node 3 failed: a membership change"),
             "{e}"
         );
+        // Right after an election the client retries on its own; if its
+        // deadline passes first, the error says to retry.
+        let e = explain(
+            "add-node 4 failed",
+            ClientError::Kv(KvError::LeaderNotSettled),
+        )
+        .to_string();
+        assert!(
+            e.contains("just elected") && e.contains("retry in a moment"),
+            "{e}"
+        );
         let e = explain(
             "put failed",
             ClientError::Deadline(Duration::from_secs(15), "no leader".into()),

@@ -116,6 +116,27 @@
 //! The simulator checks this contract: it crashes nodes at random moments and
 //! throws away every write not yet acknowledged as durable.
 //!
+//! # Membership changes
+//!
+//! One server at a time, with learners ([`ConfChange`]); a configuration is
+//! in force as soon as it is in the log. A new leader accepts a change only
+//! after the first entry of its term commits ([`Error::LeaderNotSettled`]),
+//! and only one change is uncommitted at a time
+//! ([`Error::ConfigChangeInProgress`]). Removed ids are never reused
+//! ([`Membership::removed`]): a replacement node gets a new id.
+//!
+//! # Leases
+//!
+//! With [`Config::lease_reads`], a leader serves reads without a round trip
+//! for [`Config::lease_ticks`] of its ticks after the start of a heartbeat
+//! round that a quorum acknowledged. This rests on a promise of the voters,
+//! kept with [`Config::check_quorum`]: a node that heard from a leader
+//! within the election timeout votes for no one, in any term, and does not
+//! campaign ([`Error::InLease`]); and on the clocks: no node counts fewer
+//! than `1 - max_clock_drift` times the ticks of another. A host that
+//! derives ticks from a monotonic clock and, after a pause, delivers the
+//! ticks it missed before any other input keeps to that.
+//!
 //! # Bootstrapping
 //!
 //! A new cluster starts with [`bootstrap_entry`] at index 1 of every initial

@@ -138,6 +138,10 @@ fn stale_log_cannot_win() {
     c.isolate(3);
     c.heal();
     c.crash(1);
+    // Node 3 has heard nothing from a leader for an election timeout.
+    for _ in 0..10 {
+        c.tick(3);
+    }
     c.node_mut(3).campaign().unwrap();
     c.drop_if(|m| matches!(m.body, MessageBody::Append(_) | MessageBody::Heartbeat(_)));
     c.stabilize();

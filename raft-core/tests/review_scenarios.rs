@@ -283,6 +283,9 @@ fn pre_vote_is_refused_where_the_vote_would_be() {
     // The asker hears nothing from the leader for a while (a one-way cut),
     // and asks the others whether it could win.
     c.cut(leader, asker);
+    for _ in 0..10 {
+        c.tick(asker);
+    }
     c.node_mut(asker).campaign().unwrap();
     c.stabilize();
     assert_eq!(
@@ -294,4 +297,158 @@ fn pre_vote_is_refused_where_the_vote_would_be() {
     c.run_ticks(5);
     assert_eq!(c.leader(), Some(leader), "the healthy leader stays");
     assert_eq!(c.node(leader).term(), term);
+}
+
+// ----- rules added while fixing the four (each also has a mutant in
+// `cargo xtask mutants`) -------------------------------------------------------
+
+/// Ids are never reused: a removed node's old incarnation is still named by
+/// configurations in logs and by stale nodes, and a node re-added under it
+/// with an empty store would replay them as it catches up (the simulator
+/// found it electing itself under the bootstrap configuration).
+#[test]
+fn removed_ids_are_never_reused() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.propose_committed(b"x");
+    c.node_mut(1)
+        .propose_membership(ConfChange::Remove { id: 3 })
+        .unwrap();
+    c.stabilize();
+    c.run_ticks(2);
+    assert!(c.node(1).membership().removed().contains(&3));
+    for change in [
+        ConfChange::AddLearner {
+            id: 3,
+            address: "node-3".into(),
+        },
+        ConfChange::AddVoter {
+            id: 3,
+            address: Some("node-3".into()),
+        },
+    ] {
+        assert_eq!(
+            c.node_mut(1).propose_membership(change),
+            Err(Error::ConfChange(raft_core::ConfChangeError::IdRemoved(3)))
+        );
+    }
+    // A new id is welcome.
+    c.add_member(4, MemLog::new(), |_| {});
+    c.node_mut(1)
+        .propose_membership(ConfChange::AddLearner {
+            id: 4,
+            address: "node-4".into(),
+        })
+        .unwrap();
+}
+
+/// A node that heard from a live leader within the election timeout votes
+/// for no one, in any term. It can reach a candidate's term without a vote
+/// request (any message of that term moves it there); the lease's promise
+/// must hold there too.
+#[test]
+fn a_node_in_lease_votes_in_no_term() {
+    let mut c = Cluster::with_config(3, |cfg| {
+        cfg.lease_reads = true;
+        cfg.pre_vote = false;
+    });
+    for _ in 0..100 {
+        c.tick_all();
+        if c.leader().is_some() {
+            break;
+        }
+    }
+    let leader = c.leader().expect("a leader");
+    let (voter, candidate) = match leader {
+        1 => (2, 3),
+        2 => (3, 1),
+        _ => (1, 2),
+    };
+    c.run_ticks(3);
+    let term = c.node(leader).term();
+    // The candidate, cut off from everyone, campaigns in term + 1 with the
+    // same log as everyone else.
+    c.isolate(candidate);
+    for _ in 0..40 {
+        c.tick(candidate);
+        if c.node(candidate).term() > term {
+            break;
+        }
+    }
+    let candidate_term = c.node(candidate).term();
+    assert!(candidate_term > term);
+    c.take_messages();
+    // A stale answer carries its term to the voter...
+    c.heal();
+    c.deliver(Message {
+        from: candidate,
+        to: voter,
+        term: candidate_term,
+        body: MessageBody::AppendResponse(AppendResponse::Rejected {
+            rejected: 0,
+            hint: LogId::default(),
+        }),
+    });
+    assert_eq!(c.node(voter).term(), candidate_term);
+    // ...and then the vote request of that very term arrives.
+    c.deliver(Message {
+        from: candidate,
+        to: voter,
+        term: candidate_term,
+        body: MessageBody::Vote(raft_core::VoteRequest {
+            last_log: c.node(candidate).last_log_id().unwrap(),
+            transfer: false,
+        }),
+    });
+    assert_ne!(
+        c.node(voter).hard_state().vote,
+        Some(candidate),
+        "a node that heard from the leader just now voted for another"
+    );
+}
+
+/// `campaign` follows the vote rule: a node that would refuse its vote to
+/// others because a leader's lease may hold does not vote for itself.
+#[test]
+fn campaign_is_refused_while_a_leader_is_heard() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.run_ticks(2);
+    assert_eq!(
+        c.node_mut(2).campaign(),
+        Err(Error::InLease {
+            leader_hint: Some(1)
+        })
+    );
+    // An election timeout without the leader, and it may.
+    c.isolate(2);
+    for _ in 0..10 {
+        c.tick(2);
+    }
+    assert!(c.node_mut(2).campaign().is_ok());
+}
+
+/// A leader that removed itself and crashed before anyone received the
+/// change holds the only copy of it. In a cluster of two, the other voter
+/// cannot win (the removed node's log is ahead and it refuses its vote), so
+/// the removed node must still campaign, under its latest configuration,
+/// until the change commits (Raft thesis §4.2.2).
+#[test]
+fn a_removed_leader_holding_the_only_copy_still_campaigns() {
+    let mut c = Cluster::new(2);
+    c.elect(1);
+    c.propose_committed(b"x");
+    c.run_ticks(2);
+    c.drop_if(|m| m.from == 1 && matches!(m.body, MessageBody::Append(_)));
+    c.node_mut(1)
+        .propose_membership(ConfChange::Remove { id: 1 })
+        .unwrap();
+    c.stabilize();
+    c.crash(1);
+    c.restart(1);
+    c.heal();
+    c.run_ticks(100);
+    let leader = c.leader().expect("the cluster has a leader again");
+    assert_eq!(leader, 2, "node 2 leads the configuration without node 1");
+    assert!(!c.node(2).membership().contains(1));
 }

@@ -244,6 +244,7 @@ impl Client {
                         | KvError::Timeout
                         | KvError::Unavailable(_)
                         | KvError::ConfigChangeInProgress
+                        | KvError::LeaderNotSettled
                         | KvError::ShuttingDown => {
                             last = e.to_string();
                             if matches!(e, KvError::ShuttingDown) {

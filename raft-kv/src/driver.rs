@@ -529,6 +529,7 @@ where
             RaftError::NotLeader { leader_hint: None } => KvError::NoLeader,
             RaftError::TransferInProgress { .. } => KvError::TransferInProgress,
             RaftError::ConfigChangeInProgress { .. } => KvError::ConfigChangeInProgress,
+            RaftError::LeaderNotSettled { .. } => KvError::LeaderNotSettled,
             RaftError::ConfChange(e) => KvError::MembershipChange(e.to_string()),
             e @ (RaftError::TransferToSelf(_) | RaftError::TransferToNonVoter(_)) => {
                 KvError::Transfer(e.to_string())

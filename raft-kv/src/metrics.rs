@@ -39,6 +39,8 @@ pub(crate) fn record_status(status: &raft_core::Status) {
         ("raft_read_index_requests_total", c.read_index_requests),
         ("raft_lease_reads_total", c.lease_reads),
         ("raft_leader_transfers_total", c.leader_transfers),
+        ("raft_malformed_messages_total", c.malformed_messages),
+        ("raft_out_of_range_answers_total", c.out_of_range_answers),
     ] {
         metrics::counter!(name).absolute(value);
     }

@@ -415,6 +415,13 @@ pub enum KvError {
     /// The node failed internally (storage): it needs attention.
     #[error("internal error on the node: {0}")]
     Internal(String),
+    /// The leader was elected moments ago and has not yet committed the
+    /// first entry of its term; membership changes wait for that (Raft
+    /// thesis §4.1). It takes a round trip: retry in a moment.
+    #[error(
+        "the leader was just elected and has not committed its first entry yet; membership changes wait for it, retry in a moment"
+    )]
+    LeaderNotSettled,
 }
 
 /// Encodes a value with postcard.

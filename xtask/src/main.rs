@@ -63,6 +63,9 @@ enum Cmd {
         /// Print one line per seed.
         #[arg(long)]
         verbose: bool,
+        /// Print every event of every run (for replaying one seed).
+        #[arg(long)]
+        events: bool,
     },
     /// Start a local cluster: build raft-kv and raft-cli, create
     /// certificates, configurations and data under target/cluster/, start
@@ -103,6 +106,7 @@ fn run(cli: Cli) -> Result<()> {
             nodes,
             jobs,
             verbose,
+            events,
         } => {
             let jobs = jobs.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -119,6 +123,9 @@ fn run(cli: Cli) -> Result<()> {
             ];
             if verbose {
                 args.push("--verbose".into());
+            }
+            if events {
+                args.push("--events".into());
             }
             let mut cmd = cargo();
             cmd.args([

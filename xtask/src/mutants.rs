@@ -190,7 +190,10 @@ pub(crate) fn run(args: &MutantsArgs) -> Result<()> {
         .filter(|m| args.only.as_deref().is_none_or(|o| o == m.name))
         .collect();
     if selected.is_empty() {
-        bail!("no mutant is called {:?}; see cargo xtask mutants --list", args.only);
+        bail!(
+            "no mutant is called {:?}; see cargo xtask mutants --list",
+            args.only
+        );
     }
     let root = super::workspace_root();
     let target = target_dir(&root);
@@ -374,7 +377,10 @@ fn build(copy: &Path, target: &Path) -> Result<PathBuf> {
     ])
     .arg(copy.join("Cargo.toml"))
     .env("CARGO_TARGET_DIR", target);
-    eprintln!("xtask: building the mutated copy of raft-core in {}", copy.display());
+    eprintln!(
+        "xtask: building the mutated copy of raft-core in {}",
+        copy.display()
+    );
     let status = cmd.status().context("could not start cargo")?;
     if !status.success() {
         bail!("building the mutated copy of raft-core failed ({status})");

@@ -518,6 +518,7 @@ mod tests {
                 is_voter: true,
                 membership,
                 transfer_target: None,
+                leader_contact_ticks: 0,
                 followers: vec![FollowerStatus {
                     id: 2,
                     is_learner: false,

@@ -203,7 +203,11 @@ impl Oracle {
     fn check_leader_completeness(&self, node: &Node<MemLog>) -> Result<(), Violation> {
         let first = node.first_index().unwrap_or(1);
         for (&index, &(term, _)) in self.committed.range(first..) {
-            if self.commit_terms.get(&index).is_none_or(|&t| t >= node.term()) {
+            if self
+                .commit_terms
+                .get(&index)
+                .is_none_or(|&t| t >= node.term())
+            {
                 continue;
             }
             let has = node.term_at(index).ok().flatten();

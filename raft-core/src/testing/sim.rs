@@ -755,12 +755,13 @@ impl Sim {
                 let left = self.rng.random_range(5..80);
                 self.doomed = Some((id, term, left));
             }
-            if self.config.membership_changes && self.chance(self.config.change_after_election) {
-                if self.change_membership_at(id)? {
-                    self.stats.changes_after_election += 1;
-                    if self.chance(self.config.split_after_early_change) {
-                        self.partition_minimal_quorum(id);
-                    }
+            if self.config.membership_changes
+                && self.chance(self.config.change_after_election)
+                && self.change_membership_at(id)?
+            {
+                self.stats.changes_after_election += 1;
+                if self.chance(self.config.split_after_early_change) {
+                    self.partition_minimal_quorum(id);
                 }
             }
         }
@@ -1213,11 +1214,13 @@ impl Sim {
             let entries = match (&n.node, &n.disk) {
                 (Some(node), _) => {
                     let last = node.last_log_id().map_or(0, |l| l.index);
-                    node.entries(max_commit + 1, last + 1, u64::MAX).unwrap_or_default()
+                    node.entries(max_commit + 1, last + 1, u64::MAX)
+                        .unwrap_or_default()
                 }
                 (None, Some(disk)) => {
                     let last = disk.last_index().unwrap_or(0);
-                    disk.entries(max_commit + 1, last + 1, u64::MAX).unwrap_or_default()
+                    disk.entries(max_commit + 1, last + 1, u64::MAX)
+                        .unwrap_or_default()
                 }
                 _ => Vec::new(),
             };
@@ -1781,7 +1784,9 @@ impl Sim {
             .copied()
             .filter(|&v| v != leader)
             .collect();
-        let keep = self.rng.random_range(0..=voters.len().saturating_sub(1) / 2);
+        let keep = self
+            .rng
+            .random_range(0..=voters.len().saturating_sub(1) / 2);
         let mut reachable = BTreeSet::new();
         for _ in 0..keep {
             let i = self.rng.random_range(0..voters.len());
