@@ -148,7 +148,8 @@ pub enum Command {
     Watch(WatchArgs),
     /// Add a node: as a learner, wait until it has caught up, then make it a voter.
     AddNode {
-        /// The new node's id (as in its config).
+        /// The new node's id (as in its config). Ids of removed nodes are
+        /// never reused: a replacement node gets a new id.
         id: u64,
         /// Where it listens (host:port), as other nodes and clients reach it.
         address: String,
@@ -162,7 +163,8 @@ pub enum Command {
         #[arg(long, default_value_t = 10, value_name = "ENTRIES")]
         max_lag: u64,
     },
-    /// Remove a node (voter or learner, the leader included).
+    /// Remove a node (voter or learner, the leader included). Its id is
+    /// retired for good: stop the node, and give a replacement a new id.
     RemoveNode {
         /// The node's id.
         id: u64,

@@ -1,9 +1,10 @@
 //! The chaos checker (examples/chaos/checker.rs) against histories with
 //! known verdicts, and against stateright's linearizability tester:
 //!
-//! - every verdict of `shared/testdata/linearizability` (102 Jepsen etcd
+//! - every verdict of `tests/data/linearizability` (102 Jepsen etcd
 //!   histories of a compare-and-set register, 6 multi-key histories checked
-//!   key by key); see that directory's README;
+//!   key by key, from Porcupine's test data, MIT); see that directory's
+//!   README and LICENSE;
 //! - stateright's `LinearizabilityTester` on generated histories shaped like
 //!   the chaos runs' (a compare-and-swap register, concurrent processes,
 //!   unknown outcomes), both linearizable ones and mutated ones.
@@ -24,12 +25,11 @@ use checker::{
 const BUDGET: Duration = Duration::from_secs(120);
 
 fn corpus() -> PathBuf {
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/linearizability");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/linearizability");
     assert!(
         dir.join("README.md").is_file(),
-        "the linearizability corpus is missing: expected it at {} (the `shared/` directory \
-         beside the workspace, with testdata/linearizability/jepsen-etcd and kv)",
+        "the linearizability corpus is missing: expected it at {} (it is part of the \
+         repository: restore raft-kv/tests/data/linearizability)",
         dir.display()
     );
     dir

@@ -15,7 +15,7 @@
 //!   (operations linearised, state) pairs, the algorithm of Knossos and
 //!   Porcupine. Fast enough for whole chaos histories and the Jepsen
 //!   corpus; `tests/linearizability_corpus.rs` shows it agrees with every
-//!   verdict of `shared/testdata/linearizability` and with stateright on
+//!   verdict of `raft-kv/tests/data/linearizability` and with stateright on
 //!   generated histories.
 //!
 //! An operation whose outcome is unknown (a timeout, a lost connection) has
