@@ -701,6 +701,17 @@ async fn nemesis_step(
                 cluster.nodes.get_mut(&new_id).expect("spare").member = true;
                 cluster.write_config(new_id, None)?;
                 cluster.spawn(new_id)?;
+                // An operator's client for the rest of the change knows the
+                // members there are now: the shared admin client also lists
+                // the removed and spare nodes, each costing a connect
+                // timeout when the client goes looking for the leader.
+                let mut config = burst_config.clone();
+                config.endpoints = cluster
+                    .members()
+                    .iter()
+                    .map(|&id| cluster.address(id))
+                    .collect();
+                let admin = &Client::connect(config).await?;
                 let address = cluster.address(new_id);
                 history.event(format!(
                     "nemesis: add node {new_id} at {address} as a learner"
