@@ -636,9 +636,14 @@ impl Sim {
 
     /// Nodes that are up and not paused.
     fn live_ids(&self) -> Vec<NodeId> {
+        self.ids_where(|n| n.running())
+    }
+
+    /// The ids of the nodes for which `f` holds.
+    fn ids_where(&self, f: impl Fn(&SimNode) -> bool) -> Vec<NodeId> {
         self.nodes
             .iter()
-            .filter(|(_, n)| n.running())
+            .filter(|(_, n)| f(n))
             .map(|(id, _)| *id)
             .collect()
     }
@@ -792,12 +797,7 @@ impl Sim {
     /// everything else.
     fn tick_one(&mut self) -> StepResult {
         let clock = self.clock;
-        let due: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.running() && n.next_tick <= clock)
-            .map(|(id, _)| *id)
-            .collect();
+        let due: Vec<NodeId> = self.ids_where(|n| n.running() && n.next_tick <= clock);
         match self.pick(&due) {
             Some(id) => {
                 // Clients of a leader read right up to its next tick: the
@@ -845,12 +845,8 @@ impl Sim {
     /// queued during the pause, then arrive.
     fn resume_due(&mut self) -> StepResult {
         let clock = self.clock;
-        let due: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.paused_until.is_some_and(|until| until <= clock))
-            .map(|(id, _)| *id)
-            .collect();
+        let due: Vec<NodeId> =
+            self.ids_where(|n| n.paused_until.is_some_and(|until| until <= clock));
         for id in due {
             self.resume(id)?;
             if self.config.reads && self.nodes[&id].running() {
@@ -1072,12 +1068,8 @@ impl Sim {
     // ----- output batches and durability ---------------------------------------
 
     fn ready_one(&mut self) -> StepResult {
-        let ready_ids: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.running() && n.node.as_ref().is_some_and(|node| node.has_ready()))
-            .map(|(id, _)| *id)
-            .collect();
+        let ready_ids: Vec<NodeId> =
+            self.ids_where(|n| n.running() && n.node.as_ref().is_some_and(|node| node.has_ready()));
         match self.pick(&ready_ids) {
             Some(id) => self.process_ready(id),
             None => Ok(()),
@@ -1251,12 +1243,7 @@ impl Sim {
 
     /// A node whose state machine lags applies some of what it was handed.
     fn apply_one(&mut self) -> StepResult {
-        let ids: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.running() && !n.to_apply.is_empty())
-            .map(|(id, _)| *id)
-            .collect();
+        let ids: Vec<NodeId> = self.ids_where(|n| n.running() && !n.to_apply.is_empty());
         let Some(id) = self.pick(&ids) else {
             return Ok(());
         };
@@ -1300,12 +1287,7 @@ impl Sim {
 
     /// The oldest pending write of a random node becomes durable.
     fn persist_one(&mut self) -> StepResult {
-        let ids: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.running() && !n.pending.is_empty())
-            .map(|(id, _)| *id)
-            .collect();
+        let ids: Vec<NodeId> = self.ids_where(|n| n.running() && !n.pending.is_empty());
         match self.pick(&ids) {
             Some(id) => self.persist_next(id),
             None => Ok(()),
@@ -1346,12 +1328,7 @@ impl Sim {
     }
 
     fn build_snapshot_one(&mut self) -> StepResult {
-        let ids: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.running() && n.snapshot_due)
-            .map(|(id, _)| *id)
-            .collect();
+        let ids: Vec<NodeId> = self.ids_where(|n| n.running() && n.snapshot_due);
         let Some(id) = self.pick(&ids) else {
             return Ok(());
         };
@@ -1383,11 +1360,7 @@ impl Sim {
     // ----- clients -------------------------------------------------------------
 
     fn leaders(&self) -> Vec<NodeId> {
-        self.nodes
-            .iter()
-            .filter(|(_, n)| n.running() && n.node.as_ref().is_some_and(|node| node.is_leader()))
-            .map(|(id, _)| *id)
-            .collect()
+        self.ids_where(|n| n.running() && n.node.as_ref().is_some_and(|node| node.is_leader()))
     }
 
     fn propose_one(&mut self) -> StepResult {
@@ -1901,12 +1874,7 @@ impl Sim {
 
     fn inject_fault(&mut self) -> StepResult {
         let roll = self.rng.random_range(0..100u32);
-        let crashed: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.node.is_none())
-            .map(|(id, _)| *id)
-            .collect();
+        let crashed: Vec<NodeId> = self.ids_where(|n| n.node.is_none());
         if roll < 30 {
             if let Some(id) = self.pick(&crashed) {
                 return self.restart(id);
@@ -1925,12 +1893,8 @@ impl Sim {
         if self.chance(crash_p.min(1.0)) {
             // Prefer nodes with writes in flight: crashing them exercises the
             // durability contract (what was sent must survive).
-            let writing: Vec<NodeId> = self
-                .nodes
-                .iter()
-                .filter(|(_, n)| n.node.is_some() && !n.pending.is_empty())
-                .map(|(id, _)| *id)
-                .collect();
+            let writing: Vec<NodeId> =
+                self.ids_where(|n| n.node.is_some() && !n.pending.is_empty());
             // Leaders too: a leader crashing right after it appended entries
             // is how logs diverge in the hard cases (Raft paper, figure 8).
             let leaders = self.leaders();
@@ -1939,11 +1903,7 @@ impl Sim {
             } else if !writing.is_empty() && self.chance(0.6) {
                 writing
             } else {
-                self.nodes
-                    .iter()
-                    .filter(|(_, n)| n.node.is_some())
-                    .map(|(id, _)| *id)
-                    .collect()
+                self.ids_where(|n| n.node.is_some())
             };
             if let Some(id) = self.pick(&victims) {
                 self.crash(id);
@@ -2067,21 +2027,11 @@ impl Sim {
     fn heal(&mut self) -> StepResult {
         self.faults_on = false;
         self.cuts.clear();
-        let paused: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.paused_until.is_some())
-            .map(|(id, _)| *id)
-            .collect();
+        let paused: Vec<NodeId> = self.ids_where(|n| n.paused_until.is_some());
         for id in paused {
             self.resume(id)?;
         }
-        let crashed: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.node.is_none())
-            .map(|(id, _)| *id)
-            .collect();
+        let crashed: Vec<NodeId> = self.ids_where(|n| n.node.is_none());
         for id in crashed {
             self.restart(id)?;
         }
