@@ -184,6 +184,39 @@ impl Default for DriverOptions {
     }
 }
 
+/// Raft ticks derived from the monotonic clock: tick `n` falls due
+/// `n × tick` after the start, whatever the driver was doing meanwhile.
+struct TickClock {
+    start: std::time::Instant,
+    tick: Duration,
+    delivered: u64,
+}
+
+impl TickClock {
+    fn new(tick: Duration) -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            tick: tick.max(Duration::from_micros(1)),
+            delivered: 0,
+        }
+    }
+
+    /// How many ticks fell due since the last call (and counts them as
+    /// delivered).
+    fn due(&mut self) -> u64 {
+        let elapsed = self.start.elapsed().as_nanos() / self.tick.as_nanos();
+        let due = (elapsed as u64).saturating_sub(self.delivered);
+        self.delivered += due;
+        due
+    }
+
+    /// When the next tick falls due.
+    fn next_tick(&self) -> std::time::Instant {
+        let nanos = self.tick.as_nanos() * u128::from(self.delivered + 1);
+        self.start + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+}
+
 /// A batch handed to the writer thread.
 struct PendingWrite {
     number: u64,
@@ -263,11 +296,11 @@ where
                     conf_changes: BTreeMap::new(),
                     reads: HashMap::new(),
                     ticks_since_housekeeping: 0,
+                    clock: TickClock::new(options.tick),
                     next_read: 1,
                     view: view_tx,
                     last_addresses: BTreeMap::new(),
                     snapshot_in_progress: false,
-                    options,
                 };
                 runtime.block_on(state.run(requests_rx, stop_rx, shutting_down))
             })
@@ -327,11 +360,12 @@ struct DriverState<L: LogStore + ?Sized, T: Transport + ?Sized, M: StateMachine>
     reads: HashMap<u64, (std::time::Instant, ReadFn<M>)>,
     /// Ticks since the last housekeeping.
     ticks_since_housekeeping: u64,
+    /// Ticks derived from the monotonic clock.
+    clock: TickClock,
     next_read: u64,
     view: watch::Sender<NodeView>,
     last_addresses: BTreeMap<NodeId, String>,
     snapshot_in_progress: bool,
-    options: DriverOptions,
 }
 
 impl<L, T, M> DriverState<L, T, M>
@@ -358,45 +392,54 @@ where
                 .spawn(move || writer_loop(store, transport, writer_rx, completion_tx))
                 .map_err(|e| format!("cannot start the writer thread: {e}"))?
         };
-        let mut ticker = tokio::time::interval(self.options.tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let transport = self.transport.clone();
         self.publish_view();
         let result: Result<(), String> = loop {
+            // Time comes first: every tick that has elapsed on the monotonic
+            // clock is delivered before any message or request (after a
+            // pause too), so the node's count of ticks never falls behind
+            // real time by more than the work between two checks. Leases
+            // rest on it (raft_core::Config::max_clock_drift).
+            if let Err(e) = self.catch_up_ticks() {
+                break Err(e);
+            }
+            let next_tick = self.clock.next_tick();
             let step: Result<(), String> = tokio::select! {
                 biased;
                 _ = &mut stop => break Ok(()),
                 Some(done) = completions.recv() => self.on_completion(done, &completion_tx),
                 Some(message) = transport.recv() => {
-                    let mut r = self.step(message);
+                    let mut r = self.catch_up_ticks().and_then(|()| self.step(message));
                     // Drain what else is already there, without waiting.
                     for _ in 0..256 {
                         if r.is_err() { break; }
                         match futures_now(transport.recv()) {
-                            Some(Some(message)) => r = self.step(message),
+                            Some(Some(message)) => {
+                                r = self.catch_up_ticks().and_then(|()| self.step(message));
+                            }
                             _ => break,
                         }
                     }
                     r
                 }
                 Some(request) = requests.recv() => {
-                    self.on_request(request);
+                    // Each request is taken off the queue, then the clock is
+                    // read, then the request is decided: a lease read is
+                    // judged by a time after it arrived, even if the
+                    // process was stopped in between.
+                    let mut r = self.catch_up_ticks().map(|()| self.on_request(request));
                     for _ in 0..1024 {
+                        if r.is_err() { break; }
                         match requests.try_recv() {
-                            Ok(request) => self.on_request(request),
+                            Ok(request) => {
+                                r = self.catch_up_ticks().map(|()| self.on_request(request));
+                            }
                             Err(_) => break,
                         }
                     }
-                    Ok(())
+                    r
                 }
-                _ = ticker.tick() => {
-                    self.ticks_since_housekeeping += 1;
-                    if self.ticks_since_housekeeping == HOUSEKEEPING_TICKS {
-                        self.ticks_since_housekeeping = 0;
-                        self.housekeeping();
-                    }
-                    self.node.tick().map_err(|e| e.to_string())
-                }
+                _ = tokio::time::sleep_until(next_tick.into()) => Ok(()),
             };
             if let Err(e) = step.and_then(|()| self.process_ready(&writer_tx, &completion_tx)) {
                 break Err(e);
@@ -419,6 +462,19 @@ where
             tracing::error!(error = %e, "the raft driver stopped on an error");
         }
         result
+    }
+
+    /// Delivers every tick due by the monotonic clock.
+    fn catch_up_ticks(&mut self) -> Result<(), String> {
+        for _ in 0..self.clock.due() {
+            self.ticks_since_housekeeping += 1;
+            if self.ticks_since_housekeeping == HOUSEKEEPING_TICKS {
+                self.ticks_since_housekeeping = 0;
+                self.housekeeping();
+            }
+            self.node.tick().map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Work too costly for every tick: publishes the node's counters and

@@ -1,97 +1,20 @@
 //! Three raft-kv nodes in one process over real QUIC and RocksDB: the
 //! service end to end, quickly.
 
-use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft_kv::config::{LogFormat, NodeConfig, RaftSettings, SnapshotSettings, TlsFiles};
 use raft_kv::protocol::{Consistency, ReadOp, Selector};
-use raft_kv::{Client, ClientConfig, Server};
-use raft_transport_quic::CertificateAuthority;
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn node_config(dir: &Path, id: u64, addresses: &[(u64, SocketAddr)]) -> NodeConfig {
-    let listen = addresses.iter().find(|(i, _)| *i == id).unwrap().1;
-    NodeConfig {
-        node_id: id,
-        cluster_id: "test".into(),
-        listen,
-        advertise: None,
-        data_dir: dir.join(format!("node-{id}")),
-        initial_cluster: addresses.iter().map(|(i, a)| format!("{i}={a}")).collect(),
-        join: false,
-        tls: TlsFiles {
-            ca: dir.join("ca.pem"),
-            cert: dir.join(format!("node-{id}.pem")),
-            key: dir.join(format!("node-{id}.key")),
-        },
-        raft: RaftSettings {
-            tick_ms: 20,
-            ..RaftSettings::default()
-        },
-        snapshot: SnapshotSettings {
-            threshold: 200,
-            retention: 20,
-            chunk_size: 4096,
-        },
-        metrics_listen: None,
-        log_format: LogFormat::Human,
-        enable_fault_injection: false,
-        request_timeout_ms: 3_000,
-    }
-}
+use raft_kv::{Client, ClientConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_serve_reads_writes_and_watches() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,quinn=error")),
-        )
-        .with_test_writer()
-        .try_init();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = CertificateAuthority::generate("test CA").unwrap();
-    ca.save(&dir.path().join("ca.pem"), &dir.path().join("ca.key"))
-        .unwrap();
-    let addresses: Vec<(u64, SocketAddr)> = (1..=3)
-        .map(|id| (id, format!("127.0.0.1:{}", free_port()).parse().unwrap()))
-        .collect();
-    for (id, address) in &addresses {
-        let cert = ca
-            .issue_node("test", *id, [address.ip().to_string()])
-            .unwrap();
-        cert.save(
-            &dir.path().join(format!("node-{id}.pem")),
-            &dir.path().join(format!("node-{id}.key")),
-        )
-        .unwrap();
-    }
-    let mut servers = Vec::new();
-    for (id, _) in &addresses {
-        servers.push(
-            Server::start(node_config(dir.path(), *id, &addresses))
-                .await
-                .unwrap(),
-        );
-    }
-    let client_identity = ca.client_identity("test", "tester").unwrap();
-    let endpoints: Vec<String> = addresses.iter().map(|(_, a)| a.to_string()).collect();
-    let client = Client::connect(ClientConfig::new(
-        endpoints.clone(),
-        client_identity.clone(),
-    ))
-    .await
-    .unwrap();
+    let cluster = common::TestCluster::start(3, |_| {}).await;
+    let endpoints = cluster.endpoints.clone();
+    let client_identity = cluster.client_identity.clone();
+    let client = cluster.client().await;
 
     client.put("a", "1").await.unwrap();
     assert_eq!(
@@ -177,7 +100,5 @@ async fn three_nodes_serve_reads_writes_and_watches() {
         assert_eq!(status.raft.membership.voters().len(), 3);
     }
 
-    for server in servers {
-        server.shutdown().await.unwrap();
-    }
+    cluster.shutdown().await;
 }

@@ -34,11 +34,16 @@ pub(crate) struct ChaosArgs {
     /// Pass only if the checker finds a violation (with --broken).
     #[arg(long, hide = true)]
     pub(crate) expect_violation: bool,
+    /// How clients read: `linearizable` (ReadIndex) or `lease` (nodes run
+    /// with lease reads on; the SIGSTOP nemesis tests the lease).
+    #[arg(long, default_value = "linearizable")]
+    pub(crate) reads: String,
 }
 
 impl ChaosArgs {
-    /// The 60-second, 5-node run of `cargo xtask test`.
-    pub(crate) fn for_ci() -> Self {
+    /// The 60-second, 5-node runs of `cargo xtask test`: with ReadIndex
+    /// reads, or with lease reads.
+    pub(crate) fn for_ci(reads: &str) -> Self {
         Self {
             duration: "60s".into(),
             nodes: 5,
@@ -47,6 +52,7 @@ impl ChaosArgs {
             keep: false,
             broken: None,
             expect_violation: false,
+            reads: reads.into(),
         }
     }
 }
@@ -103,5 +109,6 @@ pub(crate) fn run(args: &ChaosArgs, build: bool) -> Result<()> {
     if args.expect_violation {
         cmd.arg("--expect-violation");
     }
+    cmd.args(["--reads", &args.reads]);
     crate::step("chaos", cmd)
 }

@@ -225,5 +225,6 @@ fn test(no_lint: bool) -> Result<()> {
     eprintln!("xtask: mutation tests (cargo xtask mutants)");
     mutants::run(&mutants::MutantsArgs::default())?;
     // cargo test built the chaos program and the raft-kv binary.
-    chaos::run(&chaos::ChaosArgs::for_ci(), false)
+    chaos::run(&chaos::ChaosArgs::for_ci("linearizable"), false)?;
+    chaos::run(&chaos::ChaosArgs::for_ci("lease"), false)
 }

@@ -77,6 +77,11 @@ struct Args {
     /// the checker catches the `--broken` bug).
     #[arg(long)]
     expect_violation: bool,
+    /// How clients read: `linearizable` (ReadIndex) or `lease` (the nodes
+    /// run with lease reads on, and gets are served from the leader's lease;
+    /// the SIGSTOP nemesis is what tests them).
+    #[arg(long, value_enum, default_value_t = ReadMode::Linearizable)]
+    reads: ReadMode,
     /// stateright's time budget per key.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     stateright_budget: Duration,
@@ -85,6 +90,15 @@ struct Args {
     /// process, so that a search over its budget can be stopped.
     #[arg(long, hide = true)]
     stateright_file: Option<PathBuf>,
+}
+
+/// How the chaos clients read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ReadMode {
+    /// Linearizable reads confirmed with a heartbeat round (ReadIndex).
+    Linearizable,
+    /// Lease reads.
+    Lease,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -193,6 +207,7 @@ struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
     broken: Option<String>,
+    reads: ReadMode,
     nodes: BTreeMap<u64, NodeProc>,
     ca_pem: String,
     ca: CertificateAuthority,
@@ -246,6 +261,7 @@ key = {key:?}
 tick_ms = 50
 election_ticks = 10
 heartbeat_ticks = 2
+lease_reads = {lease}
 
 [snapshot]
 threshold = 200
@@ -253,6 +269,7 @@ retention = 50
 chunk_size = 4096
 "#,
             addr = node.addr,
+            lease = self.reads == ReadMode::Lease,
             data = self.dir.join(format!("node-{id}")).display().to_string(),
             ca = self.dir.join("ca.pem").display().to_string(),
             cert = cert_path.display().to_string(),
@@ -418,6 +435,8 @@ async fn leader(admin: &Client, cluster: &Cluster) -> Option<u64> {
 struct Shared {
     history: History,
     stop: AtomicBool,
+    /// How gets read.
+    consistency: Consistency,
 }
 
 async fn run_client(index: u64, client: Client, shared: Arc<Shared>, mut rng: Rng) {
@@ -444,9 +463,18 @@ async fn run_client(index: u64, client: Client, shared: Arc<Shared>, mut rng: Rn
         let call = async {
             match &op {
                 Op::Get => client
-                    .get(key.clone())
+                    .read(
+                        ReadOp::Get {
+                            key: key.clone().into(),
+                        },
+                        shared.consistency,
+                    )
                     .await
-                    .map(|kv| kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned())),
+                    .map(|mut r| {
+                        r.kvs
+                            .pop()
+                            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+                    }),
                 Op::Put(v) => client.put(key.clone(), v.clone()).await.map(|_| None),
                 Op::Cas { expected, new } => client
                     .cas(
@@ -1241,6 +1269,9 @@ fn rerun_command(args: &Args, seed: u64) -> String {
     if args.expect_violation {
         cmd.push_str(" --expect-violation");
     }
+    if args.reads == ReadMode::Lease {
+        cmd.push_str(" --reads lease");
+    }
     cmd
 }
 
@@ -1303,6 +1334,7 @@ async fn run(args: Args) -> Result<bool> {
         dir: dir.clone(),
         bin,
         broken: args.broken.clone(),
+        reads: args.reads,
         nodes,
         ca_pem,
         ca,
@@ -1373,6 +1405,10 @@ async fn drive(args: &Args, seed: u64, dir: &Path, cluster: &mut Cluster) -> Res
             events: Mutex::new(Vec::new()),
         },
         stop: AtomicBool::new(false),
+        consistency: match args.reads {
+            ReadMode::Linearizable => Consistency::Linearizable,
+            ReadMode::Lease => Consistency::Lease,
+        },
     });
     shared
         .history
