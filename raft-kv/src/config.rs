@@ -100,8 +100,17 @@ pub struct RaftSettings {
     pub election_ticks: u64,
     /// Heartbeat interval, in ticks.
     pub heartbeat_ticks: u64,
-    /// Allow lease reads (needs bounded clock drift).
+    /// Allow lease reads: the leader serves them without a round trip for
+    /// `floor(election_ticks × (1 − max_clock_drift)) − 1` ticks after a
+    /// heartbeat round a quorum acknowledged. The driver derives ticks from
+    /// the monotonic clock and delivers them before any request, also after
+    /// a pause, so the lease ends on time by the leader's clock; it relies on
+    /// the nodes' clocks running at rates within `max_clock_drift` of each
+    /// other.
     pub lease_reads: bool,
+    /// The drift between nodes' clock rates that leases tolerate (0.1: one
+    /// node's clock may run up to 10% slower than another's).
+    pub max_clock_drift: f64,
     /// Bytes per AppendEntries message.
     pub max_append_bytes: u64,
 }
@@ -113,6 +122,7 @@ impl Default for RaftSettings {
             election_ticks: 10,
             heartbeat_ticks: 2,
             lease_reads: false,
+            max_clock_drift: 0.1,
             max_append_bytes: 1 << 20,
         }
     }
@@ -274,6 +284,9 @@ impl NodeConfig {
         if self.request_timeout_ms == 0 {
             return fail("request_timeout_ms must be positive".into());
         }
+        if let Err(e) = self.raft_config().validate() {
+            return fail(format!("[raft]: {e}"));
+        }
         self.initial_membership()?;
         Ok(())
     }
@@ -284,6 +297,7 @@ impl NodeConfig {
         config.election_ticks = self.raft.election_ticks;
         config.heartbeat_ticks = self.raft.heartbeat_ticks;
         config.lease_reads = self.raft.lease_reads;
+        config.max_clock_drift = self.raft.max_clock_drift;
         config.max_append_bytes = self.raft.max_append_bytes;
         config.seed = rand::random();
         config.snapshot.threshold = self.snapshot.threshold;
