@@ -75,6 +75,13 @@ pub enum DriverRequest<M: StateMachine> {
         /// Where it goes.
         reply: oneshot::Sender<Status>,
     },
+    /// Test support: the driver's thread sleeps this long, as if the process
+    /// had been stopped (SIGSTOP), then goes on with whatever queued up
+    /// meanwhile. Only in-process callers can send it.
+    Stall {
+        /// How long.
+        duration: Duration,
+    },
 }
 
 /// A cheap view of the node, updated after every batch, for the service
@@ -515,6 +522,7 @@ where
                 }
             },
             DriverRequest::Read { policy: None, read } => read(Ok(&self.sm)),
+            DriverRequest::Stall { duration } => std::thread::sleep(duration),
             DriverRequest::Read {
                 policy: Some(policy),
                 read,

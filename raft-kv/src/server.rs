@@ -268,6 +268,18 @@ impl Server {
         self.metrics
     }
 
+    /// Test support: stalls this node's Raft driver thread for `duration`,
+    /// as if the process had been stopped (SIGSTOP) while its network stays
+    /// up; requests and messages queue meanwhile.
+    #[doc(hidden)]
+    pub async fn stall_driver_for_test(&self, duration: std::time::Duration) {
+        let _ = self
+            .driver
+            .handle()
+            .send(crate::driver::DriverRequest::Stall { duration })
+            .await;
+    }
+
     /// Stops gracefully: a leader first hands leadership to the most
     /// up-to-date voter (so the cluster does not wait for an election), then
     /// the driver stops after making queued writes durable, the network

@@ -115,3 +115,115 @@ async fn a_flood_of_requests_does_not_starve_ticks() {
     );
     cluster.shutdown().await;
 }
+
+/// A leader whose driver stalls (as under SIGSTOP) past its lease, cut off
+/// from the others, must not serve a lease read that queued during the
+/// stall from the lease it held before: meanwhile the others elected a new
+/// leader and took a write. Ticks are caught up from the monotonic clock
+/// after the read is taken off the queue and before it is decided, so the
+/// lease has run out by then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_paused_past_its_lease_serves_no_stale_read() {
+    use raft_transport_quic::{Fault, FaultRule};
+    let cluster = common::TestCluster::start(3, |config| {
+        config.raft.tick_ms = 50;
+        config.raft.election_ticks = 10;
+        config.raft.heartbeat_ticks = 2;
+        config.raft.lease_reads = true;
+        config.enable_fault_injection = true;
+    })
+    .await;
+    let client = cluster.client().await;
+    client.put("k", "before").await.unwrap();
+    let mut leader = None;
+    for (i, endpoint) in cluster.endpoints.iter().enumerate() {
+        let s = client.status_of(endpoint).await.unwrap();
+        if s.raft.role == raft_core::Role::Leader {
+            leader = Some((i, s.raft.id));
+        }
+    }
+    let (index, leader_id) = leader.expect("a leader after a write");
+    let leader_endpoint = cluster.endpoints[index].clone();
+    // The leader's lease is fresh: a lease read through it works.
+    let pinned = cluster.client_of(vec![leader_endpoint.clone()]).await;
+    let read = || async {
+        pinned
+            .read(
+                ReadOp::Get {
+                    key: Bytes::from_static(b"k"),
+                },
+                Consistency::Lease,
+            )
+            .await
+    };
+    let value = read().await.unwrap().kvs.pop().unwrap().value;
+    assert_eq!(value, Bytes::from_static(b"before"));
+
+    // Cut the leader off from the others (both ways, on every node), and
+    // stall its driver for ten election timeouts.
+    let isolate = [
+        FaultRule {
+            from: Some(leader_id),
+            to: None,
+            fault: Fault::Partition,
+        },
+        FaultRule {
+            from: None,
+            to: Some(leader_id),
+            fault: Fault::Partition,
+        },
+    ];
+    for endpoint in &cluster.endpoints {
+        client.set_faults(endpoint, isolate.to_vec()).await.unwrap();
+    }
+    let stall = Duration::from_secs(5);
+    cluster.servers[index].stall_driver_for_test(stall).await;
+    let stalled_at = Instant::now();
+    // A lease read queues at the stalled leader...
+    let queued = tokio::spawn(async move {
+        let pinned = pinned;
+        pinned
+            .read(
+                ReadOp::Get {
+                    key: Bytes::from_static(b"k"),
+                },
+                Consistency::Lease,
+            )
+            .await
+    });
+    // ...while the others elect a new leader and take a write.
+    let mut new_leader = None;
+    while new_leader.is_none() && stalled_at.elapsed() < stall {
+        for endpoint in cluster.endpoints.iter().filter(|e| **e != leader_endpoint) {
+            if let Ok(s) = client.status_of(endpoint).await {
+                if s.raft.role == raft_core::Role::Leader {
+                    new_leader = Some(endpoint.clone());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let new_leader = new_leader.expect("the others elected a leader during the stall");
+    cluster
+        .client_of(vec![new_leader])
+        .await
+        .put("k", "after")
+        .await
+        .unwrap();
+    assert!(
+        stalled_at.elapsed() < stall,
+        "the new leader took the write while the old one was still stalled"
+    );
+    match queued.await.unwrap() {
+        Ok(mut result) => {
+            let value = result.kvs.pop().map(|kv| kv.value);
+            assert_ne!(
+                value,
+                Some(Bytes::from_static(b"before")),
+                "the old leader served a stale lease read after its lease ran out"
+            );
+        }
+        Err(e) => println!("the old leader refused the lease read: {e}"),
+    }
+    cluster.shutdown().await;
+}
