@@ -669,8 +669,28 @@ where
                 });
             }
         }
+        self.fail_pending_if_deposed();
         self.publish_view();
         Ok(())
+    }
+
+    /// A node that stopped leading fails the proposals and membership
+    /// changes it was waiting on at once, naming the leader it knows, rather
+    /// than letting them wait out the request timeout: whether they commit
+    /// is for the new leader to say, and a client that retries with the same
+    /// session is applied once either way.
+    fn fail_pending_if_deposed(&mut self) {
+        if self.node.is_leader() || (self.proposals.is_empty() && self.conf_changes.is_empty()) {
+            return;
+        }
+        let leader_hint = self.node.leader().filter(|&l| l != self.node.id());
+        let error = self.raft_error(RaftError::NotLeader { leader_hint });
+        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+            let _ = reply.send(Err(error.clone()));
+        }
+        for (_, (_, reply)) in std::mem::take(&mut self.conf_changes) {
+            let _ = reply.send(Err(error.clone()));
+        }
     }
 
     fn complete_proposals(&mut self, outputs: Vec<(LogId, M::Output)>, last: Index) {
