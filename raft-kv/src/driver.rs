@@ -82,6 +82,12 @@ pub enum DriverRequest<M: StateMachine> {
         /// How long.
         duration: Duration,
     },
+    /// Test support: the driver stops as on a storage error, with this
+    /// message. Only in-process callers can send it.
+    Fail {
+        /// The error it stops on.
+        error: String,
+    },
 }
 
 /// A cheap view of the node, updated after every batch, for the service
@@ -255,6 +261,8 @@ pub struct Driver<M: StateMachine> {
     handle: DriverHandle<M>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+    /// Set when the driver's loop has ended, with its outcome.
+    ended: watch::Receiver<Option<Result<(), String>>>,
 }
 
 impl<M: StateMachine> Driver<M>
@@ -287,6 +295,7 @@ where
             view: view_rx,
             shutting_down: shutting_down.clone(),
         };
+        let (ended_tx, ended) = watch::channel(None);
         let thread = std::thread::Builder::new()
             .name(format!("raft-driver-{}", node.id()))
             .spawn(move || {
@@ -304,24 +313,48 @@ where
                     reads: HashMap::new(),
                     ticks_since_housekeeping: 0,
                     clock: TickClock::new(options.tick),
+                    failure: None,
                     next_read: 1,
                     view: view_tx,
                     last_addresses: BTreeMap::new(),
                     snapshot_in_progress: false,
                 };
-                runtime.block_on(state.run(requests_rx, stop_rx, shutting_down))
+                let result = runtime.block_on(state.run(requests_rx, stop_rx, shutting_down));
+                ended_tx.send_replace(Some(result.clone()));
+                result
             })
             .map_err(|e| KvError::Internal(format!("cannot start the driver thread: {e}")))?;
         Ok(Self {
             handle,
             stop: Some(stop_tx),
             thread: Some(thread),
+            ended,
         })
     }
 
     /// The handle for submitting requests.
     pub fn handle(&self) -> DriverHandle<M> {
         self.handle.clone()
+    }
+
+    /// Resolves when the driver's loop ends by itself (it stops on an error
+    /// from storage or the engine, which it cannot go on from), with that
+    /// error; never resolves while the driver runs.
+    pub fn failed(&self) -> impl std::future::Future<Output = String> + use<M> {
+        let mut ended = self.ended.clone();
+        async move {
+            loop {
+                if let Some(result) = ended.borrow_and_update().clone() {
+                    return match result {
+                        Ok(()) => "the raft driver stopped".to_string(),
+                        Err(e) => e,
+                    };
+                }
+                if ended.changed().await.is_err() {
+                    return "the raft driver thread ended".to_string();
+                }
+            }
+        }
     }
 
     /// Stops the driver: pending requests fail with `ShuttingDown`, queued
@@ -369,6 +402,8 @@ struct DriverState<L: LogStore + ?Sized, T: Transport + ?Sized, M: StateMachine>
     ticks_since_housekeeping: u64,
     /// Ticks derived from the monotonic clock.
     clock: TickClock,
+    /// An error the loop stops on (see `DriverRequest::Fail`).
+    failure: Option<String>,
     next_read: u64,
     view: watch::Sender<NodeView>,
     last_addresses: BTreeMap<NodeId, String>,
@@ -451,6 +486,9 @@ where
             if let Err(e) = step.and_then(|()| self.process_ready(&writer_tx, &completion_tx)) {
                 break Err(e);
             }
+            if let Some(e) = self.failure.take() {
+                break Err(e);
+            }
         };
         shutting_down.store(true, Ordering::Relaxed);
         // Fail everything still waiting; the writer finishes queued writes.
@@ -523,6 +561,7 @@ where
             },
             DriverRequest::Read { policy: None, read } => read(Ok(&self.sm)),
             DriverRequest::Stall { duration } => std::thread::sleep(duration),
+            DriverRequest::Fail { error } => self.failure = Some(error),
             DriverRequest::Read {
                 policy: Some(policy),
                 read,

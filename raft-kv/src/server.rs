@@ -67,7 +67,9 @@ pub enum StartError {
 
 /// TEST ONLY: the environment variable that switches on a deliberate bug,
 /// so that the chaos checker (`raft-kv/examples/chaos`) can prove it catches
-/// one. `stale-reads`: linearizable reads skip ReadIndex. Honoured only on a
+/// one. `stale-reads`: linearizable reads skip ReadIndex; `driver-error`: the
+/// raft driver stops with an error a second after start (to test that the
+/// process exits). Honoured only on a
 /// node started with `enable_fault_injection = true`, and announced with a
 /// warning; nothing else reads it.
 #[doc(hidden)]
@@ -231,6 +233,22 @@ impl Server {
             );
             service = service.break_linearizable_reads();
         }
+        if config.enable_fault_injection
+            && std::env::var(BROKEN_MODE_ENV).as_deref() == Ok("driver-error")
+        {
+            tracing::warn!(
+                "TEST-ONLY BROKEN MODE ({BROKEN_MODE_ENV}=driver-error): the raft driver \
+                 stops with an error in a second"
+            );
+            let handle = driver.handle();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let error = "injected failure (test only)".to_string();
+                let _ = handle
+                    .send(crate::driver::DriverRequest::Fail { error })
+                    .await;
+            });
+        }
         let _ = handler.0.set(service);
         let metrics = match config.metrics_listen {
             Some(address) => Some(
@@ -266,6 +284,14 @@ impl Server {
     /// Where metrics are served, if enabled.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
         self.metrics
+    }
+
+    /// Resolves if the node's Raft driver stops by itself, with the error it
+    /// stopped on (a storage failure, say): the node can no longer serve,
+    /// and its process should exit rather than stay connected to peers it
+    /// never answers.
+    pub fn failed(&self) -> impl std::future::Future<Output = String> + use<> {
+        self.driver.failed()
     }
 
     /// Test support: stalls this node's Raft driver thread for `duration`,

@@ -63,7 +63,9 @@ async fn pending_writes_fail_at_once_when_the_leader_steps_down() {
             last.contains("no leader") || last.contains("not the leader"),
             "the write waited instead of failing with NotLeader: {last} (after {elapsed:?})"
         ),
-        other => panic!("the write through a deposed leader ended with {other:?} after {elapsed:?}"),
+        other => {
+            panic!("the write through a deposed leader ended with {other:?} after {elapsed:?}")
+        }
     }
     cluster.shutdown().await;
 }

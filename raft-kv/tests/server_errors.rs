@@ -351,3 +351,34 @@ fn logs_can_be_json() {
     assert!(value["level"].is_string(), "{line}");
     assert!(node.terminate().success());
 }
+
+/// A node whose Raft driver stops on an error (a storage failure, say) can
+/// serve nothing more: the process exits non-zero and says why, instead of
+/// staying connected to peers it never answers.
+#[test]
+fn a_node_whose_driver_fails_exits_non_zero() {
+    let setup = Setup::new();
+    let mut args = setup.args(1, free_address(), &setup.path("data-1"));
+    args.push("--enable-fault-injection".into());
+    let mut child = raft_kv(&args)
+        .env(raft_kv::server::BROKEN_MODE_ENV, "driver-error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start raft-kv");
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("the node kept running after its driver stopped");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let text = stderr(&output);
+    assert!(
+        text.contains("the node stopped") && text.contains("injected failure"),
+        "{text}"
+    );
+}

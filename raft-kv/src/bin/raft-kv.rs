@@ -182,9 +182,18 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let server = Server::start(config).await?;
+    let failed = server.failed();
     tokio::select! {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        error = failed => {
+            // Nothing can be served any more: exit non-zero rather than
+            // stay connected to peers this node never answers.
+            let _ = server.shutdown().await;
+            anyhow::bail!(
+                "the node stopped: {error}; see the log above, fix the cause (storage, disk) and restart it"
+            );
+        }
     }
     server.shutdown().await.map_err(anyhow::Error::msg)
 }
