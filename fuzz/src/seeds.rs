@@ -256,10 +256,12 @@ pub fn all() -> Vec<Seed> {
         Request::Read {
             op: ReadOp::Get { key: b("k") },
             consistency: Consistency::Linearizable,
+            forwarded: false,
         },
         Request::Read {
             op: ReadOp::prefix(b("ke"), 10),
             consistency: Consistency::Lease,
+            forwarded: true,
         },
         Request::Read {
             op: ReadOp::Scan {
@@ -268,6 +270,7 @@ pub fn all() -> Vec<Seed> {
                 limit: 2,
             },
             consistency: Consistency::Stale,
+            forwarded: false,
         },
         Request::Watch {
             selector: Selector::Prefix(b("k")),

@@ -361,7 +361,14 @@ impl Client {
         op: ReadOp,
         consistency: Consistency,
     ) -> Result<ReadResult, ClientError> {
-        match self.call(&Request::Read { op, consistency }).await? {
+        match self
+            .call(&Request::Read {
+                op,
+                consistency,
+                forwarded: false,
+            })
+            .await?
+        {
             Response::Read(r) => Ok(r),
             other => Err(unexpected(other)),
         }

@@ -187,6 +187,10 @@ pub enum Request {
         op: ReadOp,
         /// How fresh it must be.
         consistency: Consistency,
+        /// Set by a node that forwards the read (a lease read to the
+        /// leader): a forwarded read is never forwarded again, so two nodes
+        /// with stale views of the leader cannot bounce it between them.
+        forwarded: bool,
     },
     /// Follow changes to keys from `start_revision` on (0: from now). The
     /// answer is a stream of [`WatchMessage`]s.

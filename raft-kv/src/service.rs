@@ -113,7 +113,11 @@ impl KvService {
                     Err(e) => Response::Error(e),
                 }
             }
-            Request::Read { op, consistency } => {
+            Request::Read {
+                op,
+                consistency,
+                forwarded,
+            } => {
                 let policy = match consistency {
                     Consistency::Linearizable if self.stale_linearizable_reads => None,
                     Consistency::Linearizable => Some(ReadPolicy::ReadIndex),
@@ -127,10 +131,18 @@ impl KvService {
                 {
                     Ok(Ok(result)) => Response::Read(result),
                     Ok(Err(e)) => Response::Error(e),
-                    // Lease reads are served by the leader only.
-                    Err(KvError::NotLeader { address, .. }) => {
-                        self.forward(&address, Request::Read { op, consistency })
-                            .await
+                    // Lease reads are served by the leader only: forwarded
+                    // once, never again.
+                    Err(KvError::NotLeader { address, .. }) if !forwarded => {
+                        self.forward(
+                            &address,
+                            Request::Read {
+                                op,
+                                consistency,
+                                forwarded: true,
+                            },
+                        )
+                        .await
                     }
                     Err(e) => Response::Error(e),
                 }
@@ -237,7 +249,7 @@ impl KvService {
         }
         match self
             .forwarder
-            .request(address, &protocol::encode(&request))
+            .request(address, &protocol::encode(&request), self.timeout)
             .await
         {
             Ok(bytes) => protocol::decode(&bytes).unwrap_or_else(Response::Error),
@@ -333,26 +345,46 @@ impl Forwarder {
         }
     }
 
-    async fn request(&self, address: &str, body: &Bytes) -> Result<Bytes, KvError> {
+    /// Forwards `body` to `address`, within `timeout` in all: no lock is
+    /// held while connecting or waiting, and a leader that does not answer
+    /// in time is an `Unavailable` error (the client retries; with its
+    /// session a write is applied once).
+    async fn request(
+        &self,
+        address: &str,
+        body: &Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, KvError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let late = || {
+            KvError::Unavailable(format!(
+                "the leader at {address} did not answer within {timeout:?}"
+            ))
+        };
         for attempt in 0..2 {
-            let connection = {
-                let mut connections = self.connections.lock().await;
-                match connections.get(address) {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c = self.connector.connect_to(address).await.map_err(|e| {
+            let cached = self.connections.lock().await.get(address).cloned();
+            let connection = match cached {
+                Some(c) => c,
+                None => {
+                    let c = tokio::time::timeout_at(deadline, self.connector.connect_to(address))
+                        .await
+                        .map_err(|_| late())?
+                        .map_err(|e| {
                             KvError::Unavailable(format!(
                                 "cannot reach the leader at {address}: {e}"
                             ))
                         })?;
-                        connections.insert(address.to_string(), c.clone());
-                        c
-                    }
+                    self.connections
+                        .lock()
+                        .await
+                        .insert(address.to_string(), c.clone());
+                    c
                 }
             };
-            match connection.request(body).await {
-                Ok(bytes) => return Ok(bytes),
-                Err(e) => {
+            match tokio::time::timeout_at(deadline, connection.request(body)).await {
+                Err(_) => return Err(late()),
+                Ok(Ok(bytes)) => return Ok(bytes),
+                Ok(Err(e)) => {
                     self.connections.lock().await.remove(address);
                     if attempt == 1 {
                         return Err(KvError::Unavailable(format!(

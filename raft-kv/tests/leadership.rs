@@ -69,3 +69,57 @@ async fn pending_writes_fail_at_once_when_the_leader_steps_down() {
     }
     cluster.shutdown().await;
 }
+
+/// Forwarding cannot loop: a node forwards a lease read (only the leader
+/// serves those) once, marked as forwarded, and a forwarded read that
+/// reaches a node that does not lead is answered with an error instead of
+/// being forwarded again. Two nodes with stale views of the leader, each
+/// believing the other leads, would otherwise bounce it between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forwarded_read_is_never_forwarded_again() {
+    use raft_kv::protocol::{self, Consistency, ReadOp, Request, Response};
+    use raft_transport_quic::{ClientConnector, ClientOptions};
+    let cluster = common::TestCluster::start(3, |config| {
+        config.raft.lease_reads = true;
+    })
+    .await;
+    let client = cluster.client().await;
+    client.put("k", "v").await.unwrap();
+    let mut follower = None;
+    for endpoint in &cluster.endpoints {
+        let s = client.status_of(endpoint).await.unwrap();
+        if s.raft.role != raft_core::Role::Leader {
+            follower = Some(endpoint.clone());
+        }
+    }
+    let follower = follower.expect("a follower");
+    let connector =
+        ClientConnector::new(&cluster.client_identity, ClientOptions::default()).unwrap();
+    let connection = connector.connect_to(&follower).await.unwrap();
+    let ask = |forwarded: bool| {
+        let connection = connection.clone();
+        async move {
+            let request = Request::Read {
+                op: ReadOp::Get { key: "k".into() },
+                consistency: Consistency::Lease,
+                forwarded,
+            };
+            let bytes = connection
+                .request(&protocol::encode(&request))
+                .await
+                .unwrap();
+            protocol::decode::<Response>(&bytes).unwrap()
+        }
+    };
+    // From a client: the follower forwards it to the leader, which serves it.
+    match ask(false).await {
+        Response::Read(r) => assert_eq!(r.kvs.len(), 1),
+        other => panic!("a lease read through a follower: {other:?}"),
+    }
+    // Already forwarded: the follower says who leads and goes no further.
+    match ask(true).await {
+        Response::Error(raft_kv::protocol::KvError::NotLeader { .. }) => {}
+        other => panic!("a forwarded lease read at a follower: {other:?}"),
+    }
+    cluster.shutdown().await;
+}
