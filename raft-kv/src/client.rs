@@ -121,7 +121,10 @@ pub struct Client {
     connector: ClientConnector,
     config: ClientConfig,
     routing: Mutex<Routing>,
-    client_id: u64,
+    /// The session's id, once opened (0: none yet, or it expired).
+    client_id: AtomicU64,
+    /// Held while a session is being opened, so concurrent writes open one.
+    opening: Mutex<()>,
     next_sequence: AtomicU64,
     outstanding: StdMutex<BTreeSet<u64>>,
 }
@@ -140,7 +143,8 @@ impl Client {
                 target: None,
                 connections: HashMap::new(),
             }),
-            client_id: rand::random::<u64>() | 1,
+            client_id: AtomicU64::new(0),
+            opening: Mutex::new(()),
             next_sequence: AtomicU64::new(1),
             outstanding: StdMutex::new(BTreeSet::new()),
             config,
@@ -279,16 +283,43 @@ impl Client {
         }
     }
 
-    fn session(&self) -> Session {
+    /// The session's id, opening a session through the log first if there
+    /// is none (Raft thesis §6.3: its id is the index of that entry). If the
+    /// answer is lost the client opens another; an unused session is
+    /// forgotten in time.
+    async fn session_id(&self) -> Result<u64, ClientError> {
+        let id = self.client_id.load(Ordering::Acquire);
+        if id != 0 {
+            return Ok(id);
+        }
+        let _opening = self.opening.lock().await;
+        let id = self.client_id.load(Ordering::Acquire);
+        if id != 0 {
+            return Ok(id);
+        }
+        match self
+            .call(&Request::OpenSession { forwarded: false })
+            .await?
+        {
+            Response::SessionOpened { client_id } => {
+                self.client_id.store(client_id, Ordering::Release);
+                Ok(client_id)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn session(&self) -> Result<Session, ClientError> {
+        let client_id = self.session_id().await?;
         let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed);
         let mut outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
         outstanding.insert(sequence);
         let first_outstanding = outstanding.iter().next().copied().unwrap_or(sequence);
-        Session {
-            client_id: self.client_id,
+        Ok(Session {
+            client_id,
             sequence,
             first_outstanding,
-        }
+        })
     }
 
     fn done(&self, sequence: u64) {
@@ -301,7 +332,7 @@ impl Client {
     /// Applies a write exactly once (retries reuse the session).
     pub async fn write(&self, op: WriteOp) -> Result<WriteResult, ClientError> {
         protocol::validate_write(&op)?;
-        let session = self.session();
+        let session = self.session().await?;
         let result = self
             .call(&Request::Write {
                 session,
@@ -314,10 +345,29 @@ impl Client {
                 self.done(session.sequence);
                 Ok(r)
             }
-            // An unknown outcome keeps the sequence outstanding, so the
-            // server keeps its result should the write have happened.
-            Ok(other) => Err(unexpected(other)),
-            Err(e) => Err(e),
+            Err(ClientError::Kv(KvError::SessionExpired)) => {
+                // This session is gone: the next write opens a new one. This
+                // write was not applied now (an earlier attempt may have
+                // been), and will not be retried under the new session.
+                self.done(session.sequence);
+                let _ = self.client_id.compare_exchange(
+                    session.client_id,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                Err(ClientError::Kv(KvError::SessionExpired))
+            }
+            // The call is over (its retries were all under this sequence
+            // number): the servers may forget its result, whatever it was.
+            Ok(other) => {
+                self.done(session.sequence);
+                Err(unexpected(other))
+            }
+            Err(e) => {
+                self.done(session.sequence);
+                Err(e)
+            }
         }
     }
 

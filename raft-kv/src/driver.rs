@@ -45,8 +45,8 @@ pub enum DriverRequest<M: StateMachine> {
     Propose {
         /// The command bytes.
         data: Bytes,
-        /// Where the output goes.
-        reply: oneshot::Sender<Result<M::Output, KvError>>,
+        /// Where the output goes, with the log index the command took.
+        reply: oneshot::Sender<Result<(Index, M::Output), KvError>>,
     },
     /// Run `read` once a read of the given freshness is safe (`None`: stale,
     /// at once).
@@ -153,6 +153,11 @@ impl<M: StateMachine> DriverHandle<M> {
 
     /// Proposes a command and waits for its output.
     pub async fn propose(&self, data: Bytes) -> Result<M::Output, KvError> {
+        Ok(self.propose_indexed(data).await?.1)
+    }
+
+    /// Like [`DriverHandle::propose`], with the log index the command took.
+    pub async fn propose_indexed(&self, data: Bytes) -> Result<(Index, M::Output), KvError> {
         let (reply, rx) = oneshot::channel();
         self.send(DriverRequest::Propose { data, reply }).await?;
         rx.await.map_err(|_| KvError::ShuttingDown)?
@@ -385,7 +390,7 @@ impl<M: StateMachine> Drop for Driver<M> {
     }
 }
 
-type ProposalReply<M> = oneshot::Sender<Result<<M as StateMachine>::Output, KvError>>;
+type ProposalReply<M> = oneshot::Sender<Result<(Index, <M as StateMachine>::Output), KvError>>;
 
 struct DriverState<L: LogStore + ?Sized, T: Transport + ?Sized, M: StateMachine> {
     node: Node<Arc<L>>,
@@ -746,7 +751,7 @@ where
             match outputs.peek() {
                 Some((id, _)) if id.index == index && id.term == term => {
                     let (_, output) = outputs.next().expect("peeked");
-                    let _ = reply.send(Ok(output));
+                    let _ = reply.send(Ok((index, output)));
                 }
                 _ => {
                     // Another entry took this position: our proposal was lost.

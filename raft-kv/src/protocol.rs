@@ -18,10 +18,13 @@ pub const MAX_SCAN_LIMIT: u32 = 10_000;
 
 /// A client's identity for exactly-once writes: a random id chosen by the
 /// client, and a sequence number per write. A retried write carries the same
-/// pair and is applied once; its first result is returned again.
+/// pair and is applied once; its first result is returned again. A session is
+/// opened through the log ([`Request::OpenSession`]); its id is the index of
+/// that log entry, so a node that knows no session of an id knows it expired
+/// (Raft thesis §6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
-    /// The client's random id.
+    /// The session's id: the log index of the entry that opened it.
     pub client_id: u64,
     /// This write's sequence number (from 1, increasing).
     pub sequence: u64,
@@ -55,13 +58,18 @@ pub enum WriteOp {
         /// The value to set (`None`: delete).
         new: Option<Bytes>,
     },
+    /// Opens a client session (the log entry behind
+    /// [`Request::OpenSession`]); not a write a client can send.
+    OpenSession,
 }
 
 impl WriteOp {
-    /// The key written.
+    /// The key written (empty for [`WriteOp::OpenSession`]).
     pub fn key(&self) -> &Bytes {
+        static NONE: Bytes = Bytes::from_static(b"");
         match self {
             WriteOp::Put { key, .. } | WriteOp::Delete { key } | WriteOp::Cas { key, .. } => key,
+            WriteOp::OpenSession => &NONE,
         }
     }
 }
@@ -179,6 +187,13 @@ pub enum Request {
         op: WriteOp,
         /// Set when a follower forwarded the request: the receiver does not
         /// forward it again.
+        forwarded: bool,
+    },
+    /// Opens a session for exactly-once writes; the answer is
+    /// [`Response::SessionOpened`]. The client library does this before its
+    /// first write.
+    OpenSession {
+        /// Set when a follower forwarded the request.
         forwarded: bool,
     },
     /// A read.
@@ -334,6 +349,11 @@ pub struct NodeStatus {
 pub enum Response {
     /// A write was applied.
     Write(WriteResult),
+    /// A session was opened.
+    SessionOpened {
+        /// Its id, for [`Session::client_id`].
+        client_id: u64,
+    },
     /// A read.
     Read(ReadResult),
     /// An admin operation completed.
@@ -395,10 +415,13 @@ pub enum KvError {
     /// A leadership transfer is not allowed.
     #[error("leadership transfer refused: {0}")]
     Transfer(String),
-    /// A retried write's session is too old: its result was forgotten.
-    /// Start a new session (a new client).
+    /// The write's session expired (the cluster keeps a bounded number of
+    /// sessions and results, forgetting the least recently used), or its
+    /// result was discarded. The write was not applied now; an earlier
+    /// attempt of it may have been. The client opens a new session for its
+    /// next write.
     #[error(
-        "the session's result for this sequence number was discarded; start a new client session"
+        "the client session expired (too many sessions, or its result was discarded): this write was not applied now, but an earlier attempt of it may have been; check, then retry (a new session is opened)"
     )]
     SessionExpired,
     /// The requested watch revision is compacted on this node.
@@ -442,6 +465,11 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, KvError> {
 
 /// Checks a write's sizes.
 pub fn validate_write(op: &WriteOp) -> Result<(), KvError> {
+    if matches!(op, WriteOp::OpenSession) {
+        return Err(KvError::InvalidRequest(
+            "a session is opened with Request::OpenSession, not written".into(),
+        ));
+    }
     let key = op.key();
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return Err(KvError::InvalidRequest(format!(
@@ -456,6 +484,7 @@ pub fn validate_write(op: &WriteOp) -> Result<(), KvError> {
             .as_ref()
             .map_or(0, Bytes::len)
             .max(new.as_ref().map_or(0, Bytes::len)),
+        WriteOp::OpenSession => 0,
     };
     if value_len > MAX_VALUE_LEN {
         return Err(KvError::InvalidRequest(format!(

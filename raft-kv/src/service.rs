@@ -20,7 +20,7 @@ use raft_transport_quic::{
 use crate::driver::{DriverHandle, DriverRequest};
 use crate::protocol::{
     self, AdminOp, AdminResult, Consistency, KvError, Member, NodeStatus, Request, Response,
-    WatchMessage,
+    Session, WatchMessage, WriteOp,
 };
 use crate::state_machine::{Command, KvStateMachine};
 use crate::watch::WatchHub;
@@ -109,6 +109,26 @@ impl KvService {
                             },
                         )
                         .await
+                    }
+                    Err(e) => Response::Error(e),
+                }
+            }
+            Request::OpenSession { forwarded } => {
+                let data = Command {
+                    session: Session {
+                        client_id: 0,
+                        sequence: 0,
+                        first_outstanding: 0,
+                    },
+                    op: WriteOp::OpenSession,
+                }
+                .encode();
+                match self.with_timeout(self.driver.propose_indexed(data)).await {
+                    Ok((index, Ok(_))) => Response::SessionOpened { client_id: index },
+                    Ok((_, Err(e))) => Response::Error(e),
+                    Err(KvError::NotLeader { address, .. }) if !forwarded => {
+                        self.forward(&address, Request::OpenSession { forwarded: true })
+                            .await
                     }
                     Err(e) => Response::Error(e),
                 }
@@ -304,6 +324,7 @@ impl ClientHandler for KvService {
         };
         let kind = match &request {
             Request::Write { .. } => "write",
+            Request::OpenSession { .. } => "session",
             Request::Read { .. } => "read",
             Request::Watch { .. } => "watch",
             Request::Admin { .. } => "admin",

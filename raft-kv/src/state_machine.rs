@@ -62,6 +62,9 @@ struct SessionState {
 pub struct KvStateMachine {
     data: OrdMap<Bytes, KeyValue>,
     sessions: OrdMap<u64, SessionState>,
+    /// The sessions by the index of their last write, least recent first:
+    /// eviction takes the first in O(log n).
+    by_last_write: imbl::OrdSet<(Index, u64)>,
     /// The revision of the last write (0 before any).
     revision: u64,
     applied: LogId,
@@ -113,6 +116,7 @@ impl KvStateMachine {
         Self {
             data: OrdMap::new(),
             sessions: OrdMap::new(),
+            by_last_write: imbl::OrdSet::new(),
             revision: 0,
             applied: LogId::default(),
             watch,
@@ -187,43 +191,62 @@ impl KvStateMachine {
         events: &mut Vec<WatchEvent>,
     ) -> Result<WriteResult, KvError> {
         let command: Command = crate::protocol::decode(data)?;
+        if command.op == WriteOp::OpenSession {
+            // The session's id is this entry's index: unique, and known to
+            // every replica.
+            self.touch_session(index, SessionState::default(), index);
+            return Ok(WriteResult {
+                revision: self.revision,
+                succeeded: true,
+                previous: None,
+            });
+        }
         let session = command.session;
-        let mut state = self
-            .sessions
-            .get(&session.client_id)
-            .cloned()
-            .unwrap_or_default();
+        // A session this store does not know was evicted (ids are the
+        // indices of the entries that opened them): a retried write of it may
+        // have been applied already, so it is not applied again.
+        let Some(mut state) = self.sessions.remove(&session.client_id) else {
+            return Err(KvError::SessionExpired);
+        };
+        self.by_last_write
+            .remove(&(state.last_index, session.client_id));
         state.results = state.results.split_off(&session.first_outstanding);
         state.floor = state.floor.max(session.first_outstanding);
-        state.last_index = index;
         let result = if let Some(previous) = state.results.get(&session.sequence) {
             // A retry of a write already applied: answer as the first time.
             Ok(previous.clone())
         } else if session.sequence < state.floor {
             Err(KvError::SessionExpired)
         } else {
-            let result = self.execute(command.op, events)?;
-            state.results.insert(session.sequence, result.clone());
-            while state.results.len() > MAX_RESULTS_PER_SESSION {
-                if let Some((&seq, _)) = state.results.iter().next() {
-                    state.results.remove(&seq);
-                    state.floor = state.floor.max(seq + 1);
+            match self.execute(command.op, events) {
+                Ok(result) => {
+                    state.results.insert(session.sequence, result.clone());
+                    while state.results.len() > MAX_RESULTS_PER_SESSION {
+                        if let Some((seq, _)) = state.results.pop_first() {
+                            state.floor = state.floor.max(seq + 1);
+                        }
+                    }
+                    Ok(result)
                 }
+                Err(e) => Err(e),
             }
-            Ok(result)
         };
-        self.sessions.insert(session.client_id, state);
-        if self.sessions.len() > MAX_SESSIONS {
-            let oldest = self
-                .sessions
-                .iter()
-                .min_by_key(|(_, s)| s.last_index)
-                .map(|(id, _)| *id);
-            if let Some(id) = oldest {
-                self.sessions.remove(&id);
-            }
-        }
+        self.touch_session(session.client_id, state, index);
         result
+    }
+
+    /// Stores a session as written at `index`, evicting the least recently
+    /// written sessions beyond [`MAX_SESSIONS`].
+    fn touch_session(&mut self, id: u64, mut state: SessionState, index: Index) {
+        state.last_index = index;
+        self.sessions.insert(id, state);
+        self.by_last_write.insert((index, id));
+        while self.sessions.len() > MAX_SESSIONS {
+            let Some((_, oldest)) = self.by_last_write.remove_min() else {
+                break;
+            };
+            self.sessions.remove(&oldest);
+        }
     }
 
     fn execute(
@@ -255,6 +278,12 @@ impl KvStateMachine {
                     None => self.delete(key, events),
                 }
             }
+            // Handled before a session is looked up.
+            WriteOp::OpenSession => WriteResult {
+                revision: self.revision,
+                succeeded: true,
+                previous: None,
+            },
         })
     }
 
@@ -378,6 +407,11 @@ impl StateMachine for KvStateMachine {
             .into_iter()
             .map(|kv| (kv.key.clone(), kv))
             .collect();
+        self.by_last_write = snapshot
+            .sessions
+            .iter()
+            .map(|(id, s)| (s.last_index, *id))
+            .collect();
         self.sessions = snapshot.sessions.into_iter().collect();
         self.revision = snapshot.revision;
         self.applied = snapshot.applied;
@@ -391,6 +425,10 @@ impl StateMachine for KvStateMachine {
 mod tests {
     use super::*;
 
+    /// Test writes are at log index `OFFSET + index`, after the entries
+    /// that open sessions 1 and 7 (`store`).
+    const OFFSET: Index = 100;
+
     fn entry(index: Index, client: u64, seq: u64, op: WriteOp) -> Entry {
         let session = Session {
             client_id: client,
@@ -399,9 +437,35 @@ mod tests {
         };
         Entry {
             term: 1,
-            index,
+            index: OFFSET + index,
             payload: EntryPayload::Command(Command { session, op }.encode()),
         }
+    }
+
+    fn open_session(index: Index) -> Entry {
+        let session = Session {
+            client_id: 0,
+            sequence: 0,
+            first_outstanding: 0,
+        };
+        Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Command(
+                Command {
+                    session,
+                    op: WriteOp::OpenSession,
+                }
+                .encode(),
+            ),
+        }
+    }
+
+    /// A store with sessions 1 and 7 open.
+    fn store() -> KvStateMachine {
+        let mut sm = KvStateMachine::new(Arc::new(WatchHub::new(100)));
+        sm.apply(&[open_session(1), open_session(7)]);
+        sm
     }
 
     fn put(key: &str, value: &str) -> WriteOp {
@@ -413,7 +477,7 @@ mod tests {
 
     #[test]
     fn retried_write_applies_once() {
-        let mut sm = KvStateMachine::new(Arc::new(WatchHub::new(100)));
+        let mut sm = store();
         let first = sm.apply(&[entry(1, 7, 1, put("k", "a"))]);
         // The same session and sequence again (a client retry that also got
         // committed): same answer, no second write.
@@ -426,7 +490,7 @@ mod tests {
 
     #[test]
     fn cas_compares_and_swaps() {
-        let mut sm = KvStateMachine::new(Arc::new(WatchHub::new(100)));
+        let mut sm = store();
         sm.apply(&[entry(1, 1, 1, put("k", "a"))]);
         let cas = |expected: Option<&str>, new: Option<&str>| WriteOp::Cas {
             key: Bytes::from_static(b"k"),
@@ -459,13 +523,13 @@ mod tests {
 
     #[test]
     fn snapshot_round_trip() {
-        let mut sm = KvStateMachine::new(Arc::new(WatchHub::new(100)));
+        let mut sm = store();
         for i in 0..50u64 {
             sm.apply(&[entry(i + 1, 1, i + 1, put(&format!("key{i:02}"), "v"))]);
         }
         let data = (sm.snapshot())().unwrap();
         let meta = SnapshotMeta {
-            last: LogId::new(1, 50),
+            last: LogId::new(1, OFFSET + 50),
             ..SnapshotMeta::default()
         };
         let mut restored = KvStateMachine::new(Arc::new(WatchHub::new(100)));
@@ -484,11 +548,11 @@ mod tests {
     /// store is unchanged.
     #[test]
     fn snapshot_with_impossible_revision_is_refused() {
-        let mut sm = KvStateMachine::new(Arc::new(WatchHub::new(100)));
+        let mut sm = store();
         sm.apply(&[entry(1, 1, 1, put("k", "a"))]);
         let digest = sm.digest();
         let meta = SnapshotMeta {
-            last: LogId::new(1, 7),
+            last: LogId::new(1, OFFSET + 7),
             ..SnapshotMeta::default()
         };
         let corrupt = |revision: u64, kvs: Vec<KeyValue>| {
@@ -496,7 +560,7 @@ mod tests {
                 applied: meta.last,
                 revision,
                 data: kvs,
-                sessions: Vec::new(),
+                sessions: vec![(1, SessionState::default())],
             })
             .unwrap()
         };
@@ -522,7 +586,7 @@ mod tests {
             let error = sm.restore(&meta, &data).unwrap_err();
             assert!(error.0.contains("corrupt"), "{error:?}");
             assert_eq!(sm.digest(), digest);
-            assert_eq!(sm.applied_index(), 1);
+            assert_eq!(sm.applied_index(), OFFSET + 1);
         }
         // The highest valid revision restores; the next write is refused
         // with a typed error instead of overflowing.
@@ -534,6 +598,41 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(sm.revision(), MAX_REVISION);
-        assert_eq!(sm.applied_index(), 8);
+        assert_eq!(sm.applied_index(), OFFSET + 8);
+    }
+
+    /// Raft thesis §6.3: a session the store no longer knows expired, and a
+    /// write of it is refused, never applied a second time. Here session 1
+    /// wrote, then enough sessions opened to evict it, then its write came
+    /// again (a client retry after a lost answer).
+    #[test]
+    fn an_evicted_session_is_refused_not_applied_twice() {
+        let mut sm = store();
+        sm.apply(&[entry(1, 1, 1, put("k", "a"))]);
+        assert_eq!(sm.revision(), 1);
+        let next = OFFSET + 2;
+        let opens: Vec<Entry> = (0..MAX_SESSIONS as u64)
+            .map(|i| open_session(next + i))
+            .collect();
+        sm.apply(&opens);
+        assert_eq!(sm.sessions.len(), MAX_SESSIONS);
+        assert!(
+            !sm.sessions.contains_key(&1),
+            "the oldest session was evicted"
+        );
+        let retry = Entry {
+            index: next + MAX_SESSIONS as u64,
+            ..entry(1, 1, 1, put("k", "a"))
+        };
+        let out = sm.apply(&[retry]);
+        assert_eq!(out[0].1, Err(KvError::SessionExpired));
+        assert_eq!(sm.revision(), 1, "the retried write was not applied again");
+        // A session that never existed fares the same.
+        let stranger = Entry {
+            index: next + MAX_SESSIONS as u64 + 1,
+            ..entry(1, 424_242, 1, put("k", "b"))
+        };
+        assert_eq!(sm.apply(&[stranger])[0].1, Err(KvError::SessionExpired));
+        assert_eq!(sm.revision(), 1);
     }
 }

@@ -52,6 +52,23 @@ pub fn check(data: &[u8]) {
                 while rx.try_recv().is_ok() {}
             }
         }
+        Request::OpenSession { .. } => {
+            let data = Command {
+                session: Session {
+                    client_id: 0,
+                    sequence: 0,
+                    first_outstanding: 0,
+                },
+                op: WriteOp::OpenSession,
+            }
+            .encode();
+            let out = sm.apply(&[Entry {
+                term: 1,
+                index: 10,
+                payload: EntryPayload::Command(data),
+            }]);
+            assert!(matches!(out.as_slice(), [(_, Ok(_))]));
+        }
         Request::Read { op, .. } => {
             read(&sm, &op);
             if let ReadOp::Scan { start, limit, .. } = &op {
@@ -80,8 +97,22 @@ pub fn check(data: &[u8]) {
     }
 }
 
-/// A few keys, so reads and writes meet data.
+/// A few keys, so reads and writes meet data (written in session 1, the
+/// session the first entry opens).
 fn seed_store(sm: &mut KvStateMachine) {
+    let open = Command {
+        session: Session {
+            client_id: 0,
+            sequence: 0,
+            first_outstanding: 0,
+        },
+        op: WriteOp::OpenSession,
+    };
+    sm.apply(&[Entry {
+        term: 1,
+        index: 1,
+        payload: EntryPayload::Command(open.encode()),
+    }]);
     let entries: Vec<Entry> = [&b"a"[..], b"k", b"key", b"\xff"]
         .iter()
         .enumerate()
@@ -99,7 +130,7 @@ fn seed_store(sm: &mut KvStateMachine) {
             };
             Entry {
                 term: 1,
-                index: i as u64 + 1,
+                index: i as u64 + 2,
                 payload: EntryPayload::Command(command.encode()),
             }
         })
