@@ -249,6 +249,7 @@ pub fn all() -> Vec<Seed> {
         .map(|(i, op)| Request::Write {
             session: session(i as u64 + 1),
             op,
+            prev_kv: i % 3 == 0,
             forwarded: i % 2 == 1,
         })
         .collect();
@@ -383,6 +384,7 @@ pub fn all() -> Vec<Seed> {
         .map(|(i, op)| Command {
             session: session(i as u64 + 1),
             op,
+            prev_kv: i % 2 == 0,
         })
         .collect();
     let mut sequence = Vec::new();
@@ -421,6 +423,7 @@ pub fn all() -> Vec<Seed> {
             key: b("other"),
             value: b("value"),
         },
+        prev_kv: true,
     };
     sm.apply(&[Entry {
         term: 2,

@@ -125,6 +125,9 @@ pub enum Command {
         key: String,
         /// The value.
         value: String,
+        /// Also print the key as it was before (etcd's `--prev-kv`).
+        #[arg(long)]
+        prev_kv: bool,
     },
     /// Read KEY (exit code 1 if it does not exist).
     Get {
@@ -267,6 +270,10 @@ pub struct BenchArgs {
     /// How fresh reads must be.
     #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
     pub consistency: ConsistencyArg,
+    /// Open this many client sessions before measuring (and leave them
+    /// open), to measure with a full session table.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub open_sessions: u64,
 }
 
 /// `certs` subcommands. They work on files only and need no cluster.

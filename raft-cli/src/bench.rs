@@ -15,7 +15,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use raft_kv::Client;
-use raft_kv::protocol::{Consistency, ReadOp};
+use raft_kv::protocol::{Consistency, ReadOp, Request, Response};
 use serde_json::{Value, json};
 
 use crate::args::{BenchArgs, BenchOp, ConsistencyArg};
@@ -248,7 +248,13 @@ pub async fn run(context: &Context, args: BenchArgs) -> anyhow::Result<Outcome> 
     if args.op != BenchOp::Put {
         preload(context, &clients, &args).await?;
     }
-    let report = measure(context, &clients, &args).await;
+    if args.open_sessions > 0 {
+        open_sessions(context, &clients, args.open_sessions).await?;
+    }
+    let mut report = measure(context, &clients, &args).await;
+    if args.open_sessions > 0 {
+        report.workload = format!("{}+{}-sessions", report.workload, args.open_sessions);
+    }
     // BENCHMARKS.md asks for one JSON line per configuration: compact.
     if context.json() {
         write_stdout(&format!("{}\n", report.json()))?;
@@ -295,6 +301,49 @@ async fn preload(
         if let Ok(Err(e)) = joined {
             bar.abandon();
             return Err(explain("bench: preloading the keys failed", e));
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Opens `count` sessions (each one log entry) and leaves them open.
+async fn open_sessions(
+    context: &Context,
+    clients: &[Arc<Client>],
+    count: u64,
+) -> anyhow::Result<()> {
+    let bar = progress_bar(
+        count,
+        "opening {pos}/{len} sessions [{bar:40}] {elapsed}",
+        context.json(),
+    );
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in clients {
+        let (client, next, bar) = (client.clone(), next.clone(), bar.clone());
+        tasks.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                match client
+                    .call(&Request::OpenSession { forwarded: false })
+                    .await?
+                {
+                    Response::SessionOpened { .. } => bar.inc(1),
+                    Response::Error(e) => return Err(raft_kv::ClientError::Kv(e)),
+                    other => {
+                        return Err(raft_kv::ClientError::Protocol(format!(
+                            "opening a session was answered with {other:?}"
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(Err(e)) = joined {
+            bar.abandon();
+            return Err(explain("bench: opening sessions failed", e));
         }
     }
     bar.finish_and_clear();

@@ -126,7 +126,11 @@ pub async fn run(context: &Context, command: Command) -> anyhow::Result<Outcome>
     match command {
         Command::Status => admin::status(context).await,
         Command::Members => admin::members(context).await,
-        Command::Put { key, value } => data::put(context, key, value).await,
+        Command::Put {
+            key,
+            value,
+            prev_kv,
+        } => data::put(context, key, value, prev_kv).await,
         Command::Get { key, consistency } => data::get(context, key, consistency).await,
         Command::Delete { key } => data::delete(context, key).await,
         Command::Cas(args) => data::cas(context, args).await,

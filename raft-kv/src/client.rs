@@ -329,14 +329,31 @@ impl Client {
             .remove(&sequence);
     }
 
-    /// Applies a write exactly once (retries reuse the session).
+    /// Applies a write exactly once (retries reuse the session). The
+    /// result's `previous` is set only for a CAS that did not swap (the
+    /// key's current value); [`Client::write_with_previous`] asks for the
+    /// key as it was before the write.
     pub async fn write(&self, op: WriteOp) -> Result<WriteResult, ClientError> {
+        self.write_op(op, false).await
+    }
+
+    /// Applies a write exactly once, and answers with the key as it was
+    /// before the write in `previous` (etcd's `prev_kv`).
+    ///
+    /// The servers keep that answer until the client's next call (in case
+    /// this one is retried), so ask for it only when it is needed.
+    pub async fn write_with_previous(&self, op: WriteOp) -> Result<WriteResult, ClientError> {
+        self.write_op(op, true).await
+    }
+
+    async fn write_op(&self, op: WriteOp, prev_kv: bool) -> Result<WriteResult, ClientError> {
         protocol::validate_write(&op)?;
         let session = self.session().await?;
         let result = self
             .call(&Request::Write {
                 session,
                 op,
+                prev_kv,
                 forwarded: false,
             })
             .await;
@@ -384,7 +401,7 @@ impl Client {
         .await
     }
 
-    /// Deletes `key`.
+    /// Deletes `key`; `succeeded` tells whether it existed.
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<WriteResult, ClientError> {
         self.write(WriteOp::Delete { key: key.into() }).await
     }

@@ -185,6 +185,9 @@ pub enum Request {
         session: Session,
         /// The write.
         op: WriteOp,
+        /// Whether the answer carries the key as it was before the write
+        /// ([`WriteResult::previous`]; etcd's `prev_kv`).
+        prev_kv: bool,
         /// Set when a follower forwarded the request: the receiver does not
         /// forward it again.
         forwarded: bool,
@@ -253,9 +256,12 @@ pub struct WriteResult {
     /// The store's revision after the write (unchanged by a failed CAS or a
     /// delete of a missing key).
     pub revision: u64,
-    /// For CAS: whether it swapped. Puts and deletes always succeed.
+    /// Whether the write changed the store: a CAS swapped, a delete removed
+    /// a key; a put always does.
     pub succeeded: bool,
-    /// The key's value before the write (for a failed CAS: its current value).
+    /// For a CAS that did not swap: the key's current value (`None`: absent).
+    /// For a write asked with `prev_kv`: the key before the write. Otherwise
+    /// `None`.
     pub previous: Option<KeyValue>,
 }
 

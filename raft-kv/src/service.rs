@@ -86,6 +86,7 @@ impl KvService {
             Request::Write {
                 session,
                 op,
+                prev_kv,
                 forwarded,
             } => {
                 if let Err(e) = protocol::validate_write(&op) {
@@ -94,6 +95,7 @@ impl KvService {
                 let data = Command {
                     session,
                     op: op.clone(),
+                    prev_kv,
                 }
                 .encode();
                 match self.with_timeout(self.driver.propose(data)).await {
@@ -105,6 +107,7 @@ impl KvService {
                             Request::Write {
                                 session,
                                 op,
+                                prev_kv,
                                 forwarded: true,
                             },
                         )
@@ -121,6 +124,7 @@ impl KvService {
                         first_outstanding: 0,
                     },
                     op: WriteOp::OpenSession,
+                    prev_kv: false,
                 }
                 .encode();
                 match self.with_timeout(self.driver.propose_indexed(data)).await {

@@ -17,8 +17,8 @@ use raft_core::adapters::{SnapshotBuilder, StateMachine, StateMachineError};
 use raft_core::{Entry, EntryPayload, Index, LogId, SnapshotMeta};
 
 use crate::protocol::{
-    EventKind, KeyValue, KvError, MAX_SCAN_LIMIT, ReadOp, ReadResult, Session, WatchEvent, WriteOp,
-    WriteResult,
+    EventKind, KeyValue, KvError, MAX_KEY_LEN, MAX_SCAN_LIMIT, MAX_VALUE_LEN, ReadOp, ReadResult,
+    Session, WatchEvent, WriteOp, WriteResult,
 };
 use crate::watch::WatchHub;
 
@@ -27,6 +27,17 @@ use crate::watch::WatchHub;
 pub const MAX_SESSIONS: usize = 100_000;
 /// The most unacknowledged results remembered per session.
 pub const MAX_RESULTS_PER_SESSION: usize = 1024;
+/// The most bytes of results one session keeps (a result is counted by
+/// [`result_bytes`]); the oldest results are forgotten first. Room for two
+/// results carrying the largest previous value.
+pub const MAX_SESSION_RESULT_BYTES: u64 = 2 * (MAX_VALUE_LEN + MAX_KEY_LEN) as u64 + 4096;
+/// The most bytes all sessions together keep: their results plus
+/// [`SESSION_OVERHEAD_BYTES`] each. Beyond it the least recently written
+/// sessions are forgotten, as beyond [`MAX_SESSIONS`].
+pub const MAX_SESSIONS_BYTES: u64 = 256 << 20;
+/// What a session costs before any result (its id, counters and place in
+/// the eviction index), counted against [`MAX_SESSIONS_BYTES`].
+pub const SESSION_OVERHEAD_BYTES: u64 = 96;
 /// The highest revision the store reaches (etcd's revisions are `i64`s too).
 /// Billions of years of writes away; a snapshot claiming more is corrupt.
 pub const MAX_REVISION: u64 = i64::MAX as u64;
@@ -38,6 +49,8 @@ pub struct Command {
     pub session: Session,
     /// What to write.
     pub op: WriteOp,
+    /// Whether the result carries the key as it was before the write.
+    pub prev_kv: bool,
 }
 
 impl Command {
@@ -55,6 +68,18 @@ struct SessionState {
     floor: u64,
     /// The log index of the session's last write (for eviction).
     last_index: Index,
+    /// What `results` hold, by [`result_bytes`] (recomputed on restore).
+    #[serde(skip)]
+    bytes: u64,
+}
+
+/// The bytes a kept result is counted as: the previous key-value it carries
+/// and a fixed part.
+fn result_bytes(result: &WriteResult) -> u64 {
+    32 + result
+        .previous
+        .as_ref()
+        .map_or(0, |kv| (kv.key.len() + kv.value.len()) as u64 + 24)
 }
 
 /// The replicated key-value store.
@@ -65,6 +90,8 @@ pub struct KvStateMachine {
     /// The sessions by the index of their last write, least recent first:
     /// eviction takes the first in O(log n).
     by_last_write: imbl::OrdSet<(Index, u64)>,
+    /// What all sessions hold, counted against [`MAX_SESSIONS_BYTES`].
+    sessions_bytes: u64,
     /// The revision of the last write (0 before any).
     revision: u64,
     applied: LogId,
@@ -117,6 +144,7 @@ impl KvStateMachine {
             data: OrdMap::new(),
             sessions: OrdMap::new(),
             by_last_write: imbl::OrdSet::new(),
+            sessions_bytes: 0,
             revision: 0,
             applied: LogId::default(),
             watch,
@@ -210,7 +238,12 @@ impl KvStateMachine {
         };
         self.by_last_write
             .remove(&(state.last_index, session.client_id));
-        state.results = state.results.split_off(&session.first_outstanding);
+        self.sessions_bytes -= SESSION_OVERHEAD_BYTES + state.bytes;
+        // Results the client no longer waits for are released.
+        let released = state.results.split_off(&session.first_outstanding);
+        for result in std::mem::replace(&mut state.results, released).values() {
+            state.bytes -= result_bytes(result);
+        }
         state.floor = state.floor.max(session.first_outstanding);
         let result = if let Some(previous) = state.results.get(&session.sequence) {
             // A retry of a write already applied: answer as the first time.
@@ -218,40 +251,56 @@ impl KvStateMachine {
         } else if session.sequence < state.floor {
             Err(KvError::SessionExpired)
         } else {
-            match self.execute(command.op, events) {
-                Ok(result) => {
-                    state.results.insert(session.sequence, result.clone());
-                    while state.results.len() > MAX_RESULTS_PER_SESSION {
-                        if let Some((seq, _)) = state.results.pop_first() {
-                            state.floor = state.floor.max(seq + 1);
-                        }
-                    }
-                    Ok(result)
+            let result = self.execute(command.op, command.prev_kv, events);
+            // A write that changed nothing (a CAS that did not swap, a
+            // delete of a missing key, an error) is not kept: a retry
+            // evaluates it again, which is safe because the first evaluation
+            // had no effect; so a failed CAS keeps no copy of the current
+            // value it answers with.
+            if let Ok(result) = &result
+                && result.succeeded
+            {
+                state.bytes += result_bytes(result);
+                state.results.insert(session.sequence, result.clone());
+                while state.results.len() > MAX_RESULTS_PER_SESSION
+                    || state.bytes > MAX_SESSION_RESULT_BYTES
+                {
+                    let Some((seq, dropped)) = state.results.pop_first() else {
+                        break;
+                    };
+                    state.bytes -= result_bytes(&dropped);
+                    state.floor = state.floor.max(seq + 1);
                 }
-                Err(e) => Err(e),
             }
+            result
         };
         self.touch_session(session.client_id, state, index);
         result
     }
 
     /// Stores a session as written at `index`, evicting the least recently
-    /// written sessions beyond [`MAX_SESSIONS`].
+    /// written sessions beyond [`MAX_SESSIONS`] or [`MAX_SESSIONS_BYTES`].
     fn touch_session(&mut self, id: u64, mut state: SessionState, index: Index) {
         state.last_index = index;
+        self.sessions_bytes += SESSION_OVERHEAD_BYTES + state.bytes;
         self.sessions.insert(id, state);
         self.by_last_write.insert((index, id));
-        while self.sessions.len() > MAX_SESSIONS {
+        while self.sessions.len() > MAX_SESSIONS || self.sessions_bytes > MAX_SESSIONS_BYTES {
             let Some((_, oldest)) = self.by_last_write.remove_min() else {
                 break;
             };
-            self.sessions.remove(&oldest);
+            if let Some(evicted) = self.sessions.remove(&oldest) {
+                self.sessions_bytes -= SESSION_OVERHEAD_BYTES + evicted.bytes;
+            }
         }
     }
 
+    /// Applies one write; `previous` is kept in the result only with
+    /// `prev_kv` (and for a CAS that did not swap).
     fn execute(
         &mut self,
         op: WriteOp,
+        prev_kv: bool,
         events: &mut Vec<WatchEvent>,
     ) -> Result<WriteResult, KvError> {
         if self.revision >= MAX_REVISION {
@@ -261,7 +310,7 @@ impl KvStateMachine {
                 "the store is at its last revision ({MAX_REVISION})"
             )));
         }
-        Ok(match op {
+        let mut result = match op {
             WriteOp::Put { key, value } => self.put(key, value, events),
             WriteOp::Delete { key } => self.delete(key, events),
             WriteOp::Cas { key, expected, new } => {
@@ -275,7 +324,12 @@ impl KvStateMachine {
                 }
                 match new {
                     Some(value) => self.put(key, value, events),
-                    None => self.delete(key, events),
+                    // The comparison held, so the CAS succeeded even when it
+                    // deleted a key that was already absent.
+                    None => WriteResult {
+                        succeeded: true,
+                        ..self.delete(key, events)
+                    },
                 }
             }
             // Handled before a session is looked up.
@@ -284,7 +338,11 @@ impl KvStateMachine {
                 succeeded: true,
                 previous: None,
             },
-        })
+        };
+        if !prev_kv {
+            result.previous = None;
+        }
+        Ok(result)
     }
 
     fn put(&mut self, key: Bytes, value: Bytes, events: &mut Vec<WatchEvent>) -> WriteResult {
@@ -316,7 +374,7 @@ impl KvStateMachine {
         let Some(previous) = self.data.remove(&key) else {
             return WriteResult {
                 revision: self.revision,
-                succeeded: true,
+                succeeded: false,
                 previous: None,
             };
         };
@@ -412,7 +470,16 @@ impl StateMachine for KvStateMachine {
             .iter()
             .map(|(id, s)| (s.last_index, *id))
             .collect();
-        self.sessions = snapshot.sessions.into_iter().collect();
+        self.sessions_bytes = 0;
+        self.sessions = snapshot
+            .sessions
+            .into_iter()
+            .map(|(id, mut state)| {
+                state.bytes = state.results.values().map(result_bytes).sum();
+                self.sessions_bytes += SESSION_OVERHEAD_BYTES + state.bytes;
+                (id, state)
+            })
+            .collect();
         self.revision = snapshot.revision;
         self.applied = snapshot.applied;
         // Watchers must not be fed history they can no longer get in order.
@@ -438,7 +505,14 @@ mod tests {
         Entry {
             term: 1,
             index: OFFSET + index,
-            payload: EntryPayload::Command(Command { session, op }.encode()),
+            payload: EntryPayload::Command(
+                Command {
+                    session,
+                    op,
+                    prev_kv: true,
+                }
+                .encode(),
+            ),
         }
     }
 
@@ -455,6 +529,7 @@ mod tests {
                 Command {
                     session,
                     op: WriteOp::OpenSession,
+                    prev_kv: false,
                 }
                 .encode(),
             ),
@@ -634,5 +709,160 @@ mod tests {
         };
         assert_eq!(sm.apply(&[stranger])[0].1, Err(KvError::SessionExpired));
         assert_eq!(sm.revision(), 1);
+    }
+
+    fn session_entry(index: Index, client: u64, seq: u64, first: u64, op: WriteOp) -> Entry {
+        Entry {
+            index,
+            payload: EntryPayload::Command(
+                Command {
+                    session: Session {
+                        client_id: client,
+                        sequence: seq,
+                        first_outstanding: first,
+                    },
+                    op,
+                    prev_kv: true,
+                }
+                .encode(),
+            ),
+            ..entry(0, 0, 0, put("k", "v"))
+        }
+    }
+
+    /// Review finding: one 120 KB value and 600 failed CAS calls (each from
+    /// a new `raft-cli` process, so a new session that never acknowledges)
+    /// made a 72 MB snapshot, a copy of the value per failed CAS. A CAS that
+    /// did not swap changed nothing, so its result is not kept: a retry
+    /// evaluates it again.
+    #[test]
+    fn a_failed_cas_keeps_no_copy_of_the_value() {
+        let mut sm = store();
+        let big = Bytes::from(vec![b'x'; 120_000]);
+        sm.apply(&[entry(1, 1, 1, put("k", ""))]);
+        sm.apply(&[session_entry(
+            OFFSET + 2,
+            1,
+            2,
+            2,
+            WriteOp::Put {
+                key: Bytes::from_static(b"k"),
+                value: big.clone(),
+            },
+        )]);
+        let mut index = OFFSET + 10;
+        let cas = WriteOp::Cas {
+            key: Bytes::from_static(b"k"),
+            expected: Some(Bytes::from_static(b"other")),
+            new: Some(Bytes::from_static(b"y")),
+        };
+        for _ in 0..600 {
+            let id = index;
+            sm.apply(&[open_session(index)]);
+            let out = sm.apply(&[session_entry(index + 1, id, 1, 1, cas.clone())]);
+            let result = out[0].1.as_ref().unwrap();
+            assert!(!result.succeeded);
+            assert_eq!(result.previous.as_ref().unwrap().value, big);
+            index += 2;
+        }
+        let snapshot = (sm.snapshot())().unwrap();
+        assert!(
+            snapshot.len() < 2 * big.len(),
+            "a {} byte snapshot for one {} byte value",
+            snapshot.len(),
+            big.len()
+        );
+        // A retry of a failed CAS is evaluated again: the key now holds what
+        // it expected, so it swaps (once: the swap is kept).
+        let last = index - 2;
+        sm.apply(&[session_entry(
+            index,
+            1,
+            3,
+            3,
+            WriteOp::Put {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"other"),
+            },
+        )]);
+        let revision = sm.revision();
+        for at in [index + 1, index + 2] {
+            let out = sm.apply(&[session_entry(at, last, 1, 1, cas.clone())]);
+            assert!(out[0].1.as_ref().unwrap().succeeded);
+            assert_eq!(sm.revision(), revision + 1, "the swap applied once");
+        }
+    }
+
+    /// Sessions hold at most [`MAX_SESSION_RESULT_BYTES`] each and
+    /// [`MAX_SESSIONS_BYTES`] together; beyond that the oldest results, then
+    /// the least recently written sessions, are forgotten, and a retry of
+    /// what was forgotten is refused with `SessionExpired`, never applied
+    /// again. The count survives a snapshot.
+    #[test]
+    fn session_memory_is_bounded_in_bytes() {
+        let mut sm = store();
+        let big = Bytes::from(vec![b'x'; MAX_VALUE_LEN]);
+        let put_big = |key: &str| WriteOp::Put {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: big.clone(),
+        };
+        // One session that never acknowledges (first outstanding stays 1),
+        // overwriting a big value: each result carries the previous value.
+        for seq in 1..=5 {
+            sm.apply(&[session_entry(OFFSET + seq, 7, seq, 1, put_big("k"))]);
+        }
+        let state = &sm.sessions[&7];
+        assert!(state.bytes <= MAX_SESSION_RESULT_BYTES, "{}", state.bytes);
+        assert_eq!(state.results.len(), 2, "room for two big results");
+        let revision = sm.revision();
+        let out = sm.apply(&[session_entry(OFFSET + 6, 7, 2, 1, put_big("k"))]);
+        assert_eq!(out[0].1, Err(KvError::SessionExpired));
+        let out = sm.apply(&[session_entry(OFFSET + 7, 7, 5, 1, put_big("k"))]);
+        assert!(out[0].1.as_ref().unwrap().previous.is_some());
+        assert_eq!(sm.revision(), revision, "no write applied twice");
+
+        // Many sessions each keeping a big previous value: the total stays
+        // under the bound by forgetting the least recently written.
+        let mut index = OFFSET + 100;
+        let mut ids = Vec::new();
+        for i in 0..80 {
+            let id = index;
+            ids.push(id);
+            let key = format!("s{i}");
+            sm.apply(&[
+                open_session(index),
+                session_entry(index + 1, id, 1, 1, put_big(&key)),
+                session_entry(index + 2, id, 2, 2, put(&key, "small")),
+            ]);
+            index += 3;
+            assert!(
+                sm.sessions_bytes <= MAX_SESSIONS_BYTES,
+                "{}",
+                sm.sessions_bytes
+            );
+        }
+        assert!(
+            !sm.sessions.contains_key(&ids[0]),
+            "the oldest was forgotten"
+        );
+        assert!(sm.sessions.contains_key(&ids[79]));
+        let revision = sm.revision();
+        let out = sm.apply(&[session_entry(index, ids[0], 2, 2, put("s0", "small"))]);
+        assert_eq!(out[0].1, Err(KvError::SessionExpired));
+        let out = sm.apply(&[session_entry(index + 1, ids[79], 2, 2, put("s79", "small"))]);
+        assert_eq!(
+            out[0].1.as_ref().unwrap().previous.as_ref().unwrap().value,
+            big
+        );
+        assert_eq!(sm.revision(), revision, "no write applied twice");
+
+        let data = (sm.snapshot())().unwrap();
+        let mut restored = KvStateMachine::new(Arc::new(WatchHub::new(100)));
+        let meta = SnapshotMeta {
+            last: sm.applied,
+            ..SnapshotMeta::default()
+        };
+        restored.restore(&meta, &data).unwrap();
+        assert_eq!(restored.sessions_bytes, sm.sessions_bytes);
     }
 }

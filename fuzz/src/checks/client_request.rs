@@ -33,7 +33,12 @@ pub fn check(data: &[u8]) {
     let mut sm = KvStateMachine::new(hub.clone());
     seed_store(&mut sm);
     match request {
-        Request::Write { session, op, .. } => {
+        Request::Write {
+            session,
+            op,
+            prev_kv,
+            ..
+        } => {
             let _ = op.key();
             if protocol::validate_write(&op).is_ok() {
                 // A watcher of every key, replaying from the start.
@@ -41,7 +46,12 @@ pub fn check(data: &[u8]) {
                     .subscribe(Selector::Prefix(Bytes::new()), 1)
                     .expect("the history is not compacted yet");
                 let before = sm.revision();
-                let data = Command { session, op }.encode();
+                let data = Command {
+                    session,
+                    op,
+                    prev_kv,
+                }
+                .encode();
                 let out = sm.apply(&[Entry {
                     term: 1,
                     index: 10,
@@ -60,6 +70,7 @@ pub fn check(data: &[u8]) {
                     first_outstanding: 0,
                 },
                 op: WriteOp::OpenSession,
+                prev_kv: false,
             }
             .encode();
             let out = sm.apply(&[Entry {
@@ -107,6 +118,7 @@ fn seed_store(sm: &mut KvStateMachine) {
             first_outstanding: 0,
         },
         op: WriteOp::OpenSession,
+        prev_kv: false,
     };
     sm.apply(&[Entry {
         term: 1,
@@ -127,6 +139,7 @@ fn seed_store(sm: &mut KvStateMachine) {
                     key: Bytes::copy_from_slice(key),
                     value: Bytes::from_static(b"v"),
                 },
+                prev_kv: false,
             };
             Entry {
                 term: 1,

@@ -87,6 +87,7 @@ pub fn check(data: &[u8]) {
                     first_outstanding: index,
                 },
                 op,
+                prev_kv: i % 2 == 0,
             };
             let out = sm.apply(&[Entry {
                 term: last.term,

@@ -1,28 +1,52 @@
 //! Data commands: put, get, delete, cas, scan and watch.
 
 use bytes::Bytes;
-use raft_kv::protocol::{ReadOp, Selector};
+use raft_kv::protocol::{ReadOp, Selector, WriteOp};
 use serde_json::json;
 
 use super::{Context, Outcome, explain, write_stdout};
 use crate::args::{CasArgs, ConsistencyArg, ScanArgs, WatchArgs};
 use crate::output::{event_json, event_line, kv_json, kv_table, opt_kv_json, text};
 
-/// `put KEY VALUE`.
-pub async fn put(context: &Context, key: String, value: String) -> anyhow::Result<Outcome> {
+/// `put KEY VALUE [--prev-kv]`.
+pub async fn put(
+    context: &Context,
+    key: String,
+    value: String,
+    prev_kv: bool,
+) -> anyhow::Result<Outcome> {
     let client = context.client().await?;
-    let result = client
-        .put(key.clone(), value)
-        .await
-        .map_err(|e| explain(&format!("put {key:?} failed"), e))?;
+    let op = WriteOp::Put {
+        key: Bytes::from(key.clone()),
+        value: Bytes::from(value),
+    };
+    let result = if prev_kv {
+        client.write_with_previous(op).await
+    } else {
+        client.write(op).await
+    }
+    .map_err(|e| explain(&format!("put {key:?} failed"), e))?;
     context.print(
-        || format!("OK (revision {})\n", result.revision),
         || {
-            json!({
-                "key": key,
-                "revision": result.revision,
-                "previous": opt_kv_json(result.previous.as_ref()),
-            })
+            let mut line = format!("OK (revision {})\n", result.revision);
+            if prev_kv {
+                match &result.previous {
+                    Some(kv) => line.push_str(&format!(
+                        "previous: {:?} (mod revision {})\n",
+                        text(&kv.value),
+                        kv.mod_revision
+                    )),
+                    None => line.push_str("previous: none (the key was new)\n"),
+                }
+            }
+            line
+        },
+        || {
+            let mut out = json!({"key": key, "revision": result.revision});
+            if prev_kv {
+                out["previous"] = opt_kv_json(result.previous.as_ref());
+            }
+            out
         },
     )?;
     Ok(Outcome::Success)
@@ -66,7 +90,7 @@ pub async fn delete(context: &Context, key: String) -> anyhow::Result<Outcome> {
         .delete(key.clone())
         .await
         .map_err(|e| explain(&format!("delete {key:?} failed"), e))?;
-    let existed = result.previous.is_some();
+    let existed = result.succeeded;
     context.print(
         || {
             if existed {
@@ -80,7 +104,6 @@ pub async fn delete(context: &Context, key: String) -> anyhow::Result<Outcome> {
                 "key": key,
                 "deleted": existed,
                 "revision": result.revision,
-                "previous": opt_kv_json(result.previous.as_ref()),
             })
         },
     )?;
