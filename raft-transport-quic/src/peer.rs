@@ -14,7 +14,8 @@
 //! know its leader's address yet), and both use whichever connection
 //! exists, for both directions. When both dialed, the connection dialed by
 //! the lower node id is canonical: the higher node closes its own after a
-//! short grace period. A hello carries an *incarnation* drawn at start, so a
+//! short grace period, if the canonical one is still open then (otherwise
+//! it keeps its own and waits for the next canonical one). A hello carries an *incarnation* drawn at start, so a
 //! restarted peer's new connection replaces the old one at once.
 //!
 //! **No duplicates.** A message is written once, to one stream. If the
@@ -648,14 +649,26 @@ async fn serve_connection(inner: Arc<Inner>, link: Arc<PeerLink>, entry: PeerCon
         if !(entry.dialed_by_us && link.local > peer) {
             return std::future::pending().await;
         }
+        let canonical_open = |cs: &Vec<PeerConnection>| {
+            cs.iter()
+                .any(|c| !c.dialed_by_us && c.connection.close_reason().is_none())
+        };
         let mut connections = link.connections.subscribe();
-        let _ = connections
-            .wait_for(|cs| {
-                cs.iter()
-                    .any(|c| !c.dialed_by_us && c.connection.close_reason().is_none())
-            })
-            .await;
-        tokio::time::sleep(REDUNDANT_GRACE).await;
+        loop {
+            if connections.wait_for(canonical_open).await.is_err() {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(REDUNDANT_GRACE).await;
+            // The canonical connection may have died during the grace
+            // period: closing ours now would leave the pair without any.
+            if canonical_open(&connections.borrow_and_update()) {
+                break;
+            }
+            debug!(
+                node = inner.local(),
+                peer, "keeping our connection: the canonical one closed during the grace period"
+            );
+        }
         debug!(
             node = inner.local(),
             peer, "closing our connection: the one the peer dialed is canonical"

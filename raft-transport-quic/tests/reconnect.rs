@@ -1,0 +1,134 @@
+//! Peers reconnecting: races between the two connections of a pair, the
+//! dialer's backoff, and two processes claiming one node id. The other side
+//! of each pair is a [`RawPeer`] (made by hand, as `tests/frames.rs` makes
+//! its peers), so each test decides the exact order of dials and closes.
+//!
+//! The gap assertions follow the requirement that no node pair is without
+//! a connection for more than a second; a [`LinkMonitor`] thread samples
+//! the node's connections every few milliseconds.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use raft_core::NodeId;
+use raft_core::adapters::Transport;
+use raft_transport_quic::{QuicTransport, TransportConfig};
+use tokio::sync::mpsc;
+
+const ONE_SECOND: Duration = Duration::from_secs(1);
+
+/// `config(id)` with the production reconnect backoff (100 ms doubling to
+/// 5 s), so that a backoff that keeps growing shows as long gaps.
+fn production_backoff(id: NodeId) -> TransportConfig {
+    let defaults = TransportConfig::new(id, CLUSTER, loopback());
+    let mut cfg = config(id, CLUSTER, loopback());
+    cfg.reconnect_initial_backoff = defaults.reconnect_initial_backoff;
+    cfg.reconnect_max_backoff = defaults.reconnect_max_backoff;
+    cfg
+}
+
+/// Tells `node` where `raw` is.
+fn introduce(node: &QuicTransport, raw: &RawPeer) {
+    let peers: BTreeMap<NodeId, String> = [
+        (node.node_id(), node.local_addr().unwrap().to_string()),
+        (raw.id, raw.addr().to_string()),
+    ]
+    .into();
+    node.update_peers(&peers);
+}
+
+/// Accepts every connection the node dials to `raw`, in a task; they come
+/// out of the returned channel.
+fn accept_dials(raw: &Arc<RawPeer>) -> mpsc::UnboundedReceiver<quinn::Connection> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let raw = raw.clone();
+    tokio::spawn(async move {
+        while let Some(connection) = raw.accept().await {
+            if tx.send(connection).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn wait_connected(node: &QuicTransport, peer: NodeId) {
+    let deadline = Instant::now() + DEADLINE;
+    while !node.connected_peers().contains(&peer) {
+        assert!(
+            Instant::now() < deadline,
+            "node {} never reconnected to node {peer}",
+            node.node_id()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Sends heartbeats from `node` to `raw` until one arrives on `connection`.
+async fn expect_delivery(node: &QuicTransport, raw: &RawPeer, connection: &quinn::Connection) {
+    let receiving = recv_frame(connection);
+    tokio::pin!(receiving);
+    let deadline = Instant::now() + DEADLINE;
+    let mut round = 0;
+    loop {
+        round += 1;
+        let _ = node.send(heartbeat(node.node_id(), raw.id, round));
+        tokio::select! {
+            message = &mut receiving => {
+                let message = message.expect("a message on the connection");
+                assert_eq!((message.from, message.to), (node.node_id(), raw.id));
+                return;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing arrived on the connection"
+        );
+    }
+}
+
+/// R1. Node 2 (the higher id) dialed node 1; node 1 then dials too (its
+/// connection is the canonical one) but that connection dies during node 2's
+/// grace period. Node 2 must keep its own connection rather than close it
+/// and leave the pair with none (and then redial with a backoff that grows
+/// each round).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grace_close_keeps_our_connection_when_the_canonical_one_died() {
+    init_tracing();
+    let ca = ca();
+    let raw = Arc::new(RawPeer::new(&ca, 1, 1));
+    let node = Arc::new(start_with(&ca, production_backoff(2)).await);
+    let mut dials = accept_dials(&raw);
+    introduce(&node, &raw);
+    let ours = tokio::time::timeout(DEADLINE, dials.recv())
+        .await
+        .expect("node 2 dials node 1")
+        .unwrap();
+    wait_connected(&node, 1).await;
+    let monitor = LinkMonitor::start(node.clone(), 1);
+    for _ in 0..7 {
+        // Node 1's (canonical) connection appears...
+        let canonical = raw.dial(&node).await.expect("node 2 accepts node 1");
+        // ...and is lost within node 2's grace period (500 ms).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        canonical.close(0u32.into(), b"lost");
+        // Past the grace period, node 2 has a connection again (it never
+        // lost its own, or it redialed).
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        wait_connected(&node, 1).await;
+    }
+    let (longest, gaps) = monitor.finish();
+    assert!(
+        longest < ONE_SECOND,
+        "node 2 was without a connection to node 1 for {longest:?} (longest of {gaps} gaps); \
+         the limit is 1 s"
+    );
+    assert_eq!(gaps, 0, "node 2 closed the connection it dialed");
+    assert!(ours.close_reason().is_none(), "{:?}", ours.close_reason());
+    expect_delivery(&node, &raw, &ours).await;
+}
