@@ -53,9 +53,12 @@ pub struct TransportConfig {
     pub keep_alive_interval: Duration,
     /// Time allowed for the TLS handshake plus the peer hello. Default 5 s.
     pub handshake_timeout: Duration,
-    /// The first reconnection delay after a failed dial. It doubles on each
-    /// failure up to `reconnect_max_backoff`; each delay is drawn at random
-    /// between half of it and all of it (jitter). Default 100 ms.
+    /// The first reconnection delay after a failed dial (or after a
+    /// connection that dropped within 2 s). It doubles on each failure up
+    /// to `reconnect_max_backoff`; each delay is drawn at random between
+    /// half of it and all of it (jitter). It starts again from this value
+    /// once a connection to the peer (ours or the peer's) has carried a
+    /// message. Default 100 ms.
     pub reconnect_initial_backoff: Duration,
     /// The longest reconnection delay. Default 5 s.
     pub reconnect_max_backoff: Duration,

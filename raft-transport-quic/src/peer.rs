@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -42,7 +43,9 @@ use crate::wire::{
 };
 
 /// A connection that lived this long counts as stable: the next dial after
-/// it drops starts again from the initial backoff.
+/// it drops starts again from the initial backoff, at once. (A shorter one
+/// that carried a message from the peer also resets the backoff, but the
+/// next dial still waits the initial delay.)
 const STABLE_CONNECTION: Duration = Duration::from_secs(2);
 /// How long the higher node keeps its own (redundant) connection open after
 /// the canonical one appears, so that in-flight messages drain.
@@ -109,6 +112,9 @@ pub(crate) struct PeerLink {
     connections: watch::Sender<Vec<PeerConnection>>,
     /// Stops this link's tasks when the peer is removed.
     removed: watch::Sender<bool>,
+    /// Messages received from the peer, over any connection: traffic that
+    /// proves the pair works, which resets the dialer's backoff.
+    received: AtomicU64,
 }
 
 impl PeerLink {
@@ -199,6 +205,7 @@ pub(crate) fn link(inner: &Arc<Inner>, peer: NodeId) -> Arc<PeerLink> {
         address: watch::channel(None).0,
         connections: watch::channel(Vec::new()).0,
         removed: watch::channel(false).0,
+        received: AtomicU64::new(0),
     });
     links.insert(peer, link.clone());
     drop(links);
@@ -271,6 +278,7 @@ async fn run_dialer(inner: Arc<Inner>, link: Arc<PeerLink>) {
         inner.config.reconnect_max_backoff,
     );
     let mut established: Option<Instant> = None;
+    let mut received_at_dial = link.received.load(Ordering::Relaxed);
     loop {
         let address = loop {
             let address = address_rx.borrow_and_update().clone();
@@ -286,14 +294,23 @@ async fn run_dialer(inner: Arc<Inner>, link: Arc<PeerLink>) {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         };
+        // A connection of the pair (ours or the peer's) carried messages
+        // since our last dial: the pair works, whatever closed it since (a
+        // redundant close, a lost path), so start again from the initial
+        // delay rather than doubling it.
+        let received = link.received.load(Ordering::Relaxed);
+        if received != received_at_dial {
+            backoff.reset();
+        }
         if let Some(since) = established.take() {
             if since.elapsed() >= STABLE_CONNECTION {
                 backoff.reset();
             } else {
-                // It dropped right after connecting: do not hammer the peer.
+                // It dropped soon after connecting: do not hammer the peer.
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
+        received_at_dial = link.received.load(Ordering::Relaxed);
         match dial(&inner, link.peer, &address).await {
             Ok((connection, incarnation)) => {
                 established = Some(Instant::now());
@@ -590,9 +607,7 @@ fn adopt(
     dialed_by_us: bool,
     incarnation: u64,
 ) {
-    let id = inner
-        .next_connection_id
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = inner.next_connection_id.fetch_add(1, Ordering::Relaxed);
     let entry = PeerConnection {
         id,
         connection: connection.clone(),
@@ -640,7 +655,7 @@ async fn serve_connection(inner: Arc<Inner>, link: Arc<PeerLink>, entry: PeerCon
     let accept_streams = async {
         loop {
             match connection.accept_uni().await {
-                Ok(recv) => inner.spawn(read_stream(inner.clone(), peer, recv)),
+                Ok(recv) => inner.spawn(read_stream(inner.clone(), link.clone(), recv)),
                 Err(reason) => return reason,
             }
         }
@@ -687,8 +702,9 @@ async fn serve_connection(inner: Arc<Inner>, link: Arc<PeerLink>, entry: PeerCon
 }
 
 /// Reads one incoming stream of message frames until it ends or a frame is bad.
-async fn read_stream(inner: Arc<Inner>, peer: NodeId, mut recv: quinn::RecvStream) {
+async fn read_stream(inner: Arc<Inner>, link: Arc<PeerLink>, mut recv: quinn::RecvStream) {
     let max = inner.config.max_frame_size;
+    let peer = link.peer;
     loop {
         let payload = match frame::read(&mut recv, max).await {
             Ok(Some(payload)) => payload,
@@ -742,6 +758,7 @@ async fn read_stream(inner: Arc<Inner>, peer: NodeId, mut recv: quinn::RecvStrea
             return;
         }
         Counters::add(&inner.counters.messages_received, 1);
+        link.received.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -132,3 +132,54 @@ async fn the_grace_close_keeps_our_connection_when_the_canonical_one_died() {
     assert!(ours.close_reason().is_none(), "{:?}", ours.close_reason());
     expect_delivery(&node, &raw, &ours).await;
 }
+
+/// The dialer's backoff starts again from the initial delay once a
+/// connection of the pair has carried traffic. Each round: node 2 dials,
+/// node 1's canonical connection carries a message, node 2 closes its own
+/// as redundant, then the canonical one drops. Every connection lived well
+/// under 2 s, but the pair worked each time, so node 2 must redial at once
+/// rather than after a delay that doubles per round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backoff_resets_once_a_connection_carried_traffic() {
+    init_tracing();
+    let ca = ca();
+    let raw = Arc::new(RawPeer::new(&ca, 1, 1));
+    let node = Arc::new(start_with(&ca, production_backoff(2)).await);
+    let mut dials = accept_dials(&raw);
+    introduce(&node, &raw);
+    let mut monitor = None;
+    for round in 0..7 {
+        let ours = tokio::time::timeout(DEADLINE, dials.recv())
+            .await
+            .expect("node 2 dials node 1")
+            .unwrap();
+        wait_connected(&node, 1).await;
+        if monitor.is_none() {
+            monitor = Some(LinkMonitor::start(node.clone(), 1));
+        }
+        let canonical = raw.dial(&node).await.expect("node 2 accepts node 1");
+        let _stream = send_frames(&canonical, &[heartbeat(1, 2, round)])
+            .await
+            .unwrap();
+        let message = recv_within(&node, DEADLINE).await.expect("delivered");
+        assert_eq!((message.from, round_of(&message)), (1, Some(round)));
+        // Node 2 closes its own connection as redundant...
+        tokio::time::timeout(DEADLINE, ours.closed())
+            .await
+            .expect("node 2 closes its redundant connection");
+        // ...and then the canonical one is lost.
+        canonical.close(0u32.into(), b"lost");
+    }
+    tokio::time::timeout(DEADLINE, dials.recv())
+        .await
+        .expect("node 2 dials node 1")
+        .unwrap();
+    wait_connected(&node, 1).await;
+    let (longest, gaps) = monitor.unwrap().finish();
+    println!("longest of {gaps} gaps without a connection: {longest:?}");
+    assert!(
+        longest < ONE_SECOND,
+        "node 2 was without a connection to node 1 for {longest:?} (longest of {gaps} gaps); \
+         the limit is 1 s"
+    );
+}
