@@ -15,8 +15,17 @@
 //! exists, for both directions. When both dialed, the connection dialed by
 //! the lower node id is canonical: the higher node closes its own after a
 //! short grace period, if the canonical one is still open then (otherwise
-//! it keeps its own and waits for the next canonical one). A hello carries an *incarnation* drawn at start, so a
-//! restarted peer's new connection replaces the old one at once.
+//! it keeps its own and waits for the next canonical one).
+//!
+//! **Incarnations.** A hello carries the sender's *incarnation*, which
+//! orders its starts (start time, then a random tiebreak; see
+//! [`new_incarnation`]). A connection from a higher incarnation of a peer
+//! replaces the connections of lower ones at once (the peer restarted); a
+//! connection from a lower incarnation is refused with
+//! `CLOSE_STALE_INCARNATION` while one from a higher incarnation is open
+//! (an old process of that node id, draining or resumed after a pause, is
+//! still about). So the newest process wins whatever the order in which
+//! their connections arrive, and the pair does not flap between them.
 //!
 //! **No duplicates.** A message is written once, to one stream. If the
 //! write fails, it is lost (Raft resends), never retried, so a peer restart
@@ -38,8 +47,8 @@ use crate::tls;
 use crate::transport::{Cancel, Counters, Inbound, Inner};
 use crate::wire::{
     CLOSE_CLUSTER_MISMATCH, CLOSE_HANDSHAKE_FAILED, CLOSE_IDENTITY_MISMATCH, CLOSE_REMOVED,
-    CLOSE_REPLACED, CLOSE_VERSION_MISMATCH, MAX_HELLO_SIZE, PEER_ALPN, PROTOCOL_VERSION, PeerHello,
-    STREAM_BAD_FRAME,
+    CLOSE_REPLACED, CLOSE_STALE_INCARNATION, CLOSE_VERSION_MISMATCH, MAX_HELLO_SIZE, PEER_ALPN,
+    PROTOCOL_VERSION, PeerHello, STREAM_BAD_FRAME,
 };
 
 /// A connection that lived this long counts as stable: the next dial after
@@ -179,6 +188,63 @@ impl PeerLink {
     fn removed(&self) -> Cancel {
         Cancel::from(self.removed.subscribe())
     }
+
+    /// The newest incarnation of the peer above `incarnation` that has an
+    /// open connection, if any: a connection from `incarnation` comes from
+    /// a stale process and is refused.
+    fn newer_incarnation(&self, incarnation: u64) -> Option<u64> {
+        newer_incarnation(&self.connections.borrow(), incarnation)
+    }
+}
+
+fn newer_incarnation(connections: &[PeerConnection], incarnation: u64) -> Option<u64> {
+    connections
+        .iter()
+        .filter(|c| c.incarnation > incarnation && c.connection.close_reason().is_none())
+        .map(|c| c.incarnation)
+        .max()
+}
+
+/// Why a connection from `incarnation` of `peer` is refused while one from
+/// its `newer` incarnation is open (the close reason and the log line).
+fn stale_reason(local: NodeId, peer: NodeId, incarnation: u64, newer: u64) -> String {
+    let started = |incarnation: u64| (incarnation >> INCARNATION_TIEBREAK_BITS) as f64 / 1000.0;
+    format!(
+        "node {local} is connected to a newer process of node {peer} (incarnation {newer}, \
+         started {:.3} s later) than this one (incarnation {incarnation}), which is stale: stop \
+         it. If it is the only process of node {peer}, its clock stepped back; it is accepted \
+         once the newer connection closes",
+        started(newer) - started(incarnation)
+    )
+}
+
+/// Random low bits of an incarnation, below the start time in milliseconds.
+const INCARNATION_TIEBREAK_BITS: u32 = 20;
+
+/// The incarnation of a transport starting now: milliseconds since the Unix
+/// epoch in the high 44 bits (enough until the year 2527), a random
+/// tiebreak in the low 20 bits, so that two processes of one node id order
+/// by start time and, in the same millisecond, still differ. Within one
+/// process each value is above the previous one even if the clock stepped
+/// back. Across processes a clock that stepped back between two starts
+/// makes the newer process look older: peers then refuse it only while a
+/// connection from the older process is still open (at most the idle
+/// timeout, if that process died without closing it).
+pub(crate) fn new_incarnation() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+        .min(u64::MAX >> INCARNATION_TIEBREAK_BITS);
+    let drawn = (millis << INCARNATION_TIEBREAK_BITS)
+        | rand::random_range(0..1 << INCARNATION_TIEBREAK_BITS);
+    let previous = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(drawn.max(last.saturating_add(1)))
+        })
+        .unwrap_or(0);
+    drawn.max(previous.saturating_add(1))
 }
 
 /// The link to `peer`, created (with its tasks) if needed.
@@ -311,11 +377,12 @@ async fn run_dialer(inner: Arc<Inner>, link: Arc<PeerLink>) {
             }
         }
         received_at_dial = link.received.load(Ordering::Relaxed);
-        match dial(&inner, link.peer, &address).await {
-            Ok((connection, incarnation)) => {
-                established = Some(Instant::now());
-                adopt(&inner, &link, connection, true, incarnation);
-            }
+        let dialed = match dial(&inner, link.peer, &address).await {
+            Ok((connection, incarnation)) => adopt(&inner, &link, connection, true, incarnation),
+            Err(reason) => Err(reason),
+        };
+        match dialed {
+            Ok(()) => established = Some(Instant::now()),
             Err(reason) => {
                 let delay = backoff.next_delay();
                 if backoff.failures == 1 || backoff.failures.is_power_of_two() {
@@ -580,6 +647,13 @@ pub(crate) async fn accept(inner: Arc<Inner>, connection: quinn::Connection) {
             &format!("the peer claims to be node {} but {reason}", hello.node_id),
         );
     }
+    // Refuse a stale process before answering, so that it learns why; the
+    // decision that counts is taken again, atomically, in `adopt`.
+    let link = link(&inner, hello.node_id);
+    if let Some(newer) = link.newer_incarnation(hello.incarnation) {
+        let reason = stale_reason(inner.local(), hello.node_id, hello.incarnation, newer);
+        return refuse(CLOSE_STALE_INCARNATION, &reason);
+    }
     let reply = PeerHello {
         version: PROTOCOL_VERSION,
         cluster_id: inner.config.cluster_id.clone(),
@@ -595,18 +669,23 @@ pub(crate) async fn accept(inner: Arc<Inner>, connection: quinn::Connection) {
         return;
     }
     let _ = send.finish();
-    let link = link(&inner, hello.node_id);
-    adopt(&inner, &link, connection, false, hello.incarnation);
+    if let Err(reason) = adopt(&inner, &link, connection, false, hello.incarnation) {
+        if inner.note_refusal(remote, &reason) {
+            warn!(node = inner.local(), %remote, "refused a peer connection: {reason}");
+        }
+    }
 }
 
-/// Registers an established connection with its link and starts serving it.
+/// Registers an established connection with its link and starts serving
+/// it, unless it comes from a stale incarnation of the peer (a connection
+/// from a newer one is open): then it is closed and the reason returned.
 fn adopt(
     inner: &Arc<Inner>,
     link: &Arc<PeerLink>,
     connection: quinn::Connection,
     dialed_by_us: bool,
     incarnation: u64,
-) {
+) -> Result<(), String> {
     let id = inner.next_connection_id.fetch_add(1, Ordering::Relaxed);
     let entry = PeerConnection {
         id,
@@ -614,9 +693,15 @@ fn adopt(
         dialed_by_us,
         incarnation,
     };
-    link.connections.send_modify(|connections| {
-        // Connections to an earlier incarnation of the peer are dead: it
-        // restarted. Close them now rather than at the idle timeout.
+    let mut stale = None;
+    link.connections.send_if_modified(|connections| {
+        if let Some(newer) = newer_incarnation(connections, incarnation) {
+            stale = Some(newer);
+            return false;
+        }
+        // Connections to an earlier incarnation of the peer are dead or
+        // about to be: it restarted. Close them now rather than at the idle
+        // timeout.
         for old in connections.iter().filter(|c| c.incarnation != incarnation) {
             old.connection
                 .close(CLOSE_REPLACED.into(), b"peer restarted");
@@ -624,7 +709,13 @@ fn adopt(
         connections
             .retain(|c| c.incarnation == incarnation && c.connection.close_reason().is_none());
         connections.push(entry.clone());
+        true
     });
+    if let Some(newer) = stale {
+        let reason = stale_reason(inner.local(), link.peer, incarnation, newer);
+        connection.close(CLOSE_STALE_INCARNATION.into(), reason.as_bytes());
+        return Err(reason);
+    }
     Counters::add(&inner.counters.peer_connections, 1);
     info!(
         node = inner.local(),
@@ -645,6 +736,7 @@ fn adopt(
         link.connections
             .send_modify(|connections| connections.retain(|c| c.id != id));
     });
+    Ok(())
 }
 
 /// Reads the peer's streams until the connection closes; closes our own
@@ -880,6 +972,30 @@ mod tests {
         assert_eq!(ceilings, [100, 200, 400, 800, 800, 800]);
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn incarnations_order_starts_by_time() {
+        let now_ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        };
+        let before = now_ms();
+        let drawn: Vec<u64> = (0..1000).map(|_| new_incarnation()).collect();
+        let after = now_ms();
+        // Strictly increasing within a process, even within one millisecond.
+        assert!(drawn.windows(2).all(|w| w[0] < w[1]), "{drawn:?}");
+        // The high bits are the start time.
+        let started = drawn[0] >> INCARNATION_TIEBREAK_BITS;
+        assert!(
+            started >= before && started <= after,
+            "{started} not in {before}..={after}"
+        );
+        // A start a few milliseconds later has a later start time.
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(new_incarnation() >> INCARNATION_TIEBREAK_BITS > after);
     }
 
     #[test]

@@ -135,7 +135,9 @@ pub(crate) struct Inner {
     pub(crate) endpoint: quinn::Endpoint,
     /// Client configuration for dialing peers (ALPN `raft-peer/1`).
     pub(crate) peer_client_config: quinn::ClientConfig,
-    /// Random per start; lets peers recognise that this node restarted.
+    /// Orders this start among the node's starts (see
+    /// [`peer::new_incarnation`]); lets peers recognise that this node
+    /// restarted, and refuse an older process of it.
     pub(crate) incarnation: u64,
     pub(crate) links: Mutex<HashMap<NodeId, Arc<PeerLink>>>,
     pub(crate) inbound_tx: mpsc::Sender<Inbound>,
@@ -277,7 +279,7 @@ impl QuicTransport {
             config,
             endpoint,
             peer_client_config,
-            incarnation: rand::random(),
+            incarnation: peer::new_incarnation(),
             links: Mutex::new(HashMap::new()),
             inbound_tx,
             inbound_rx: tokio::sync::Mutex::new(inbound_rx),

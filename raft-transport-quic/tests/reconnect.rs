@@ -183,3 +183,116 @@ async fn backoff_resets_once_a_connection_carried_traffic() {
          the limit is 1 s"
     );
 }
+
+/// Incarnations of two processes of one node: the one started a minute
+/// ago and the one started now (start time in milliseconds in the high
+/// bits, a tiebreak below; see `wire::PeerHello::incarnation`).
+fn old_and_new_incarnations() -> (u64, u64) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    (((now_ms - 60_000) << 20) | 0xfffff, now_ms << 20)
+}
+
+/// The older process of node 2 (still running: draining, or resumed after
+/// a pause) dials node 1 again and again, as its dialer would, while the
+/// newer process is connected: each time it must be refused, and the newer
+/// process's connection must stay open.
+async fn older_process_keeps_dialing(
+    node: &QuicTransport,
+    old: &RawPeer,
+    new: &RawPeer,
+    new_connection: &quinn::Connection,
+) {
+    for attempt in 0..5 {
+        let dialed = old.dial(node).await;
+        // Give node 1 time to act on the hello it answered, if it did.
+        if let Ok(reason) =
+            tokio::time::timeout(Duration::from_millis(300), new_connection.closed()).await
+        {
+            panic!(
+                "node 1 closed the connection of the newest process of node 2 (incarnation {}) \
+                 when an older one (incarnation {}) connected (attempt {attempt}): {reason}",
+                new.incarnation, old.incarnation
+            );
+        }
+        match dialed {
+            Err(reason) => assert!(reason.contains("stale"), "{reason}"),
+            Ok(connection) => {
+                // Accepted for now? It must not last while the newer one is up.
+                let closed = tokio::time::timeout(DEADLINE, connection.closed()).await;
+                assert!(
+                    closed.is_ok(),
+                    "node 1 keeps a connection to the older process of node 2"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        new_connection.close_reason().is_none(),
+        "the newest process lost its connection: {:?}",
+        new_connection.close_reason()
+    );
+    expect_delivery(node, new, new_connection).await;
+}
+
+/// R2, the older process connects last: node 1 already talks to the newer
+/// process of node 2 when the older one (same node id, earlier start)
+/// connects. The newest incarnation must keep the link, with no flapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_incarnation_wins_when_the_older_process_connects_last() {
+    init_tracing();
+    let ca = ca();
+    let node = Arc::new(start(&ca, 1).await);
+    let (old_incarnation, new_incarnation) = old_and_new_incarnations();
+    let old = RawPeer::new(&ca, 2, old_incarnation);
+    let new = RawPeer::new(&ca, 2, new_incarnation);
+
+    let new_connection = new.dial(&node).await.expect("node 1 accepts node 2");
+    wait_connected(&node, 2).await;
+    let monitor = LinkMonitor::start(node.clone(), 2);
+    older_process_keeps_dialing(&node, &old, &new, &new_connection).await;
+    let (longest, gaps) = monitor.finish();
+    assert!(
+        longest < ONE_SECOND,
+        "node 1 was without a connection to node 2 for {longest:?} ({gaps} gaps)"
+    );
+}
+
+/// R2, the older process connects first: node 1 talks to it, then the
+/// newer process connects and replaces it at once; the older one keeps
+/// dialing and is refused each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_incarnation_wins_when_the_older_process_connects_first() {
+    init_tracing();
+    let ca = ca();
+    let node = Arc::new(start(&ca, 1).await);
+    let (old_incarnation, new_incarnation) = old_and_new_incarnations();
+    let old = RawPeer::new(&ca, 2, old_incarnation);
+    let new = RawPeer::new(&ca, 2, new_incarnation);
+
+    let old_connection = old.dial(&node).await.expect("node 1 accepts node 2");
+    wait_connected(&node, 2).await;
+    let monitor = LinkMonitor::start(node.clone(), 2);
+    let new_connection = new
+        .dial(&node)
+        .await
+        .expect("node 1 accepts the newer node 2");
+    // The restart is recognised at once: the older connection is closed.
+    let reason = tokio::time::timeout(DEADLINE, old_connection.closed())
+        .await
+        .expect("node 1 closes the older process's connection");
+    assert!(
+        matches!(&reason, quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == raft_transport_quic::wire::CLOSE_REPLACED.into()),
+        "{reason}"
+    );
+    older_process_keeps_dialing(&node, &old, &new, &new_connection).await;
+    let (longest, gaps) = monitor.finish();
+    assert!(
+        longest < ONE_SECOND,
+        "node 1 was without a connection to node 2 for {longest:?} ({gaps} gaps)"
+    );
+}
