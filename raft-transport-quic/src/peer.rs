@@ -44,7 +44,7 @@ use tracing::{debug, info, warn};
 
 use crate::frame::{self, FrameError};
 use crate::tls;
-use crate::transport::{Cancel, Counters, Inbound, Inner};
+use crate::transport::{Cancel, Counters, Inner};
 use crate::wire::{
     CLOSE_CLUSTER_MISMATCH, CLOSE_HANDSHAKE_FAILED, CLOSE_IDENTITY_MISMATCH, CLOSE_REMOVED,
     CLOSE_REPLACED, CLOSE_STALE_INCARNATION, CLOSE_VERSION_MISMATCH, MAX_HELLO_SIZE, PEER_ALPN,
@@ -838,17 +838,7 @@ async fn read_stream(inner: Arc<Inner>, link: Arc<PeerLink>, mut recv: quinn::Re
         } else {
             None
         };
-        if inner
-            .inbound_tx
-            .send(Inbound {
-                message,
-                _slot: slot,
-            })
-            .await
-            .is_err()
-        {
-            return;
-        }
+        inner.inbound.push(peer, message, slot).await;
         Counters::add(&inner.counters.messages_received, 1);
         link.received.fetch_add(1, Ordering::Relaxed);
     }
