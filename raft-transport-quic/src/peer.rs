@@ -378,7 +378,10 @@ async fn run_dialer(inner: Arc<Inner>, link: Arc<PeerLink>) {
         }
         received_at_dial = link.received.load(Ordering::Relaxed);
         let dialed = match dial(&inner, link.peer, &address).await {
-            Ok((connection, incarnation)) => adopt(&inner, &link, connection, true, incarnation),
+            Ok((connection, incarnation)) => adopt(&inner, &link, connection, true, incarnation)
+                .map_err(|reason| {
+                    format!("the process answering at this address is stale ({reason})")
+                }),
             Err(reason) => Err(reason),
         };
         match dialed {

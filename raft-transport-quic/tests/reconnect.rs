@@ -303,3 +303,52 @@ async fn the_newest_incarnation_wins_when_the_older_process_connects_first() {
         "node 1 was without a connection to node 2 for {longest:?} ({gaps} gaps)"
     );
 }
+
+/// R2, node 1 dials the older process: node 1 (the lower id, so it dials
+/// too) is given an address where an older process of node 2 answers,
+/// while the newer process is connected. Node 1 must drop what it dialed,
+/// not the newer process's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_incarnation_wins_when_the_node_dials_the_older_process() {
+    init_tracing();
+    let ca = ca();
+    let node = Arc::new(start(&ca, 1).await);
+    let (old_incarnation, new_incarnation) = old_and_new_incarnations();
+    let old = Arc::new(RawPeer::new(&ca, 2, old_incarnation));
+    let new = RawPeer::new(&ca, 2, new_incarnation);
+
+    let new_connection = new.dial(&node).await.expect("node 1 accepts node 2");
+    wait_connected(&node, 2).await;
+    let monitor = LinkMonitor::start(node.clone(), 2);
+    let mut dials = accept_dials(&old);
+    introduce(&node, &old);
+    for attempt in 0..2 {
+        let dialed = tokio::time::timeout(DEADLINE, dials.recv())
+            .await
+            .expect("node 1 dials the address it was given")
+            .unwrap();
+        if let Ok(reason) =
+            tokio::time::timeout(Duration::from_millis(300), new_connection.closed()).await
+        {
+            panic!(
+                "node 1 closed the connection of the newest process of node 2 (incarnation {}) \
+                 after dialing an older one (incarnation {}) (attempt {attempt}): {reason}",
+                new.incarnation, old.incarnation
+            );
+        }
+        let reason = tokio::time::timeout(DEADLINE, dialed.closed())
+            .await
+            .expect("node 1 drops the connection to the older process");
+        assert!(
+            matches!(&reason, quinn::ConnectionError::ApplicationClosed(close)
+                if close.error_code == raft_transport_quic::wire::CLOSE_STALE_INCARNATION.into()),
+            "{reason}"
+        );
+    }
+    expect_delivery(&node, &new, &new_connection).await;
+    let (longest, gaps) = monitor.finish();
+    assert!(
+        longest < ONE_SECOND,
+        "node 1 was without a connection to node 2 for {longest:?} ({gaps} gaps)"
+    );
+}
