@@ -706,8 +706,10 @@ fn adopt(
         // about to be: it restarted. Close them now rather than at the idle
         // timeout.
         for old in connections.iter().filter(|c| c.incarnation != incarnation) {
-            old.connection
-                .close(CLOSE_REPLACED.into(), b"peer restarted");
+            old.connection.close(
+                CLOSE_REPLACED.into(),
+                b"peer restarted: a newer process of this node id connected",
+            );
         }
         connections
             .retain(|c| c.incarnation == incarnation && c.connection.close_reason().is_none());
