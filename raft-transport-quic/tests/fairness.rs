@@ -89,3 +89,41 @@ async fn a_flooding_peer_does_not_delay_another_peers_heartbeats() {
     println!("node 3's heartbeats came after this many of node 2's messages: {positions:?}");
     flood.abort();
 }
+
+/// `recv` returns a queued message on its first poll (a driver may drain
+/// what is already there with one poll per message, as raft-kv's does), and
+/// dropping an unfinished `recv` loses nothing (it is cancel-safe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recv_returns_a_queued_message_on_its_first_poll_and_is_cancel_safe() {
+    use raft_core::adapters::Transport;
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    init_tracing();
+    let ca = ca();
+    let node = start(&ca, 1).await;
+    let poll_once = |node: &raft_transport_quic::QuicTransport| {
+        let mut cx = Context::from_waker(Waker::noop());
+        let recv = std::pin::pin!(node.recv());
+        match recv.poll(&mut cx) {
+            Poll::Ready(message) => Some(message),
+            Poll::Pending => None,
+        }
+    };
+    // Nothing queued: pending; the call is dropped while waiting.
+    assert!(poll_once(&node).is_none());
+    // Messages to itself go through the same queue.
+    node.send(heartbeat(1, 1, 1)).unwrap();
+    node.send(heartbeat(1, 1, 2)).unwrap();
+    for round in [1, 2] {
+        let message = poll_once(&node).expect("ready at once").expect("a message");
+        assert_eq!(round_of(&message), Some(round));
+    }
+    assert!(poll_once(&node).is_none());
+    // The calls dropped while waiting took nothing: a later message arrives.
+    node.send(heartbeat(1, 1, 3)).unwrap();
+    let third = recv_within(&node, DEADLINE)
+        .await
+        .expect("the third message");
+    assert_eq!(round_of(&third), Some(3));
+}
