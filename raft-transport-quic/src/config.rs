@@ -38,9 +38,12 @@ pub struct TransportConfig {
     /// Per-peer queue of snapshot chunks: small, so that a slow receiver
     /// pushes back on the sender quickly. Default 8.
     pub snapshot_queue: usize,
-    /// Received messages waiting for [`raft_core::adapters::Transport::recv`].
-    /// When it is full, the transport stops reading and QUIC flow control
-    /// slows the senders down. Default 4096.
+    /// Received messages waiting for [`raft_core::adapters::Transport::recv`],
+    /// from all peers together. When it is full, the transport stops reading
+    /// and QUIC flow control slows the senders down. `recv` serves the peers
+    /// in turn (one FIFO per peer, round robin), so a peer that fills the
+    /// queue delays another peer's message by a few messages, not by the
+    /// whole queue. Default 4096.
     pub inbound_queue: usize,
     /// Received snapshot chunks allowed to wait in the inbound queue at
     /// once, across all peers; more stay in the network. Default 8.
@@ -53,9 +56,12 @@ pub struct TransportConfig {
     pub keep_alive_interval: Duration,
     /// Time allowed for the TLS handshake plus the peer hello. Default 5 s.
     pub handshake_timeout: Duration,
-    /// The first reconnection delay after a failed dial. It doubles on each
-    /// failure up to `reconnect_max_backoff`; each delay is drawn at random
-    /// between half of it and all of it (jitter). Default 100 ms.
+    /// The first reconnection delay after a failed dial (or after a
+    /// connection that dropped within 2 s). It doubles on each failure up
+    /// to `reconnect_max_backoff`; each delay is drawn at random between
+    /// half of it and all of it (jitter). It starts again from this value
+    /// once a connection to the peer (ours or the peer's) has carried a
+    /// message. Default 100 ms.
     pub reconnect_initial_backoff: Duration,
     /// The longest reconnection delay. Default 5 s.
     pub reconnect_max_backoff: Duration,

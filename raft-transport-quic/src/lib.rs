@@ -6,6 +6,8 @@
 //! - [`QuicTransport`] (`transport`): the node's one QUIC endpoint; it
 //!   implements [`raft_core::adapters::Transport`] and sorts incoming
 //!   connections by ALPN.
+//! - `inbound`: the queue of received messages behind `recv`, one FIFO per
+//!   peer served in turn, with one bound on the total.
 //! - `peer`: per-peer links: one connection per pair, three send lanes
 //!   (control, replication, snapshot), dialing with backoff and jitter,
 //!   readers of incoming streams.
@@ -23,6 +25,7 @@ pub mod client;
 mod config;
 pub mod fault;
 pub mod frame;
+mod inbound;
 mod peer;
 mod tls;
 mod transport;

@@ -14,8 +14,18 @@
 //! know its leader's address yet), and both use whichever connection
 //! exists, for both directions. When both dialed, the connection dialed by
 //! the lower node id is canonical: the higher node closes its own after a
-//! short grace period. A hello carries an *incarnation* drawn at start, so a
-//! restarted peer's new connection replaces the old one at once.
+//! short grace period, if the canonical one is still open then (otherwise
+//! it keeps its own and waits for the next canonical one).
+//!
+//! **Incarnations.** A hello carries the sender's *incarnation*, which
+//! orders its starts (start time, then a random tiebreak; see
+//! [`new_incarnation`]). A connection from a higher incarnation of a peer
+//! replaces the connections of lower ones at once (the peer restarted); a
+//! connection from a lower incarnation is refused with
+//! `CLOSE_STALE_INCARNATION` while one from a higher incarnation is open
+//! (an old process of that node id, draining or resumed after a pause, is
+//! still about). So the newest process wins whatever the order in which
+//! their connections arrive, and the pair does not flap between them.
 //!
 //! **No duplicates.** A message is written once, to one stream. If the
 //! write fails, it is lost (Raft resends), never retried, so a peer restart
@@ -23,6 +33,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -33,15 +44,17 @@ use tracing::{debug, info, warn};
 
 use crate::frame::{self, FrameError};
 use crate::tls;
-use crate::transport::{Cancel, Counters, Inbound, Inner};
+use crate::transport::{Cancel, Counters, Inner};
 use crate::wire::{
     CLOSE_CLUSTER_MISMATCH, CLOSE_HANDSHAKE_FAILED, CLOSE_IDENTITY_MISMATCH, CLOSE_REMOVED,
-    CLOSE_REPLACED, CLOSE_VERSION_MISMATCH, MAX_HELLO_SIZE, PEER_ALPN, PROTOCOL_VERSION, PeerHello,
-    STREAM_BAD_FRAME,
+    CLOSE_REPLACED, CLOSE_STALE_INCARNATION, CLOSE_VERSION_MISMATCH, MAX_HELLO_SIZE, PEER_ALPN,
+    PROTOCOL_VERSION, PeerHello, STREAM_BAD_FRAME,
 };
 
 /// A connection that lived this long counts as stable: the next dial after
-/// it drops starts again from the initial backoff.
+/// it drops starts again from the initial backoff, at once. (A shorter one
+/// that carried a message from the peer also resets the backoff, but the
+/// next dial still waits the initial delay.)
 const STABLE_CONNECTION: Duration = Duration::from_secs(2);
 /// How long the higher node keeps its own (redundant) connection open after
 /// the canonical one appears, so that in-flight messages drain.
@@ -108,6 +121,9 @@ pub(crate) struct PeerLink {
     connections: watch::Sender<Vec<PeerConnection>>,
     /// Stops this link's tasks when the peer is removed.
     removed: watch::Sender<bool>,
+    /// Messages received from the peer, over any connection: traffic that
+    /// proves the pair works, which resets the dialer's backoff.
+    received: AtomicU64,
 }
 
 impl PeerLink {
@@ -172,6 +188,63 @@ impl PeerLink {
     fn removed(&self) -> Cancel {
         Cancel::from(self.removed.subscribe())
     }
+
+    /// The newest incarnation of the peer above `incarnation` that has an
+    /// open connection, if any: a connection from `incarnation` comes from
+    /// a stale process and is refused.
+    fn newer_incarnation(&self, incarnation: u64) -> Option<u64> {
+        newer_incarnation(&self.connections.borrow(), incarnation)
+    }
+}
+
+fn newer_incarnation(connections: &[PeerConnection], incarnation: u64) -> Option<u64> {
+    connections
+        .iter()
+        .filter(|c| c.incarnation > incarnation && c.connection.close_reason().is_none())
+        .map(|c| c.incarnation)
+        .max()
+}
+
+/// Why a connection from `incarnation` of `peer` is refused while one from
+/// its `newer` incarnation is open (the close reason and the log line).
+fn stale_reason(local: NodeId, peer: NodeId, incarnation: u64, newer: u64) -> String {
+    let started = |incarnation: u64| (incarnation >> INCARNATION_TIEBREAK_BITS) as f64 / 1000.0;
+    format!(
+        "node {local} is connected to a newer process of node {peer} (incarnation {newer}, \
+         started {:.3} s later) than this one (incarnation {incarnation}), which is stale: stop \
+         it. If it is the only process of node {peer}, its clock stepped back; it is accepted \
+         once the newer connection closes",
+        started(newer) - started(incarnation)
+    )
+}
+
+/// Random low bits of an incarnation, below the start time in milliseconds.
+const INCARNATION_TIEBREAK_BITS: u32 = 20;
+
+/// The incarnation of a transport starting now: milliseconds since the Unix
+/// epoch in the high 44 bits (enough until the year 2527), a random
+/// tiebreak in the low 20 bits, so that two processes of one node id order
+/// by start time and, in the same millisecond, still differ. Within one
+/// process each value is above the previous one even if the clock stepped
+/// back. Across processes a clock that stepped back between two starts
+/// makes the newer process look older: peers then refuse it only while a
+/// connection from the older process is still open (at most the idle
+/// timeout, if that process died without closing it).
+pub(crate) fn new_incarnation() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+        .min(u64::MAX >> INCARNATION_TIEBREAK_BITS);
+    let drawn = (millis << INCARNATION_TIEBREAK_BITS)
+        | rand::random_range(0..1 << INCARNATION_TIEBREAK_BITS);
+    let previous = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(drawn.max(last.saturating_add(1)))
+        })
+        .unwrap_or(0);
+    drawn.max(previous.saturating_add(1))
 }
 
 /// The link to `peer`, created (with its tasks) if needed.
@@ -198,6 +271,7 @@ pub(crate) fn link(inner: &Arc<Inner>, peer: NodeId) -> Arc<PeerLink> {
         address: watch::channel(None).0,
         connections: watch::channel(Vec::new()).0,
         removed: watch::channel(false).0,
+        received: AtomicU64::new(0),
     });
     links.insert(peer, link.clone());
     drop(links);
@@ -270,6 +344,7 @@ async fn run_dialer(inner: Arc<Inner>, link: Arc<PeerLink>) {
         inner.config.reconnect_max_backoff,
     );
     let mut established: Option<Instant> = None;
+    let mut received_at_dial = link.received.load(Ordering::Relaxed);
     loop {
         let address = loop {
             let address = address_rx.borrow_and_update().clone();
@@ -285,19 +360,32 @@ async fn run_dialer(inner: Arc<Inner>, link: Arc<PeerLink>) {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         };
+        // A connection of the pair (ours or the peer's) carried messages
+        // since our last dial: the pair works, whatever closed it since (a
+        // redundant close, a lost path), so start again from the initial
+        // delay rather than doubling it.
+        let received = link.received.load(Ordering::Relaxed);
+        if received != received_at_dial {
+            backoff.reset();
+        }
         if let Some(since) = established.take() {
             if since.elapsed() >= STABLE_CONNECTION {
                 backoff.reset();
             } else {
-                // It dropped right after connecting: do not hammer the peer.
+                // It dropped soon after connecting: do not hammer the peer.
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
-        match dial(&inner, link.peer, &address).await {
-            Ok((connection, incarnation)) => {
-                established = Some(Instant::now());
-                adopt(&inner, &link, connection, true, incarnation);
-            }
+        received_at_dial = link.received.load(Ordering::Relaxed);
+        let dialed = match dial(&inner, link.peer, &address).await {
+            Ok((connection, incarnation)) => adopt(&inner, &link, connection, true, incarnation)
+                .map_err(|reason| {
+                    format!("the process answering at this address is stale ({reason})")
+                }),
+            Err(reason) => Err(reason),
+        };
+        match dialed {
+            Ok(()) => established = Some(Instant::now()),
             Err(reason) => {
                 let delay = backoff.next_delay();
                 if backoff.failures == 1 || backoff.failures.is_power_of_two() {
@@ -562,6 +650,13 @@ pub(crate) async fn accept(inner: Arc<Inner>, connection: quinn::Connection) {
             &format!("the peer claims to be node {} but {reason}", hello.node_id),
         );
     }
+    // Refuse a stale process before answering, so that it learns why; the
+    // decision that counts is taken again, atomically, in `adopt`.
+    let link = link(&inner, hello.node_id);
+    if let Some(newer) = link.newer_incarnation(hello.incarnation) {
+        let reason = stale_reason(inner.local(), hello.node_id, hello.incarnation, newer);
+        return refuse(CLOSE_STALE_INCARNATION, &reason);
+    }
     let reply = PeerHello {
         version: PROTOCOL_VERSION,
         cluster_id: inner.config.cluster_id.clone(),
@@ -577,38 +672,55 @@ pub(crate) async fn accept(inner: Arc<Inner>, connection: quinn::Connection) {
         return;
     }
     let _ = send.finish();
-    let link = link(&inner, hello.node_id);
-    adopt(&inner, &link, connection, false, hello.incarnation);
+    if let Err(reason) = adopt(&inner, &link, connection, false, hello.incarnation) {
+        if inner.note_refusal(remote, &reason) {
+            warn!(node = inner.local(), %remote, "refused a peer connection: {reason}");
+        }
+    }
 }
 
-/// Registers an established connection with its link and starts serving it.
+/// Registers an established connection with its link and starts serving
+/// it, unless it comes from a stale incarnation of the peer (a connection
+/// from a newer one is open): then it is closed and the reason returned.
 fn adopt(
     inner: &Arc<Inner>,
     link: &Arc<PeerLink>,
     connection: quinn::Connection,
     dialed_by_us: bool,
     incarnation: u64,
-) {
-    let id = inner
-        .next_connection_id
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+) -> Result<(), String> {
+    let id = inner.next_connection_id.fetch_add(1, Ordering::Relaxed);
     let entry = PeerConnection {
         id,
         connection: connection.clone(),
         dialed_by_us,
         incarnation,
     };
-    link.connections.send_modify(|connections| {
-        // Connections to an earlier incarnation of the peer are dead: it
-        // restarted. Close them now rather than at the idle timeout.
+    let mut stale = None;
+    link.connections.send_if_modified(|connections| {
+        if let Some(newer) = newer_incarnation(connections, incarnation) {
+            stale = Some(newer);
+            return false;
+        }
+        // Connections to an earlier incarnation of the peer are dead or
+        // about to be: it restarted. Close them now rather than at the idle
+        // timeout.
         for old in connections.iter().filter(|c| c.incarnation != incarnation) {
-            old.connection
-                .close(CLOSE_REPLACED.into(), b"peer restarted");
+            old.connection.close(
+                CLOSE_REPLACED.into(),
+                b"peer restarted: a newer process of this node id connected",
+            );
         }
         connections
             .retain(|c| c.incarnation == incarnation && c.connection.close_reason().is_none());
         connections.push(entry.clone());
+        true
     });
+    if let Some(newer) = stale {
+        let reason = stale_reason(inner.local(), link.peer, incarnation, newer);
+        connection.close(CLOSE_STALE_INCARNATION.into(), reason.as_bytes());
+        return Err(reason);
+    }
     Counters::add(&inner.counters.peer_connections, 1);
     info!(
         node = inner.local(),
@@ -629,6 +741,7 @@ fn adopt(
         link.connections
             .send_modify(|connections| connections.retain(|c| c.id != id));
     });
+    Ok(())
 }
 
 /// Reads the peer's streams until the connection closes; closes our own
@@ -639,7 +752,7 @@ async fn serve_connection(inner: Arc<Inner>, link: Arc<PeerLink>, entry: PeerCon
     let accept_streams = async {
         loop {
             match connection.accept_uni().await {
-                Ok(recv) => inner.spawn(read_stream(inner.clone(), peer, recv)),
+                Ok(recv) => inner.spawn(read_stream(inner.clone(), link.clone(), recv)),
                 Err(reason) => return reason,
             }
         }
@@ -648,14 +761,26 @@ async fn serve_connection(inner: Arc<Inner>, link: Arc<PeerLink>, entry: PeerCon
         if !(entry.dialed_by_us && link.local > peer) {
             return std::future::pending().await;
         }
+        let canonical_open = |cs: &Vec<PeerConnection>| {
+            cs.iter()
+                .any(|c| !c.dialed_by_us && c.connection.close_reason().is_none())
+        };
         let mut connections = link.connections.subscribe();
-        let _ = connections
-            .wait_for(|cs| {
-                cs.iter()
-                    .any(|c| !c.dialed_by_us && c.connection.close_reason().is_none())
-            })
-            .await;
-        tokio::time::sleep(REDUNDANT_GRACE).await;
+        loop {
+            if connections.wait_for(canonical_open).await.is_err() {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(REDUNDANT_GRACE).await;
+            // The canonical connection may have died during the grace
+            // period: closing ours now would leave the pair without any.
+            if canonical_open(&connections.borrow_and_update()) {
+                break;
+            }
+            debug!(
+                node = inner.local(),
+                peer, "keeping our connection: the canonical one closed during the grace period"
+            );
+        }
         debug!(
             node = inner.local(),
             peer, "closing our connection: the one the peer dialed is canonical"
@@ -674,8 +799,9 @@ async fn serve_connection(inner: Arc<Inner>, link: Arc<PeerLink>, entry: PeerCon
 }
 
 /// Reads one incoming stream of message frames until it ends or a frame is bad.
-async fn read_stream(inner: Arc<Inner>, peer: NodeId, mut recv: quinn::RecvStream) {
+async fn read_stream(inner: Arc<Inner>, link: Arc<PeerLink>, mut recv: quinn::RecvStream) {
     let max = inner.config.max_frame_size;
+    let peer = link.peer;
     loop {
         let payload = match frame::read(&mut recv, max).await {
             Ok(Some(payload)) => payload,
@@ -717,18 +843,9 @@ async fn read_stream(inner: Arc<Inner>, peer: NodeId, mut recv: quinn::RecvStrea
         } else {
             None
         };
-        if inner
-            .inbound_tx
-            .send(Inbound {
-                message,
-                _slot: slot,
-            })
-            .await
-            .is_err()
-        {
-            return;
-        }
+        inner.inbound.push(peer, message, slot).await;
         Counters::add(&inner.counters.messages_received, 1);
+        link.received.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -850,6 +967,30 @@ mod tests {
         assert_eq!(ceilings, [100, 200, 400, 800, 800, 800]);
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn incarnations_order_starts_by_time() {
+        let now_ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        };
+        let before = now_ms();
+        let drawn: Vec<u64> = (0..1000).map(|_| new_incarnation()).collect();
+        let after = now_ms();
+        // Strictly increasing within a process, even within one millisecond.
+        assert!(drawn.windows(2).all(|w| w[0] < w[1]), "{drawn:?}");
+        // The high bits are the start time.
+        let started = drawn[0] >> INCARNATION_TIEBREAK_BITS;
+        assert!(
+            started >= before && started <= after,
+            "{started} not in {before}..={after}"
+        );
+        // A start a few milliseconds later has a later start time.
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(new_incarnation() >> INCARNATION_TIEBREAK_BITS > after);
     }
 
     #[test]

@@ -13,12 +13,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use raft_core::adapters::{Transport, TransportError};
 use raft_core::{Message, NodeId};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::certs::{CertError, TlsIdentity};
 use crate::config::TransportConfig;
 use crate::fault::Verdict;
+use crate::inbound::InboundQueue;
 use crate::peer::{self, PeerLink};
 use crate::wire::{CLIENT_ALPN, CLOSE_NO_SERVICE, CLOSE_SHUTDOWN, PEER_ALPN};
 use crate::{client, tls};
@@ -102,13 +103,6 @@ impl Counters {
     }
 }
 
-/// A received message and, for snapshot chunks, the slot it holds in the
-/// inbound queue (freed when the driver takes the message).
-pub(crate) struct Inbound {
-    pub(crate) message: Message,
-    pub(crate) _slot: Option<OwnedSemaphorePermit>,
-}
-
 /// A cancellation signal: resolves once its sender says `true` or is gone.
 #[derive(Clone)]
 pub(crate) struct Cancel(watch::Receiver<bool>);
@@ -135,11 +129,13 @@ pub(crate) struct Inner {
     pub(crate) endpoint: quinn::Endpoint,
     /// Client configuration for dialing peers (ALPN `raft-peer/1`).
     pub(crate) peer_client_config: quinn::ClientConfig,
-    /// Random per start; lets peers recognise that this node restarted.
+    /// Orders this start among the node's starts (see
+    /// [`peer::new_incarnation`]); lets peers recognise that this node
+    /// restarted, and refuse an older process of it.
     pub(crate) incarnation: u64,
     pub(crate) links: Mutex<HashMap<NodeId, Arc<PeerLink>>>,
-    pub(crate) inbound_tx: mpsc::Sender<Inbound>,
-    inbound_rx: tokio::sync::Mutex<mpsc::Receiver<Inbound>>,
+    /// Received messages waiting for `recv`, served peer by peer in turn.
+    pub(crate) inbound: InboundQueue,
     pub(crate) snapshot_slots: Arc<Semaphore>,
     pub(crate) counters: Counters,
     pub(crate) next_connection_id: AtomicU64,
@@ -270,17 +266,15 @@ impl QuicTransport {
                     source,
                 }
             })?;
-        let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_queue);
         let (task_token, tasks_done) = mpsc::channel(1);
         let inner = Arc::new(Inner {
             snapshot_slots: Arc::new(Semaphore::new(config.inbound_snapshot_chunks)),
+            inbound: InboundQueue::new(config.inbound_queue),
             config,
             endpoint,
             peer_client_config,
-            incarnation: rand::random(),
+            incarnation: peer::new_incarnation(),
             links: Mutex::new(HashMap::new()),
-            inbound_tx,
-            inbound_rx: tokio::sync::Mutex::new(inbound_rx),
             counters: Counters::default(),
             next_connection_id: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
@@ -400,11 +394,8 @@ impl Transport for QuicTransport {
         }
         if to == inner.local() {
             return inner
-                .inbound_tx
-                .try_send(Inbound {
-                    message,
-                    _slot: None,
-                })
+                .inbound
+                .try_push(to, message)
                 .map_err(|_| TransportError::Unreachable(to));
         }
         let link = inner
@@ -445,11 +436,10 @@ impl Transport for QuicTransport {
         if cancel.is_cancelled() {
             return None;
         }
-        let mut inbound = self.inner.inbound_rx.lock().await;
         tokio::select! {
             biased;
             _ = cancel.cancelled() => None,
-            received = inbound.recv() => received.map(|inbound| inbound.message),
+            message = self.inner.inbound.pop() => Some(message),
         }
     }
 }

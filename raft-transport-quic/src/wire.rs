@@ -36,9 +36,14 @@ pub struct PeerHello {
     pub cluster_id: String,
     /// The sender's node id; its certificate must name it.
     pub node_id: NodeId,
-    /// A random number drawn when the sender's transport started. A new
-    /// value tells the other side the node restarted, so connections to its
-    /// previous incarnation are closed at once instead of idling out.
+    /// When the sender's transport started: milliseconds since the Unix
+    /// epoch in the high 44 bits, a random tiebreak in the low 20 bits (and,
+    /// within one process, always above the previous start's value).
+    /// Incarnations of one node id order its processes: a higher one tells
+    /// the other side the node restarted, so connections to lower ones are
+    /// closed at once ([`CLOSE_REPLACED`]) instead of idling out; a lower
+    /// one, while a connection from a higher one is open, comes from a stale
+    /// process and is refused ([`CLOSE_STALE_INCARNATION`]).
     pub incarnation: u64,
 }
 
@@ -59,6 +64,10 @@ pub const CLOSE_NO_SERVICE: u32 = 5;
 pub const CLOSE_REPLACED: u32 = 6;
 /// Connection close code: the peer is no longer a member.
 pub const CLOSE_REMOVED: u32 = 7;
+/// Connection close code: another process of the same node id, with a
+/// higher [`PeerHello::incarnation`] (started later), is connected; this
+/// process is stale.
+pub const CLOSE_STALE_INCARNATION: u32 = 8;
 
 /// Stream error code: a frame was malformed, truncated or oversized.
 pub const STREAM_BAD_FRAME: u32 = 1;

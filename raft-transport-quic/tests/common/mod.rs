@@ -12,7 +12,10 @@ use raft_core::adapters::{Transport, TransportError};
 use raft_core::{
     AppendRequest, Entry, EntryPayload, Heartbeat, LogId, Message, MessageBody, NodeId,
 };
-use raft_transport_quic::{CertificateAuthority, QuicTransport, TlsIdentity, TransportConfig};
+use raft_transport_quic::wire::{MAX_HELLO_SIZE, PEER_ALPN, PROTOCOL_VERSION, PeerHello};
+use raft_transport_quic::{
+    CertificateAuthority, QuicTransport, TlsIdentity, TransportConfig, frame, node_server_name,
+};
 
 pub const CLUSTER: &str = "test";
 /// Generous: tests wait for events, they never measure performance.
@@ -212,4 +215,215 @@ pub async fn connection_outcome(
         .map_err(|_| "timeout".to_owned())?
         .map_err(|e| e.to_string())?;
     Ok(connection)
+}
+
+/// A node made by hand: one QUIC endpoint with node `id`'s certificate
+/// (mutual TLS, the cluster CA) that both dials and accepts, and speaks the
+/// peer protocol (hello, frames) only when a test tells it to. It lets a
+/// test decide the exact order of dials, hellos and closes.
+pub struct RawPeer {
+    pub id: NodeId,
+    pub incarnation: u64,
+    pub endpoint: quinn::Endpoint,
+}
+
+impl RawPeer {
+    pub fn new(ca: &CertificateAuthority, id: NodeId, incarnation: u64) -> Self {
+        let identity = identity(ca, CLUSTER, id);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for root in identity.roots() {
+            roots.add(root.clone()).unwrap();
+        }
+        let roots = Arc::new(roots);
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(identity.chain().to_vec(), identity.key().clone_key())
+            .unwrap();
+        server.alpn_protocols = vec![PEER_ALPN.to_vec()];
+        let server = quinn::crypto::rustls::QuicServerConfig::try_from(server).unwrap();
+        let mut endpoint = quinn::Endpoint::server(
+            quinn::ServerConfig::with_crypto(Arc::new(server)),
+            loopback(),
+        )
+        .unwrap();
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(identity.chain().to_vec(), identity.key().clone_key())
+            .unwrap();
+        client.alpn_protocols = vec![PEER_ALPN.to_vec()];
+        let client = quinn::crypto::rustls::QuicClientConfig::try_from(client).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(client)));
+        Self {
+            id,
+            incarnation,
+            endpoint,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().unwrap()
+    }
+
+    fn hello(&self) -> PeerHello {
+        PeerHello {
+            version: PROTOCOL_VERSION,
+            cluster_id: CLUSTER.into(),
+            node_id: self.id,
+            incarnation: self.incarnation,
+        }
+    }
+
+    /// Dials `node` and exchanges hellos; returns the connection, or why the
+    /// node refused it.
+    pub async fn dial(&self, node: &QuicTransport) -> Result<quinn::Connection, String> {
+        let connection = connection_outcome(
+            &self.endpoint,
+            node.local_addr().unwrap(),
+            &node_server_name(CLUSTER, node.node_id()),
+        )
+        .await?;
+        let exchange = async {
+            let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+            send.write_all(&frame::encode(&self.hello(), MAX_HELLO_SIZE).unwrap())
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            match frame::read_value::<PeerHello, _>(&mut recv, MAX_HELLO_SIZE).await {
+                Ok(Some(reply)) if reply.node_id == node.node_id() => Ok(()),
+                Ok(other) => Err(format!("unexpected hello reply {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match tokio::time::timeout(DEADLINE, exchange).await {
+            Ok(Ok(())) => Ok(connection),
+            Ok(Err(e)) => Err(match connection.close_reason() {
+                Some(reason) => reason.to_string(),
+                None => e,
+            }),
+            Err(_) => Err("no hello reply".into()),
+        }
+    }
+
+    /// Accepts the next connection a node dials to this peer and answers
+    /// its hello; `None` once the endpoint is closed.
+    pub async fn accept(&self) -> Option<quinn::Connection> {
+        loop {
+            let incoming = self.endpoint.accept().await?;
+            let Ok(connection) = incoming.await else {
+                continue;
+            };
+            let answered = async {
+                let (mut send, mut recv) = connection.accept_bi().await.ok()?;
+                let hello = frame::read_value::<PeerHello, _>(&mut recv, MAX_HELLO_SIZE)
+                    .await
+                    .ok()??;
+                assert_eq!(hello.cluster_id, CLUSTER);
+                send.write_all(&frame::encode(&self.hello(), MAX_HELLO_SIZE).unwrap())
+                    .await
+                    .ok()?;
+                let _ = send.finish();
+                Some(())
+            };
+            if tokio::time::timeout(DEADLINE, answered)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                return Some(connection);
+            }
+        }
+    }
+}
+
+/// Writes `messages` as frames on a new stream of `connection` and returns
+/// the stream (still open, for more).
+pub async fn send_frames(
+    connection: &quinn::Connection,
+    messages: &[Message],
+) -> Result<quinn::SendStream, String> {
+    let mut send = connection.open_uni().await.map_err(|e| e.to_string())?;
+    write_frames(&mut send, messages).await?;
+    Ok(send)
+}
+
+pub async fn write_frames(
+    send: &mut quinn::SendStream,
+    messages: &[Message],
+) -> Result<(), String> {
+    let mut batch = bytes::BytesMut::new();
+    for message in messages {
+        frame::encode_into(message, 1 << 20, &mut batch).unwrap();
+    }
+    send.write_all(&batch).await.map_err(|e| e.to_string())
+}
+
+/// Reads the first message of the next stream the node opens on `connection`.
+pub async fn recv_frame(connection: &quinn::Connection) -> Option<Message> {
+    let mut recv = connection.accept_uni().await.ok()?;
+    let payload = frame::read(&mut recv, 1 << 20).await.ok()??;
+    frame::decode(&payload).ok()
+}
+
+/// Samples from its own thread, every few milliseconds, whether `node` has
+/// an open connection to `peer`, and remembers the longest stretch without
+/// one (from the last sample that saw a connection to the next that did),
+/// counted from the first connection on. A thread of its own, not a task,
+/// so a busy runtime cannot stretch what it measures.
+pub struct LinkMonitor {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(Duration, usize)>>,
+}
+
+impl LinkMonitor {
+    pub fn start(node: Arc<QuicTransport>, peer: NodeId) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut last_connected: Option<Instant> = None;
+            let mut down_since: Option<Instant> = None;
+            let mut longest = Duration::ZERO;
+            let mut gaps = 0;
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = Instant::now();
+                if node.connected_peers().contains(&peer) {
+                    if let (Some(_), Some(since)) = (down_since.take(), last_connected) {
+                        longest = longest.max(now - since);
+                        gaps += 1;
+                    }
+                    last_connected = Some(now);
+                } else if last_connected.is_some() && down_since.is_none() {
+                    down_since = Some(now);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if let (Some(_), Some(since)) = (down_since, last_connected) {
+                longest = longest.max(Instant::now() - since);
+                gaps += 1;
+            }
+            (longest, gaps)
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling; returns the longest stretch without a connection and
+    /// how many stretches there were.
+    pub fn finish(mut self) -> (Duration, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
 }
