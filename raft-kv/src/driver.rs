@@ -870,7 +870,7 @@ where
             *old = view;
             changed || progressed
         });
-        crate::metrics::record_raft(&self.node);
+        crate::metrics::record_raft(&self.node, self.proposals.len() + self.conf_changes.len());
     }
 }
 
@@ -913,6 +913,8 @@ fn writer_loop<L: LogStore + ?Sized, T: Transport + ?Sized>(
         }
         let any_sync = group.iter().any(|p| p.write.must_sync);
         let n = group.len();
+        let started = std::time::Instant::now();
+        let entries: usize = group.iter().map(|p| p.write.entries.len()).sum();
         let mut installs = Vec::with_capacity(n);
         for (i, pending) in group.iter_mut().enumerate() {
             let mut write = std::mem::take(&mut pending.write);
@@ -926,6 +928,7 @@ fn writer_loop<L: LogStore + ?Sized, T: Transport + ?Sized>(
                 return;
             }
         }
+        crate::metrics::record_log_write(started.elapsed().as_secs_f64(), entries, n);
         for (pending, install) in group.into_iter().zip(installs) {
             let installed = match &install {
                 Some(meta) => match runtime.block_on(store.load_snapshot()) {

@@ -1,14 +1,223 @@
 //! Metrics through the `metrics` facade, exported for Prometheus, and the
 //! HTTP endpoint that serves them beside a health check.
+//!
+//! Every metric has HELP text ([`describe`]); latencies and sizes are
+//! Prometheus histograms with fixed buckets, so they aggregate across nodes;
+//! process metrics (CPU seconds, resident memory, open files) are read from
+//! `/proc` at each scrape.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use raft_core::{LogRead, Node, Role};
 
+/// Buckets for durations, in seconds: 50 µs to 10 s, about ×2.5 apart.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+/// Buckets for counts (entries per write, batches per fsync): powers of 2.
+const COUNT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+
+/// HELP text and units of every metric this crate records.
+fn describe() {
+    describe_gauge!("raft_term", "The node's current Raft term.");
+    describe_gauge!(
+        "raft_commit_index",
+        "The highest log index known committed."
+    );
+    describe_gauge!(
+        "raft_applied_index",
+        "The highest log index applied to the state machine."
+    );
+    describe_gauge!(
+        "raft_apply_lag",
+        "Committed entries not yet applied (commit index minus applied index)."
+    );
+    describe_gauge!("raft_is_leader", "1 if this node is the leader, else 0.");
+    describe_gauge!(
+        "raft_leader_id",
+        "The node id of the leader this node knows (0: none)."
+    );
+    describe_gauge!(
+        "raft_proposals_pending",
+        "Proposals and membership changes waiting to commit on this node."
+    );
+    describe_gauge!(
+        "raft_last_log_index",
+        "The index of the last entry in the log."
+    );
+    describe_gauge!(
+        "raft_first_log_index",
+        "The index of the first entry still in the log (after compaction)."
+    );
+    describe_gauge!("raft_voters", "Voting members in the configuration.");
+    describe_gauge!(
+        "raft_follower_lag",
+        "Entries a follower is behind the leader's log (on the leader, per peer)."
+    );
+    describe_gauge!(
+        "raft_follower_match_index",
+        "The highest index known replicated on a follower (on the leader, per peer)."
+    );
+    describe_gauge!(
+        "raft_peer_rtt_seconds",
+        Unit::Seconds,
+        "Round-trip time to a peer (QUIC's smoothed estimate), per peer."
+    );
+    for (name, help) in [
+        (
+            "raft_elections_started_total",
+            "Elections this node started.",
+        ),
+        ("raft_elections_won_total", "Elections this node won."),
+        (
+            "raft_proposals_total",
+            "Commands proposed on this node as leader.",
+        ),
+        ("raft_appends_sent_total", "AppendEntries messages sent."),
+        (
+            "raft_appends_received_total",
+            "AppendEntries messages received.",
+        ),
+        ("raft_snapshots_built_total", "Snapshots this node built."),
+        (
+            "raft_snapshots_installed_total",
+            "Snapshots this node installed from a leader.",
+        ),
+        (
+            "raft_snapshots_sent_total",
+            "Snapshots this node sent to followers.",
+        ),
+        (
+            "raft_read_index_requests_total",
+            "Reads served through ReadIndex.",
+        ),
+        (
+            "raft_lease_reads_total",
+            "Reads served from the leader's lease.",
+        ),
+        (
+            "raft_leader_transfers_total",
+            "Leadership transfers this node started.",
+        ),
+        (
+            "raft_malformed_messages_total",
+            "Peer messages dropped as malformed (a bug or a hostile peer).",
+        ),
+        (
+            "raft_out_of_range_answers_total",
+            "Peer answers dropped because they named log positions never sent.",
+        ),
+        (
+            "kv_requests_total",
+            "Client requests answered, by kind and outcome.",
+        ),
+    ] {
+        describe_counter!(name, help);
+    }
+    describe_histogram!(
+        "kv_request_seconds",
+        Unit::Seconds,
+        "Time to answer a client request, by kind."
+    );
+    describe_histogram!(
+        "raft_log_write_seconds",
+        Unit::Seconds,
+        "Time to make a group of output batches durable (writes and one fsync)."
+    );
+    describe_histogram!(
+        "raft_log_write_entries",
+        Unit::Count,
+        "Log entries per durable write group."
+    );
+    describe_histogram!(
+        "raft_log_write_batches",
+        Unit::Count,
+        "Output batches covered by one fsync (group commit)."
+    );
+    describe_counter!(
+        "process_cpu_seconds_total",
+        Unit::Seconds,
+        "User and system CPU time of the raft-kv process."
+    );
+    describe_gauge!(
+        "process_resident_memory_bytes",
+        Unit::Bytes,
+        "Resident memory of the raft-kv process."
+    );
+    describe_gauge!(
+        "process_open_fds",
+        "Open file descriptors of the raft-kv process."
+    );
+    describe_gauge!(
+        "process_start_time_seconds",
+        Unit::Seconds,
+        "When the process started, in seconds since the Unix epoch."
+    );
+}
+
+/// Records one durable write group: its duration, entries and batches.
+pub(crate) fn record_log_write(seconds: f64, entries: usize, batches: usize) {
+    metrics::histogram!("raft_log_write_seconds").record(seconds);
+    metrics::histogram!("raft_log_write_entries").record(entries as f64);
+    metrics::histogram!("raft_log_write_batches").record(batches as f64);
+}
+
+/// Records each connected peer's round-trip time.
+pub(crate) fn record_peer_rtts(rtts: &[(raft_core::NodeId, std::time::Duration)]) {
+    for (peer, rtt) in rtts {
+        metrics::gauge!("raft_peer_rtt_seconds", "peer" => peer.to_string()).set(rtt.as_secs_f64());
+    }
+}
+
+/// Records the process's CPU time, memory and open files from `/proc`
+/// (nothing where `/proc` is missing).
+fn record_process() {
+    // SAFETY: sysconf reads a system constant and has no preconditions.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may hold spaces), from 3 on.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+        if let (Some(user), Some(system), true) = (field(14), field(15), ticks > 0) {
+            metrics::counter!("process_cpu_seconds_total")
+                .absolute(((user + system) / ticks as f64) as u64);
+        }
+        if let (Some(rss), true) = (field(24), page > 0) {
+            metrics::gauge!("process_resident_memory_bytes").set(rss * page as f64);
+        }
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        if let (Some(start), Some(boot), true) = (field(22), boot, ticks > 0) {
+            metrics::gauge!("process_start_time_seconds").set(boot + start / ticks as f64);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!("process_open_fds").set(fds.count() as f64);
+    }
+}
+
 /// Records the node's gauges and counters (called after every batch).
-pub(crate) fn record_raft<S: LogRead>(node: &Node<S>) {
+pub(crate) fn record_raft<S: LogRead>(node: &Node<S>, proposals_pending: usize) {
+    metrics::gauge!("raft_apply_lag")
+        .set(node.commit_index().saturating_sub(node.applied_index()) as f64);
+    metrics::gauge!("raft_proposals_pending").set(proposals_pending as f64);
     metrics::gauge!("raft_term").set(node.term() as f64);
     metrics::gauge!("raft_commit_index").set(node.commit_index() as f64);
     metrics::gauge!("raft_applied_index").set(node.applied_index() as f64);
@@ -66,7 +275,12 @@ pub trait Health: Send + Sync + 'static {
 
 /// Installs the Prometheus recorder (once per process) and serves
 /// `GET /metrics` and `GET /health` on `address` from a background thread.
-pub fn serve(address: SocketAddr, health: Arc<dyn Health>) -> Result<SocketAddr, String> {
+/// `refresh` runs before each scrape, to record what is read on demand.
+pub fn serve(
+    address: SocketAddr,
+    health: Arc<dyn Health>,
+    refresh: Arc<dyn Fn() + Send + Sync>,
+) -> Result<SocketAddr, String> {
     let handle = recorder()?;
     let server = tiny_http::Server::http(address).map_err(|e| {
         format!(
@@ -79,7 +293,11 @@ pub fn serve(address: SocketAddr, health: Arc<dyn Health>) -> Result<SocketAddr,
         .spawn(move || {
             for request in server.incoming_requests() {
                 let (status, body, content_type) = match request.url() {
-                    "/metrics" => (200, handle.render(), "text/plain; version=0.0.4"),
+                    "/metrics" => {
+                        record_process();
+                        refresh();
+                        (200, handle.render(), "text/plain; version=0.0.4")
+                    }
                     "/health" => {
                         let (ok, detail) = health.health();
                         (if ok { 200 } else { 503 }, detail, "text/plain")
@@ -107,9 +325,25 @@ fn recorder() -> Result<PrometheusHandle, String> {
         std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
+                .set_buckets(SECONDS_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("raft_log_write_entries".into()),
+                        COUNT_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("raft_log_write_batches".into()),
+                        COUNT_BUCKETS,
+                    )
+                })
+                .map_err(|e| format!("cannot configure the metrics buckets: {e}"))?
                 .install_recorder()
-                .map_err(|e| format!("cannot install the metrics recorder: {e}"))
+                .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+            describe();
+            Ok(handle)
         })
         .clone()
 }

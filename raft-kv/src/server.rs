@@ -252,12 +252,14 @@ impl Server {
         let _ = handler.0.set(service);
         let metrics = match config.metrics_listen {
             Some(address) => Some(
-                crate::metrics::serve(address, Arc::new(NodeHealth(driver.handle()))).map_err(
-                    |message| StartError::Network {
-                        address: address.to_string(),
-                        message,
-                    },
-                )?,
+                crate::metrics::serve(address, Arc::new(NodeHealth(driver.handle())), {
+                    let transport = transport.clone();
+                    Arc::new(move || crate::metrics::record_peer_rtts(&transport.peer_rtts()))
+                })
+                .map_err(|message| StartError::Network {
+                    address: address.to_string(),
+                    message,
+                })?,
             ),
             None => None,
         };

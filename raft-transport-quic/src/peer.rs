@@ -139,6 +139,13 @@ impl PeerLink {
             .any(|c| c.connection.close_reason().is_none())
     }
 
+    /// QUIC's smoothed round-trip time on the connection messages to the
+    /// peer use, if one is open.
+    pub(crate) fn rtt(&self) -> Option<std::time::Duration> {
+        self.preferred(&self.connections.borrow())
+            .map(|c| c.connection.rtt())
+    }
+
     /// Whether messages to the peer can go anywhere: an address to dial or
     /// an open connection.
     pub(crate) fn is_known(&self) -> bool {

@@ -325,6 +325,19 @@ impl QuicTransport {
         self.inner.endpoint.open_connections()
     }
 
+    /// Each connected peer's round-trip time (QUIC's smoothed estimate on
+    /// the connection Raft messages use), by node id.
+    pub fn peer_rtts(&self) -> Vec<(NodeId, Duration)> {
+        let mut rtts: Vec<(NodeId, Duration)> = self
+            .inner
+            .links()
+            .values()
+            .filter_map(|link| link.rtt().map(|rtt| (link.peer(), rtt)))
+            .collect();
+        rtts.sort_unstable();
+        rtts
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> TransportStats {
         self.inner.stats()
