@@ -119,12 +119,13 @@ pub enum Command {
     Status,
     /// The members: id, address, voter or learner.
     Members,
-    /// Set KEY to VALUE.
+    /// Set KEY to VALUE (read from standard input when VALUE is not given:
+    /// binary-safe, up to the largest value the cluster takes).
     Put {
         /// The key.
         key: String,
-        /// The value.
-        value: String,
+        /// The value (default: all of standard input).
+        value: Option<String>,
         /// Also print the key as it was before (etcd's `--prev-kv`).
         #[arg(long)]
         prev_kv: bool,
@@ -136,6 +137,9 @@ pub enum Command {
         /// How fresh the read must be.
         #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
         consistency: ConsistencyArg,
+        /// Print only the value's bytes, exactly as stored (as etcdctl).
+        #[arg(long)]
+        print_value_only: bool,
     },
     /// Delete KEY.
     Delete {
@@ -345,7 +349,7 @@ mod tests {
         assert_eq!(cli.global.output, OutputFormat::Json);
         assert!(matches!(
             cli.command,
-            Command::Get { ref key, consistency: ConsistencyArg::Linearizable } if key == "k"
+            Command::Get { ref key, consistency: ConsistencyArg::Linearizable, print_value_only: false } if key == "k"
         ));
         let cli = parse(&["status", "--timeout", "3"]).unwrap();
         assert_eq!(cli.global.timeout, 3);

@@ -131,7 +131,11 @@ pub async fn run(context: &Context, command: Command) -> anyhow::Result<Outcome>
             value,
             prev_kv,
         } => data::put(context, key, value, prev_kv).await,
-        Command::Get { key, consistency } => data::get(context, key, consistency).await,
+        Command::Get {
+            key,
+            consistency,
+            print_value_only,
+        } => data::get(context, key, consistency, print_value_only).await,
         Command::Delete { key } => data::delete(context, key).await,
         Command::Cas(args) => data::cas(context, args).await,
         Command::Scan(args) => data::scan(context, args).await,

@@ -193,6 +193,23 @@ fn three_nodes_elect_a_leader_and_serve_through_every_node() {
     let deleted = cluster.cli_json(&["delete", "k2"]);
     assert_eq!(deleted["deleted"], true, "{deleted}");
     assert_eq!(cluster.cli(&["get", "k2"]).code(), Some(1));
+    let again = cluster.cli_json(&["delete", "k2"]);
+    assert_eq!(again["deleted"], false, "{again}");
+
+    // Values for scripts: `put KEY` takes standard input byte for byte (a
+    // large binary value here), `get --print-value-only` gives it back.
+    let value: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let put = cluster.cli_with_stdin(&["put", "blob"], &value);
+    put.assert_success();
+    let got = cluster.cli_raw(&["get", "blob", "--print-value-only"]);
+    assert_eq!(got.status.code(), Some(0));
+    assert!(got.stdout == value, "{} bytes back", got.stdout.len());
+    let too_big = vec![0u8; raft_kv::protocol::MAX_VALUE_LEN + 1];
+    let refused = cluster.cli_with_stdin(&["put", "blob"], &too_big);
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert!(refused.stderr.contains("bytes"), "{refused}");
+    let previous = cluster.cli_json(&["put", "k1", "again", "--prev-kv"]);
+    assert_eq!(previous["previous"]["value"], "w1", "{previous}");
 }
 
 #[test]

@@ -1,5 +1,8 @@
 //! Data commands: put, get, delete, cas, scan and watch.
 
+use std::io::Write;
+
+use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use raft_kv::protocol::{ReadOp, Selector, WriteOp};
 use serde_json::json;
@@ -8,17 +11,22 @@ use super::{Context, Outcome, explain, write_stdout};
 use crate::args::{CasArgs, ConsistencyArg, ScanArgs, WatchArgs};
 use crate::output::{event_json, event_line, kv_json, kv_table, opt_kv_json, text};
 
-/// `put KEY VALUE [--prev-kv]`.
+/// `put KEY [VALUE] [--prev-kv]`: without VALUE, the value is standard
+/// input, byte for byte.
 pub async fn put(
     context: &Context,
     key: String,
-    value: String,
+    value: Option<String>,
     prev_kv: bool,
 ) -> anyhow::Result<Outcome> {
+    let value = match value {
+        Some(value) => Bytes::from(value),
+        None => read_value_from_stdin()?,
+    };
     let client = context.client().await?;
     let op = WriteOp::Put {
         key: Bytes::from(key.clone()),
-        value: Bytes::from(value),
+        value,
     };
     let result = if prev_kv {
         client.write_with_previous(op).await
@@ -52,11 +60,32 @@ pub async fn put(
     Ok(Outcome::Success)
 }
 
-/// `get KEY`: exit code 1 if the key does not exist.
+/// Reads a value from standard input, refusing more than the cluster takes
+/// before sending anything.
+fn read_value_from_stdin() -> anyhow::Result<Bytes> {
+    use std::io::Read;
+    let limit = raft_kv::protocol::MAX_VALUE_LEN;
+    let mut value = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut value)
+        .context("cannot read the value from standard input")?;
+    if value.len() > limit {
+        bail!(
+            "the value on standard input is over {limit} bytes, the most a value may hold; \
+             store it in parts under several keys"
+        );
+    }
+    Ok(Bytes::from(value))
+}
+
+/// `get KEY [--print-value-only]`: exit code 1 if the key does not exist.
 pub async fn get(
     context: &Context,
     key: String,
     consistency: ConsistencyArg,
+    print_value_only: bool,
 ) -> anyhow::Result<Outcome> {
     let client = context.client().await?;
     let result = client
@@ -69,6 +98,14 @@ pub async fn get(
         .await
         .map_err(|e| explain(&format!("get {key:?} failed"), e))?;
     match result.kvs.first() {
+        Some(kv) if print_value_only => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(&kv.value)
+                .and_then(|()| stdout.flush())
+                .context("cannot write to standard output")?;
+            Ok(Outcome::Success)
+        }
         Some(kv) => {
             context.print_table(|| kv_table([kv]), || kv_json(kv))?;
             Ok(Outcome::Success)

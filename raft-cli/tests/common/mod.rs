@@ -133,17 +133,57 @@ impl std::fmt::Display for CliOutput {
 }
 
 /// Runs `command`, capturing its output; kills it and panics after `timeout`.
-pub fn run_with_timeout(mut command: Command, timeout: Duration, args: Vec<String>) -> CliOutput {
+pub fn run_with_timeout(command: Command, timeout: Duration, args: Vec<String>) -> CliOutput {
+    let raw = run_raw(command, timeout, args, None);
+    CliOutput {
+        args: raw.args,
+        status: raw.status,
+        stdout: String::from_utf8_lossy(&raw.stdout).into_owned(),
+        stderr: raw.stderr,
+    }
+}
+
+/// What a raft-cli run printed, its standard output as bytes.
+pub struct RawOutput {
+    /// The arguments, for messages.
+    pub args: Vec<String>,
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Standard output, byte for byte.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs `command` with `stdin` (or none), killing it after `timeout`.
+pub fn run_raw(
+    mut command: Command,
+    timeout: Duration,
+    args: Vec<String>,
+    stdin: Option<Vec<u8>>,
+) -> RawOutput {
     command
-        .stdin(Stdio::null())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = command.spawn().expect("start raft-cli");
+    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        std::thread::spawn(move || {
+            use std::io::Write;
+            // raft-cli may stop reading early (a value too large): ignore
+            // the broken pipe.
+            let _ = pipe.write_all(&bytes);
+        });
+    }
     let mut stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
     let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
         s
     });
     let err = std::thread::spawn(move || {
@@ -167,7 +207,7 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration, args: Vec<Strin
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    CliOutput {
+    RawOutput {
         args,
         status,
         stdout: out.join().unwrap_or_default(),
@@ -421,8 +461,33 @@ impl Cluster {
         )
     }
 
+    /// Runs raft-cli against every node with `stdin` as its input.
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> CliOutput {
+        let (command, full) = self.command(&self.endpoints(), args);
+        let raw = run_raw(command, CLI_TIMEOUT, full, Some(stdin.to_vec()));
+        CliOutput {
+            args: raw.args,
+            status: raw.status,
+            stdout: String::from_utf8_lossy(&raw.stdout).into_owned(),
+            stderr: raw.stderr,
+        }
+    }
+
+    /// Runs raft-cli against every node, keeping its output as bytes.
+    pub fn cli_raw(&self, args: &[&str]) -> RawOutput {
+        let (command, full) = self.command(&self.endpoints(), args);
+        run_raw(command, CLI_TIMEOUT, full, None)
+    }
+
     /// Runs raft-cli against `endpoints` with the admin certificate.
     pub fn cli_at(&self, endpoints: &str, args: &[&str]) -> CliOutput {
+        let (command, full) = self.command(endpoints, args);
+        run_with_timeout(command, CLI_TIMEOUT, full)
+    }
+
+    /// The raft-cli command for `args` against `endpoints`, with the admin
+    /// certificate and no settings from the environment.
+    fn command(&self, endpoints: &str, args: &[&str]) -> (Command, Vec<String>) {
         let (ca, cert, key) = self.client_files();
         let mut full: Vec<String> = vec![
             "--endpoints".into(),
@@ -447,7 +512,7 @@ impl Cluster {
         ] {
             command.env_remove(var);
         }
-        run_with_timeout(command, CLI_TIMEOUT, full)
+        (command, full)
     }
 
     /// Runs raft-cli against every node.
