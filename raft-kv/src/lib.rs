@@ -19,18 +19,39 @@
 //!   binary is a thin shell around [`server::Server`].
 //! - [`metrics`]: Prometheus metrics and the health endpoint.
 
+//!
+//! # Features
+//!
+//! - `server` (default): everything above; links RocksDB (its C++ sources
+//!   need clang and a long first build).
+//! - `client`: [`client`] and [`protocol`] only, for applications that talk
+//!   to a cluster: no RocksDB, no C++ compiler.
+//!
+//! ```toml
+//! raft-kv = { path = "...", default-features = false, features = ["client"] }
+//! ```
+
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod client;
+#[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
 pub mod driver;
+#[cfg(feature = "server")]
 pub mod metrics;
 pub mod protocol;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod service;
+#[cfg(feature = "server")]
 pub mod state_machine;
+#[cfg(feature = "server")]
 pub mod watch;
 
 pub use client::{Client, ClientConfig, ClientError};
+#[cfg(feature = "server")]
 pub use config::NodeConfig;
+#[cfg(feature = "server")]
 pub use server::Server;

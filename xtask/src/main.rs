@@ -201,6 +201,50 @@ fn workspace_root() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// The client side builds alone, without RocksDB: raft-kv's `client`
+/// feature and raft-cli (which uses it).
+fn client_without_rocksdb() -> Result<()> {
+    let client = [
+        "-p",
+        "raft-kv",
+        "--no-default-features",
+        "--features",
+        "client",
+    ];
+    let mut build = cargo();
+    build.arg("build").args(client);
+    step("raft-kv client feature alone", build)?;
+    for package in [&client[..], &["-p", "raft-cli"][..]] {
+        let output = cargo()
+            .arg("tree")
+            .args(package)
+            .args(["-e", "normal,build", "--prefix", "none"])
+            .current_dir(workspace_root())
+            .output()
+            .context("could not run cargo tree")?;
+        if !output.status.success() {
+            bail!(
+                "cargo tree {} failed: {}",
+                package.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let tree = String::from_utf8_lossy(&output.stdout);
+        if let Some(line) = tree.lines().find(|l| {
+            ["rocksdb", "raft-storage-rocks", "clang-sys"]
+                .iter()
+                .any(|c| l.contains(c))
+        }) {
+            bail!(
+                "`cargo tree {}` pulls in {line}: the client side must build without RocksDB",
+                package.join(" ")
+            );
+        }
+    }
+    eprintln!("xtask: the raft-kv client feature and raft-cli build without RocksDB");
+    Ok(())
+}
+
 fn test(no_lint: bool) -> Result<()> {
     system::ensure_packages()?;
     if !no_lint {
@@ -219,6 +263,7 @@ fn test(no_lint: bool) -> Result<()> {
         ]);
         step("cargo clippy", clippy)?;
     }
+    client_without_rocksdb()?;
     let mut test = cargo();
     test.args(["test", "--workspace", "--all-features", "--no-fail-fast"]);
     step("cargo test", test)?;

@@ -4,6 +4,10 @@
 //! printed `raft-cli add-node` grow the cluster; `cluster stop` leaves no
 //! process behind.
 //!
+//! A new Cargo project outside the workspace, depending on raft-kv with
+//! only its `client` feature, builds with no C++ compiler and no libclang
+//! (so no RocksDB) and writes and reads through the cluster.
+//!
 //! The cluster lives in a temporary directory (`--dir`), so a user's
 //! `target/cluster` is never touched. The debug binaries are built by
 //! xtask through cargo (a no-op when the test suite built them already).
@@ -133,6 +137,112 @@ fn running(pid: u32) -> bool {
     }
 }
 
+/// The target directory this test was built in (`<target>/debug/deps/`),
+/// so the outside project reuses the dependencies already compiled.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    exe.ancestors()
+        .nth(3)
+        .expect("the test runs from <target>/debug/deps")
+        .to_path_buf()
+}
+
+/// Builds a project outside the workspace that uses `raft-kv` with
+/// `default-features = false, features = ["client"]`, with the C++
+/// compiler and libclang made unusable, then runs it against the cluster.
+fn outside_client_project_talks_to_the_cluster(tmp: &Path, cluster: &Path) {
+    let app = tmp.join("outside-app");
+    std::fs::create_dir_all(app.join("src")).unwrap();
+    let raft_kv = workspace_root().join("raft-kv");
+    std::fs::write(
+        app.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"outside-app\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
+             [workspace]\n\n[dependencies]\n\
+             raft-kv = {{ path = {raft_kv:?}, default-features = false, features = [\"client\"] }}\n\
+             tokio = {{ version = \"1\", features = [\"full\"] }}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("src/main.rs"),
+        r#"use raft_kv::{Client, ClientConfig};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
+    let endpoints = var("RAFT_ENDPOINTS")?.split(',').map(String::from).collect();
+    let config = ClientConfig::from_files(
+        endpoints,
+        var("RAFT_CA")?.as_ref(),
+        var("RAFT_CERT")?.as_ref(),
+        var("RAFT_KEY")?.as_ref(),
+    )?;
+    let client = Client::connect(config).await?;
+    client.put("outside", "hello from outside").await?;
+    let kv = client.get("outside").await?.ok_or("the key is missing")?;
+    println!("read back: {}", String::from_utf8_lossy(&kv.value));
+    Ok(())
+}
+"#,
+    )
+    .unwrap();
+    // The workspace's lock file pins the same versions, so the build uses
+    // the crates already downloaded and compiled.
+    std::fs::copy(workspace_root().join("Cargo.lock"), app.join("Cargo.lock")).unwrap();
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CARGO_") && name != "CARGO_HOME" {
+            build.env_remove(name);
+        }
+    }
+    let out = build
+        .args(["build", "--quiet", "--offline"])
+        .current_dir(&app)
+        .env("CARGO_TARGET_DIR", target_dir())
+        // RocksDB's build needs both; the client must need neither.
+        .env("CXX", "/bin/false")
+        .env("LIBCLANG_PATH", "/nonexistent/libclang")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "{}",
+        show("outside project build", &out)
+    );
+    let tree = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["tree", "--offline", "-e", "normal,build"])
+        .current_dir(&app)
+        .output()
+        .expect("run cargo tree");
+    let tree = String::from_utf8_lossy(&tree.stdout);
+    assert!(tree.contains("raft-kv"), "{tree}");
+    for crate_name in ["rocksdb", "clang-sys", "bindgen"] {
+        assert!(!tree.contains(crate_name), "{crate_name} in:\n{tree}");
+    }
+    let run = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            ". '{}' && '{}'",
+            cluster.join("cli.env").display(),
+            target_dir().join("debug/outside-app").display()
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sh");
+    assert!(
+        run.status.success(),
+        "{}",
+        show("outside project run", &run)
+    );
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains("read back: hello from outside"),
+        "{}",
+        show("outside project run", &run)
+    );
+}
+
 #[test]
 fn local_cluster_starts_serves_grows_and_stops() {
     let tmp = tempfile::tempdir().expect("temporary directory");
@@ -180,6 +290,8 @@ fn local_cluster_starts_serves_grows_and_stops() {
 
     let status = wait_for_status(&dir, 3);
     eprintln!("{status}");
+
+    outside_client_project_talks_to_the_cluster(tmp.path(), &dir);
 
     // One more node, added with the command spawn prints.
     let spawn = xtask(&["cluster", "spawn", "4"], &dir);
