@@ -445,13 +445,43 @@ struct Shared {
     stop: AtomicBool,
     /// How gets read.
     consistency: Consistency,
+    /// The members' addresses, and how many times the nemesis changed them.
+    members: Mutex<(u64, Vec<String>)>,
 }
 
-async fn run_client(index: u64, client: Client, shared: Arc<Shared>, mut rng: Rng) {
+/// A client doing `get`, `put` and compare-and-swap until told to stop.
+///
+/// After each membership change it starts over with a new `Client` whose
+/// endpoints are the members there are now (rotated, so that clients start
+/// at different nodes), as an operator would reconfigure it: a `Client`
+/// goes through its endpoints from the first on every call that has no
+/// leader to go to, and an endpoint whose node was removed (and stopped)
+/// costs an attempt timeout, so a client whose first endpoints are all gone
+/// would spend each call's deadline on them and never reach the cluster.
+async fn run_client(index: u64, config: ClientConfig, shared: Arc<Shared>, mut rng: Rng) {
     let mut counter = 0u64;
     // The last value this client saw per key (for compare-and-swap).
     let mut seen: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut client: Option<(u64, Client)> = None;
     while !shared.stop.load(Ordering::Relaxed) {
+        let (generation, mut endpoints) = shared.members.lock().unwrap().clone();
+        if client.as_ref().is_none_or(|(g, _)| *g != generation) {
+            let first = (index - 1) as usize % endpoints.len().max(1);
+            endpoints.rotate_left(first);
+            let mut config = config.clone();
+            config.endpoints = endpoints;
+            match Client::connect(config).await {
+                Ok(c) => client = Some((generation, c)),
+                Err(e) => {
+                    shared
+                        .history
+                        .event(format!("client {index}: cannot connect: {e}"));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+        }
+        let client = &client.as_ref().expect("connected").1;
         let epoch = shared.history.start.elapsed().as_millis() as u64 / EPOCH.as_millis() as u64;
         let key = format!("e{epoch:03}-k{}", rng.below(KEYS_PER_EPOCH));
         counter += 1;
@@ -942,6 +972,8 @@ struct Nemesis<'a> {
     admin: &'a Client,
     admin_config: &'a ClientConfig,
     history: &'a History,
+    /// For the members' addresses.
+    shared: &'a Shared,
     /// One fault-rule synchronisation at a time, so that a node's rules are
     /// the last ones sent to it.
     sync_lock: tokio::sync::Mutex<()>,
@@ -958,6 +990,14 @@ impl<'a> Nemesis<'a> {
 
     fn phase(&self, id: u64) -> Phase {
         self.world().phase(id)
+    }
+
+    /// An operator's client that knows the members there are now (see
+    /// run_client): the shared admin client also lists removed nodes.
+    async fn operator(&self) -> Result<Client> {
+        let mut config = self.admin_config.clone();
+        config.endpoints = self.shared.members.lock().unwrap().1.clone();
+        Ok(Client::connect(config).await?)
     }
 
     /// The running members (not stopped), with their addresses.
@@ -1254,8 +1294,8 @@ impl<'a> Nemesis<'a> {
             ));
             (target, new_id)
         };
-        let removed =
-            tokio::time::timeout(Duration::from_secs(10), self.admin.remove(target)).await;
+        let operator = self.operator().await?;
+        let removed = tokio::time::timeout(Duration::from_secs(10), operator.remove(target)).await;
         self.event(format!(
             "#{id} membership: remove node {target}: {removed:?}"
         ));
@@ -1282,7 +1322,7 @@ impl<'a> Nemesis<'a> {
             ));
             return Ok(());
         }
-        let endpoints = {
+        let endpoints: Vec<String> = {
             let mut w = self.world();
             let node = w.cluster.nodes.get_mut(&target).expect("member");
             node.member = false;
@@ -1300,6 +1340,11 @@ impl<'a> Nemesis<'a> {
                 .map(|&id| w.cluster.address(id))
                 .collect()
         };
+        // The clients follow (see run_client).
+        {
+            let mut members = self.shared.members.lock().unwrap();
+            *members = (members.0 + 1, endpoints.clone());
+        }
         // An operator's client for the rest of the change knows the members
         // there are now: the shared admin client also lists the removed and
         // spare nodes, each costing a connect timeout when the client goes
@@ -1394,9 +1439,9 @@ impl<'a> Nemesis<'a> {
             ));
             to
         };
+        let operator = self.operator().await?;
         let result =
-            tokio::time::timeout(Duration::from_secs(8), self.admin.transfer_leader(Some(to)))
-                .await;
+            tokio::time::timeout(Duration::from_secs(8), operator.transfer_leader(Some(to))).await;
         let during = self.world().finish(id, matches!(result, Ok(Ok(_))));
         self.event(format!(
             "#{id} transfer end: leadership {leader:?} -> {to}: {result:?}{during}"
@@ -1406,6 +1451,9 @@ impl<'a> Nemesis<'a> {
 
     async fn burst(&self, id: u64) -> Result<()> {
         let n = 400;
+        // The writers know the members there are now (see run_client).
+        let mut config = self.admin_config.clone();
+        config.endpoints = self.shared.members.lock().unwrap().1.clone();
         let burst = {
             let mut w = self.world();
             w.burst_no += 1;
@@ -1422,7 +1470,7 @@ impl<'a> Nemesis<'a> {
         for chunk in writes.chunks(n / 16) {
             let chunk = chunk.to_vec();
             let acked = acked.clone();
-            let config = self.admin_config.clone();
+            let config = config.clone();
             tasks.spawn(async move {
                 let Ok(c) = Client::connect(config).await else {
                     return;
@@ -2391,6 +2439,7 @@ async fn drive(args: &Args, seed: u64, dir: &Path, cluster: &mut Cluster) -> Res
             ReadMode::Linearizable => Consistency::Linearizable,
             ReadMode::Lease => Consistency::Lease,
         },
+        members: Mutex::new((0, initial_addresses.clone())),
     });
     shared
         .history
@@ -2398,14 +2447,12 @@ async fn drive(args: &Args, seed: u64, dir: &Path, cluster: &mut Cluster) -> Res
     let mut rng = Rng(seed);
     let mut clients = tokio::task::JoinSet::new();
     for i in 0..args.clients {
-        // Each client starts at a different node, so reads are served by
-        // followers (follower ReadIndex) as well as by the leader.
-        let mut endpoints = initial_addresses.clone();
-        endpoints.rotate_left((i % args.nodes) as usize);
-        endpoints.extend(all_addresses[args.nodes as usize..].iter().cloned());
-        let client = Client::connect(client_config(&client_identity, endpoints)).await?;
+        // Each client starts at a different node (run_client rotates the
+        // members' addresses), so reads are served by followers (follower
+        // ReadIndex) as well as by the leader.
+        let config = client_config(&client_identity, Vec::new());
         let client_rng = Rng(rng.next());
-        clients.spawn(run_client(i + 1, client, shared.clone(), client_rng));
+        clients.spawn(run_client(i + 1, config, shared.clone(), client_rng));
     }
 
     // The nemesis (one fault at a time, or overlapping ones), then the
@@ -2424,6 +2471,7 @@ async fn drive(args: &Args, seed: u64, dir: &Path, cluster: &mut Cluster) -> Res
         admin: &admin,
         admin_config: &admin_config,
         history: &shared.history,
+        shared: &shared,
         sync_lock: tokio::sync::Mutex::new(()),
     };
     let end = shared.history.start + args.duration;
@@ -2434,6 +2482,12 @@ async fn drive(args: &Args, seed: u64, dir: &Path, cluster: &mut Cluster) -> Res
         uncertain,
         ..
     } = nemesis.world.into_inner().expect("the nemesis lock");
+    // From now on, the admin client knows the members there are now.
+    let admin = {
+        let mut config = admin_config.clone();
+        config.endpoints = shared.members.lock().unwrap().1.clone();
+        Client::connect(config).await?
+    };
     shared.stop.store(true, Ordering::Relaxed);
     while clients.join_next().await.is_some() {}
     shared.history.event("clients stopped".into());
