@@ -1365,7 +1365,8 @@ impl<'a> Nemesis<'a> {
                 Ok(Ok(_)) => added = true,
                 other => {
                     self.event(format!("#{id} membership: add_learner {new_id}: {other:?}"));
-                    if let Ok(m) = admin.members().await
+                    if let Ok(Ok(m)) =
+                        tokio::time::timeout(Duration::from_secs(3), admin.members()).await
                         && m.iter().any(|m| m.id == new_id)
                     {
                         added = true;
@@ -1382,7 +1383,8 @@ impl<'a> Nemesis<'a> {
                 Ok(Ok(_)) => promoted = true,
                 other => {
                     self.event(format!("#{id} membership: promote {new_id}: {other:?}"));
-                    if let Ok(m) = admin.members().await
+                    if let Ok(Ok(m)) =
+                        tokio::time::timeout(Duration::from_secs(3), admin.members()).await
                         && m.iter().any(|m| m.id == new_id && m.voter)
                     {
                         promoted = true;
