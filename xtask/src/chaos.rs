@@ -38,12 +38,17 @@ pub(crate) struct ChaosArgs {
     /// with lease reads on; the SIGSTOP nemesis tests the lease).
     #[arg(long, default_value = "linearizable")]
     pub(crate) reads: String,
+    /// Let faults overlap (a kill during a partition, a pause during a
+    /// membership change, a transfer while a node is down, ...); the report
+    /// lists each combination that ran.
+    #[arg(long)]
+    pub(crate) overlap: bool,
 }
 
 impl ChaosArgs {
     /// The 60-second, 5-node runs of `cargo xtask test`: with ReadIndex
-    /// reads, or with lease reads.
-    pub(crate) fn for_ci(reads: &str) -> Self {
+    /// reads, or with lease reads; with overlapping faults or not.
+    pub(crate) fn for_ci(reads: &str, overlap: bool) -> Self {
         Self {
             duration: "60s".into(),
             nodes: 5,
@@ -53,6 +58,7 @@ impl ChaosArgs {
             broken: None,
             expect_violation: false,
             reads: reads.into(),
+            overlap,
         }
     }
 }
@@ -110,5 +116,8 @@ pub(crate) fn run(args: &ChaosArgs, build: bool) -> Result<()> {
         cmd.arg("--expect-violation");
     }
     cmd.args(["--reads", &args.reads]);
+    if args.overlap {
+        cmd.arg("--overlap");
+    }
     crate::step("chaos", cmd)
 }

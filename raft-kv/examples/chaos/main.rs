@@ -82,6 +82,12 @@ struct Args {
     /// the SIGSTOP nemesis is what tests them).
     #[arg(long, value_enum, default_value_t = ReadMode::Linearizable)]
     reads: ReadMode,
+    /// Let faults overlap: the nemesis starts faults while others are
+    /// still in force (a kill during a partition, a pause during a
+    /// membership change, a transfer while a node is down, ...), and the
+    /// report lists each combination that ran.
+    #[arg(long)]
+    overlap: bool,
     /// stateright's time budget per key.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     stateright_budget: Duration,
@@ -198,9 +204,16 @@ struct NodeProc {
     log: PathBuf,
     child: Option<Child>,
     member: bool,
+    /// A voter (a member added by the nemesis is a learner until promoted).
+    voter: bool,
     paused: bool,
     /// Exited or killed (by us) and not restarted yet.
     down: bool,
+    /// The partition (the nemesis fault) whose fault rules the node has, if
+    /// any: a node starts without rules.
+    rules: Option<u64>,
+    /// How many times the node was started.
+    incarnation: u64,
 }
 
 struct Cluster {
@@ -318,6 +331,8 @@ chunk_size = 4096
         );
         node.down = false;
         node.paused = false;
+        node.rules = None;
+        node.incarnation += 1;
         Ok(())
     }
 
@@ -409,19 +424,12 @@ fn client_config(identity: &TlsIdentity, endpoints: Vec<String>) -> ClientConfig
 }
 
 /// What the nodes say, asked of each with a short timeout: the leader most
-/// of them follow, and their statuses.
-async fn leader(admin: &Client, cluster: &Cluster) -> Option<u64> {
+/// of them follow.
+async fn leader_among(admin: &Client, nodes: &[(u64, String)]) -> Option<u64> {
     let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
-    for id in cluster.members() {
-        let node = &cluster.nodes[&id];
-        if node.down || node.paused {
-            continue;
-        }
-        if let Ok(Ok(status)) = tokio::time::timeout(
-            Duration::from_millis(800),
-            admin.status_of(&node.addr.to_string()),
-        )
-        .await
+    for (_, address) in nodes {
+        if let Ok(Ok(status)) =
+            tokio::time::timeout(Duration::from_millis(800), admin.status_of(address)).await
             && let Some(l) = status.raft.leader
         {
             *votes.entry(l).or_default() += 1;
@@ -437,13 +445,43 @@ struct Shared {
     stop: AtomicBool,
     /// How gets read.
     consistency: Consistency,
+    /// The members' addresses, and how many times the nemesis changed them.
+    members: Mutex<(u64, Vec<String>)>,
 }
 
-async fn run_client(index: u64, client: Client, shared: Arc<Shared>, mut rng: Rng) {
+/// A client doing `get`, `put` and compare-and-swap until told to stop.
+///
+/// After each membership change it starts over with a new `Client` whose
+/// endpoints are the members there are now (rotated, so that clients start
+/// at different nodes), as an operator would reconfigure it: a `Client`
+/// goes through its endpoints from the first on every call that has no
+/// leader to go to, and an endpoint whose node was removed (and stopped)
+/// costs an attempt timeout, so a client whose first endpoints are all gone
+/// would spend each call's deadline on them and never reach the cluster.
+async fn run_client(index: u64, config: ClientConfig, shared: Arc<Shared>, mut rng: Rng) {
     let mut counter = 0u64;
     // The last value this client saw per key (for compare-and-swap).
     let mut seen: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut client: Option<(u64, Client)> = None;
     while !shared.stop.load(Ordering::Relaxed) {
+        let (generation, mut endpoints) = shared.members.lock().unwrap().clone();
+        if client.as_ref().is_none_or(|(g, _)| *g != generation) {
+            let first = (index - 1) as usize % endpoints.len().max(1);
+            endpoints.rotate_left(first);
+            let mut config = config.clone();
+            config.endpoints = endpoints;
+            match Client::connect(config).await {
+                Ok(c) => client = Some((generation, c)),
+                Err(e) => {
+                    shared
+                        .history
+                        .event(format!("client {index}: cannot connect: {e}"));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+        }
+        let client = &client.as_ref().expect("connected").1;
         let epoch = shared.history.start.elapsed().as_millis() as u64 / EPOCH.as_millis() as u64;
         let key = format!("e{epoch:03}-k{}", rng.below(KEYS_PER_EPOCH));
         counter += 1;
@@ -589,91 +627,577 @@ const KINDS: [Kind; 6] = [
     Kind::Burst,
 ];
 
-#[derive(Default)]
-struct NemesisStats {
-    attempted: BTreeMap<String, u64>,
-    done: BTreeMap<String, u64>,
-    /// Burst writes acknowledged: key -> value.
-    burst_acked: BTreeMap<String, String>,
-}
-
-async fn set_faults_everywhere(
-    admin: &Client,
-    cluster: &Cluster,
-    rules: &[FaultRule],
-    history: &History,
-) {
-    for id in cluster.members() {
-        let node = &cluster.nodes[&id];
-        if node.down || node.paused {
-            continue;
-        }
-        let result = tokio::time::timeout(
-            Duration::from_secs(2),
-            admin.set_faults(&node.addr.to_string(), rules.to_vec()),
-        )
-        .await;
-        if !matches!(result, Ok(Ok(()))) {
-            history.event(format!("set_faults on node {id} failed: {result:?}"));
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Kill => "kill",
+            Kind::Pause => "pause",
+            Kind::Partition => "partition",
+            Kind::Membership => "membership",
+            Kind::Transfer => "transfer",
+            Kind::Burst => "burst",
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn nemesis_step(
-    kind: Kind,
-    rng: &mut Rng,
-    cluster: &mut Cluster,
-    admin: &Client,
-    burst_config: &ClientConfig,
-    shared: &Shared,
-    stats: &mut NemesisStats,
-    next_spare: &mut u64,
-    burst_no: &mut u64,
-) -> Result<()> {
-    let history = &shared.history;
-    let name = format!("{kind:?}").to_lowercase();
-    *stats.attempted.entry(name.clone()).or_default() += 1;
-    let members = cluster.members();
-    let leader = leader(admin, cluster).await;
-    let target = if rng.below(2) == 0 {
-        leader.unwrap_or_else(|| rng.pick(&members))
+/// What an `--overlap` run must show at least once: (a fault, a fault
+/// already in force when it took effect). A kill during a partition, a
+/// pause during a membership change, a leadership transfer while a node is
+/// down.
+const REQUIRED_OVERLAPS: [(Kind, Kind); 3] = [
+    (Kind::Kill, Kind::Partition),
+    (Kind::Pause, Kind::Membership),
+    (Kind::Transfer, Kind::Kill),
+];
+
+/// At most this many faults in progress at once (with `--overlap`).
+const MAX_FAULTS: usize = 3;
+
+/// How the report names a fault that took effect while another was in
+/// force: "kill during partition", "transfer while down" (a kill holds its
+/// node down).
+fn overlap_name(later: Kind, earlier: Kind) -> String {
+    if earlier == Kind::Kill {
+        format!("{} while down", later.name())
     } else {
-        rng.pick(&members)
-    };
-    let hold = rng.millis(1500, 4000);
-    let mut done = true;
-    match kind {
-        Kind::Kill => {
-            history.event(format!("nemesis: SIGKILL node {target} for {hold:?}"));
-            cluster.kill(target);
-            tokio::time::sleep(hold).await;
-            cluster.spawn(target)?;
-            history.event(format!("nemesis: restarted node {target}"));
+        format!("{} during {}", later.name(), earlier.name())
+    }
+}
+
+#[derive(Default)]
+struct NemesisStats {
+    /// Faults that took effect (a target was chosen and the fault began).
+    attempted: BTreeMap<String, u64>,
+    /// Faults that completed (a transfer or a membership change can fail).
+    done: BTreeMap<String, u64>,
+    /// Faults not begun: no node could take them without costing the
+    /// cluster its quorum, or no spare node was left.
+    skipped: BTreeMap<String, u64>,
+    /// Completed faults that took effect while another was in force, by
+    /// [`overlap_name`].
+    overlaps: BTreeMap<String, u64>,
+    /// The same for faults that did not complete (a transfer refused, a
+    /// membership change that could not finish).
+    overlaps_failed: BTreeMap<String, u64>,
+    /// Burst writes acknowledged: key -> value.
+    burst_acked: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Started, not in force yet (looking for the leader, choosing a node).
+    Starting,
+    /// In force since then.
+    Active(Instant),
+    Over,
+}
+
+struct FaultEntry {
+    kind: Kind,
+    phase: Phase,
+    /// Nodes whose process this fault owns (killed, stopped, being removed
+    /// or added): no other fault touches them until it ends.
+    holds: BTreeSet<u64>,
+    /// The voter a membership change is removing (not counted in quorums
+    /// while the change is in progress).
+    removing: Option<u64>,
+    /// The faults in force when this one took effect.
+    earlier: BTreeSet<u64>,
+}
+
+/// The partition in force.
+struct Partition {
+    side: BTreeSet<u64>,
+    rules: Vec<FaultRule>,
+    /// The fault that made it: a node whose rules are this fault's is in
+    /// sync.
+    fault: u64,
+}
+
+/// What the nemesis changes, behind one lock (never held across an await).
+struct World<'c> {
+    cluster: &'c mut Cluster,
+    stats: NemesisStats,
+    faults: BTreeMap<u64, FaultEntry>,
+    next_fault: u64,
+    partition: Option<Partition>,
+    next_spare: u64,
+    burst_no: u64,
+    /// Nodes whose membership change had an outcome the nemesis could not
+    /// learn (a remove that timed out, an add that was not confirmed).
+    uncertain: BTreeSet<u64>,
+}
+
+impl World<'_> {
+    fn in_force(&self) -> impl Iterator<Item = &FaultEntry> {
+        self.faults.values().filter(|f| f.phase != Phase::Over)
+    }
+
+    fn held(&self) -> BTreeSet<u64> {
+        self.in_force()
+            .flat_map(|f| f.holds.iter().copied())
+            .collect()
+    }
+
+    /// The voters that count in a quorum: not being removed (nor
+    /// `also_removing`).
+    fn voters(&self, also_removing: Option<u64>) -> BTreeSet<u64> {
+        let removing: BTreeSet<u64> = self.in_force().filter_map(|f| f.removing).collect();
+        self.cluster
+            .nodes
+            .values()
+            .filter(|n| {
+                n.member && n.voter && !removing.contains(&n.id) && Some(n.id) != also_removing
+            })
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Members that are down, stopped or cut off from the majority.
+    fn impaired(&self) -> BTreeSet<u64> {
+        self.cluster
+            .nodes
+            .values()
+            .filter(|n| {
+                n.member
+                    && (n.down
+                        || n.paused
+                        || self
+                            .partition
+                            .as_ref()
+                            .is_some_and(|p| p.side.contains(&n.id)))
+            })
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Whether a majority of the voters stays up and connected with `extra`
+    /// impaired as well (and `removing` on its way out).
+    fn fits(&self, extra: &BTreeSet<u64>, removing: Option<u64>) -> bool {
+        let voters = self.voters(removing);
+        let out = self
+            .impaired()
+            .union(extra)
+            .filter(|id| voters.contains(id))
+            .count();
+        !voters.is_empty() && out <= (voters.len() - 1) / 2
+    }
+
+    /// Nodes a kill or a pause may take: running members no other fault
+    /// holds, whose loss leaves a majority.
+    fn process_targets(&self) -> Vec<u64> {
+        let held = self.held();
+        self.cluster
+            .nodes
+            .values()
+            .filter(|n| {
+                n.member
+                    && n.child.is_some()
+                    && !n.paused
+                    && !held.contains(&n.id)
+                    && self.fits(&BTreeSet::from([n.id]), None)
+            })
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Voters a membership change may remove (the rest keeping a majority).
+    fn membership_targets(&self) -> Vec<u64> {
+        let held = self.held();
+        self.cluster
+            .nodes
+            .values()
+            .filter(|n| {
+                n.member
+                    && n.voter
+                    && n.child.is_some()
+                    && !n.paused
+                    && !held.contains(&n.id)
+                    && self.fits(&BTreeSet::new(), Some(n.id))
+            })
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Voters up, running and on the majority's side, held by no fault.
+    fn healthy_voters(&self) -> Vec<u64> {
+        let impaired = self.impaired();
+        let held = self.held();
+        self.voters(None)
+            .into_iter()
+            .filter(|id| !impaired.contains(id) && !held.contains(id))
+            .collect()
+    }
+
+    /// Whether a fault of this kind could start now (with `--overlap`).
+    fn admits(&self, kind: Kind) -> bool {
+        let in_force: Vec<Kind> = self.in_force().map(|f| f.kind).collect();
+        if in_force.len() >= MAX_FAULTS {
+            return false;
         }
-        Kind::Pause => {
-            history.event(format!("nemesis: SIGSTOP node {target} for {hold:?}"));
-            cluster.pause(target);
-            tokio::time::sleep(hold).await;
-            cluster.resume(target);
-            history.event(format!("nemesis: SIGCONT node {target}"));
-        }
-        Kind::Partition => {
-            let mut shuffled = members.clone();
-            for i in (1..shuffled.len()).rev() {
-                let j = rng.below(i as u64 + 1) as usize;
-                shuffled.swap(i, j);
+        match kind {
+            Kind::Kill | Kind::Pause => !self.process_targets().is_empty(),
+            // One change at a time (raft-kv allows one), one partition at a
+            // time (a node has one set of fault rules), one burst.
+            Kind::Membership => {
+                !in_force.contains(&kind)
+                    && self.cluster.nodes.contains_key(&self.next_spare)
+                    && !self.membership_targets().is_empty()
             }
+            Kind::Partition | Kind::Transfer | Kind::Burst => !in_force.contains(&kind),
+        }
+    }
+
+    fn phase(&self, id: u64) -> Phase {
+        self.faults.get(&id).map_or(Phase::Over, |f| f.phase)
+    }
+
+    fn start(&mut self, kind: Kind) -> u64 {
+        let id = self.next_fault;
+        self.next_fault += 1;
+        self.faults.insert(
+            id,
+            FaultEntry {
+                kind,
+                phase: Phase::Starting,
+                holds: BTreeSet::new(),
+                removing: None,
+                earlier: BTreeSet::new(),
+            },
+        );
+        id
+    }
+
+    /// The fault takes effect; returns the faults already in force, for the
+    /// log.
+    fn begin(&mut self, id: u64, holds: BTreeSet<u64>) -> String {
+        let earlier: BTreeSet<u64> = self
+            .faults
+            .iter()
+            .filter(|(i, f)| **i != id && matches!(f.phase, Phase::Active(_)))
+            .map(|(i, _)| *i)
+            .collect();
+        let text = self.describe(&earlier);
+        let entry = self.faults.get_mut(&id).expect("a started fault");
+        entry.phase = Phase::Active(Instant::now());
+        entry.holds = holds;
+        entry.earlier = earlier;
+        *self
+            .stats
+            .attempted
+            .entry(entry.kind.name().into())
+            .or_default() += 1;
+        text
+    }
+
+    fn skip(&mut self, id: u64) {
+        let entry = self.faults.get_mut(&id).expect("a started fault");
+        entry.phase = Phase::Over;
+        *self
+            .stats
+            .skipped
+            .entry(entry.kind.name().into())
+            .or_default() += 1;
+    }
+
+    /// The fault ends: counts it, and the overlaps it took part in as the
+    /// later fault. Returns those, for the log.
+    fn finish(&mut self, id: u64, done: bool) -> String {
+        let kind = self.faults[&id].kind;
+        let mut earlier = self.faults[&id].earlier.clone();
+        if kind == Kind::Transfer {
+            // A transfer takes effect when it returns: it overlapped the
+            // faults that were in force from its start to its end.
+            earlier.retain(|e| matches!(self.faults[e].phase, Phase::Active(_)));
+        }
+        for e in &earlier {
+            let name = overlap_name(kind, self.faults[e].kind);
+            let counts = if done {
+                &mut self.stats.overlaps
+            } else {
+                &mut self.stats.overlaps_failed
+            };
+            *counts.entry(name).or_default() += 1;
+        }
+        if done {
+            *self.stats.done.entry(kind.name().into()).or_default() += 1;
+        }
+        self.faults.get_mut(&id).expect("a started fault").phase = Phase::Over;
+        self.describe(&earlier)
+    }
+
+    fn describe(&self, ids: &BTreeSet<u64>) -> String {
+        if ids.is_empty() {
+            return String::new();
+        }
+        let list: Vec<String> = ids
+            .iter()
+            .map(|i| format!("#{i} {}", self.faults[i].kind.name()))
+            .collect();
+        format!(" [while {}]", list.join(", "))
+    }
+}
+
+fn shuffle<T>(rng: &mut Rng, items: &mut [T]) {
+    for i in (1..items.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        items.swap(i, j);
+    }
+}
+
+/// The leader half the time (if it is a candidate), else any candidate.
+fn pick_target(rng: &mut Rng, leader: Option<u64>, candidates: &[u64]) -> Option<u64> {
+    if candidates.is_empty() {
+        return None;
+    }
+    let prefer_leader = rng.below(2) == 0;
+    match leader {
+        Some(l) if prefer_leader && candidates.contains(&l) => Some(l),
+        _ => Some(rng.pick(candidates)),
+    }
+}
+
+fn leader_note(target: u64, leader: Option<u64>) -> &'static str {
+    if Some(target) == leader {
+        " (the leader)"
+    } else {
+        ""
+    }
+}
+
+/// The nemesis: its faults run as futures polled together by [`Running`]
+/// (they borrow this, so they are not spawned tasks).
+struct Nemesis<'a> {
+    world: Mutex<World<'a>>,
+    admin: &'a Client,
+    admin_config: &'a ClientConfig,
+    history: &'a History,
+    /// For the members' addresses.
+    shared: &'a Shared,
+    /// One fault-rule synchronisation at a time, so that a node's rules are
+    /// the last ones sent to it.
+    sync_lock: tokio::sync::Mutex<()>,
+}
+
+impl<'a> Nemesis<'a> {
+    fn world(&self) -> std::sync::MutexGuard<'_, World<'a>> {
+        self.world.lock().expect("the nemesis lock")
+    }
+
+    fn event(&self, text: String) {
+        self.history.event(format!("nemesis: {text}"));
+    }
+
+    fn phase(&self, id: u64) -> Phase {
+        self.world().phase(id)
+    }
+
+    /// An operator's client that knows the members there are now (see
+    /// run_client): the shared admin client also lists removed nodes.
+    async fn operator(&self) -> Result<Client> {
+        let mut config = self.admin_config.clone();
+        config.endpoints = self.shared.members.lock().unwrap().1.clone();
+        Ok(Client::connect(config).await?)
+    }
+
+    /// The running members (not stopped), with their addresses.
+    fn reachable(&self) -> Vec<(u64, String)> {
+        let w = self.world();
+        w.cluster
+            .members()
+            .into_iter()
+            .filter(|id| {
+                let n = &w.cluster.nodes[id];
+                !n.down && !n.paused
+            })
+            .map(|id| (id, w.cluster.address(id)))
+            .collect()
+    }
+
+    async fn leader(&self) -> Option<u64> {
+        leader_among(self.admin, &self.reachable()).await
+    }
+
+    /// Gives every running node the fault rules of the partition in force
+    /// (none without one). Returns the nodes that could not be reached.
+    async fn sync_faults(&self) -> Vec<u64> {
+        let _one_at_a_time = self.sync_lock.lock().await;
+        let (want, rules, todo) = {
+            let w = self.world();
+            let want = w.partition.as_ref().map(|p| p.fault);
+            let rules = w
+                .partition
+                .as_ref()
+                .map(|p| p.rules.clone())
+                .unwrap_or_default();
+            let todo: Vec<(u64, String, u64)> = w
+                .cluster
+                .nodes
+                .values()
+                .filter(|n| n.child.is_some() && !n.paused && n.rules != want)
+                .map(|n| (n.id, n.addr.to_string(), n.incarnation))
+                .collect();
+            (want, rules, todo)
+        };
+        let mut failed = Vec::new();
+        for (id, address, incarnation) in todo {
+            let result = tokio::time::timeout(
+                Duration::from_secs(2),
+                self.admin.set_faults(&address, rules.clone()),
+            )
+            .await;
+            if matches!(result, Ok(Ok(()))) {
+                let mut w = self.world();
+                let node = w.cluster.nodes.get_mut(&id).expect("known node");
+                // A node restarted meanwhile starts without rules.
+                if node.incarnation == incarnation {
+                    node.rules = want;
+                }
+            } else {
+                failed.push(id);
+            }
+        }
+        failed
+    }
+
+    async fn sync_faults_within(&self, limit: Duration) -> Vec<u64> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let failed = self.sync_faults().await;
+            if failed.is_empty() || Instant::now() >= deadline {
+                return failed;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Beside the faults: restarts members that exited by themselves, and
+    /// gives nodes that were down or stopped when the partition changed
+    /// its rules once they run again.
+    async fn background(&self) {
+        loop {
+            self.world().cluster.reap(self.history);
+            self.sync_faults().await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// One fault, from its start to its end (the bookkeeping of
+    /// [`World::begin`] and [`World::finish`] is done inside).
+    async fn fault(&self, id: u64, kind: Kind, mut rng: Rng, hold: Duration) {
+        let result = match kind {
+            Kind::Kill | Kind::Pause => self.kill_or_pause(id, kind, &mut rng, hold).await,
+            Kind::Partition => self.partition(id, &mut rng, hold).await,
+            Kind::Membership => self.membership(id, &mut rng, hold).await,
+            Kind::Transfer => self.transfer(id, &mut rng).await,
+            Kind::Burst => self.burst(id).await,
+        };
+        if let Err(e) = result {
+            self.event(format!("#{id} {} failed: {e:#}", kind.name()));
+            let mut w = self.world();
+            w.cluster
+                .problems
+                .push(format!("nemesis {kind:?} failed: {e:#}"));
+            match w.phase(id) {
+                Phase::Starting => w.skip(id),
+                Phase::Active(_) => {
+                    w.finish(id, false);
+                }
+                Phase::Over => {}
+            }
+        }
+    }
+
+    fn skipped(&self, id: u64, kind: Kind, why: &str) {
+        self.world().skip(id);
+        self.event(format!("#{id} {} skipped: {why}", kind.name()));
+    }
+
+    async fn kill_or_pause(
+        &self,
+        id: u64,
+        kind: Kind,
+        rng: &mut Rng,
+        hold: Duration,
+    ) -> Result<()> {
+        let leader = self.leader().await;
+        let target = {
+            let mut w = self.world();
+            let Some(target) = pick_target(rng, leader, &w.process_targets()) else {
+                drop(w);
+                self.skipped(id, kind, "no node can stop without costing the quorum");
+                return Ok(());
+            };
+            let signal = if kind == Kind::Kill {
+                w.cluster.kill(target);
+                "SIGKILL"
+            } else {
+                w.cluster.pause(target);
+                "SIGSTOP"
+            };
+            let during = w.begin(id, BTreeSet::from([target]));
+            self.event(format!(
+                "#{id} {} start: {signal} node {target}{} for {hold:?}{during}",
+                kind.name(),
+                leader_note(target, leader)
+            ));
+            target
+        };
+        tokio::time::sleep(hold).await;
+        let mut w = self.world();
+        let what = if kind == Kind::Kill {
+            w.cluster.spawn(target)?;
+            "restarted"
+        } else {
+            w.cluster.resume(target);
+            "SIGCONT"
+        };
+        w.finish(id, true);
+        self.event(format!("#{id} {} end: {what} node {target}", kind.name()));
+        Ok(())
+    }
+
+    async fn partition(&self, id: u64, rng: &mut Rng, hold: Duration) -> Result<()> {
+        let leader = self.leader().await;
+        let (side, other) = {
+            let mut w = self.world();
+            if w.partition.is_some() {
+                drop(w);
+                self.skipped(id, Kind::Partition, "another partition is in force");
+                return Ok(());
+            }
+            let members = w.cluster.members();
+            let mut shuffled = members.clone();
+            shuffle(rng, &mut shuffled);
             let minority_size = 1 + rng.below(((members.len() as u64 - 1) / 2).max(1)) as usize;
-            let mut side: BTreeSet<u64> = shuffled.into_iter().take(minority_size).collect();
+            // Cut the leader off with the minority half the time.
+            let mut candidates = Vec::new();
             if rng.below(2) == 0
                 && let Some(l) = leader
-                && !side.contains(&l)
+                && members.contains(&l)
             {
-                // Cut the leader off with the minority.
-                let first = *side.iter().next().expect("non-empty");
-                side.remove(&first);
-                side.insert(l);
+                candidates.push(l);
+            }
+            candidates.extend(shuffled);
+            let mut side = BTreeSet::new();
+            for c in candidates {
+                if side.len() >= minority_size {
+                    break;
+                }
+                let mut with = side.clone();
+                with.insert(c);
+                if w.fits(&with, None) {
+                    side = with;
+                }
+            }
+            if side.is_empty() {
+                drop(w);
+                self.skipped(
+                    id,
+                    Kind::Partition,
+                    "no node can be cut off without costing the quorum",
+                );
+                return Ok(());
             }
             let other: Vec<u64> = members
                 .iter()
@@ -695,168 +1219,603 @@ async fn nemesis_step(
                     });
                 }
             }
-            history.event(format!(
-                "nemesis: partition {side:?} | {other:?} (leader {leader:?}) for {hold:?}"
+            w.partition = Some(Partition {
+                side: side.clone(),
+                rules,
+                fault: id,
+            });
+            (side, other)
+        };
+        // In force once the nodes have the rules.
+        let failed = self.sync_faults_within(Duration::from_secs(3)).await;
+        let during = self.world().begin(id, BTreeSet::new());
+        self.event(format!(
+            "#{id} partition start: {side:?} | {other:?} (leader {leader:?}) for {hold:?}{during}"
+        ));
+        if !failed.is_empty() {
+            self.event(format!(
+                "#{id} partition: nodes {failed:?} get the rules once they answer"
             ));
-            set_faults_everywhere(admin, cluster, &rules, history).await;
-            tokio::time::sleep(hold).await;
-            set_faults_everywhere(admin, cluster, &[], history).await;
-            history.event("nemesis: healed the partition".into());
         }
-        Kind::Membership => {
-            let new_id = *next_spare;
-            if !cluster.nodes.contains_key(&new_id) {
-                history.event("nemesis: no spare node left; skipping a membership change".into());
+        tokio::time::sleep(hold).await;
+        self.world().partition = None;
+        let failed = self.sync_faults_within(Duration::from_secs(3)).await;
+        if !failed.is_empty() {
+            self.event(format!(
+                "#{id} partition: nodes {failed:?} lose the rules once they answer"
+            ));
+        }
+        self.world().finish(id, true);
+        self.event(format!("#{id} partition end: healed"));
+        Ok(())
+    }
+
+    /// The members as the leader sees them: (id, voter).
+    async fn leader_members(&self) -> Option<Vec<(u64, bool)>> {
+        let leader = self.leader().await?;
+        let address = self.world().cluster.address(leader);
+        let status = tokio::time::timeout(Duration::from_secs(2), self.admin.status_of(&address))
+            .await
+            .ok()?
+            .ok()?;
+        let m = &status.raft.membership;
+        Some(
+            m.addresses()
+                .keys()
+                .map(|id| (*id, m.is_voter(*id)))
+                .collect(),
+        )
+    }
+
+    async fn membership(&self, id: u64, rng: &mut Rng, hold: Duration) -> Result<()> {
+        let leader = self.leader().await;
+        let (target, new_id) = {
+            let mut w = self.world();
+            let new_id = w.next_spare;
+            if !w.cluster.nodes.contains_key(&new_id) {
+                drop(w);
+                self.skipped(id, Kind::Membership, "no spare node left");
                 return Ok(());
             }
-            history.event(format!("nemesis: remove node {target}"));
-            let removed = tokio::time::timeout(Duration::from_secs(10), admin.remove(target)).await;
-            history.event(format!("nemesis: remove node {target}: {removed:?}"));
-            if !matches!(removed, Ok(Ok(_))) {
-                // Did it happen anyway?
-                let gone = match admin.members().await {
-                    Ok(m) => !m.iter().any(|m| m.id == target),
-                    Err(_) => false,
-                };
-                if !gone {
-                    done = false;
-                }
-            }
-            if done {
-                cluster.nodes.get_mut(&target).expect("member").member = false;
-                cluster.kill(target);
-                *next_spare += 1;
-                cluster.nodes.get_mut(&new_id).expect("spare").member = true;
-                cluster.write_config(new_id, None)?;
-                cluster.spawn(new_id)?;
-                // An operator's client for the rest of the change knows the
-                // members there are now: the shared admin client also lists
-                // the removed and spare nodes, each costing a connect
-                // timeout when the client goes looking for the leader.
-                let mut config = burst_config.clone();
-                config.endpoints = cluster
-                    .members()
-                    .iter()
-                    .map(|&id| cluster.address(id))
-                    .collect();
-                let admin = &Client::connect(config).await?;
-                let address = cluster.address(new_id);
-                history.event(format!(
-                    "nemesis: add node {new_id} at {address} as a learner"
-                ));
-                let deadline = Instant::now() + Duration::from_secs(20);
-                let mut added = false;
-                while Instant::now() < deadline && !added {
-                    match tokio::time::timeout(
-                        Duration::from_secs(6),
-                        admin.add_learner(new_id, &address),
-                    )
-                    .await
-                    {
-                        Ok(Ok(_)) => added = true,
-                        other => {
-                            history.event(format!("nemesis: add_learner {new_id}: {other:?}"));
-                            if let Ok(m) = admin.members().await
-                                && m.iter().any(|m| m.id == new_id)
-                            {
-                                added = true;
-                            } else {
-                                tokio::time::sleep(Duration::from_millis(300)).await;
-                            }
-                        }
+            let Some(target) = pick_target(rng, leader, &w.membership_targets()) else {
+                drop(w);
+                self.skipped(
+                    id,
+                    Kind::Membership,
+                    "no voter can leave without costing the quorum",
+                );
+                return Ok(());
+            };
+            let during = w.begin(id, BTreeSet::from([target, new_id]));
+            w.faults.get_mut(&id).expect("begun").removing = Some(target);
+            self.event(format!(
+                "#{id} membership start: remove node {target}{}, then add node {new_id}{during}",
+                leader_note(target, leader)
+            ));
+            (target, new_id)
+        };
+        let operator = self.operator().await?;
+        let removed = tokio::time::timeout(Duration::from_secs(10), operator.remove(target)).await;
+        self.event(format!(
+            "#{id} membership: remove node {target}: {removed:?}"
+        ));
+        let mut gone = matches!(removed, Ok(Ok(_)));
+        if !gone {
+            // Did it happen anyway? Ask the leader for a while.
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Some(m) = self.leader_members().await {
+                    gone = !m.iter().any(|(m, _)| *m == target);
+                    if gone {
+                        break;
                     }
                 }
-                let mut promoted = false;
-                tokio::time::sleep(hold).await;
-                while added && Instant::now() < deadline + Duration::from_secs(10) && !promoted {
-                    match tokio::time::timeout(Duration::from_secs(6), admin.promote(new_id)).await
-                    {
-                        Ok(Ok(_)) => promoted = true,
-                        other => {
-                            history.event(format!("nemesis: promote {new_id}: {other:?}"));
-                            if let Ok(m) = admin.members().await
-                                && m.iter().any(|m| m.id == new_id && m.voter)
-                            {
-                                promoted = true;
-                            } else {
-                                tokio::time::sleep(Duration::from_millis(300)).await;
-                            }
-                        }
-                    }
-                }
-                history.event(format!(
-                    "nemesis: node {new_id} added {added}, promoted {promoted}"
-                ));
-                done = added && promoted;
-                if !done {
-                    cluster
-                        .problems
-                        .push(format!("could not add node {new_id} back as a voter"));
-                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
-        Kind::Transfer => {
-            let others: Vec<u64> = members
+        if !gone {
+            let mut w = self.world();
+            w.uncertain.insert(target);
+            w.finish(id, false);
+            self.event(format!(
+                "#{id} membership end: node {target} stays a member (its removal was not confirmed)"
+            ));
+            return Ok(());
+        }
+        let endpoints: Vec<String> = {
+            let mut w = self.world();
+            let node = w.cluster.nodes.get_mut(&target).expect("member");
+            node.member = false;
+            node.voter = false;
+            w.cluster.kill(target);
+            w.next_spare += 1;
+            let spare = w.cluster.nodes.get_mut(&new_id).expect("spare");
+            spare.member = true;
+            spare.voter = false;
+            w.cluster.write_config(new_id, None)?;
+            w.cluster.spawn(new_id)?;
+            w.cluster
+                .members()
                 .iter()
-                .filter(|m| Some(**m) != leader)
-                .copied()
-                .collect();
-            let to = rng.pick(&others);
-            let result =
-                tokio::time::timeout(Duration::from_secs(8), admin.transfer_leader(Some(to))).await;
-            history.event(format!(
-                "nemesis: transfer leadership {leader:?} -> {to}: {result:?}"
-            ));
-            done = matches!(result, Ok(Ok(_)));
+                .map(|&id| w.cluster.address(id))
+                .collect()
+        };
+        // The clients follow (see run_client).
+        {
+            let mut members = self.shared.members.lock().unwrap();
+            *members = (members.0 + 1, endpoints.clone());
         }
-        Kind::Burst => {
-            *burst_no += 1;
-            let n = 400;
-            history.event(format!("nemesis: burst of {n} writes (snapshots)"));
-            let mut tasks = tokio::task::JoinSet::new();
-            let burst = *burst_no;
-            let mut futures = Vec::new();
-            for i in 0..n {
-                let key = format!("burst-{burst:02}-{i:04}");
-                let value = format!("b{burst}-{i}");
-                futures.push((key, value));
+        // An operator's client for the rest of the change knows the members
+        // there are now: the shared admin client also lists the removed and
+        // spare nodes, each costing a connect timeout when the client goes
+        // looking for the leader.
+        let mut config = self.admin_config.clone();
+        config.endpoints = endpoints;
+        let admin = &Client::connect(config).await?;
+        let address = self.world().cluster.address(new_id);
+        self.event(format!(
+            "#{id} membership: add node {new_id} at {address} as a learner"
+        ));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut added = false;
+        while Instant::now() < deadline && !added {
+            match tokio::time::timeout(Duration::from_secs(6), admin.add_learner(new_id, &address))
+                .await
+            {
+                Ok(Ok(_)) => added = true,
+                other => {
+                    self.event(format!("#{id} membership: add_learner {new_id}: {other:?}"));
+                    if let Ok(Ok(m)) =
+                        tokio::time::timeout(Duration::from_secs(3), admin.members()).await
+                        && m.iter().any(|m| m.id == new_id)
+                    {
+                        added = true;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
             }
-            // 16 writers at a time.
-            let chunks: Vec<Vec<(String, String)>> =
-                futures.chunks(n / 16).map(|c| c.to_vec()).collect();
-            let acked = Arc::new(Mutex::new(Vec::new()));
-            for chunk in chunks {
-                let acked = acked.clone();
-                let config = burst_config.clone();
-                tasks.spawn(async move {
-                    let Ok(c) = Client::connect(config).await else {
-                        return;
-                    };
-                    for (k, v) in chunk {
-                        if let Ok(Ok(_)) = tokio::time::timeout(
-                            Duration::from_secs(6),
-                            c.put(k.clone(), v.clone()),
-                        )
-                        .await
-                        {
-                            acked.lock().unwrap().push((k, v));
+        }
+        let mut promoted = false;
+        tokio::time::sleep(hold).await;
+        while added && Instant::now() < deadline + Duration::from_secs(10) && !promoted {
+            match tokio::time::timeout(Duration::from_secs(6), admin.promote(new_id)).await {
+                Ok(Ok(_)) => promoted = true,
+                other => {
+                    self.event(format!("#{id} membership: promote {new_id}: {other:?}"));
+                    if let Ok(Ok(m)) =
+                        tokio::time::timeout(Duration::from_secs(3), admin.members()).await
+                        && m.iter().any(|m| m.id == new_id && m.voter)
+                    {
+                        promoted = true;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+            }
+        }
+        let done = added && promoted;
+        let mut w = self.world();
+        if promoted {
+            w.cluster.nodes.get_mut(&new_id).expect("member").voter = true;
+        } else {
+            w.uncertain.insert(new_id);
+            w.cluster
+                .problems
+                .push(format!("could not add node {new_id} back as a voter"));
+        }
+        w.finish(id, done);
+        self.event(format!(
+            "#{id} membership end: node {target} removed, node {new_id} added {added}, promoted {promoted}"
+        ));
+        Ok(())
+    }
+
+    async fn transfer(&self, id: u64, rng: &mut Rng) -> Result<()> {
+        // A transfer needs a leader: give an election (after a kill of the
+        // leader, say) a moment.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let leader = loop {
+            let leader = self.leader().await;
+            if leader.is_some() || Instant::now() >= deadline {
+                break leader;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let to = {
+            let mut w = self.world();
+            let others: Vec<u64> = w
+                .healthy_voters()
+                .into_iter()
+                .filter(|v| Some(*v) != leader)
+                .collect();
+            if others.is_empty() {
+                drop(w);
+                self.skipped(id, Kind::Transfer, "no voter to move leadership to");
+                return Ok(());
+            }
+            let to = rng.pick(&others);
+            let during = w.begin(id, BTreeSet::new());
+            self.event(format!(
+                "#{id} transfer start: leadership {leader:?} -> {to}{during}"
+            ));
+            to
+        };
+        let operator = self.operator().await?;
+        let result =
+            tokio::time::timeout(Duration::from_secs(8), operator.transfer_leader(Some(to))).await;
+        let during = self.world().finish(id, matches!(result, Ok(Ok(_))));
+        self.event(format!(
+            "#{id} transfer end: leadership {leader:?} -> {to}: {result:?}{during}"
+        ));
+        Ok(())
+    }
+
+    async fn burst(&self, id: u64) -> Result<()> {
+        let n = 400;
+        // The writers know the members there are now (see run_client).
+        let mut config = self.admin_config.clone();
+        config.endpoints = self.shared.members.lock().unwrap().1.clone();
+        let burst = {
+            let mut w = self.world();
+            w.burst_no += 1;
+            let during = w.begin(id, BTreeSet::new());
+            self.event(format!("#{id} burst start: {n} writes (snapshots){during}"));
+            w.burst_no
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        let writes: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("burst-{burst:02}-{i:04}"), format!("b{burst}-{i}")))
+            .collect();
+        // 16 writers at a time.
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        for chunk in writes.chunks(n / 16) {
+            let chunk = chunk.to_vec();
+            let acked = acked.clone();
+            let config = config.clone();
+            tasks.spawn(async move {
+                let Ok(c) = Client::connect(config).await else {
+                    return;
+                };
+                for (k, v) in chunk {
+                    if let Ok(Ok(_)) =
+                        tokio::time::timeout(Duration::from_secs(6), c.put(k.clone(), v.clone()))
+                            .await
+                    {
+                        acked.lock().unwrap().push((k, v));
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let acked = std::mem::take(&mut *acked.lock().unwrap());
+        let count = acked.len();
+        let mut w = self.world();
+        w.stats.burst_acked.extend(acked);
+        w.finish(id, true);
+        self.event(format!("#{id} burst end: {count} writes acknowledged"));
+        Ok(())
+    }
+}
+
+type FaultFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+
+/// The faults in progress, polled together with the nemesis's background
+/// chores whenever the scheduler waits.
+struct Running<'a> {
+    faults: Vec<FaultFuture<'a>>,
+    background: FaultFuture<'a>,
+}
+
+impl Running<'_> {
+    fn poll_all(&mut self, cx: &mut std::task::Context<'_>) {
+        // The background loop never ends.
+        let _ = self.background.as_mut().poll(cx);
+        self.faults.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+    }
+
+    /// Runs the faults in progress for `d`.
+    async fn run_for(&mut self, d: Duration) {
+        let sleep = tokio::time::sleep(d);
+        tokio::pin!(sleep);
+        std::future::poll_fn(|cx| {
+            self.poll_all(cx);
+            sleep.as_mut().poll(cx)
+        })
+        .await;
+    }
+
+    /// Runs the faults in progress until they have all ended.
+    async fn run_until_idle(&mut self) {
+        std::future::poll_fn(|cx| {
+            self.poll_all(cx);
+            if self.faults.is_empty() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+/// What the overlapping scheduler starts next.
+#[derive(Clone, Copy, Debug)]
+enum Plan {
+    One(Kind),
+    /// `first`, then `then` a seeded moment after `first` takes effect.
+    /// `required`: one of [`REQUIRED_OVERLAPS`], started when no other fault
+    /// is in progress (so that it has the room it needs).
+    Two {
+        first: Kind,
+        then: Kind,
+        required: bool,
+    },
+}
+
+/// A second fault waiting for its moment.
+struct Follow {
+    after: u64,
+    kind: Kind,
+    offset: Duration,
+    hold: Duration,
+}
+
+/// Runs the nemesis until `end`, lets every fault end, then heals the
+/// cluster: every member running, no fault rules left.
+async fn run_nemesis(nemesis: &Nemesis<'_>, overlap: bool, rng: &mut Rng, end: Instant) {
+    let mut running = Running {
+        faults: Vec::new(),
+        background: Box::pin(nemesis.background()),
+    };
+    running.run_for(rng.millis(500, 1500)).await;
+    if overlap {
+        overlapping(nemesis, rng, end, &mut running).await;
+    } else {
+        one_at_a_time(nemesis, rng, end, &mut running).await;
+    }
+    running.run_until_idle().await;
+    drop(running);
+
+    nemesis.history.event("healing the cluster".into());
+    {
+        let mut w = nemesis.world();
+        w.cluster.reap(nemesis.history);
+        for id in w.cluster.members() {
+            // Every fault ended, so none of this should be needed.
+            if w.cluster.nodes[&id].paused {
+                nemesis.event(format!("node {id} was left stopped; SIGCONT"));
+                w.cluster.resume(id);
+            }
+            if w.cluster.nodes[&id].down {
+                nemesis.event(format!("node {id} was left down; restarting it"));
+                if let Err(e) = w.cluster.spawn(id) {
+                    w.cluster
+                        .problems
+                        .push(format!("restarting node {id}: {e:#}"));
+                }
+            }
+        }
+        w.partition = None;
+    }
+    let failed = nemesis.sync_faults_within(Duration::from_secs(30)).await;
+    if !failed.is_empty() {
+        nemesis.world().cluster.problems.push(format!(
+            "could not lift the fault rules of nodes {failed:?}"
+        ));
+    }
+}
+
+/// One fault at a time: every kind once in a seeded order; then a kind
+/// that has not completed yet (a transfer can be refused), then seeded
+/// picks.
+async fn one_at_a_time<'n>(
+    nemesis: &'n Nemesis<'_>,
+    rng: &mut Rng,
+    end: Instant,
+    running: &mut Running<'n>,
+) {
+    let mut schedule: Vec<Kind> = KINDS.to_vec();
+    shuffle(rng, &mut schedule);
+    let mut step = 0usize;
+    while Instant::now() < end {
+        let not_done = {
+            let w = nemesis.world();
+            KINDS
+                .iter()
+                .copied()
+                .find(|k| !w.stats.done.contains_key(k.name()))
+        };
+        let kind = match (schedule.get(step), not_done) {
+            (Some(kind), _) => *kind,
+            (None, Some(kind)) => kind,
+            (None, None) => rng.pick(&KINDS),
+        };
+        step += 1;
+        let id = nemesis.world().start(kind);
+        let hold = rng.millis(1500, 4000);
+        running
+            .faults
+            .push(Box::pin(nemesis.fault(id, kind, Rng(rng.next()), hold)));
+        running.run_until_idle().await;
+        running.run_for(rng.millis(500, 2000)).await;
+    }
+}
+
+/// Faults that overlap. First the required combinations (each started when
+/// nothing else runs, its second fault a seeded moment into the first) and
+/// a burst, in a seeded order; then, while a required combination has not
+/// happened, it again; then any kind that has not completed; then seeded
+/// picks, one or two faults at a time, every 0.3-1.5 s, whatever is still
+/// in progress: up to [`MAX_FAULTS`] at once, within the quorum budget
+/// ([`World::fits`]).
+async fn overlapping<'n>(
+    nemesis: &'n Nemesis<'_>,
+    rng: &mut Rng,
+    end: Instant,
+    running: &mut Running<'n>,
+) {
+    let mut plan: Vec<Plan> = REQUIRED_OVERLAPS
+        .iter()
+        .map(|&(later, earlier)| Plan::Two {
+            first: earlier,
+            then: later,
+            required: true,
+        })
+        .collect();
+    plan.push(Plan::One(Kind::Burst));
+    shuffle(rng, &mut plan);
+    let mut plan: std::collections::VecDeque<Plan> = plan.into();
+    let mut follows: Vec<Follow> = Vec::new();
+    let mut next = Instant::now();
+    while Instant::now() < end {
+        let now = Instant::now();
+        // Second faults whose moment has come.
+        let mut due = Vec::new();
+        follows.retain(|f| match nemesis.phase(f.after) {
+            Phase::Starting => true,
+            Phase::Active(since) if now < since + f.offset => true,
+            Phase::Active(_) => {
+                due.push((f.after, f.kind, f.hold));
+                false
+            }
+            Phase::Over => {
+                nemesis.event(format!(
+                    "#{} ended before the {} planned with it",
+                    f.after,
+                    f.kind.name()
+                ));
+                false
+            }
+        });
+        for (after, kind, hold) in due {
+            let id = {
+                let mut w = nemesis.world();
+                if !w.admits(kind) {
+                    drop(w);
+                    nemesis.event(format!(
+                        "no room for the {} planned with #{after}",
+                        kind.name()
+                    ));
+                    continue;
+                }
+                w.start(kind)
+            };
+            running
+                .faults
+                .push(Box::pin(nemesis.fault(id, kind, Rng(rng.next()), hold)));
+        }
+
+        if now >= next {
+            let planned = plan.front().copied();
+            let choice = planned.unwrap_or_else(|| {
+                let w = nemesis.world();
+                let missing = REQUIRED_OVERLAPS
+                    .iter()
+                    .find(|(later, earlier)| {
+                        !w.stats
+                            .overlaps
+                            .contains_key(&overlap_name(*later, *earlier))
+                    })
+                    .copied();
+                let not_done = KINDS
+                    .iter()
+                    .copied()
+                    .find(|k| !w.stats.done.contains_key(k.name()));
+                match (missing, not_done) {
+                    (Some((later, earlier)), _) => Plan::Two {
+                        first: earlier,
+                        then: later,
+                        required: true,
+                    },
+                    (None, Some(kind)) => Plan::One(kind),
+                    (None, None) => {
+                        let kind = rng.pick(&KINDS);
+                        if rng.chance(50) {
+                            // Two of a kind only where two can run at once.
+                            let then: Vec<Kind> = KINDS
+                                .into_iter()
+                                .filter(|k| *k != kind || matches!(k, Kind::Kill | Kind::Pause))
+                                .collect();
+                            Plan::Two {
+                                first: kind,
+                                then: rng.pick(&then),
+                                required: false,
+                            }
+                        } else {
+                            Plan::One(kind)
                         }
                     }
-                });
+                }
+            });
+            let (first, room) = {
+                let w = nemesis.world();
+                let (first, quiet) = match choice {
+                    Plan::One(kind) => (kind, true),
+                    Plan::Two {
+                        first, required, ..
+                    } => (first, !required || w.in_force().next().is_none()),
+                };
+                (first, quiet && w.admits(first))
+            };
+            // A required combination waits for the faults in progress to
+            // end (nothing else starts meanwhile); a seeded pick that does
+            // not fit is dropped.
+            let random = planned.is_none()
+                && matches!(
+                    choice,
+                    Plan::One(_)
+                        | Plan::Two {
+                            required: false,
+                            ..
+                        }
+                );
+            if room {
+                if planned.is_some() {
+                    plan.pop_front();
+                }
+                let hold = match choice {
+                    Plan::Two { .. } if matches!(first, Kind::Kill | Kind::Partition) => {
+                        rng.millis(2500, 4500)
+                    }
+                    _ => rng.millis(1500, 4000),
+                };
+                let id = nemesis.world().start(first);
+                running
+                    .faults
+                    .push(Box::pin(nemesis.fault(id, first, Rng(rng.next()), hold)));
+                if let Plan::Two { then, .. } = choice {
+                    let offset = match first {
+                        Kind::Kill | Kind::Pause | Kind::Partition => {
+                            rng.millis(100, hold.as_millis() as u64 / 3)
+                        }
+                        Kind::Membership | Kind::Burst => rng.millis(100, 1500),
+                        Kind::Transfer => rng.millis(0, 50),
+                    };
+                    nemesis.event(format!(
+                        "#{id} {}, then a {} {offset:?} after it takes effect",
+                        first.name(),
+                        then.name()
+                    ));
+                    follows.push(Follow {
+                        after: id,
+                        kind: then,
+                        offset,
+                        hold: rng.millis(1500, 4000),
+                    });
+                }
+                next = now + rng.millis(300, 1500);
+            } else if random {
+                next = now + rng.millis(100, 500);
+            } else {
+                next = now + Duration::from_millis(200);
             }
-            while tasks.join_next().await.is_some() {}
-            let acked = std::mem::take(&mut *acked.lock().unwrap());
-            history.event(format!(
-                "nemesis: burst acknowledged {} writes",
-                acked.len()
-            ));
-            stats.burst_acked.extend(acked);
         }
+        let wake = next.min(end).min(now + Duration::from_millis(100));
+        running
+            .run_for(wake.saturating_duration_since(Instant::now()))
+            .await;
     }
-    if done {
-        *stats.done.entry(name).or_default() += 1;
-    }
-    Ok(())
 }
 
 // ------------------------------------------------------------------ checks
@@ -1180,6 +2139,68 @@ fn check_key(key: &str, records: &[&Record], budget: Duration, dir: &Path) -> Ke
     }
 }
 
+/// The members the cluster ended with, as its leader says. Where they
+/// differ from the nemesis's count only by membership changes whose outcome
+/// it could not learn (a remove that timed out and took effect later), the
+/// leader's list is adopted; any other difference is a problem.
+async fn reconcile_membership(
+    admin: &Client,
+    cluster: &mut Cluster,
+    history: &History,
+    uncertain: &BTreeSet<u64>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let actual: BTreeSet<u64> = loop {
+        let nodes: Vec<(u64, String)> = cluster
+            .members()
+            .into_iter()
+            .filter(|id| cluster.nodes[id].child.is_some())
+            .map(|id| (id, cluster.address(id)))
+            .collect();
+        if let Some(l) = leader_among(admin, &nodes).await
+            && cluster.nodes.contains_key(&l)
+            && let Ok(Ok(status)) =
+                tokio::time::timeout(Duration::from_secs(2), admin.status_of(&cluster.address(l)))
+                    .await
+            && status.raft.leader == Some(l)
+        {
+            break status.raft.membership.addresses().keys().copied().collect();
+        }
+        if Instant::now() > deadline {
+            cluster
+                .problems
+                .push("no leader told the final membership within 20 s".into());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let ours: BTreeSet<u64> = cluster.members().into_iter().collect();
+    if actual == ours {
+        return;
+    }
+    history.event(format!(
+        "membership: the nemesis counted {ours:?}, the leader has {actual:?}"
+    ));
+    for id in ours.difference(&actual) {
+        if uncertain.contains(id) {
+            history.event(format!(
+                "membership: node {id} left after all (its change's outcome was unknown); stopping it"
+            ));
+            cluster.nodes.get_mut(id).expect("known node").member = false;
+            cluster.kill(*id);
+        } else {
+            cluster.problems.push(format!(
+                "node {id} is not a member, though the nemesis never removed it"
+            ));
+        }
+    }
+    for id in actual.difference(&ours) {
+        cluster.problems.push(format!(
+            "node {id} is a member, though the nemesis removed it or never added it"
+        ));
+    }
+}
+
 fn digest(kvs: &[(Bytes, Bytes, u64)]) -> u64 {
     // FNV-1a over (key, value, mod revision).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -1272,12 +2293,20 @@ fn rerun_command(args: &Args, seed: u64) -> String {
     if args.reads == ReadMode::Lease {
         cmd.push_str(" --reads lease");
     }
+    if args.overlap {
+        cmd.push_str(" --overlap");
+    }
     cmd
 }
 
 async fn run(args: Args) -> Result<bool> {
     if args.nodes < 3 {
         bail!("--nodes must be at least 3 (a majority must survive one fault)");
+    }
+    if args.overlap && args.nodes < 4 {
+        bail!(
+            "--overlap needs at least 4 nodes (with 3, a second fault during a membership change costs the quorum)"
+        );
     }
     let seed = args.seed.unwrap_or_else(rand::random);
     let bin = match &args.raft_kv {
@@ -1325,8 +2354,11 @@ async fn run(args: Args) -> Result<bool> {
                 log: dir.join(format!("node-{id}.log")),
                 child: None,
                 member: id <= args.nodes,
+                voter: id <= args.nodes,
                 paused: false,
                 down: true,
+                rules: None,
+                incarnation: 0,
             },
         );
     }
@@ -1409,6 +2441,7 @@ async fn drive(args: &Args, seed: u64, dir: &Path, cluster: &mut Cluster) -> Res
             ReadMode::Linearizable => Consistency::Linearizable,
             ReadMode::Lease => Consistency::Lease,
         },
+        members: Mutex::new((0, initial_addresses.clone())),
     });
     shared
         .history
@@ -1416,79 +2449,47 @@ async fn drive(args: &Args, seed: u64, dir: &Path, cluster: &mut Cluster) -> Res
     let mut rng = Rng(seed);
     let mut clients = tokio::task::JoinSet::new();
     for i in 0..args.clients {
-        // Each client starts at a different node, so reads are served by
-        // followers (follower ReadIndex) as well as by the leader.
-        let mut endpoints = initial_addresses.clone();
-        endpoints.rotate_left((i % args.nodes) as usize);
-        endpoints.extend(all_addresses[args.nodes as usize..].iter().cloned());
-        let client = Client::connect(client_config(&client_identity, endpoints)).await?;
+        // Each client starts at a different node (run_client rotates the
+        // members' addresses), so reads are served by followers (follower
+        // ReadIndex) as well as by the leader.
+        let config = client_config(&client_identity, Vec::new());
         let client_rng = Rng(rng.next());
-        clients.spawn(run_client(i + 1, client, shared.clone(), client_rng));
+        clients.spawn(run_client(i + 1, config, shared.clone(), client_rng));
     }
 
-    // The nemesis: every kind once (in a seeded order), then seeded picks.
-    let mut schedule: Vec<Kind> = KINDS.to_vec();
-    for i in (1..schedule.len()).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        schedule.swap(i, j);
-    }
-    let mut stats = NemesisStats::default();
-    let mut next_spare = args.nodes + 1;
-    let mut burst_no = 0;
-    let end = shared.history.start + args.duration;
-    let mut step = 0usize;
-    tokio::time::sleep(rng.millis(500, 1500)).await;
-    while Instant::now() < end {
-        cluster.reap(&shared.history);
-        // Every kind once in the seeded order; then a kind that has not
-        // completed yet (a transfer to a lagging node may be refused), then
-        // seeded picks.
-        let not_done = KINDS
-            .iter()
-            .copied()
-            .find(|k| !stats.done.contains_key(&format!("{k:?}").to_lowercase()));
-        let kind = match (schedule.get(step), not_done) {
-            (Some(kind), _) => *kind,
-            (None, Some(kind)) => kind,
-            (None, None) => rng.pick(&KINDS),
-        };
-        step += 1;
-        if let Err(e) = nemesis_step(
-            kind,
-            &mut rng,
+    // The nemesis (one fault at a time, or overlapping ones), then the
+    // cluster healed: every member running, no fault rules.
+    let nemesis = Nemesis {
+        world: Mutex::new(World {
             cluster,
-            &admin,
-            &admin_config,
-            &shared,
-            &mut stats,
-            &mut next_spare,
-            &mut burst_no,
-        )
-        .await
-        {
-            shared
-                .history
-                .event(format!("nemesis {kind:?} failed: {e:#}"));
-            cluster
-                .problems
-                .push(format!("nemesis {kind:?} failed: {e:#}"));
-        }
-        tokio::time::sleep(rng.millis(500, 2000)).await;
-    }
-    // Heal: resume paused nodes, restart dead members, lift partitions.
-    shared.history.event("healing the cluster".into());
-    for id in cluster.members() {
-        if cluster.nodes[&id].paused {
-            cluster.resume(id);
-        }
-    }
-    cluster.reap(&shared.history);
-    for id in cluster.members() {
-        if cluster.nodes[&id].down {
-            cluster.spawn(id)?;
-        }
-    }
-    set_faults_everywhere(&admin, cluster, &[], &shared.history).await;
+            stats: NemesisStats::default(),
+            faults: BTreeMap::new(),
+            next_fault: 1,
+            partition: None,
+            next_spare: args.nodes + 1,
+            burst_no: 0,
+            uncertain: BTreeSet::new(),
+        }),
+        admin: &admin,
+        admin_config: &admin_config,
+        history: &shared.history,
+        shared: &shared,
+        sync_lock: tokio::sync::Mutex::new(()),
+    };
+    let end = shared.history.start + args.duration;
+    run_nemesis(&nemesis, args.overlap, &mut rng, end).await;
+    let World {
+        cluster,
+        stats,
+        uncertain,
+        ..
+    } = nemesis.world.into_inner().expect("the nemesis lock");
+    // From now on, the admin client knows the members there are now.
+    let admin = {
+        let mut config = admin_config.clone();
+        config.endpoints = shared.members.lock().unwrap().1.clone();
+        Client::connect(config).await?
+    };
     shared.stop.store(true, Ordering::Relaxed);
     while clients.join_next().await.is_some() {}
     shared.history.event("clients stopped".into());
@@ -1557,12 +2558,47 @@ async fn drive(args: &Args, seed: u64, dir: &Path, cluster: &mut Cluster) -> Res
         keys.len(),
         finals.len()
     );
-    let _ = writeln!(report, "nemesis attempted: {:?}", stats.attempted);
+    let _ = writeln!(
+        report,
+        "nemesis ({}): attempted {:?}",
+        if args.overlap {
+            "overlapping faults"
+        } else {
+            "one fault at a time"
+        },
+        stats.attempted
+    );
     let _ = writeln!(report, "nemesis completed: {:?}", stats.done);
+    if !stats.skipped.is_empty() {
+        let _ = writeln!(
+            report,
+            "nemesis skipped (no node could take it without costing the quorum, or no spare left): {:?}",
+            stats.skipped
+        );
+    }
     for kind in KINDS {
-        let name = format!("{kind:?}").to_lowercase();
-        if !stats.done.contains_key(&name) && !args.expect_violation {
+        let name = kind.name();
+        if !stats.done.contains_key(name) && !args.expect_violation {
             failures.push(format!("the nemesis never completed a {name}"));
+        }
+    }
+    if args.overlap {
+        let _ = writeln!(report, "overlapping faults that ran:");
+        for (name, n) in &stats.overlaps {
+            let _ = writeln!(report, "  {name}: {n}");
+        }
+        if !stats.overlaps_failed.is_empty() {
+            let _ = writeln!(
+                report,
+                "overlapping faults attempted, the later one failed (refused or not confirmed): {:?}",
+                stats.overlaps_failed
+            );
+        }
+        for (later, earlier) in REQUIRED_OVERLAPS {
+            let name = overlap_name(later, earlier);
+            if !stats.overlaps.contains_key(&name) && !args.expect_violation {
+                failures.push(format!("the nemesis never ran a {name}"));
+            }
         }
     }
 
@@ -1728,6 +2764,7 @@ async fn drive(args: &Args, seed: u64, dir: &Path, cluster: &mut Cluster) -> Res
     failures.extend(lost.iter().cloned());
 
     // 3. Convergence: every member reaches the same revision and state.
+    reconcile_membership(&admin, cluster, &shared.history, &uncertain).await;
     let members = cluster.members();
     let converge_deadline = Instant::now() + Duration::from_secs(60);
     let mut digests: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
