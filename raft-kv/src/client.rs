@@ -114,6 +114,27 @@ struct Routing {
     /// Where requests go first: the last known leader.
     target: Option<String>,
     connections: HashMap<String, ClientConnection>,
+    /// Endpoints whose last attempt failed, and when: with no leader known,
+    /// the others are tried first, so dead endpoints at the head of the list
+    /// do not cost every call a timeout each.
+    failed: HashMap<String, Instant>,
+}
+
+impl Routing {
+    /// The endpoint to try when no leader is known: the first of
+    /// `endpoints` not tried in this call whose last attempt did not fail,
+    /// else the one that failed longest ago.
+    fn pick(&self, endpoints: &[String], tried: &BTreeSet<usize>) -> usize {
+        let candidates = || (0..endpoints.len()).filter(|i| !tried.contains(i));
+        candidates()
+            .find(|i| !self.failed.contains_key(&endpoints[*i]))
+            .or_else(|| candidates().min_by_key(|i| self.failed.get(&endpoints[*i]).copied()))
+            .unwrap_or_else(|| {
+                (0..endpoints.len())
+                    .min_by_key(|i| self.failed.get(&endpoints[*i]).copied())
+                    .unwrap_or(0)
+            })
+    }
 }
 
 /// A connection to a cluster. Cheap to share (`&Client` from many tasks).
@@ -142,6 +163,7 @@ impl Client {
             routing: Mutex::new(Routing {
                 target: None,
                 connections: HashMap::new(),
+                failed: HashMap::new(),
             }),
             client_id: AtomicU64::new(0),
             opening: Mutex::new(()),
@@ -157,9 +179,10 @@ impl Client {
         &self.config.endpoints
     }
 
+    /// The open connection to `address`, or a new one. No lock is held
+    /// while connecting, so other calls of this client go on meanwhile.
     async fn connection(&self, address: &str) -> Result<ClientConnection, String> {
-        let mut routing = self.routing.lock().await;
-        if let Some(c) = routing.connections.get(address) {
+        if let Some(c) = self.routing.lock().await.connections.get(address) {
             return Ok(c.clone());
         }
         let c = tokio::time::timeout(
@@ -169,12 +192,20 @@ impl Client {
         .await
         .map_err(|_| format!("connecting to {address} timed out"))?
         .map_err(|e| e.to_string())?;
-        routing.connections.insert(address.to_string(), c.clone());
-        Ok(c)
+        // Another call may have connected meanwhile: keep one connection.
+        Ok(self
+            .routing
+            .lock()
+            .await
+            .connections
+            .entry(address.to_string())
+            .or_insert(c)
+            .clone())
     }
 
     async fn forget(&self, address: &str) {
         let mut routing = self.routing.lock().await;
+        routing.failed.insert(address.to_string(), Instant::now());
         routing.connections.remove(address);
         if routing.target.as_deref() == Some(address) {
             routing.target = None;
@@ -213,23 +244,33 @@ impl Client {
         let body = protocol::encode(request);
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
-        let mut next_endpoint = 0usize;
+        let mut tried = BTreeSet::new();
         let mut last;
         let mut reached_any = false;
         loop {
             let address = match pinned {
                 Some(a) => a.to_string(),
-                None => match self.routing.lock().await.target.clone() {
-                    Some(a) => a,
-                    None => {
-                        let a = self.config.endpoints[next_endpoint % self.config.endpoints.len()]
-                            .clone();
-                        next_endpoint += 1;
-                        a
+                None => {
+                    let routing = self.routing.lock().await;
+                    match routing.target.clone() {
+                        Some(a) => a,
+                        None => {
+                            let i = routing.pick(&self.config.endpoints, &tried);
+                            tried.insert(i);
+                            if tried.len() == self.config.endpoints.len() {
+                                // Every endpoint had its turn: start over.
+                                tried.clear();
+                            }
+                            self.config.endpoints[i].clone()
+                        }
                     }
-                },
+                }
             };
-            match self.attempt(&address, &body).await {
+            let outcome = self.attempt(&address, &body).await;
+            if outcome.is_ok() {
+                self.routing.lock().await.failed.remove(&address);
+            }
+            match outcome {
                 Ok(Response::Error(e)) => {
                     reached_any = true;
                     match &e {
