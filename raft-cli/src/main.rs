@@ -7,7 +7,7 @@
 //!   variables and a config file, in that order of precedence.
 //! - [`commands`]: one function per command, over raft-kv's client library;
 //!   turning client errors into advice.
-//! - [`bench`]: the load generator and its report.
+//! - [`bench`](mod@bench): the load generator and its report.
 //! - [`output`]: tables and JSON.
 //!
 //! Exit codes: 0 success; 1 a negative answer (`get` of a missing key, a

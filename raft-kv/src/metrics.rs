@@ -1,7 +1,7 @@
 //! Metrics through the `metrics` facade, exported for Prometheus, and the
 //! HTTP endpoint that serves them beside a health check.
 //!
-//! Every metric has HELP text ([`describe`]); latencies and sizes are
+//! Every metric has HELP text (`describe`); latencies and sizes are
 //! Prometheus histograms with fixed buckets, so they aggregate across nodes;
 //! process metrics (CPU seconds, resident memory, open files) are read from
 //! `/proc` at each scrape.

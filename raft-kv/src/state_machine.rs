@@ -28,7 +28,7 @@ pub const MAX_SESSIONS: usize = 100_000;
 /// The most unacknowledged results remembered per session.
 pub const MAX_RESULTS_PER_SESSION: usize = 1024;
 /// The most bytes of results one session keeps (a result is counted by
-/// [`result_bytes`]); the oldest results are forgotten first. Room for two
+/// `result_bytes`); the oldest results are forgotten first. Room for two
 /// results carrying the largest previous value.
 pub const MAX_SESSION_RESULT_BYTES: u64 = 2 * (MAX_VALUE_LEN + MAX_KEY_LEN) as u64 + 4096;
 /// The most bytes all sessions together keep: their results plus

@@ -263,6 +263,10 @@ fn test(no_lint: bool) -> Result<()> {
             "warnings",
         ]);
         step("cargo clippy", clippy)?;
+        let mut doc = cargo();
+        doc.args(["doc", "--workspace", "--no-deps", "--all-features"])
+            .env("RUSTDOCFLAGS", "-D warnings");
+        step("cargo doc", doc)?;
     }
     client_without_rocksdb()?;
     let mut test = cargo();
