@@ -755,3 +755,37 @@ impl Watcher<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft_transport_quic::CertificateAuthority;
+
+    /// Review finding: a client that gave up on a write (a failure, a
+    /// timeout) never released its result, so every later write told the
+    /// servers to keep it (and all results after it), up to 1,024 per
+    /// session on every node. A finished call releases its sequence number
+    /// whatever its outcome.
+    #[tokio::test]
+    async fn a_failed_write_releases_its_result() {
+        let ca = CertificateAuthority::generate("test CA").unwrap();
+        let identity = ca.client_identity("test", "tester").unwrap();
+        // A black hole: nothing answers, so every call fails.
+        let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut config = ClientConfig::new(vec![hole.local_addr().unwrap().to_string()], identity);
+        config.attempt_timeout = Duration::from_millis(100);
+        config.deadline = Duration::from_millis(300);
+        let client = Client::connect(config).await.unwrap();
+        // A session as if opened already (opening one needs a cluster).
+        client.client_id.store(42, Ordering::Release);
+        for _ in 0..3 {
+            assert!(client.put("k", "v").await.is_err());
+        }
+        let next = client.session().await.unwrap();
+        assert_eq!(
+            next.first_outstanding, next.sequence,
+            "no earlier write is still outstanding: {next:?}"
+        );
+        assert_eq!(next.sequence, 4);
+    }
+}
