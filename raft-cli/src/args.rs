@@ -261,6 +261,10 @@ pub struct BenchArgs {
     /// How long to measure, in seconds.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub duration: u64,
+    /// Seconds of load before the measured window (connections, sessions
+    /// and caches warm up); nothing in it is counted.
+    #[arg(long, default_value_t = 2, value_name = "SECS")]
+    pub warmup: u64,
     /// Bytes per value.
     #[arg(long, default_value_t = 256, value_name = "BYTES")]
     pub value_size: usize,

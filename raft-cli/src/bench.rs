@@ -352,8 +352,9 @@ async fn open_sessions(
 
 async fn measure(context: &Context, clients: &[Arc<Client>], args: &BenchArgs) -> Report {
     let duration = Duration::from_secs(args.duration);
+    let warmup = Duration::from_secs(args.warmup);
     let bar = progress_bar(
-        duration.as_millis() as u64,
+        (warmup + duration).as_millis() as u64,
         "{elapsed_precise} [{bar:40}] {msg}",
         context.json(),
     );
@@ -362,7 +363,9 @@ async fn measure(context: &Context, clients: &[Arc<Client>], args: &BenchArgs) -
     let value = Bytes::from(vec![b'x'; args.value_size]);
     let consistency: Consistency = args.consistency.into();
     let started = Instant::now();
-    let deadline = started + duration;
+    // Only operations begun in [window, deadline) are counted.
+    let window = started + warmup;
+    let deadline = window + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for (worker, client) in clients.iter().enumerate() {
         let (client, done, failed, value) =
@@ -385,6 +388,9 @@ async fn measure(context: &Context, clients: &[Arc<Client>], args: &BenchArgs) -
                 } else {
                     client.read(ReadOp::Get { key }, consistency).await.is_ok()
                 };
+                if begun < window {
+                    continue;
+                }
                 if ok {
                     latencies.saturating_record(begun.elapsed().as_micros() as u64);
                     done.fetch_add(1, Ordering::Relaxed);
@@ -408,18 +414,29 @@ async fn measure(context: &Context, clients: &[Arc<Client>], args: &BenchArgs) -
                 None => break,
             },
             _ = ticker.tick() => {
-                let elapsed = started.elapsed();
-                let ops = done.load(Ordering::Relaxed);
-                bar.set_position((elapsed.as_millis() as u64).min(duration.as_millis() as u64));
-                bar.set_message(format!(
-                    "{ops} ops, {:.0} ops/s, {} errors",
-                    ops as f64 / elapsed.as_secs_f64().max(0.001),
-                    failed.load(Ordering::Relaxed)
-                ));
+                let now = Instant::now();
+                bar.set_position(
+                    (now.duration_since(started).as_millis() as u64)
+                        .min((warmup + duration).as_millis() as u64),
+                );
+                if now < window {
+                    bar.set_message("warming up (not counted)");
+                } else {
+                    let measured = now.duration_since(window);
+                    let ops = done.load(Ordering::Relaxed);
+                    bar.set_message(format!(
+                        "{ops} ops, {:.0} ops/s, {} errors",
+                        ops as f64 / measured.as_secs_f64().max(0.001),
+                        failed.load(Ordering::Relaxed)
+                    ));
+                }
             }
         }
     }
-    let secs = started.elapsed().as_secs_f64();
+    // The window, from its start until the last counted operation ended.
+    let secs = Instant::now()
+        .saturating_duration_since(window)
+        .as_secs_f64();
     bar.finish_and_clear();
     Report::new(
         workload_name(args.op, args.consistency),

@@ -210,6 +210,24 @@ fn three_nodes_elect_a_leader_and_serve_through_every_node() {
     assert!(refused.stderr.contains("bytes"), "{refused}");
     let previous = cluster.cli_json(&["put", "k1", "again", "--prev-kv"]);
     assert_eq!(previous["previous"]["value"], "w1", "{previous}");
+
+    // The load generator: a warm-up that is not counted, then the window,
+    // with a full session table.
+    let bench = cluster.cli_json(&[
+        "bench",
+        "--clients",
+        "2",
+        "--warmup",
+        "1",
+        "--duration",
+        "1",
+        "--open-sessions",
+        "50",
+    ]);
+    assert_eq!(bench["workload"], "put+50-sessions", "{bench}");
+    assert_eq!(bench["errors"], 0, "{bench}");
+    assert!(bench["ops"].as_u64().unwrap() > 0, "{bench}");
+    assert!(bench["secs"].as_f64().unwrap() >= 1.0, "{bench}");
 }
 
 #[test]
