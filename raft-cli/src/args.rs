@@ -258,6 +258,10 @@ pub struct BenchArgs {
     /// Concurrent clients, each waiting for its reply before the next request.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub clients: usize,
+    /// Connections the clients share, each with its own session (default:
+    /// min(clients, 100), as etcd's benchmark tool does).
+    #[arg(long, value_name = "N")]
+    pub conns: Option<usize>,
     /// How long to measure, in seconds.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub duration: u64,

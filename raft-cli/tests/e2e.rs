@@ -216,6 +216,8 @@ fn three_nodes_elect_a_leader_and_serve_through_every_node() {
     let bench = cluster.cli_json(&[
         "bench",
         "--clients",
+        "4",
+        "--conns",
         "2",
         "--warmup",
         "1",
