@@ -20,7 +20,7 @@ use raft_transport_quic::{
 use crate::driver::{DriverHandle, DriverRequest};
 use crate::protocol::{
     self, AdminOp, AdminResult, Consistency, KvError, Member, NodeStatus, Request, Response,
-    Session, WatchMessage, WriteOp,
+    WatchMessage,
 };
 use crate::state_machine::{Command, KvStateMachine};
 use crate::watch::WatchHub;
@@ -117,16 +117,7 @@ impl KvService {
                 }
             }
             Request::OpenSession { forwarded } => {
-                let data = Command {
-                    session: Session {
-                        client_id: 0,
-                        sequence: 0,
-                        first_outstanding: 0,
-                    },
-                    op: WriteOp::OpenSession,
-                    prev_kv: false,
-                }
-                .encode();
+                let data = Command::open_session().encode();
                 match self.with_timeout(self.driver.propose_indexed(data)).await {
                     Ok((index, Ok(_))) => Response::SessionOpened { client_id: index },
                     Ok((_, Err(e))) => Response::Error(e),

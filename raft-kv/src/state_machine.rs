@@ -54,6 +54,20 @@ pub struct Command {
 }
 
 impl Command {
+    /// The command that opens a client session (its id becomes the index of
+    /// the entry that carries it).
+    pub fn open_session() -> Self {
+        Self {
+            session: Session {
+                client_id: 0,
+                sequence: 0,
+                first_outstanding: 0,
+            },
+            op: WriteOp::OpenSession,
+            prev_kv: false,
+        }
+    }
+
     /// The log entry payload.
     pub fn encode(&self) -> Bytes {
         crate::protocol::encode(self)
@@ -517,22 +531,10 @@ mod tests {
     }
 
     fn open_session(index: Index) -> Entry {
-        let session = Session {
-            client_id: 0,
-            sequence: 0,
-            first_outstanding: 0,
-        };
         Entry {
             term: 1,
             index,
-            payload: EntryPayload::Command(
-                Command {
-                    session,
-                    op: WriteOp::OpenSession,
-                    prev_kv: false,
-                }
-                .encode(),
-            ),
+            payload: EntryPayload::Command(Command::open_session().encode()),
         }
     }
 

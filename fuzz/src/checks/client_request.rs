@@ -63,16 +63,7 @@ pub fn check(data: &[u8]) {
             }
         }
         Request::OpenSession { .. } => {
-            let data = Command {
-                session: Session {
-                    client_id: 0,
-                    sequence: 0,
-                    first_outstanding: 0,
-                },
-                op: WriteOp::OpenSession,
-                prev_kv: false,
-            }
-            .encode();
+            let data = Command::open_session().encode();
             let out = sm.apply(&[Entry {
                 term: 1,
                 index: 10,
@@ -111,15 +102,7 @@ pub fn check(data: &[u8]) {
 /// A few keys, so reads and writes meet data (written in session 1, the
 /// session the first entry opens).
 fn seed_store(sm: &mut KvStateMachine) {
-    let open = Command {
-        session: Session {
-            client_id: 0,
-            sequence: 0,
-            first_outstanding: 0,
-        },
-        op: WriteOp::OpenSession,
-        prev_kv: false,
-    };
+    let open = Command::open_session();
     sm.apply(&[Entry {
         term: 1,
         index: 1,

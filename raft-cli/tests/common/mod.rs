@@ -134,12 +134,17 @@ impl std::fmt::Display for CliOutput {
 
 /// Runs `command`, capturing its output; kills it and panics after `timeout`.
 pub fn run_with_timeout(command: Command, timeout: Duration, args: Vec<String>) -> CliOutput {
-    let raw = run_raw(command, timeout, args, None);
-    CliOutput {
-        args: raw.args,
-        status: raw.status,
-        stdout: String::from_utf8_lossy(&raw.stdout).into_owned(),
-        stderr: raw.stderr,
+    run_raw(command, timeout, args, None).into()
+}
+
+impl From<RawOutput> for CliOutput {
+    fn from(raw: RawOutput) -> Self {
+        CliOutput {
+            args: raw.args,
+            status: raw.status,
+            stdout: String::from_utf8_lossy(&raw.stdout).into_owned(),
+            stderr: raw.stderr,
+        }
     }
 }
 
@@ -464,13 +469,7 @@ impl Cluster {
     /// Runs raft-cli against every node with `stdin` as its input.
     pub fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> CliOutput {
         let (command, full) = self.command(&self.endpoints(), args);
-        let raw = run_raw(command, CLI_TIMEOUT, full, Some(stdin.to_vec()));
-        CliOutput {
-            args: raw.args,
-            status: raw.status,
-            stdout: String::from_utf8_lossy(&raw.stdout).into_owned(),
-            stderr: raw.stderr,
-        }
+        run_raw(command, CLI_TIMEOUT, full, Some(stdin.to_vec())).into()
     }
 
     /// Runs raft-cli against every node, keeping its output as bytes.
