@@ -81,6 +81,7 @@ fn target_dir() -> PathBuf {
 /// rebuilt twice), then runs the chaos program.
 pub(crate) fn run(args: &ChaosArgs, build: bool) -> Result<()> {
     if build {
+        crate::system::ready_to_build()?;
         let mut cmd = crate::cargo();
         cmd.args(["build", "--workspace", "--all-targets", "--all-features"]);
         crate::step("cargo build", cmd)?;

@@ -345,15 +345,12 @@ fn binaries(args: &StartArgs) -> Result<PathBuf> {
 }
 
 fn build(profile: &str) -> Result<PathBuf> {
-    crate::system::ensure_packages()?;
+    crate::system::ready_to_build()?;
     let mut cmd = crate::cargo();
     cmd.arg("build");
     match profile {
         "release" => {
-            say!(
-                "xtask: building release binaries; the first build compiles RocksDB and takes a while \
-                 (--debug builds quicker debug binaries)"
-            );
+            say!("xtask: building release binaries (--debug builds quicker debug binaries)");
             cmd.args(["--release", "-p", "raft-kv", "-p", "raft-cli"]);
         }
         // The feature set of `cargo test --workspace --all-features` (dev

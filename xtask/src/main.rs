@@ -14,10 +14,13 @@
 //!   N] [--reads lease] [--overlap]`: real processes, a nemesis (with
 //!   `--overlap`, faults that overlap) and a linearizability check (see
 //!   `chaos.rs`).
+//! - `cargo xtask env`: the exports that let a plain `cargo` reuse the
+//!   RocksDB library xtask compiles once per machine (see `rocksdb.rs`).
 
 mod chaos;
 mod cluster;
 mod mutants;
+mod rocksdb;
 mod system;
 
 use std::process::{Command, ExitCode};
@@ -83,6 +86,10 @@ enum Cmd {
     /// (in a patched copy of the crate) and show that the simulator catches
     /// every broken rule within a named range of seeds.
     Mutants(mutants::MutantsArgs),
+    /// Print the shell exports that point a plain `cargo` at the RocksDB
+    /// library xtask compiled for this machine (building it first if there
+    /// is none): `eval "$(cargo xtask env)"`.
+    Env,
 }
 
 fn main() -> ExitCode {
@@ -101,6 +108,13 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Cluster(args) => cluster::run(args),
         Cmd::Chaos(args) => chaos::run(&args, true),
         Cmd::Mutants(args) => mutants::run(&args),
+        Cmd::Env => {
+            system::ready_to_build()?;
+            for (name, value) in rocksdb::env() {
+                println!("export {name}={}", value.display());
+            }
+            Ok(())
+        }
         Cmd::Sim {
             seeds,
             start,
@@ -168,6 +182,7 @@ fn cargo() -> Command {
             cmd.env_remove(name);
         }
     }
+    cmd.envs(rocksdb::env());
     cmd
 }
 
@@ -247,7 +262,7 @@ fn client_without_rocksdb() -> Result<()> {
 }
 
 fn test(no_lint: bool) -> Result<()> {
-    system::ensure_packages()?;
+    system::ready_to_build()?;
     if !no_lint {
         let mut fmt = cargo();
         fmt.args(["fmt", "--all", "--check"]);

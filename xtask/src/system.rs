@@ -27,6 +27,13 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Everything a cargo build of the workspace needs from the machine: the
+/// system packages, then RocksDB's C++ library (built once per machine).
+pub(crate) fn ready_to_build() -> Result<()> {
+    ensure_packages()?;
+    crate::rocksdb::ensure().map(drop)
+}
+
 /// Installs missing packages when running as root on Debian; otherwise says
 /// exactly what to run and fails.
 pub(crate) fn ensure_packages() -> Result<()> {
