@@ -347,8 +347,17 @@ pub fn all() -> Vec<Seed> {
             address: "127.0.0.1:7001".into(),
             revision: 3,
             raft: status(),
+            cpu_seconds: Some(12.5),
         })),
         Response::FaultsSet,
+        Response::Forwarded {
+            leader: "127.0.0.1:7002".into(),
+            response: Box::new(Response::Write(WriteResult {
+                revision: 4,
+                succeeded: true,
+                previous: None,
+            })),
+        },
     ];
     responses.extend(kv_errors().into_iter().map(Response::Error));
     for (i, response) in responses.iter().enumerate() {

@@ -52,6 +52,10 @@ pub struct Report {
     pub max_ms: f64,
     /// (upper bound in ms, count) per histogram bucket, doubling.
     pub buckets: Vec<(f64, u64)>,
+    /// CPU seconds all nodes used during the window (the difference of the
+    /// `cpu_seconds` in their status before and after it), if every node
+    /// reported it.
+    pub server_cpu_secs: Option<f64>,
 }
 
 impl Report {
@@ -87,6 +91,15 @@ impl Report {
                 ms(latencies.max())
             },
             buckets: buckets(latencies),
+            server_cpu_secs: None,
+        }
+    }
+
+    /// Server CPU time per successful operation, in microseconds.
+    pub fn cpu_us_per_op(&self) -> Option<f64> {
+        match self.server_cpu_secs {
+            Some(cpu) if self.ops > 0 => Some(cpu * 1e6 / self.ops as f64),
+            _ => None,
         }
     }
 
@@ -99,8 +112,8 @@ impl Report {
         }
     }
 
-    /// The BENCHMARKS.md line. raft-cli cannot see the servers' CPU time, so
-    /// `cpu_us_per_op` is null.
+    /// The BENCHMARKS.md line (`cpu_us_per_op` is null when a node did not
+    /// report its CPU time).
     pub fn json(&self) -> Value {
         let round = |v: f64| (v * 1000.0).round() / 1000.0;
         json!({
@@ -113,13 +126,21 @@ impl Report {
             "p99_ms": round(self.p99_ms),
             "p999_ms": round(self.p999_ms),
             "errors": self.errors,
-            "cpu_us_per_op": Value::Null,
+            "cpu_us_per_op": self.cpu_us_per_op().map(round),
         })
     }
 
     /// The summary and histogram for people.
     pub fn text(&self) -> String {
-        let mut summary = Table::new(["WORKLOAD", "CLIENTS", "OPS", "ERRORS", "SECS", "OPS/S"]);
+        let mut summary = Table::new([
+            "WORKLOAD",
+            "CLIENTS",
+            "OPS",
+            "ERRORS",
+            "SECS",
+            "OPS/S",
+            "SERVER CPU-µS/OP",
+        ]);
         summary.row([
             self.workload.clone(),
             self.clients.to_string(),
@@ -127,6 +148,8 @@ impl Report {
             self.errors.to_string(),
             format!("{:.2}", self.secs),
             format!("{:.1}", self.ops_per_sec()),
+            self.cpu_us_per_op()
+                .map_or("-".to_string(), |cpu| format!("{cpu:.0}")),
         ]);
         let mut latency = Table::new(["LATENCY", "P50", "P90", "P99", "P99.9", "MAX"]);
         latency.row([
@@ -411,6 +434,14 @@ async fn measure(context: &Context, clients: &[Arc<Client>], args: &BenchArgs) -
             latencies
         });
     }
+    // The nodes' CPU time when the window opens, read beside the load.
+    let cpu_at_window = {
+        let client = clients[0].clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(window.into()).await;
+            cluster_cpu_seconds(&client).await
+        })
+    };
     let mut merged = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)
         .expect("static histogram bounds are valid");
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
@@ -447,14 +478,29 @@ async fn measure(context: &Context, clients: &[Arc<Client>], args: &BenchArgs) -
     let secs = Instant::now()
         .saturating_duration_since(window)
         .as_secs_f64();
+    let cpu_at_end = cluster_cpu_seconds(&clients[0]).await;
     bar.finish_and_clear();
-    Report::new(
+    let mut report = Report::new(
         workload_name(args.op, args.consistency),
         args.clients,
         &merged,
         failed.load(Ordering::Relaxed),
         secs,
-    )
+    );
+    if let (Ok(Some(start)), Some(end)) = (cpu_at_window.await, cpu_at_end) {
+        report.server_cpu_secs = Some((end - start).max(0.0));
+    }
+    report
+}
+
+/// The CPU seconds the nodes at the client's endpoints have used so far,
+/// or None if one of them cannot say.
+async fn cluster_cpu_seconds(client: &Client) -> Option<f64> {
+    let mut total = 0.0;
+    for endpoint in client.endpoints() {
+        total += client.status_of(endpoint).await.ok()?.cpu_seconds?;
+    }
+    Some(total)
 }
 
 #[cfg(test)]
@@ -506,6 +552,12 @@ mod tests {
         close("p999_ms", 20.0);
         assert_eq!(json["errors"], 2);
         assert_eq!(json["cpu_us_per_op"], Value::Null);
+        // 1.5 CPU seconds over 1000 operations.
+        let measured = Report {
+            server_cpu_secs: Some(1.5),
+            ..report
+        };
+        assert_eq!(measured.json()["cpu_us_per_op"], 1500.0);
         // One line when printed compactly.
         assert!(!json.to_string().contains('\n'));
     }

@@ -230,6 +230,9 @@ fn three_nodes_elect_a_leader_and_serve_through_every_node() {
     assert_eq!(bench["errors"], 0, "{bench}");
     assert!(bench["ops"].as_u64().unwrap() > 0, "{bench}");
     assert!(bench["secs"].as_f64().unwrap() >= 1.0, "{bench}");
+    // Every node reports its CPU time: the servers' CPU per operation.
+    let cpu = bench["cpu_us_per_op"].as_f64();
+    assert!(cpu.is_some_and(|cpu| cpu > 0.0), "{bench}");
 }
 
 #[test]

@@ -266,9 +266,16 @@ impl Client {
                     }
                 }
             };
-            let outcome = self.attempt(&address, &body).await;
+            let mut outcome = self.attempt(&address, &body).await;
             if outcome.is_ok() {
                 self.routing.lock().await.failed.remove(&address);
+            }
+            // Who answered: a follower that passed the request on names
+            // the leader, where the next request goes directly.
+            let mut answered_by = address.clone();
+            if let Ok(Response::Forwarded { leader, response }) = outcome {
+                answered_by = leader;
+                outcome = Ok(*response);
             }
             match outcome {
                 Ok(Response::Error(e)) => {
@@ -301,7 +308,7 @@ impl Client {
                 }
                 Ok(response) => {
                     if pinned.is_none() {
-                        self.routing.lock().await.target = Some(address);
+                        self.routing.lock().await.target = Some(answered_by);
                     }
                     return Ok(response);
                 }

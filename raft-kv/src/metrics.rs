@@ -177,24 +177,40 @@ pub(crate) fn record_peer_rtts(rtts: &[(raft_core::NodeId, std::time::Duration)]
 
 /// Records the process's CPU time, memory and open files from `/proc`
 /// (nothing where `/proc` is missing).
+/// This process's `/proc/self/stat` fields from the third on (after the
+/// command name, which may hold spaces), and the clock ticks per second.
+fn process_stat() -> Option<(Vec<String>, f64)> {
+    // SAFETY: sysconf reads a system constant and has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    (ticks > 0).then(|| {
+        (
+            rest.split_whitespace().map(str::to_string).collect(),
+            ticks as f64,
+        )
+    })
+}
+
+/// The field numbered `n` (from 1, as in proc(5)) of [`process_stat`].
+fn stat_field(fields: &[String], n: usize) -> Option<f64> {
+    fields.get(n - 3).and_then(|f| f.parse::<f64>().ok())
+}
+
+/// CPU time (user + system) this process has used, in seconds, at the
+/// kernel's clock-tick resolution; None where /proc is not available.
+pub(crate) fn process_cpu_seconds() -> Option<f64> {
+    let (fields, ticks) = process_stat()?;
+    Some((stat_field(&fields, 14)? + stat_field(&fields, 15)?) / ticks)
+}
+
 fn record_process() {
     // SAFETY: sysconf reads a system constant and has no preconditions.
-    let (ticks, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_CLK_TCK),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        // Fields after the command name (which may hold spaces), from 3 on.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
-        if let (Some(user), Some(system), true) = (field(14), field(15), ticks > 0) {
-            metrics::counter!("process_cpu_seconds_total")
-                .absolute(((user + system) / ticks as f64) as u64);
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if let Some((fields, ticks)) = process_stat() {
+        let field = |n: usize| stat_field(&fields, n);
+        if let Some(cpu) = process_cpu_seconds() {
+            metrics::counter!("process_cpu_seconds_total").absolute(cpu as u64);
         }
         if let (Some(rss), true) = (field(24), page > 0) {
             metrics::gauge!("process_resident_memory_bytes").set(rss * page as f64);
@@ -204,8 +220,8 @@ fn record_process() {
                 .find_map(|l| l.strip_prefix("btime "))
                 .and_then(|v| v.trim().parse::<f64>().ok())
         });
-        if let (Some(start), Some(boot), true) = (field(22), boot, ticks > 0) {
-            metrics::gauge!("process_start_time_seconds").set(boot + start / ticks as f64);
+        if let (Some(start), Some(boot)) = (field(22), boot) {
+            metrics::gauge!("process_start_time_seconds").set(boot + start / ticks);
         }
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {

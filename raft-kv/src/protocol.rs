@@ -348,6 +348,10 @@ pub struct NodeStatus {
     pub revision: u64,
     /// Raft's view.
     pub raft: Status,
+    /// CPU time (user and system) the node's process has used, in seconds,
+    /// where the platform reports it (Linux: `/proc/self/stat`, 10 ms
+    /// resolution). Two readings bracket a benchmark's window.
+    pub cpu_seconds: Option<f64>,
 }
 
 /// A response.
@@ -370,6 +374,15 @@ pub enum Response {
     FaultsSet,
     /// The request failed.
     Error(KvError),
+    /// A follower passed the request on to the leader, which answered
+    /// `response`. `leader` is the leader's client address: send the next
+    /// request there and save the hop.
+    Forwarded {
+        /// The leader's client address.
+        leader: String,
+        /// The leader's answer.
+        response: Box<Response>,
+    },
 }
 
 /// Errors a client can act on. Each says what to do.

@@ -202,6 +202,7 @@ impl KvService {
             address: self.address.clone(),
             revision,
             raft,
+            cpu_seconds: crate::metrics::process_cpu_seconds(),
         })
     }
 
@@ -267,7 +268,15 @@ impl KvService {
             .request(address, &protocol::encode(&request), self.timeout)
             .await
         {
-            Ok(bytes) => protocol::decode(&bytes).unwrap_or_else(Response::Error),
+            // The leader's answer, with where the leader is: the client
+            // then sends its next request there directly.
+            Ok(bytes) => match protocol::decode(&bytes) {
+                Ok(response) => Response::Forwarded {
+                    leader: address.to_string(),
+                    response: Box::new(response),
+                },
+                Err(e) => Response::Error(e),
+            },
             Err(e) => Response::Error(e),
         }
     }

@@ -4,6 +4,9 @@
 //! endpoints at the head of its list than fit in one call's deadline, no
 //! call ever got through (seen in a chaos run once every initial member had
 //! been removed). Endpoints whose last attempt failed are now tried last.
+//!
+//! A client that reached a follower sends its next requests to the leader:
+//! the follower's forwarded answer names it.
 
 mod common;
 
@@ -49,5 +52,49 @@ async fn dead_endpoints_at_the_head_of_the_list_are_tried_last() {
         "{outcomes:?}"
     );
     drop(holes);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forwarded_answer_sends_the_next_request_to_the_leader() {
+    let mut cluster = TestCluster::start(3, |_| {}).await;
+    let any = cluster.client().await;
+    any.put("k", "v").await.unwrap();
+    let leader = any
+        .status_of(&cluster.endpoints[0])
+        .await
+        .unwrap()
+        .raft
+        .leader
+        .expect("a leader after a write");
+    let follower = (1..=3u64).find(|id| *id != leader).unwrap();
+
+    // A client that knows only the follower: its write is forwarded.
+    let mut config = ClientConfig::new(
+        vec![cluster.endpoints[follower as usize - 1].clone()],
+        cluster.client_identity.clone(),
+    );
+    config.attempt_timeout = Duration::from_secs(1);
+    config.deadline = Duration::from_secs(3);
+    let client = Client::connect(config).await.unwrap();
+    client.put("k", "via the follower").await.unwrap();
+
+    // With the follower gone, the client still writes: it went to the
+    // leader directly since the forwarded answer.
+    cluster
+        .servers
+        .remove(follower as usize - 1)
+        .shutdown()
+        .await
+        .unwrap();
+    let written = client.put("k", "at the leader").await;
+    assert!(
+        written.is_ok(),
+        "the client kept writing to the follower it first reached: {written:?}"
+    );
+    assert_eq!(
+        client.get("k").await.unwrap().unwrap().value,
+        &b"at the leader"[..]
+    );
     cluster.shutdown().await;
 }

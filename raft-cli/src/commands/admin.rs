@@ -532,6 +532,7 @@ mod tests {
                 }],
                 counters: Counters::default(),
             },
+            cpu_seconds: Some(1.5),
         }
     }
 
