@@ -42,8 +42,8 @@ macro_rules! out {
     }};
 }
 
-mod net;
-mod process;
+pub(crate) mod net;
+pub(crate) mod process;
 mod state;
 
 use std::fs::File;
@@ -106,6 +106,10 @@ struct StartArgs {
     /// Seconds to wait for every node to know the leader.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     timeout: u64,
+    /// Let leaders serve lease reads (`[raft] lease_reads = true`; they
+    /// rely on bounded clock drift, see raft-kv's README).
+    #[arg(long)]
+    lease_reads: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,6 +175,43 @@ pub(crate) fn run(args: ClusterArgs) -> Result<()> {
 
 // ---------------------------------------------------------------- start
 
+/// For `cargo xtask bench`: a fresh cluster of `nodes` nodes from the
+/// binaries in `bin_dir`, detached, with lease reads allowed, in `dir` (a
+/// stopped one there is replaced). Returns the environment that points raft-cli at it.
+pub(crate) fn start_detached(
+    dir: &Path,
+    nodes: u64,
+    bin_dir: &Path,
+) -> Result<Vec<(&'static str, String)>> {
+    let cluster = Cluster::new(Some(dir.to_path_buf()))?;
+    start(
+        &cluster,
+        &StartArgs {
+            nodes,
+            detach: true,
+            debug: false,
+            profile: "release".into(),
+            bin_dir: Some(bin_dir.to_path_buf()),
+            timeout: 60,
+            lease_reads: true,
+        },
+    )?;
+    let state = State::load(&cluster.dir)?.context("the cluster left no state file")?;
+    let endpoints: Vec<String> = state.nodes.iter().map(|n| n.listen.to_string()).collect();
+    let file = |name: &str| cluster.file(name).display().to_string();
+    Ok(vec![
+        ("RAFT_ENDPOINTS", endpoints.join(",")),
+        ("RAFT_CA", file("ca.pem")),
+        ("RAFT_CERT", file(&format!("{CLIENT_NAME}.pem"))),
+        ("RAFT_KEY", file(&format!("{CLIENT_NAME}.key"))),
+    ])
+}
+
+/// Stops the cluster in `dir` (see `cargo xtask cluster stop`).
+pub(crate) fn stop_in(dir: &Path) -> Result<()> {
+    stop(&Cluster::new(Some(dir.to_path_buf()))?)
+}
+
 fn start(cluster: &Cluster, args: &StartArgs) -> Result<()> {
     let dir = &cluster.dir;
     // Refuse early, before a long build, if a cluster runs there.
@@ -214,7 +255,7 @@ fn start(cluster: &Cluster, args: &StartArgs) -> Result<()> {
         .map(|(id, p)| format!("{id}={}", p.listen))
         .collect();
     for (&id, p) in ids.iter().zip(&ports) {
-        write_config(dir, id, p, Membership::Initial(&initial))?;
+        write_config(dir, id, p, Membership::Initial(&initial), args.lease_reads)?;
     }
     write_cli_env(cluster, &bin_dir, &ports)?;
 
@@ -344,7 +385,7 @@ fn binaries(args: &StartArgs) -> Result<PathBuf> {
     Ok(bin_dir)
 }
 
-fn build(profile: &str) -> Result<PathBuf> {
+pub(crate) fn build(profile: &str) -> Result<PathBuf> {
     crate::system::ready_to_build()?;
     let mut cmd = crate::cargo();
     cmd.arg("build");
@@ -373,7 +414,7 @@ fn build(profile: &str) -> Result<PathBuf> {
 }
 
 /// The cargo target directory (honours CARGO_TARGET_DIR and cargo config).
-fn target_directory() -> Result<PathBuf> {
+pub(crate) fn target_directory() -> Result<PathBuf> {
     let out = crate::cargo()
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .current_dir(crate::workspace_root())
@@ -479,7 +520,13 @@ enum Membership<'a> {
     Join,
 }
 
-fn write_config(dir: &Path, id: u64, ports: &Ports, membership: Membership) -> Result<()> {
+fn write_config(
+    dir: &Path,
+    id: u64,
+    ports: &Ports,
+    membership: Membership,
+    lease_reads: bool,
+) -> Result<()> {
     let data_dir = dir.join(format!("node-{id}"));
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -509,7 +556,8 @@ fn write_config(dir: &Path, id: u64, ports: &Ports, membership: Membership) -> R
          key = {key}\n\
          \n\
          [raft]\n\
-         tick_ms = {TICK_MS}\n",
+         tick_ms = {TICK_MS}\n\
+         lease_reads = {lease_reads}\n",
         cluster = toml_string(CLUSTER_ID),
         listen = toml_string(&ports.listen.to_string()),
         data = toml_string(&data_dir.display().to_string()),
@@ -1072,7 +1120,12 @@ fn spawn(cluster: &Cluster, id: u64) -> Result<()> {
     let bin_dir = state.bin_dir.clone();
     certs_node(&bin_dir, dir, id)?;
     let ports = net::free_ports(1)?[0];
-    write_config(dir, id, &ports, Membership::Join)?;
+    // As the cluster's first node does.
+    let lease_reads = state.nodes.first().is_some_and(|n| {
+        std::fs::read_to_string(config_path(dir, n.id))
+            .is_ok_and(|c| c.lines().any(|l| l.trim() == "lease_reads = true"))
+    });
+    write_config(dir, id, &ports, Membership::Join, lease_reads)?;
     let mut child = spawn_node(&bin_dir, dir, id, Output::LogFile)?;
     let pid = child.child.id();
     // Re-read: another command may have changed the state meanwhile.

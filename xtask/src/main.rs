@@ -14,9 +14,12 @@
 //!   N] [--reads lease] [--overlap]`: real processes, a nemesis (with
 //!   `--overlap`, faults that overlap) and a linearizability check (see
 //!   `chaos.rs`).
+//! - `cargo xtask bench [--quick]`: raft-kv beside etcd, the report in
+//!   target/bench (see `bench.rs`).
 //! - `cargo xtask env`: the exports that let a plain `cargo` reuse the
 //!   RocksDB library xtask compiles once per machine (see `rocksdb.rs`).
 
+mod bench;
 mod chaos;
 mod cluster;
 mod mutants;
@@ -86,6 +89,10 @@ enum Cmd {
     /// (in a patched copy of the crate) and show that the simulator catches
     /// every broken rule within a named range of seeds.
     Mutants(mutants::MutantsArgs),
+    /// raft-kv beside etcd (TLS on both, plus plaintext etcd for
+    /// reference): W1 puts and W2 gets on fresh 3-node clusters, W3
+    /// (raft-core alone); writes target/bench/report.md and PNG plots.
+    Bench(bench::BenchArgs),
     /// Print the shell exports that point a plain `cargo` at the RocksDB
     /// library xtask compiled for this machine (building it first if there
     /// is none): `eval "$(cargo xtask env)"`.
@@ -108,6 +115,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Cluster(args) => cluster::run(args),
         Cmd::Chaos(args) => chaos::run(&args, true),
         Cmd::Mutants(args) => mutants::run(&args),
+        Cmd::Bench(args) => bench::run(&args),
         Cmd::Env => {
             system::ready_to_build()?;
             for (name, value) in rocksdb::env() {

@@ -1,5 +1,6 @@
-//! System packages the workspace needs from Debian: clang and libclang-dev
-//! to build RocksDB's bindings; apt-get and dpkg to fetch etcd's test data.
+//! System packages from Debian: clang and libclang-dev to build RocksDB's
+//! bindings (every build), and what `cargo xtask bench` adds (etcd, protoc,
+//! a font).
 
 use std::process::Command;
 
@@ -30,21 +31,21 @@ fn is_root() -> bool {
 /// Everything a cargo build of the workspace needs from the machine: the
 /// system packages, then RocksDB's C++ library (built once per machine).
 pub(crate) fn ready_to_build() -> Result<()> {
-    ensure_packages()?;
+    ensure(PACKAGES)?;
     crate::rocksdb::ensure().map(drop)
 }
 
 /// Installs missing packages when running as root on Debian; otherwise says
 /// exactly what to run and fails.
-pub(crate) fn ensure_packages() -> Result<()> {
+pub(crate) fn ensure(packages: &[&str]) -> Result<()> {
     if !std::path::Path::new("/etc/debian_version").exists() {
         eprintln!(
-            "xtask: not a Debian system; make sure these are installed: {} (RocksDB's bindings need clang and libclang)",
-            PACKAGES.join(" ")
+            "xtask: not a Debian system; make sure these (Debian names) are installed: {}",
+            packages.join(" ")
         );
         return Ok(());
     }
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -36,6 +36,18 @@ pub(crate) fn free_ports(count: usize) -> Result<Vec<Ports>> {
         .collect()
 }
 
+/// `count` distinct free TCP ports on loopback (bound at once, read,
+/// released).
+pub(crate) fn free_tcp_ports(count: usize) -> Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").context("cannot bind a TCP socket on 127.0.0.1"))
+        .collect::<Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
 /// What `GET /health` answered.
 #[derive(Debug)]
 pub(crate) struct Health {

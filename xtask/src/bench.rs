@@ -1,0 +1,530 @@
+//! `cargo xtask bench`: raft-kv beside etcd in one run (BENCHMARKS.md).
+//!
+//! 1. Builds raft-kv and raft-cli (release) and `raft-bench` (bench/, a
+//!    workspace of its own: etcd's gRPC client and the plotting crates).
+//! 2. W1 (puts at each client count) and W2 (linearizable gets at 256
+//!    clients; lease reads, labelled) with `raft-cli bench` on a fresh
+//!    3-node cluster of ours.
+//! 3. The same on a 3-member etcd cluster from Debian's `etcd-server` with
+//!    mutual TLS on client and peer traffic (certificates from a CA made by
+//!    `raft-cli certs`), then on a plaintext one for reference, with
+//!    `raft-bench etcd`.
+//! 4. W3 (raft-core alone, `cargo bench -p raft-core --bench w3`) unless
+//!    `--quick`.
+//! 5. `target/bench/report.md` (table, ratios, targets, date, machine,
+//!    commit), `throughput.png` and `p99.png`; every JSON line in
+//!    `results.jsonl`.
+//!
+//! Every workload uses 256 B values, 2 s of warm-up and a 10 s window
+//! (`--quick`: 1 s and 3 s, three client counts, 10,000 keys: under two
+//! minutes once built).
+
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::cluster::{self, net, process};
+
+/// Debian packages the bench needs beyond the build's: etcd, protoc and
+/// protobuf's well-known types for the etcd-client crate, a font for the
+/// plots.
+const PACKAGES: &[&str] = &[
+    "etcd-server",
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    "fonts-dejavu-core",
+];
+
+/// `cargo xtask bench`.
+#[derive(Args, Debug)]
+pub(crate) struct BenchArgs {
+    /// A short run: 1, 64 and 256 clients, 1 s warm-up, 3 s windows,
+    /// 10,000 keys, no W3.
+    #[arg(long)]
+    quick: bool,
+    /// W1 client counts (default 1,16,64,256,1024).
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    clients: Option<Vec<usize>>,
+    /// Measured seconds per configuration (default 10; 3 with --quick).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u64>,
+    /// Only raft-kv (no etcd).
+    #[arg(long)]
+    no_etcd: bool,
+    /// Where results.jsonl, report.md and the plots go (default
+    /// target/bench).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+/// The shape of one run.
+struct Plan {
+    clients: Vec<usize>,
+    warmup: u64,
+    duration: u64,
+    keys: u64,
+    /// Clients of W2.
+    readers: usize,
+}
+
+impl Plan {
+    fn of(args: &BenchArgs) -> Self {
+        let (clients, warmup, duration, keys) = if args.quick {
+            (vec![1, 64, 256], 1, 3, 10_000)
+        } else {
+            (vec![1, 16, 64, 256, 1024], 2, 10, 100_000)
+        };
+        Plan {
+            clients: args.clients.clone().unwrap_or(clients),
+            warmup,
+            duration: args.duration.unwrap_or(duration),
+            keys,
+            readers: 256,
+        }
+    }
+
+    /// The arguments both load generators share.
+    fn load_args(&self, op: &str, clients: usize) -> Vec<String> {
+        [
+            "--op",
+            op,
+            "--clients",
+            &clients.to_string(),
+            "--duration",
+            &self.duration.to_string(),
+            "--warmup",
+            &self.warmup.to_string(),
+            "--keys",
+            &self.keys.to_string(),
+            "--value-size",
+            "256",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
+pub(crate) fn run(args: &BenchArgs) -> Result<()> {
+    crate::system::ready_to_build()?;
+    crate::system::ensure(PACKAGES)?;
+    let plan = Plan::of(args);
+    let root = crate::workspace_root();
+    let out = match &args.out {
+        Some(dir) => std::env::current_dir()?.join(dir),
+        None => root.join("target/bench"),
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let bin_dir = cluster::build("release")?;
+    let raft_bench = build_raft_bench()?;
+    let results_path = out.join("results.jsonl");
+    let mut results = Results::create(&results_path)?;
+    let started = Instant::now();
+
+    ours(&plan, &bin_dir, &out.join("raft-kv"), &mut results)?;
+    if !args.no_etcd {
+        for tls in [true, false] {
+            etcd(&plan, &bin_dir, &raft_bench, &out, tls, &mut results)?;
+        }
+    }
+    if !args.quick {
+        w3(&mut results)?;
+    }
+    eprintln!(
+        "xtask: bench: measured in {:.0} s; writing the report",
+        started.elapsed().as_secs_f64()
+    );
+    let mut report = Command::new(&raft_bench);
+    report
+        .arg("report")
+        .arg("--results")
+        .arg(&results_path)
+        .arg("--out")
+        .arg(&out)
+        .arg(format!("--header={}", header(&plan, args.quick)));
+    crate::step("raft-bench report", report)?;
+    let text = std::fs::read_to_string(out.join("report.md"))?;
+    println!("{text}");
+    eprintln!(
+        "xtask: bench: {} (plots: throughput.png, p99.png beside it)",
+        out.join("report.md").display()
+    );
+    Ok(())
+}
+
+/// Builds `raft-bench` (its own workspace) into the main target directory.
+fn build_raft_bench() -> Result<PathBuf> {
+    let target = cluster::target_directory()?;
+    let mut cmd = crate::cargo();
+    cmd.args(["build", "--release", "--manifest-path", "bench/Cargo.toml"])
+        .arg("--target-dir")
+        .arg(&target);
+    crate::step("build raft-bench", cmd)?;
+    Ok(target.join("release/raft-bench"))
+}
+
+/// The run's JSON lines, each tagged with the system it measured.
+struct Results {
+    file: File,
+}
+
+impl Results {
+    fn create(path: &Path) -> Result<Self> {
+        let file =
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Self { file })
+    }
+
+    /// Adds `"system": system` to the JSON line `line` and records it.
+    fn add(&mut self, system: &str, line: &str) -> Result<()> {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix('{') else {
+            bail!("{system}: expected a JSON line, got {line:?}");
+        };
+        let tagged = format!("{{\"system\":\"{system}\",{rest}");
+        eprintln!("xtask: bench: {tagged}");
+        writeln!(self.file, "{tagged}")?;
+        Ok(())
+    }
+}
+
+/// Runs a load generator and returns the last line it printed.
+fn measure(mut cmd: Command, what: &str) -> Result<String> {
+    cmd.stdin(Stdio::null()).stderr(Stdio::inherit());
+    let output = cmd
+        .output()
+        .with_context(|| format!("cannot run the load for {what}"))?;
+    if !output.status.success() {
+        bail!("the load for {what} failed ({})", output.status);
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .rfind(|l| l.trim_start().starts_with('{'))
+        .map(str::to_string)
+        .with_context(|| format!("the load for {what} printed no JSON line"))
+}
+
+/// W1 and W2 on a fresh cluster of ours.
+fn ours(plan: &Plan, bin_dir: &Path, dir: &Path, results: &mut Results) -> Result<()> {
+    if dir.exists() {
+        cluster::stop_in(dir)?;
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    let env = cluster::start_detached(dir, 3, bin_dir)?;
+    let outcome = (|| {
+        let workloads = plan
+            .clients
+            .iter()
+            .map(|c| ("put", *c, "linearizable"))
+            .chain([
+                ("get", plan.readers, "linearizable"),
+                ("get", plan.readers, "lease"),
+            ]);
+        for (op, clients, consistency) in workloads {
+            let mut cmd = Command::new(bin_dir.join("raft-cli"));
+            cmd.envs(env.iter().map(|(k, v)| (k, v)))
+                .args(["--output", "json", "bench"])
+                .args(plan.load_args(op, clients))
+                .args(["--consistency", consistency]);
+            let what = format!("raft-kv {op} ({consistency}) at {clients} clients");
+            eprintln!("xtask: bench: {what}");
+            results.add("raft-kv", &measure(cmd, &what)?)?;
+        }
+        Ok(())
+    })();
+    let stopped = cluster::stop_in(dir);
+    outcome.and(stopped)
+}
+
+/// An etcd cluster of three members on loopback.
+struct Etcd {
+    children: Vec<Child>,
+    endpoints: Vec<String>,
+}
+
+impl Etcd {
+    fn pids(&self) -> String {
+        self.children
+            .iter()
+            .map(|c| c.id().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn stop(mut self) {
+        for child in &self.children {
+            process::signal(child.id(), libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for child in &mut self.children {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Certificates for the TLS cluster, from a CA of its own: a node
+/// certificate per member (server and client use, for 127.0.0.1) and a
+/// client certificate.
+fn etcd_certs(bin_dir: &Path, dir: &Path) -> Result<()> {
+    let cli = |args: &[&str]| -> Result<()> {
+        let status = Command::new(bin_dir.join("raft-cli"))
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .context("cannot run raft-cli certs")?;
+        if !status.success() {
+            bail!("`raft-cli {}` failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    let d = dir.display().to_string();
+    cli(&["certs", "ca", "--dir", &d, "--cluster", "etcd-bench"])?;
+    for id in ["1", "2", "3"] {
+        cli(&[
+            "certs",
+            "node",
+            "--dir",
+            &d,
+            "--id",
+            id,
+            "--address",
+            "127.0.0.1",
+            "--cluster",
+            "etcd-bench",
+        ])?;
+    }
+    cli(&[
+        "certs",
+        "client",
+        "--dir",
+        &d,
+        "--name",
+        "bench",
+        "--cluster",
+        "etcd-bench",
+    ])
+}
+
+fn start_etcd(dir: &Path, tls: bool) -> Result<Etcd> {
+    let ports = net::free_tcp_ports(6)?;
+    let scheme = if tls { "https" } else { "http" };
+    let url = |port: u16| format!("{scheme}://127.0.0.1:{port}");
+    let initial: Vec<String> = (0..3)
+        .map(|i| format!("m{}={}", i + 1, url(ports[3 + i])))
+        .collect();
+    let mut etcd = Etcd {
+        children: Vec::new(),
+        endpoints: (0..3).map(|i| url(ports[i])).collect(),
+    };
+    for i in 0..3 {
+        let name = format!("m{}", i + 1);
+        let log = File::create(dir.join(format!("{name}.log")))?;
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name")
+            .arg(&name)
+            .arg("--data-dir")
+            .arg(dir.join(&name))
+            .arg("--listen-client-urls")
+            .arg(url(ports[i]))
+            .arg("--advertise-client-urls")
+            .arg(url(ports[i]))
+            .arg("--listen-peer-urls")
+            .arg(url(ports[3 + i]))
+            .arg("--initial-advertise-peer-urls")
+            .arg(url(ports[3 + i]))
+            .arg("--initial-cluster")
+            .arg(initial.join(","))
+            .args([
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "bench",
+                "--logger",
+                "zap",
+                "--log-level",
+                "warn",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if tls {
+            let file = |f: String| dir.join(f).display().to_string();
+            let (cert, key) = (
+                file(format!("node-{}.pem", i + 1)),
+                file(format!("node-{}.key", i + 1)),
+            );
+            cmd.args(["--cert-file", &cert, "--key-file", &key])
+                .args(["--trusted-ca-file", &file("ca.pem".into())])
+                .arg("--client-cert-auth")
+                .args(["--peer-cert-file", &cert, "--peer-key-file", &key])
+                .args(["--peer-trusted-ca-file", &file("ca.pem".into())])
+                .arg("--peer-client-cert-auth");
+        }
+        match cmd.spawn() {
+            Ok(child) => etcd.children.push(child),
+            Err(e) => {
+                etcd.stop();
+                return Err(e)
+                    .context("cannot start etcd; install it with `apt-get install etcd-server`");
+            }
+        }
+    }
+    Ok(etcd)
+}
+
+/// W1 and W2 on etcd, with TLS or without.
+fn etcd(
+    plan: &Plan,
+    bin_dir: &Path,
+    raft_bench: &Path,
+    out: &Path,
+    tls: bool,
+    results: &mut Results,
+) -> Result<()> {
+    let system = if tls { "etcd-tls" } else { "etcd-plaintext" };
+    let dir = out.join(system);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    if tls {
+        etcd_certs(bin_dir, &dir)?;
+    }
+    eprintln!(
+        "xtask: bench: starting a 3-member etcd cluster ({system}) in {}",
+        dir.display()
+    );
+    let etcd = start_etcd(&dir, tls)?;
+    let outcome = (|| {
+        let workloads = plan
+            .clients
+            .iter()
+            .map(|c| ("put", *c))
+            .chain([("get", plan.readers)]);
+        for (op, clients) in workloads {
+            let mut cmd = Command::new(raft_bench);
+            cmd.arg("etcd")
+                .arg("--endpoints")
+                .arg(etcd.endpoints.join(","))
+                .arg("--pids")
+                .arg(etcd.pids())
+                .args(plan.load_args(op, clients));
+            if tls {
+                cmd.arg("--cacert")
+                    .arg(dir.join("ca.pem"))
+                    .arg("--cert")
+                    .arg(dir.join("bench.pem"))
+                    .arg("--key")
+                    .arg(dir.join("bench.key"));
+            }
+            let what = format!("{system} {op} at {clients} clients");
+            eprintln!("xtask: bench: {what}");
+            results.add(system, &measure(cmd, &what)?)?;
+        }
+        Ok(())
+    })();
+    etcd.stop();
+    if outcome.is_err() {
+        for i in 1..=3 {
+            eprintln!(
+                "xtask: bench: the end of etcd member m{i}'s log:\n{}",
+                process::tail(&dir.join(format!("m{i}.log")), 10)
+            );
+        }
+    }
+    outcome
+}
+
+/// W3: raft-core alone.
+fn w3(results: &mut Results) -> Result<()> {
+    let mut cmd = crate::cargo();
+    cmd.current_dir(crate::workspace_root()).args([
+        "bench",
+        "-q",
+        "-p",
+        "raft-core",
+        "--bench",
+        "w3",
+        "--",
+        "--secs",
+        "3",
+    ]);
+    cmd.stdin(Stdio::null()).stderr(Stdio::inherit());
+    eprintln!("xtask: bench: W3 (cargo bench -p raft-core --bench w3)");
+    let output = cmd.output().context("cannot run cargo bench")?;
+    if !output.status.success() {
+        bail!(
+            "cargo bench -p raft-core --bench w3 failed ({})",
+            output.status
+        );
+    }
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        if line.trim_start().starts_with('{') {
+            results.add("raft-core", line)?;
+        }
+    }
+    Ok(())
+}
+
+/// Date, machine, commit and settings, for the report's header.
+fn header(plan: &Plan, quick: bool) -> String {
+    let run = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .current_dir(crate::workspace_root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or("unknown".into(), |kb| {
+            format!("{:.0} GiB", kb / 1024.0 / 1024.0)
+        });
+    let dirty = !run("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let etcd_version = run("etcd", &["--version"]);
+    format!(
+        "- date: {date}\n- machine: {cpus} CPUs ({model}), {memory}, load average before the run: {load}\n\
+         - commit: {commit}{dirty}\n- etcd: {etcd}\n\
+         - settings: {warmup} s warm-up, {duration} s window, {keys} keys, 256 B values, \
+         clients sharing min(clients, 100) connections, requests to the leader{quick}",
+        date = run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        load = std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
+        commit = run("git", &["rev-parse", "--short", "HEAD"]),
+        dirty = if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        },
+        etcd = etcd_version.lines().next().unwrap_or("unknown"),
+        warmup = plan.warmup,
+        duration = plan.duration,
+        keys = plan.keys,
+        quick = if quick { " (--quick)" } else { "" },
+    )
+}
