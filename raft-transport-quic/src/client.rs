@@ -158,11 +158,17 @@ async fn serve_request(
         body,
         remote_address,
     };
-    // Run the handler on its own task so that a panic fails this request only.
-    let response = match tokio::spawn(async move { handler.handle(request).await }).await {
+    // A panic in the handler fails this request only (caught here rather
+    // than in a task of its own: one task per request, not two).
+    let response = match (CatchUnwind(handler.handle(request))).await {
         Ok(response) => response,
-        Err(join_error) => {
-            error!(node = inner.local(), %remote_address, "the client handler failed: {join_error}");
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            error!(node = inner.local(), %remote_address, "the client handler failed: {what}");
             let _ = send.reset(STREAM_HANDLER_FAILED.into());
             return;
         }
@@ -188,6 +194,30 @@ async fn serve_request(
                     _ = &mut stopped => return, // the client cancelled: dropping `push` tells the sender
                 }
             }
+        }
+    }
+}
+
+/// A boxed future whose panic becomes an `Err` (as a task's would).
+struct CatchUnwind<F>(F);
+
+impl<F> std::future::Future for CatchUnwind<F>
+where
+    F: std::future::Future + Unpin,
+{
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::pin::Pin::new(inner).poll(cx)
+        })) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(value)) => std::task::Poll::Ready(Ok(value)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
         }
     }
 }
