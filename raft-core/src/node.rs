@@ -688,11 +688,11 @@ impl<S: LogRead> Node<S> {
     /// Acknowledges that the host applied committed entries up to `index`.
     pub fn on_applied(&mut self, index: Index) -> Result<(), Error> {
         self.log.applied_to(index);
-        let log_len = self
-            .log
-            .last_index()
-            .saturating_sub(self.log.first_index()?.saturating_sub(1));
-        self.snapshots.maybe_request(self.log.applied, log_len);
+        self.snapshots.maybe_request(
+            self.log.applied,
+            self.log.first_index()?,
+            self.log.last_index(),
+        );
         Ok(())
     }
 

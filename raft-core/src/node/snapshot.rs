@@ -67,9 +67,16 @@ impl SnapshotState {
         self.compact_to.take()
     }
 
-    /// Asks for a snapshot when the log holds `log_len` entries and the
-    /// policy says it is time.
-    pub(super) fn maybe_request(&mut self, applied: Index, log_len: u64) {
+    /// Asks for a snapshot when the log (entries `first..=last`) is long
+    /// enough and the policy says it is time. Entries the newest snapshot
+    /// lets go do not count: after a snapshot the compaction reaches the
+    /// store only with a later write, and until then the log still looks
+    /// long (counting them asked for a second snapshot right after each).
+    pub(super) fn maybe_request(&mut self, applied: Index, first: Index, last: Index) {
+        let compacted = first
+            .saturating_sub(1)
+            .max(self.last_index.saturating_sub(self.retention));
+        let log_len = last.saturating_sub(compacted);
         if self.threshold > 0
             && !self.requested
             && log_len >= self.threshold
@@ -389,5 +396,39 @@ impl<S: LogRead> Node<S> {
             self.send_snapshot_chunks(id)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> SnapshotPolicy {
+        SnapshotPolicy {
+            threshold: 100,
+            retention: 10,
+            ..SnapshotPolicy::default()
+        }
+    }
+
+    #[test]
+    fn no_second_snapshot_before_the_compaction_lands() {
+        let mut s = SnapshotState::new(&policy());
+        s.maybe_request(99, 1, 99);
+        assert!(!s.take_due(), "99 entries are below the threshold");
+        s.maybe_request(100, 1, 100);
+        assert!(s.take_due());
+        // The snapshot at 100 is built; the log is compacted to 90 with a
+        // later write, so the store still starts at 1 for a while.
+        s.requested = false;
+        s.last_index = 100;
+        s.compact_to = Some(90);
+        for applied in 101..=150 {
+            s.maybe_request(applied, 1, applied);
+            assert!(!s.take_due(), "asked again at {applied} before compacting");
+        }
+        // Once 100 entries lie beyond the compaction point, it is time.
+        s.maybe_request(190, 1, 190);
+        assert!(s.take_due());
     }
 }
