@@ -587,7 +587,7 @@ impl<S: LogRead> Node<S> {
             || self.snapshots.has_ready()
             || (self.role == Role::Leader
                 && (self.need_append
-                    || self.reads.has_unsent()
+                    || self.reads.wants_round()
                     || self.broadcast_commit < self.log.committed))
     }
 

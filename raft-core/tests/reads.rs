@@ -42,6 +42,48 @@ fn read_index_on_the_leader_takes_one_heartbeat_round() {
     assert_eq!(appends, 0, "nothing written to the log");
 }
 
+/// Reads that arrive while a round is unconfirmed wait for it and then
+/// share the next round: one round in flight, not one per output batch.
+#[test]
+fn reads_arriving_during_a_round_share_the_next_one() {
+    let heartbeats = |messages: &[raft_core::Message]| {
+        messages
+            .iter()
+            .filter(|m| matches!(m.body, MessageBody::Heartbeat(_)))
+            .count()
+    };
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.propose_committed(b"x");
+    c.read(1, 1, ReadPolicy::ReadIndex).unwrap();
+    c.process_ready(1);
+    let first_round = c.take_messages();
+    assert_eq!(heartbeats(&first_round), 2, "a round for the first read");
+    for read in 2..=5 {
+        c.read(1, read, ReadPolicy::ReadIndex).unwrap();
+        c.process_ready(1);
+    }
+    assert_eq!(
+        heartbeats(&c.take_messages()),
+        0,
+        "no round while the first is unconfirmed"
+    );
+    for message in first_round {
+        c.deliver(message);
+    }
+    let before = c.delivered.len();
+    c.stabilize();
+    let commit = c.node(1).commit_index();
+    for read in 1..=5 {
+        assert_eq!(read_result(&c, 1, read), Some(Ok(commit)), "read {read}");
+    }
+    assert_eq!(
+        heartbeats(&c.delivered[before..]),
+        2,
+        "one more round served the four reads that waited"
+    );
+}
+
 /// Followers obtain a read index from the leader and serve once their own
 /// applied index reaches it.
 #[test]

@@ -67,8 +67,14 @@ impl Reads {
         self.round
     }
 
-    pub(super) fn has_unsent(&self) -> bool {
-        !self.unsent.is_empty()
+    /// Whether reads wait for a round and one may start now: one round is
+    /// in flight at a time, and reads that arrive meanwhile wait for it to
+    /// end and then share the next, so a steady stream of reads costs one
+    /// round per round trip rather than one per output batch. (A round whose
+    /// answers are lost does not hold reads back for long: the next
+    /// heartbeat tick starts a round that takes them.)
+    pub(super) fn wants_round(&self) -> bool {
+        !self.unsent.is_empty() && self.rounds.is_empty()
     }
 
     pub(super) fn has_ready(&self, applied: Index) -> bool {
@@ -222,9 +228,10 @@ impl<S: LogRead> Node<S> {
         }
     }
 
-    /// Starts a heartbeat round for reads that are waiting for one.
+    /// Starts a heartbeat round for reads that are waiting for one (see
+    /// [`Reads::wants_round`]).
     pub(super) fn start_read_round(&mut self) {
-        if self.reads.has_unsent() {
+        if self.reads.wants_round() {
             self.broadcast_heartbeat();
         }
     }
