@@ -84,6 +84,12 @@ pub struct ClientConfig {
     pub deadline: Duration,
     /// How long one attempt may take.
     pub attempt_timeout: Duration,
+    /// After a follower passed a request on to the leader, send the next
+    /// requests to the leader directly (the default: writes pay no hop).
+    /// Off, the client stays with the node that answered, which spreads
+    /// linearizable reads over the followers (served there by follower
+    /// ReadIndex) at the cost of a forwarding hop per write.
+    pub prefer_leader: bool,
 }
 
 impl ClientConfig {
@@ -106,6 +112,7 @@ impl ClientConfig {
             identity,
             deadline: Duration::from_secs(15),
             attempt_timeout: Duration::from_secs(5),
+            prefer_leader: true,
         }
     }
 }
@@ -274,7 +281,9 @@ impl Client {
             // the leader, where the next request goes directly.
             let mut answered_by = address.clone();
             if let Ok(Response::Forwarded { leader, response }) = outcome {
-                answered_by = leader;
+                if self.config.prefer_leader {
+                    answered_by = leader;
+                }
                 outcome = Ok(*response);
             }
             match outcome {

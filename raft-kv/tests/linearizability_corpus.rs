@@ -25,7 +25,12 @@ use checker::{
 const BUDGET: Duration = Duration::from_secs(120);
 
 fn corpus() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/linearizability");
+    // Cargo's directory at run time: a shared target directory may hold a
+    // test binary built in another checkout.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .join("tests/data/linearizability");
     assert!(
         dir.join("README.md").is_file(),
         "the linearizability corpus is missing: expected it at {} (it is part of the \

@@ -32,23 +32,28 @@ mod snapshot_record;
 #[path = "../../fuzz/src/checks/stored_record.rs"]
 mod stored_record;
 
-const DIR: &str = env!("CARGO_MANIFEST_DIR");
+/// This crate's directory: the one cargo names when it runs the test (a
+/// target directory shared between checkouts may hold a test binary built
+/// in another checkout), else the one it was built in.
+fn dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
+}
 
 #[test]
 fn stored_record_corpus() {
-    replay::corpus(DIR, "stored_record", stored_record::check);
+    replay::corpus(&dir(), "stored_record", stored_record::check);
 }
 
 #[test]
 fn stored_record_regressions() {
-    replay::regressions(DIR, "stored_record", stored_record::check);
+    replay::regressions(&dir(), "stored_record", stored_record::check);
 }
 
 /// One test for both, so the snapshot file the check reads (one per
 /// process) is removed only after both ran.
 #[test]
 fn snapshot_record_corpus_and_regressions() {
-    replay::corpus(DIR, "snapshot_record", snapshot_record::check);
-    replay::regressions(DIR, "snapshot_record", snapshot_record::check);
+    replay::corpus(&dir(), "snapshot_record", snapshot_record::check);
+    replay::regressions(&dir(), "snapshot_record", snapshot_record::check);
     snapshot_record::cleanup();
 }

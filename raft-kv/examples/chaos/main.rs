@@ -2450,9 +2450,11 @@ async fn drive(args: &Args, seed: u64, dir: &Path, cluster: &mut Cluster) -> Res
     let mut clients = tokio::task::JoinSet::new();
     for i in 0..args.clients {
         // Each client starts at a different node (run_client rotates the
-        // members' addresses), so reads are served by followers (follower
-        // ReadIndex) as well as by the leader.
-        let config = client_config(&client_identity, Vec::new());
+        // members' addresses), and every other client stays with the node
+        // it reached rather than moving to the leader, so reads are served
+        // by followers (follower ReadIndex) as well as by the leader.
+        let mut config = client_config(&client_identity, Vec::new());
+        config.prefer_leader = i % 2 == 0;
         let client_rng = Rng(rng.next());
         clients.spawn(run_client(i + 1, config, shared.clone(), client_rng));
     }
