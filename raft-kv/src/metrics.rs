@@ -175,8 +175,6 @@ pub(crate) fn record_peer_rtts(rtts: &[(raft_core::NodeId, std::time::Duration)]
     }
 }
 
-/// Records the process's CPU time, memory and open files from `/proc`
-/// (nothing where `/proc` is missing).
 /// This process's `/proc/self/stat` fields from the third on (after the
 /// command name, which may hold spaces), and the clock ticks per second.
 fn process_stat() -> Option<(Vec<String>, f64)> {
@@ -197,19 +195,26 @@ fn stat_field(fields: &[String], n: usize) -> Option<f64> {
     fields.get(n - 3).and_then(|f| f.parse::<f64>().ok())
 }
 
+/// User plus system CPU seconds from [`process_stat`]'s fields.
+fn cpu_seconds(fields: &[String], ticks: f64) -> Option<f64> {
+    Some((stat_field(fields, 14)? + stat_field(fields, 15)?) / ticks)
+}
+
 /// CPU time (user + system) this process has used, in seconds, at the
 /// kernel's clock-tick resolution; None where /proc is not available.
 pub(crate) fn process_cpu_seconds() -> Option<f64> {
     let (fields, ticks) = process_stat()?;
-    Some((stat_field(&fields, 14)? + stat_field(&fields, 15)?) / ticks)
+    cpu_seconds(&fields, ticks)
 }
 
+/// Records the process's CPU time, memory and open files from `/proc`
+/// (nothing where `/proc` is missing).
 fn record_process() {
     // SAFETY: sysconf reads a system constant and has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if let Some((fields, ticks)) = process_stat() {
         let field = |n: usize| stat_field(&fields, n);
-        if let Some(cpu) = process_cpu_seconds() {
+        if let Some(cpu) = cpu_seconds(&fields, ticks) {
             metrics::counter!("process_cpu_seconds_total").absolute(cpu as u64);
         }
         if let (Some(rss), true) = (field(24), page > 0) {

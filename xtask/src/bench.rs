@@ -274,43 +274,12 @@ impl Etcd {
 /// certificate per member (server and client use, for 127.0.0.1) and a
 /// client certificate.
 fn etcd_certs(bin_dir: &Path, dir: &Path) -> Result<()> {
-    let cli = |args: &[&str]| -> Result<()> {
-        let status = Command::new(bin_dir.join("raft-cli"))
-            .args(args)
-            .stdout(Stdio::null())
-            .status()
-            .context("cannot run raft-cli certs")?;
-        if !status.success() {
-            bail!("`raft-cli {}` failed ({status})", args.join(" "));
-        }
-        Ok(())
-    };
-    let d = dir.display().to_string();
-    cli(&["certs", "ca", "--dir", &d, "--cluster", "etcd-bench"])?;
-    for id in ["1", "2", "3"] {
-        cli(&[
-            "certs",
-            "node",
-            "--dir",
-            &d,
-            "--id",
-            id,
-            "--address",
-            "127.0.0.1",
-            "--cluster",
-            "etcd-bench",
-        ])?;
+    const CLUSTER: &str = "etcd-bench";
+    cluster::certs_ca(bin_dir, dir, CLUSTER)?;
+    for id in 1..=3 {
+        cluster::certs_node(bin_dir, dir, id, CLUSTER)?;
     }
-    cli(&[
-        "certs",
-        "client",
-        "--dir",
-        &d,
-        "--name",
-        "bench",
-        "--cluster",
-        "etcd-bench",
-    ])
+    cluster::certs_client(bin_dir, dir, "bench", CLUSTER)
 }
 
 fn start_etcd(dir: &Path, tls: bool) -> Result<Etcd> {

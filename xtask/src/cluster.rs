@@ -237,16 +237,11 @@ fn start(cluster: &Cluster, args: &StartArgs) -> Result<()> {
     state.save(dir)?;
 
     say!("xtask: creating certificates in {}", shown(dir));
-    certs_ca(&bin_dir, dir)?;
+    certs_ca(&bin_dir, dir, CLUSTER_ID)?;
     for &id in &ids {
-        certs_node(&bin_dir, dir, id)?;
+        certs_node(&bin_dir, dir, id, CLUSTER_ID)?;
     }
-    raft_cli(
-        &bin_dir,
-        &["certs", "client", "--dir"],
-        dir,
-        &["--name", CLIENT_NAME, "--cluster", CLUSTER_ID],
-    )?;
+    certs_client(&bin_dir, dir, CLIENT_NAME, CLUSTER_ID)?;
 
     let ports = net::free_ports(ids.len())?;
     let initial: Vec<String> = ids
@@ -485,16 +480,29 @@ fn raft_cli(bin_dir: &Path, args: &[&str], dir: &Path, more: &[&str]) -> Result<
     Ok(())
 }
 
-fn certs_ca(bin_dir: &Path, dir: &Path) -> Result<()> {
+/// A CA for cluster `cluster` in `dir` (`ca.pem`, `ca.key`).
+pub(crate) fn certs_ca(bin_dir: &Path, dir: &Path, cluster: &str) -> Result<()> {
     raft_cli(
         bin_dir,
         &["certs", "ca", "--dir"],
         dir,
-        &["--cluster", CLUSTER_ID],
+        &["--cluster", cluster],
     )
 }
 
-fn certs_node(bin_dir: &Path, dir: &Path, id: u64) -> Result<()> {
+/// A client certificate `<name>.pem` / `<name>.key` from the CA in `dir`.
+pub(crate) fn certs_client(bin_dir: &Path, dir: &Path, name: &str, cluster: &str) -> Result<()> {
+    raft_cli(
+        bin_dir,
+        &["certs", "client", "--dir"],
+        dir,
+        &["--name", name, "--cluster", cluster],
+    )
+}
+
+/// Node `id`'s certificate (server and client use, for 127.0.0.1 and
+/// localhost) from the CA in `dir`.
+pub(crate) fn certs_node(bin_dir: &Path, dir: &Path, id: u64, cluster: &str) -> Result<()> {
     let id = id.to_string();
     raft_cli(
         bin_dir,
@@ -508,7 +516,7 @@ fn certs_node(bin_dir: &Path, dir: &Path, id: u64) -> Result<()> {
             "--address",
             "localhost",
             "--cluster",
-            CLUSTER_ID,
+            cluster,
         ],
     )
 }
@@ -1118,7 +1126,7 @@ fn spawn(cluster: &Cluster, id: u64) -> Result<()> {
         );
     }
     let bin_dir = state.bin_dir.clone();
-    certs_node(&bin_dir, dir, id)?;
+    certs_node(&bin_dir, dir, id, CLUSTER_ID)?;
     let ports = net::free_ports(1)?[0];
     // As the cluster's first node does.
     let lease_reads = state.nodes.first().is_some_and(|n| {
