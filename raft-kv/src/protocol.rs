@@ -1,4 +1,4 @@
-//! What clients and nodes say to each other over ALPN `raft-client/1`: one
+//! What clients and nodes say to each other over ALPN `raft-client/2`: one
 //! postcard-encoded [`Request`] per stream, answered by one [`Response`] (or,
 //! for a watch, a stream of [`WatchMessage`]s).
 //!

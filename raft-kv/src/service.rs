@@ -1,5 +1,5 @@
 //! The client-facing service: decodes requests arriving on ALPN
-//! `raft-client/1`, runs them through the driver, and forwards writes and
+//! `raft-client/2`, runs them through the driver, and forwards writes and
 //! admin requests to the leader when this node is not it (so clients may
 //! talk to any node).
 

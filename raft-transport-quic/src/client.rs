@@ -3,8 +3,10 @@
 //! certificate (client side).
 //!
 //! Payloads are opaque bytes: the service chooses its own encoding (postcard
-//! is the natural choice). Each request travels on its own bidirectional
-//! stream, so slow requests never block fast ones.
+//! is the natural choice). Requests and their answers share one long-lived
+//! stream per connection, many in flight at once, answered as each is ready
+//! (see [`crate::calls`]); a watch-like request whose answer is a stream of
+//! items gets a stream of its own, which the client cancels by dropping it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,11 +18,14 @@ use quinn::{IdleTimeout, VarInt};
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
+use crate::calls::{self, Calls};
 use crate::certs::{CertError, TlsIdentity};
 use crate::frame::{self, DEFAULT_MAX_FRAME_SIZE, FrameError};
 use crate::tls;
 use crate::transport::{Counters, Inner};
-use crate::wire::{CLIENT_ALPN, STREAM_BAD_FRAME, STREAM_HANDLER_FAILED};
+use crate::wire::{
+    CLIENT_ALPN, STREAM_BAD_FRAME, STREAM_HANDLER_FAILED, STREAM_KIND_CALLS, STREAM_KIND_SUBSCRIBE,
+};
 
 /// One client request, as the handler sees it.
 #[derive(Clone, Debug)]
@@ -54,9 +59,9 @@ pub enum Response {
     Stream(PushStream),
 }
 
-/// The service behind ALPN `raft-client/1`. Called once per request, on its
-/// own task; a panic fails that request only (the client sees the stream
-/// reset with [`crate::wire::STREAM_HANDLER_FAILED`]).
+/// The service behind ALPN `raft-client/2`. Called once per request; a
+/// panic fails that request only (the client sees
+/// [`ClientError::Reset`] with [`crate::wire::STREAM_HANDLER_FAILED`]).
 #[async_trait]
 pub trait ClientHandler: Send + Sync + 'static {
     /// Answers one request.
@@ -107,7 +112,15 @@ pub struct PushStream {
     rx: mpsc::Receiver<Bytes>,
 }
 
-/// Serves a client connection: one request per bidirectional stream.
+impl PushStream {
+    /// The next item, or `None` once every sender is gone.
+    pub(crate) async fn next_item(&mut self) -> Option<Bytes> {
+        self.rx.recv().await
+    }
+}
+
+/// Serves a client connection: each bidirectional stream is a calls stream
+/// or one subscription, as its first byte says.
 pub(crate) async fn serve_connection(
     inner: Arc<Inner>,
     connection: quinn::Connection,
@@ -120,8 +133,9 @@ pub(crate) async fn serve_connection(
     loop {
         match connection.accept_bi().await {
             Ok((send, recv)) => {
+                Counters::add(&inner.counters.client_streams, 1);
                 let serving = inner.clone();
-                inner.spawn(serve_request(serving, handler.clone(), remote, send, recv));
+                inner.spawn(serve_stream(serving, handler.clone(), remote, send, recv));
             }
             Err(reason) => {
                 debug!(node = inner.local(), %remote, "client connection closed: {reason}");
@@ -131,7 +145,37 @@ pub(crate) async fn serve_connection(
     }
 }
 
-async fn serve_request(
+async fn serve_stream(
+    inner: Arc<Inner>,
+    handler: Arc<dyn ClientHandler>,
+    remote_address: SocketAddr,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let mut kind = [0u8; 1];
+    match recv.read_exact(&mut kind).await {
+        Ok(()) => {}
+        Err(error) => {
+            debug!(node = inner.local(), %remote_address, "client stream ended before its kind: {error}");
+            return;
+        }
+    }
+    match kind[0] {
+        STREAM_KIND_CALLS => calls::serve_calls(inner, handler, remote_address, send, recv).await,
+        STREAM_KIND_SUBSCRIBE => {
+            serve_subscription(inner, handler, remote_address, send, recv).await
+        }
+        other => {
+            Counters::add(&inner.counters.frames_rejected, 1);
+            warn!(node = inner.local(), %remote_address, "refused a client stream of unknown kind {other}");
+            let _ = recv.stop(STREAM_BAD_FRAME.into());
+            let _ = send.reset(STREAM_BAD_FRAME.into());
+        }
+    }
+}
+
+/// Serves one request whose answer may be a stream of items.
+async fn serve_subscription(
     inner: Arc<Inner>,
     handler: Arc<dyn ClientHandler>,
     remote_address: SocketAddr,
@@ -199,7 +243,7 @@ async fn serve_request(
 }
 
 /// A boxed future whose panic becomes an `Err` (as a task's would).
-struct CatchUnwind<F>(F);
+pub(crate) struct CatchUnwind<F>(pub(crate) F);
 
 impl<F> std::future::Future for CatchUnwind<F>
 where
@@ -296,6 +340,11 @@ pub enum ClientError {
     /// The server ended the stream without a response.
     #[error("the server closed the request without a response")]
     NoResponse,
+    /// The server answered with bytes that do not follow the protocol.
+    #[error(
+        "the server's answer broke the client protocol ({0}); client and node versions may differ"
+    )]
+    Malformed(String),
 }
 
 fn from_frame_error(error: FrameError) -> ClientError {
@@ -395,6 +444,7 @@ impl ClientConnector {
             .await
             .map_err(|_| ClientError::Timeout(timeout))??;
         Ok(ClientConnection {
+            calls: Arc::new(Calls::new(connection.clone(), self.options.max_frame_size)),
             connection,
             max_frame_size: self.options.max_frame_size,
         })
@@ -428,25 +478,29 @@ impl ClientConnector {
     }
 }
 
-/// A connection to one node. Cheap to clone; requests may run concurrently.
+/// A connection to one node. Cheap to clone; requests may run concurrently
+/// (they share one stream: see [`crate::calls`]).
 #[derive(Clone, Debug)]
 pub struct ClientConnection {
     connection: quinn::Connection,
+    calls: Arc<Calls>,
     max_frame_size: usize,
 }
 
 impl ClientConnection {
-    /// Sends one request and waits for its (first) response frame.
+    /// Sends one request and waits for its response (for a request the
+    /// server answers with a stream of items, the first item).
     pub async fn request(&self, body: &[u8]) -> Result<Bytes, ClientError> {
-        let mut receiver = self.subscribe(body).await?;
-        receiver.next().await?.ok_or(ClientError::NoResponse)
+        self.calls.call(body).await
     }
 
-    /// Sends one request and returns the stream of frames the server pushes
-    /// in answer (for watches). Dropping the receiver cancels the stream.
+    /// Sends one request on a stream of its own and returns the frames the
+    /// server pushes in answer (for watches). Dropping the receiver cancels
+    /// the stream.
     pub async fn subscribe(&self, body: &[u8]) -> Result<PushReceiver, ClientError> {
         let frame = frame::encode_raw(body, self.max_frame_size)?;
         let (mut send, recv) = self.connection.open_bi().await?;
+        send.write_all(&[STREAM_KIND_SUBSCRIBE]).await?;
         send.write_all(&frame).await?;
         let _ = send.finish();
         Ok(PushReceiver {

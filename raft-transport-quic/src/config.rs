@@ -74,9 +74,14 @@ pub struct TransportConfig {
     /// the snapshot and replication streams can never use it all up and
     /// hold back control messages. Default 32 MiB.
     pub send_window: u64,
-    /// Concurrent requests one client connection may have open. Default 256.
+    /// Streams one client connection may have open at once: its calls
+    /// stream and its subscriptions (watches). Default 256.
     pub max_client_streams: u32,
-    /// The service that answers clients on ALPN `raft-client/1`. Without
+    /// Requests of one calls stream being answered at once; further
+    /// requests wait in the client until some are answered (QUIC flow
+    /// control holds them back). Default 1024.
+    pub max_calls_in_flight: u32,
+    /// The service that answers clients on ALPN `raft-client/2`. Without
     /// one, client connections are refused.
     pub client_handler: Option<Arc<dyn ClientHandler>>,
     /// Fault injection for tests; `None` (the default) disables it
@@ -124,6 +129,7 @@ impl TransportConfig {
             stream_receive_window: 8 << 20,
             send_window: 32 << 20,
             max_client_streams: 256,
+            max_calls_in_flight: 1024,
             client_handler: None,
             fault_injector: None,
         }

@@ -20,6 +20,7 @@
 //! - [`wire`]: ALPN names, the peer hello, error codes.
 //! - [`fault`]: [`FaultInjector`] for tests (off unless configured).
 
+pub mod calls;
 pub mod certs;
 pub mod client;
 mod config;

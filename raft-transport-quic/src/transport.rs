@@ -69,6 +69,9 @@ pub struct TransportStats {
     pub connections_refused: u64,
     /// Peer connections established (dialed or accepted).
     pub peer_connections: u64,
+    /// Client streams accepted: a calls stream per client connection (it
+    /// carries all of its requests), plus one per subscription.
+    pub client_streams: u64,
 }
 
 #[derive(Default)]
@@ -81,6 +84,7 @@ pub(crate) struct Counters {
     pub(crate) frames_rejected: AtomicU64,
     pub(crate) connections_refused: AtomicU64,
     pub(crate) peer_connections: AtomicU64,
+    pub(crate) client_streams: AtomicU64,
 }
 
 impl Counters {
@@ -99,6 +103,7 @@ impl Counters {
             frames_rejected: get(&self.frames_rejected),
             connections_refused: get(&self.connections_refused),
             peer_connections: get(&self.peer_connections),
+            client_streams: get(&self.client_streams),
         }
     }
 }
@@ -471,7 +476,7 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
         Ok(Err(error)) => {
             let message = format!(
                 "refused a connection: the TLS handshake failed ({error}); the client needs a \
-                 certificate signed by the cluster CA and ALPN raft-peer/1 or raft-client/1"
+                 certificate signed by the cluster CA and ALPN raft-peer/1 or raft-client/2"
             );
             if inner.note_refusal(remote, &error.to_string()) {
                 warn!(node = inner.local(), %remote, "{message}");

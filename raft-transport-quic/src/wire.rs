@@ -10,18 +10,23 @@
 //! one postcard frame each (see [`crate::frame`]): one stream for control
 //! traffic, one for replication, one for snapshot chunks.
 //!
-//! A client connection (ALPN [`CLIENT_ALPN`]) carries one request per
-//! bidirectional stream: the client sends one frame and finishes; the server
-//! answers with one frame (a request/response) or with a sequence of frames
-//! (a server-push stream), then finishes.
+//! A client connection (ALPN [`CLIENT_ALPN`]) carries bidirectional streams
+//! the client opens, each starting with one byte of kind:
+//! - [`STREAM_KIND_CALLS`]: many requests and their responses, in call
+//!   frames tagged with a call id (see [`crate::calls`]); the client keeps
+//!   one such stream per connection open for as long as it is used;
+//! - [`STREAM_KIND_SUBSCRIBE`]: one request frame; the server answers with a
+//!   sequence of frames (a server-push stream, e.g. a watch) and finishes;
+//!   the client cancels by stopping the stream.
 
 use raft_core::NodeId;
 use serde::{Deserialize, Serialize};
 
 /// ALPN of node-to-node (Raft) traffic, version 1.
 pub const PEER_ALPN: &[u8] = b"raft-peer/1";
-/// ALPN of client-to-node traffic, version 1.
-pub const CLIENT_ALPN: &[u8] = b"raft-client/1";
+/// ALPN of client-to-node traffic, version 2 (version 1 had one stream per
+/// request).
+pub const CLIENT_ALPN: &[u8] = b"raft-client/2";
 /// The peer protocol version carried in [`PeerHello::version`].
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The largest hello frame accepted.
@@ -74,3 +79,12 @@ pub const STREAM_BAD_FRAME: u32 = 1;
 /// Stream error code: the request handler failed (it panicked, or its
 /// response could not be framed).
 pub const STREAM_HANDLER_FAILED: u32 = 2;
+/// Call status: the handler answered a call with a server-push stream that
+/// ended before its first item.
+pub const CALL_NO_RESPONSE: u32 = 3;
+
+/// First byte of a client stream carrying multiplexed calls.
+pub const STREAM_KIND_CALLS: u8 = 1;
+/// First byte of a client stream carrying one request and the frames pushed
+/// in answer.
+pub const STREAM_KIND_SUBSCRIBE: u8 = 2;

@@ -1,9 +1,11 @@
-//! The client API: request/response, concurrent requests, server-push
-//! streams (watches), cancellation, and a failing handler.
+//! The client API: request/response, concurrent requests on one calls
+//! stream and their limit, server-push streams (watches), cancellation, and
+//! a failing handler.
 
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,13 +15,17 @@ use raft_transport_quic::{
     ClientConnection, ClientConnector, ClientError, ClientHandler, ClientOptions, ClientRequest,
     PushClosed, QuicTransport, Response, push_channel,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 /// `echo:<x>` answers `<x>`; `count:<n>` pushes n items then ends;
 /// `forever` pushes until the client leaves, then reports on `gone`;
-/// `panic` panics.
+/// `panic` panics; `hold` waits for a permit of `gate`, counting how many
+/// wait at once.
 struct Service {
     gone: mpsc::UnboundedSender<PushClosed>,
+    gate: Arc<Semaphore>,
+    holding: Arc<AtomicUsize>,
+    most_holding: Arc<AtomicUsize>,
 }
 
 #[async_trait::async_trait]
@@ -64,8 +70,22 @@ impl ClientHandler for Service {
         if text == "panic" {
             panic!("the handler panics on purpose");
         }
+        if text == "hold" {
+            let now = self.holding.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_holding.fetch_max(now, Ordering::SeqCst);
+            let permit = self.gate.acquire().await.unwrap();
+            permit.forget();
+            self.holding.fetch_sub(1, Ordering::SeqCst);
+            return Response::Unary(Bytes::from_static(b"released"));
+        }
         Response::Unary(Bytes::from_static(b"unknown"))
     }
+}
+
+struct Held {
+    gate: Arc<Semaphore>,
+    holding: Arc<AtomicUsize>,
+    most_holding: Arc<AtomicUsize>,
 }
 
 async fn setup() -> (
@@ -74,11 +94,35 @@ async fn setup() -> (
     ClientConnection,
     mpsc::UnboundedReceiver<PushClosed>,
 ) {
+    let (node, connector, connection, gone, _) = setup_with(1024).await;
+    (node, connector, connection, gone)
+}
+
+async fn setup_with(
+    max_calls_in_flight: u32,
+) -> (
+    QuicTransport,
+    ClientConnector,
+    ClientConnection,
+    mpsc::UnboundedReceiver<PushClosed>,
+    Held,
+) {
     init_tracing();
     let ca = ca();
     let (gone, gone_rx) = mpsc::unbounded_channel();
+    let held = Held {
+        gate: Arc::new(Semaphore::new(0)),
+        holding: Arc::default(),
+        most_holding: Arc::default(),
+    };
     let mut cfg = config(1, CLUSTER, loopback());
-    cfg.client_handler = Some(Arc::new(Service { gone }));
+    cfg.max_calls_in_flight = max_calls_in_flight;
+    cfg.client_handler = Some(Arc::new(Service {
+        gone,
+        gate: held.gate.clone(),
+        holding: held.holding.clone(),
+        most_holding: held.most_holding.clone(),
+    }));
     let node = start_with(&ca, cfg).await;
     let identity = ca.client_identity(CLUSTER, "alice").unwrap();
     let connector = ClientConnector::new(&identity, ClientOptions::default()).unwrap();
@@ -86,7 +130,86 @@ async fn setup() -> (
         .connect_to(&node.local_addr().unwrap().to_string())
         .await
         .unwrap();
-    (node, connector, connection, gone_rx)
+    (node, connector, connection, gone_rx, held)
+}
+
+async fn wait_holding(held: &Held, n: usize) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while held.holding.load(Ordering::SeqCst) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} requests never got to the handler together"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_share_one_stream_and_a_slow_one_holds_back_none() {
+    let (node, _connector, connection, _, held) = setup_with(1024).await;
+    let slow = {
+        let connection = connection.clone();
+        tokio::spawn(async move { connection.request(b"hold").await })
+    };
+    wait_holding(&held, 1).await;
+    let requests: Vec<_> = (0..200)
+        .map(|i| {
+            let connection = connection.clone();
+            tokio::spawn(async move { connection.request(format!("echo:{i}").as_bytes()).await })
+        })
+        .collect();
+    for (i, request) in requests.into_iter().enumerate() {
+        assert_eq!(request.await.unwrap().unwrap(), Bytes::from(i.to_string()));
+    }
+    assert!(!slow.is_finished(), "the slow request is still held");
+    held.gate.add_permits(1);
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        Bytes::from_static(b"released")
+    );
+    // 202 requests, one stream.
+    assert_eq!(node.stats().client_streams, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calls_stream_runs_at_most_its_limit_at_once() {
+    let (_node, _connector, connection, _, held) = setup_with(4).await;
+    let requests: Vec<_> = (0..12)
+        .map(|_| {
+            let connection = connection.clone();
+            tokio::spawn(async move { connection.request(b"hold").await })
+        })
+        .collect();
+    wait_holding(&held, 4).await;
+    // The others wait in the client (QUIC flow control): given time, no
+    // fifth request reaches the handler.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(held.most_holding.load(Ordering::SeqCst), 4);
+    held.gate.add_permits(12);
+    for request in requests {
+        assert_eq!(
+            request.await.unwrap().unwrap(),
+            Bytes::from_static(b"released")
+        );
+    }
+    assert_eq!(held.most_holding.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_call_does_not_disturb_the_next() {
+    let (_node, _connector, connection, _, held) = setup_with(1024).await;
+    let abandoned =
+        tokio::time::timeout(Duration::from_millis(50), connection.request(b"hold")).await;
+    assert!(
+        abandoned.is_err(),
+        "the held request cannot be answered yet"
+    );
+    held.gate.add_permits(1);
+    // Its late answer is dropped; the next call gets its own.
+    assert_eq!(
+        connection.request(b"echo:next").await.unwrap(),
+        Bytes::from_static(b"next")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

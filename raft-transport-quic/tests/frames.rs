@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
 use raft_transport_quic::wire::{
-    MAX_HELLO_SIZE, PEER_ALPN, PROTOCOL_VERSION, PeerHello, STREAM_BAD_FRAME,
+    MAX_HELLO_SIZE, PEER_ALPN, PROTOCOL_VERSION, PeerHello, STREAM_BAD_FRAME, STREAM_KIND_CALLS,
+    STREAM_KIND_SUBSCRIBE,
 };
 use raft_transport_quic::{
     ClientConnector, ClientError, ClientHandler, ClientOptions, ClientRequest, QuicTransport,
@@ -167,16 +168,77 @@ async fn bad_client_frames_are_rejected_and_the_node_keeps_serving() {
         "{oversized:?}"
     );
 
-    // A truncated request on a raw stream of the same kind of connection.
-    let endpoint = raw_endpoint(Some(&identity), &identity, b"raft-client/1");
+    // A truncated subscription request on a raw stream of the same kind
+    // of connection.
+    let endpoint = raw_endpoint(Some(&identity), &identity, b"raft-client/2");
     let raw = connection_outcome(&endpoint, node.local_addr().unwrap(), "127.0.0.1")
         .await
         .unwrap();
     let (mut send, mut recv) = raw.open_bi().await.unwrap();
-    send.write_all(&[0, 0, 0, 50, 1, 2, 3]).await.unwrap();
+    send.write_all(&[STREAM_KIND_SUBSCRIBE, 0, 0, 0, 50, 1, 2, 3])
+        .await
+        .unwrap();
     send.finish().unwrap();
     let outcome = frame::read(&mut recv, MAX).await;
     assert!(outcome.is_err(), "{outcome:?}");
+
+    // A stream of no known kind is reset.
+    let (mut send, mut recv) = raw.open_bi().await.unwrap();
+    send.write_all(&[0, 0, 0, 5, 1, 2, 3, 4, 5]).await.unwrap();
+    send.finish().unwrap();
+    let outcome = frame::read(&mut recv, MAX).await;
+    assert!(outcome.is_err(), "{outcome:?}");
+
+    // On a raw calls stream: a good call is answered, an oversized one is
+    // refused by id without its bytes being kept, the next is answered,
+    // and a length too short for the call header closes the stream.
+    let (mut send, mut recv) = raw.open_bi().await.unwrap();
+    let mut calls = BytesMut::new();
+    calls.put_u8(STREAM_KIND_CALLS);
+    for (id, body) in [
+        (7u64, vec![1u8; 10]),
+        (8, vec![2; MAX + 1]),
+        (9, vec![3; 5]),
+    ] {
+        calls.put_u32(12 + body.len() as u32);
+        calls.put_u64(id);
+        calls.put_u32(0);
+        calls.put_slice(&body);
+    }
+    send.write_all(&calls).await.unwrap();
+    let mut answers = Vec::new();
+    let mut buf = Vec::new();
+    while answers.len() < 3 {
+        let chunk = recv.read_chunk(usize::MAX, true).await.unwrap().unwrap();
+        buf.extend_from_slice(&chunk.bytes);
+        while buf.len() >= 16 {
+            let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+            if buf.len() < 4 + len {
+                break;
+            }
+            let id = u64::from_be_bytes(buf[4..12].try_into().unwrap());
+            let status = u32::from_be_bytes(buf[12..16].try_into().unwrap());
+            answers.push((id, status, buf[16..4 + len].to_vec()));
+            buf.drain(..4 + len);
+        }
+    }
+    answers.sort();
+    assert_eq!(
+        answers,
+        vec![
+            (7, 0, vec![1; 10]),
+            (8, STREAM_BAD_FRAME, Vec::new()),
+            (9, 0, vec![3; 5])
+        ]
+    );
+    send.write_all(&[0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    let end = recv.read_chunk(usize::MAX, true).await;
+    assert!(
+        matches!(end, Err(quinn::ReadError::Reset(code)) if code == STREAM_BAD_FRAME.into()),
+        "{end:?}"
+    );
 
     // The node keeps answering.
     assert_eq!(

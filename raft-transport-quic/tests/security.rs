@@ -12,7 +12,7 @@ use common::*;
 use raft_core::adapters::Transport;
 use raft_transport_quic::wire::{
     CLOSE_CLUSTER_MISMATCH, CLOSE_IDENTITY_MISMATCH, CLOSE_VERSION_MISMATCH, MAX_HELLO_SIZE,
-    PEER_ALPN, PROTOCOL_VERSION, PeerHello,
+    PEER_ALPN, PROTOCOL_VERSION, PeerHello, STREAM_KIND_SUBSCRIBE,
 };
 use raft_transport_quic::{
     ClientConnector, ClientError, ClientHandler, ClientOptions, ClientRequest, QuicTransport,
@@ -45,6 +45,9 @@ async fn raw_request_fails(endpoint: &quinn::Endpoint, node: &QuicTransport) -> 
     };
     let attempt = async {
         let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(&[STREAM_KIND_SUBSCRIBE])
+            .await
+            .map_err(|e| e.to_string())?;
         send.write_all(&frame::encode_raw(b"hello", 1024).unwrap())
             .await
             .map_err(|e| e.to_string())?;
@@ -76,11 +79,12 @@ async fn a_client_with_a_cluster_certificate_is_served() {
         Bytes::from_static(b"ping")
     );
     // The same client through a hand-built endpoint: the control case for the refusals below.
-    let endpoint = raw_endpoint(Some(&identity), &identity, b"raft-client/1");
+    let endpoint = raw_endpoint(Some(&identity), &identity, b"raft-client/2");
     let connection = connection_outcome(&endpoint, node.local_addr().unwrap(), "127.0.0.1")
         .await
         .unwrap();
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(&[STREAM_KIND_SUBSCRIBE]).await.unwrap();
     send.write_all(&frame::encode_raw(b"raw", 1024).unwrap())
         .await
         .unwrap();
@@ -97,7 +101,7 @@ async fn a_client_without_a_certificate_is_refused() {
     let ca = ca();
     let node = serving_node(&ca).await;
     let trust = ca.client_identity(CLUSTER, "anonymous").unwrap();
-    let endpoint = raw_endpoint(None, &trust, b"raft-client/1");
+    let endpoint = raw_endpoint(None, &trust, b"raft-client/2");
     let refused = raw_request_fails(&endpoint, &node).await;
     println!("no certificate: {refused}");
     wait_refusals(&node, 1).await;
@@ -114,7 +118,7 @@ async fn a_client_with_a_certificate_from_another_ca_is_refused() {
     let endpoint = raw_endpoint(
         Some(&rogue),
         &ca.client_identity(CLUSTER, "x").unwrap(),
-        b"raft-client/1",
+        b"raft-client/2",
     );
     let refused = raw_request_fails(&endpoint, &node).await;
     println!("another CA: {refused}");
