@@ -885,6 +885,21 @@ fn futures_now<F: std::future::Future>(future: F) -> Option<F::Output> {
     }
 }
 
+/// Runs a storage future on the writer thread: polled once outside any
+/// runtime first, so a store that hands blocking work to tokio's blocking
+/// pool when it runs inside a runtime (as `RocksStore` does) does it right
+/// here instead, on the thread that exists to wait for the disk, without a
+/// hop to a pool thread and back per write; finished on `runtime` if it
+/// still waits for something.
+fn run_here<F: std::future::Future>(runtime: &tokio::runtime::Runtime, future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => runtime.block_on(future),
+    }
+}
+
 /// Makes batches durable in order. Batches queued behind each other are
 /// written with one fsync at the end (group commit): every batch but the last
 /// is written without sync, and the last one's sync covers them all.
@@ -921,7 +936,7 @@ fn writer_loop<L: LogStore + ?Sized, T: Transport + ?Sized>(
             installs.push(write.install_snapshot.clone());
             // Only the last write of the group syncs, covering all of them.
             write.must_sync = i + 1 == n && any_sync;
-            if let Err(e) = runtime.block_on(store.persist(write)) {
+            if let Err(e) = run_here(&runtime, store.persist(write)) {
                 let _ = completions.send(Completion::Failed(format!(
                     "persisting a batch failed: {e}"
                 )));
@@ -931,7 +946,7 @@ fn writer_loop<L: LogStore + ?Sized, T: Transport + ?Sized>(
         crate::metrics::record_log_write(started.elapsed().as_secs_f64(), entries, n);
         for (pending, install) in group.into_iter().zip(installs) {
             let installed = match &install {
-                Some(meta) => match runtime.block_on(store.load_snapshot()) {
+                Some(meta) => match run_here(&runtime, store.load_snapshot()) {
                     Ok(Some((stored, data))) if stored.last == meta.last => Some((stored, data)),
                     Ok(_) => {
                         let _ = completions.send(Completion::Failed(format!(
