@@ -43,6 +43,9 @@ struct Line {
     p999_ms: f64,
     errors: u64,
     cpu_us_per_op: Option<f64>,
+    /// The servers' resident set, MiB per server: the peak during the
+    /// window, or (workload `idle`) once started.
+    rss_mib: Option<f64>,
 }
 
 fn parse(text: &str) -> Result<Vec<Line>> {
@@ -76,6 +79,7 @@ fn parse(text: &str) -> Result<Vec<Line>> {
             p999_ms: num("p999_ms").unwrap_or(0.0),
             errors: v["errors"].as_u64().unwrap_or(0),
             cpu_us_per_op: num("cpu_us_per_op"),
+            rss_mib: num("rss_mib"),
         });
     }
     Ok(lines)
@@ -149,7 +153,7 @@ fn markdown(lines: &[Line], header: &str) -> String {
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let mut keys: Vec<(String, u64)> = lines
         .iter()
-        .filter(|l| l.system != "raft-core")
+        .filter(|l| l.system != "raft-core" && l.workload != "idle")
         .map(|l| (l.workload.clone(), l.clients))
         .collect();
     keys.sort_by_key(|k| (workload_rank(&k.0), k.1));
@@ -204,6 +208,7 @@ fn markdown(lines: &[Line], header: &str) -> String {
     }
     out.push_str("\n![throughput](throughput.png)\n![p99](p99.png)\n");
     out.push_str(&targets(lines));
+    out.push_str(&memory(lines, &keys));
     let core: Vec<&Line> = lines.iter().filter(|l| l.system == "raft-core").collect();
     if !core.is_empty() {
         out.push_str(
@@ -222,6 +227,31 @@ fn markdown(lines: &[Line], header: &str) -> String {
                 opt(l.cpu_us_per_op, 2)
             );
         }
+    }
+    out
+}
+
+/// Resident memory per server, idle and at the peak of each window.
+fn memory(lines: &[Line], keys: &[(String, u64)]) -> String {
+    if !lines.iter().any(|l| l.rss_mib.is_some()) {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\n## Memory (W4, part)\n\nResident set per server process in MiB (mean of the three), from \
+         /proc: once started and idle, and the highest seen (sampled every 200 ms) during each \
+         window.\n\n| workload | clients | raft-kv MiB | etcd TLS MiB | etcd plaintext MiB |\n\
+         |---|---:|---:|---:|---:|\n",
+    );
+    let idle = ("idle".to_string(), 0);
+    for (workload, clients) in std::iter::once(&idle).chain(keys) {
+        let rss = |system: &str| find(lines, system, workload, *clients).and_then(|l| l.rss_mib);
+        let _ = writeln!(
+            out,
+            "| {workload} | {clients} | {} | {} | {} |",
+            opt(rss("raft-kv"), 0),
+            opt(rss("etcd-tls"), 0),
+            opt(rss("etcd-plaintext"), 0),
+        );
     }
     out
 }
@@ -429,8 +459,10 @@ mod tests {
 {"system":"raft-kv","workload":"put","clients":1,"ops":100,"secs":1.0,"ops_per_sec":600.0,"p50_ms":1.5,"p99_ms":3.0,"p999_ms":4.0,"errors":0,"cpu_us_per_op":1900.0}
 {"system":"etcd-tls","workload":"put","clients":1,"ops":100,"secs":1.0,"ops_per_sec":500.0,"p50_ms":1.8,"p99_ms":5.0,"p999_ms":6.0,"errors":0,"cpu_us_per_op":2300.0}
 {"system":"etcd-plaintext","workload":"put","clients":1,"ops":100,"secs":1.0,"ops_per_sec":800.0,"p50_ms":1.0,"p99_ms":2.0,"p999_ms":3.0,"errors":0,"cpu_us_per_op":1200.0}
-{"system":"raft-kv","workload":"put","clients":256,"ops":100,"secs":1.0,"ops_per_sec":15000.0,"p50_ms":10.0,"p99_ms":30.0,"p999_ms":40.0,"errors":2,"cpu_us_per_op":100.0}
-{"system":"etcd-tls","workload":"put","clients":256,"ops":100,"secs":1.0,"ops_per_sec":4000.0,"p50_ms":50.0,"p99_ms":120.0,"p999_ms":140.0,"errors":0,"cpu_us_per_op":340.0}
+{"system":"raft-kv","rss_mib":40.5,"workload":"idle","clients":0,"ops":0,"secs":0,"ops_per_sec":0}
+{"system":"etcd-tls","rss_mib":30.2,"workload":"idle","clients":0,"ops":0,"secs":0,"ops_per_sec":0}
+{"system":"raft-kv","rss_mib":120.4,"workload":"put","clients":256,"ops":100,"secs":1.0,"ops_per_sec":15000.0,"p50_ms":10.0,"p99_ms":30.0,"p999_ms":40.0,"errors":2,"cpu_us_per_op":100.0}
+{"system":"etcd-tls","rss_mib":90.0,"workload":"put","clients":256,"ops":100,"secs":1.0,"ops_per_sec":4000.0,"p50_ms":50.0,"p99_ms":120.0,"p999_ms":140.0,"errors":0,"cpu_us_per_op":340.0}
 {"system":"raft-kv","workload":"get-lease","clients":256,"ops":100,"secs":1.0,"ops_per_sec":30000.0,"p50_ms":5.0,"p99_ms":9.0,"p999_ms":12.0,"errors":0,"cpu_us_per_op":40.0}
 {"system":"raft-core","workload":"w3","clients":64,"ops":100,"secs":1.0,"ops_per_sec":2000000.0,"p50_ms":0.02,"p99_ms":0.04,"p999_ms":0.05,"errors":0,"cpu_us_per_op":0.41}
 "#;
@@ -470,6 +502,10 @@ mod tests {
             md.contains("| 64 | 2000000 | 0.020 | 0.040 | 0.41 |"),
             "{md}"
         );
+        // Idle lines stay out of the throughput table, into the memory one.
+        assert!(!md.contains("| idle | 0 | 0 |"), "{md}");
+        assert!(md.contains("| idle | 0 | 40 | 30 | – |"), "{md}");
+        assert!(md.contains("| put | 256 | 120 | 90 | – |"), "{md}");
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //!    `raft-bench etcd`.
 //! 4. W3 (raft-core alone, `cargo bench -p raft-core --bench w3`) unless
 //!    `--quick`.
-//! 5. `target/bench/report.md` (table, ratios, targets, date, machine,
+//! 5. Memory (part of W4): every server's resident set sampled from /proc
+//!    while it is idle after its start and during each measured window
+//!    (the peak, per node), for both systems.
+//! 6. `target/bench/report.md` (table, ratios, targets, date, machine,
 //!    commit), `throughput.png` and `p99.png`; every JSON line in
 //!    `results.jsonl`.
 //!
@@ -23,6 +26,8 @@ use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -181,15 +186,98 @@ impl Results {
 
     /// Adds `"system": system` to the JSON line `line` and records it.
     fn add(&mut self, system: &str, line: &str) -> Result<()> {
+        self.add_with_rss(system, line, None)
+    }
+
+    /// [`Results::add`], with the servers' peak resident set per node.
+    fn add_with_rss(&mut self, system: &str, line: &str, rss_mib: Option<f64>) -> Result<()> {
         let line = line.trim();
         let Some(rest) = line.strip_prefix('{') else {
             bail!("{system}: expected a JSON line, got {line:?}");
         };
-        let tagged = format!("{{\"system\":\"{system}\",{rest}");
+        let rss = rss_mib.map_or(String::new(), |mib| format!("\"rss_mib\":{mib:.1},"));
+        let tagged = format!("{{\"system\":\"{system}\",{rss}{rest}");
         eprintln!("xtask: bench: {tagged}");
         writeln!(self.file, "{tagged}")?;
         Ok(())
     }
+}
+
+/// The resident set of process `pid` in KiB, from /proc.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The servers' resident set now, in MiB per server (their mean).
+fn rss_now(pids: &[u32]) -> f64 {
+    let total: u64 = pids.iter().filter_map(|p| rss_kib(*p)).sum();
+    total as f64 / 1024.0 / pids.len().max(1) as f64
+}
+
+/// Samples the servers' resident set every 200 ms while a load runs.
+struct RssPeak {
+    stop: Arc<AtomicBool>,
+    sampler: std::thread::JoinHandle<f64>,
+}
+
+impl RssPeak {
+    fn start(pids: Vec<u32>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            let mut peak = 0.0f64;
+            while !stopping.load(Ordering::Relaxed) {
+                peak = peak.max(rss_now(&pids));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            peak
+        });
+        Self { stop, sampler }
+    }
+
+    /// The highest mean resident set per server seen, in MiB.
+    fn finish(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.sampler.join().unwrap_or(0.0)
+    }
+}
+
+/// An idle line for the report: the servers' resident set once started.
+fn idle_line(pids: &[u32]) -> String {
+    // Settled: the start's allocations done, nothing asked yet.
+    std::thread::sleep(Duration::from_secs(2));
+    format!(
+        "{{\"rss_mib\":{:.1},\"workload\":\"idle\",\"clients\":0,\"ops\":0,\"secs\":0,\"ops_per_sec\":0}}",
+        rss_now(pids)
+    )
+}
+
+/// The node processes of a cluster `cargo xtask cluster` started in `dir`.
+fn cluster_pids(dir: &Path) -> Result<Vec<u32>> {
+    let state = std::fs::read_to_string(dir.join("cluster.state"))
+        .with_context(|| format!("cannot read {}", dir.join("cluster.state").display()))?;
+    Ok(state
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("pid="))
+        .filter_map(|p| p.parse().ok())
+        .collect())
+}
+
+/// Runs a load generator while sampling the servers' memory; returns the
+/// last line it printed and the peak resident set per server.
+fn measure_with_rss(cmd: Command, what: &str, pids: &[u32]) -> Result<(String, f64)> {
+    let peak = RssPeak::start(pids.to_vec());
+    let line = measure(cmd, what);
+    let peak = peak.finish();
+    Ok((line?, peak))
 }
 
 /// Runs a load generator and returns the last line it printed.
@@ -216,6 +304,8 @@ fn ours(plan: &Plan, bin_dir: &Path, dir: &Path, results: &mut Results) -> Resul
     }
     let env = cluster::start_detached(dir, 3, bin_dir)?;
     let outcome = (|| {
+        let pids = cluster_pids(dir)?;
+        results.add("raft-kv", &idle_line(&pids))?;
         let workloads = plan
             .clients
             .iter()
@@ -232,7 +322,8 @@ fn ours(plan: &Plan, bin_dir: &Path, dir: &Path, results: &mut Results) -> Resul
                 .args(["--consistency", consistency]);
             let what = format!("raft-kv {op} ({consistency}) at {clients} clients");
             eprintln!("xtask: bench: {what}");
-            results.add("raft-kv", &measure(cmd, &what)?)?;
+            let (line, rss) = measure_with_rss(cmd, &what, &pids)?;
+            results.add_with_rss("raft-kv", &line, Some(rss))?;
         }
         Ok(())
     })();
@@ -374,6 +465,8 @@ fn etcd(
     );
     let etcd = start_etcd(&dir, tls)?;
     let outcome = (|| {
+        let pids: Vec<u32> = etcd.children.iter().map(|c| c.id()).collect();
+        results.add(system, &idle_line(&pids))?;
         let workloads = plan
             .clients
             .iter()
@@ -397,7 +490,8 @@ fn etcd(
             }
             let what = format!("{system} {op} at {clients} clients");
             eprintln!("xtask: bench: {what}");
-            results.add(system, &measure(cmd, &what)?)?;
+            let (line, rss) = measure_with_rss(cmd, &what, &pids)?;
+            results.add_with_rss(system, &line, Some(rss))?;
         }
         Ok(())
     })();
