@@ -368,8 +368,13 @@ impl Client {
 
     async fn session(&self) -> Result<Session, ClientError> {
         let client_id = self.session_id().await?;
-        let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed);
+        // The number is taken and recorded as outstanding under one lock:
+        // a write that got its number earlier is always in the set when a
+        // later one computes its first outstanding number (taken outside
+        // it, a later write could tell the servers the earlier one was
+        // finished, and they would refuse it as expired).
         let mut outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
+        let sequence = self.next_sequence.fetch_add(1, Ordering::Relaxed);
         outstanding.insert(sequence);
         let first_outstanding = outstanding.iter().next().copied().unwrap_or(sequence);
         Ok(Session {
@@ -803,5 +808,76 @@ mod tests {
             "no earlier write is still outstanding: {next:?}"
         );
         assert_eq!(next.sequence, 4);
+    }
+
+    /// Found by a 1,024-writer preload over 100 shared clients: a write got
+    /// `SessionExpired` although nothing had expired. Its sequence number
+    /// was taken before it was recorded as outstanding, so a write begun a
+    /// moment later could tell the servers that every number below its own
+    /// was finished; applied first, it raised the session's floor above
+    /// the earlier write's number. Here many tasks share one client and
+    /// check, for every sequence number they get, that all numbers below
+    /// the first outstanding one it names were finished already.
+    #[test]
+    fn no_write_is_declared_finished_before_it_is() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicU64 as Clock;
+        let ca = CertificateAuthority::generate("test CA").unwrap();
+        let identity = ca.client_identity("test", "tester").unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = runtime.block_on(async {
+            let config = ClientConfig::new(vec!["127.0.0.1:9".into()], identity);
+            Client::connect(config).await.unwrap()
+        });
+        client.client_id.store(42, Ordering::Release);
+        let client = Arc::new(client);
+        const PER_THREAD: usize = 50_000;
+        const THREADS: usize = 4;
+        let n = PER_THREAD * THREADS + 1;
+        // One logical clock: when each write began (got its numbers) and
+        // when it finished (before the client is told).
+        let clock = Arc::new(Clock::new(1));
+        let began: Arc<Vec<Clock>> = Arc::new((0..n).map(|_| Clock::new(0)).collect());
+        let finished: Arc<Vec<Clock>> = Arc::new((0..n).map(|_| Clock::new(0)).collect());
+        let first: Arc<Vec<Clock>> = Arc::new((0..n).map(|_| Clock::new(0)).collect());
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (client, clock) = (client.clone(), clock.clone());
+                let (began, finished, first) = (began.clone(), finished.clone(), first.clone());
+                let handle = runtime.handle().clone();
+                std::thread::spawn(move || {
+                    for _ in 0..PER_THREAD {
+                        let session = handle.block_on(client.session()).unwrap();
+                        let seq = session.sequence as usize;
+                        began[seq].store(clock.fetch_add(1, Ordering::SeqCst), Ordering::SeqCst);
+                        first[seq].store(session.first_outstanding, Ordering::SeqCst);
+                        finished[seq].store(clock.fetch_add(1, Ordering::SeqCst), Ordering::SeqCst);
+                        client.done(session.sequence);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        // Every number below a write's first outstanding one finished
+        // before that write began.
+        let mut latest_finish = vec![0u64; n];
+        for seq in 1..n {
+            latest_finish[seq] = latest_finish[seq - 1].max(finished[seq].load(Ordering::SeqCst));
+        }
+        for seq in 1..n {
+            let first = first[seq].load(Ordering::SeqCst) as usize;
+            assert!(first <= seq, "write {seq} names {first} as outstanding");
+            let began = began[seq].load(Ordering::SeqCst);
+            assert!(
+                latest_finish[first - 1] < began,
+                "write {seq} says every write below {first} finished, but one finished later"
+            );
+        }
     }
 }
