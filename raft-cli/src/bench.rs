@@ -311,7 +311,8 @@ async fn preload(
     let next = Arc::new(AtomicU64::new(0));
     let value = Bytes::from(vec![b'x'; args.value_size]);
     let mut tasks = tokio::task::JoinSet::new();
-    for client in clients {
+    // As many writers as clients, over the shared connections.
+    for client in clients.iter().cycle().take(args.clients.max(clients.len())) {
         let (client, next, value, bar, keys) = (
             client.clone(),
             next.clone(),
@@ -325,7 +326,21 @@ async fn preload(
                 if index >= keys {
                     return Ok(());
                 }
-                client.put(bench_key(index), value.clone()).await?;
+                // A write held up long enough for its session to let its
+                // number go (a stalled connection while the session's other
+                // writers went on) is refused as expired and not applied;
+                // writing the same value again under the new session is
+                // what a preload wants.
+                let mut expired = 0;
+                loop {
+                    match client.put(bench_key(index), value.clone()).await {
+                        Ok(_) => break,
+                        Err(raft_kv::client::ClientError::Kv(
+                            raft_kv::protocol::KvError::SessionExpired,
+                        )) if expired < 3 => expired += 1,
+                        Err(e) => return Err(e),
+                    }
+                }
                 bar.inc(1);
             }
         });

@@ -14,7 +14,11 @@
 //! 5. Memory (part of W4): every server's resident set sampled from /proc
 //!    while it is idle after its start and during each measured window
 //!    (the peak, per node), for both systems.
-//! 6. `target/bench/report.md` (table, ratios, targets, date, machine,
+//! 6. With `--w4` (several minutes more): a follower restarted on a log of
+//!    1,000,000 entries (time until it answers, and until it has applied
+//!    them all again), and a node added to a cluster holding about 1 GiB of
+//!    state (time until the snapshot is installed and it caught up).
+//! 7. `target/bench/report.md` (table, ratios, targets, date, machine,
 //!    commit), `throughput.png` and `p99.png`; every JSON line in
 //!    `results.jsonl`.
 //!
@@ -65,6 +69,10 @@ pub(crate) struct BenchArgs {
     /// target/bench).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Also W4's restart and snapshot catch-up (about 10 minutes more;
+    /// at the peak about 3 GiB of memory and 4 GiB of disk per node).
+    #[arg(long)]
+    w4: bool,
 }
 
 /// The shape of one run.
@@ -138,6 +146,20 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     }
     if !args.quick {
         w3(&mut results)?;
+    }
+    if args.w4 {
+        w4_restart(
+            &bin_dir,
+            &out.join("w4-restart"),
+            RESTART_ENTRIES,
+            &mut results,
+        )?;
+        w4_catch_up(
+            &bin_dir,
+            &out.join("w4-catch-up"),
+            CATCH_UP_KEYS,
+            &mut results,
+        )?;
     }
     eprintln!(
         "xtask: bench: measured in {:.0} s; writing the report",
@@ -302,7 +324,7 @@ fn ours(plan: &Plan, bin_dir: &Path, dir: &Path, results: &mut Results) -> Resul
         cluster::stop_in(dir)?;
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
     }
-    let env = cluster::start_detached(dir, 3, bin_dir)?;
+    let env = cluster::start_detached(dir, 3, bin_dir, None)?;
     let outcome = (|| {
         let pids = cluster_pids(dir)?;
         results.add("raft-kv", &idle_line(&pids))?;
@@ -329,6 +351,217 @@ fn ours(plan: &Plan, bin_dir: &Path, dir: &Path, results: &mut Results) -> Resul
     })();
     let stopped = cluster::stop_in(dir);
     outcome.and(stopped)
+}
+
+/// W4: entries in the log of the restarted follower.
+const RESTART_ENTRIES: u64 = 1_000_000;
+/// W4: keys of 256 B (with their 14 B names, about 1 GiB) in the state
+/// that a new node receives as a snapshot.
+const CATCH_UP_KEYS: u64 = 4_000_000;
+/// W4: how long a step may take before the run gives up.
+const W4_DEADLINE: Duration = Duration::from_secs(900);
+
+/// Writes keys `bench/00000000`.. once each through `raft-cli bench`'s
+/// preload (1,024 writers over 100 connections).
+fn preload(bin_dir: &Path, env: &[(&str, String)], keys: u64) -> Result<()> {
+    let mut cmd = Command::new(bin_dir.join("raft-cli"));
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        .args([
+            "--output",
+            "json",
+            "bench",
+            "--op",
+            "get",
+            "--clients",
+            "1024",
+        ])
+        .args(["--duration", "1", "--warmup", "0", "--value-size", "256"])
+        .arg("--keys")
+        .arg(keys.to_string());
+    let what = format!("preloading {keys} keys");
+    eprintln!("xtask: bench: W4: {what}");
+    measure(cmd, &what).map(|_| ())
+}
+
+/// Polls `check` every 100 ms until it holds; the time it took.
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) -> Result<Duration> {
+    let started = Instant::now();
+    while !check() {
+        if started.elapsed() > W4_DEADLINE {
+            bail!(
+                "W4: {what} did not happen within {} s",
+                W4_DEADLINE.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(started.elapsed())
+}
+
+/// The nodes of the cluster in `dir`: (id, metrics address).
+fn cluster_metrics(dir: &Path) -> Result<Vec<(u64, std::net::SocketAddr)>> {
+    let state = std::fs::read_to_string(dir.join("cluster.state"))?;
+    let mut nodes = Vec::new();
+    for line in state.lines() {
+        let word = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_string)
+        };
+        if let (Some(id), Some(metrics)) = (word("node="), word("metrics=")) {
+            nodes.push((id.parse()?, metrics.parse()?));
+        }
+    }
+    Ok(nodes)
+}
+
+fn metric(address: std::net::SocketAddr, name: &str) -> u64 {
+    net::metric(address, name).map_or(0, |v| v as u64)
+}
+
+/// W4: a follower restarted on a log of `entries` entries (snapshots off
+/// meanwhile, so the whole log is replayed).
+fn w4_restart(bin_dir: &Path, dir: &Path, entries: u64, results: &mut Results) -> Result<()> {
+    if dir.exists() {
+        cluster::stop_in(dir)?;
+        std::fs::remove_dir_all(dir)?;
+    }
+    let env = cluster::start_detached(dir, 3, bin_dir, Some(entries * 10))?;
+    let outcome = (|| {
+        preload(bin_dir, &env, entries)?;
+        let nodes = cluster_metrics(dir)?;
+        let leader = net::health(nodes[0].1)
+            .and_then(|h| h.leader())
+            .context("W4: no leader known")?;
+        let &(follower, follower_metrics) = nodes
+            .iter()
+            .find(|(id, _)| *id != leader)
+            .context("W4: no follower")?;
+        let leader_metrics = nodes.iter().find(|(id, _)| *id == leader).map(|n| n.1);
+        let commit = metric(
+            leader_metrics.context("W4: no leader")?,
+            "raft_commit_index",
+        );
+        wait_until("the follower applying everything", || {
+            metric(follower_metrics, "raft_applied_index") >= commit
+        })?;
+        // No snapshot was taken, so the log starts at 1 and holds every
+        // entry applied (the log-bound gauges are refreshed only every few
+        // seconds; the applied index at once).
+        let log = metric(follower_metrics, "raft_applied_index");
+        eprintln!("xtask: bench: W4: restarting node-{follower} on a log of {log} entries");
+        let restarted = Instant::now();
+        cluster::restart_in(dir, follower)?;
+        wait_until("the restarted follower answering", || {
+            net::health(follower_metrics).is_some_and(|h| h.knows_leader())
+        })?;
+        let serving = restarted.elapsed();
+        wait_until("the restarted follower applying its log again", || {
+            metric(follower_metrics, "raft_applied_index") >= commit
+        })?;
+        let caught_up = restarted.elapsed();
+        results.add(
+            "raft-kv",
+            &format!(
+                "{{\"workload\":\"w4-restart\",\"clients\":0,\"ops\":0,\"secs\":{:.2},\
+                 \"ops_per_sec\":0,\"entries\":{log},\"serving_secs\":{:.2},\"caught_up_secs\":{:.2}}}",
+                caught_up.as_secs_f64(),
+                serving.as_secs_f64(),
+                caught_up.as_secs_f64()
+            ),
+        )
+    })();
+    finish_w4(dir, outcome)
+}
+
+/// Stops a W4 cluster and removes its data (gigabytes) once measured;
+/// after a failure the data stays for a look.
+fn finish_w4(dir: &Path, outcome: Result<()>) -> Result<()> {
+    let stopped = cluster::stop_in(dir);
+    if outcome.is_ok() && stopped.is_ok() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    outcome.and(stopped)
+}
+
+/// W4: a node added to a cluster holding `keys` keys of 256 B, caught up
+/// by a snapshot (one is taken at the end of the preload, and the log
+/// compacted, so nothing else can bring it up to date).
+fn w4_catch_up(bin_dir: &Path, dir: &Path, keys: u64, results: &mut Results) -> Result<()> {
+    if dir.exists() {
+        cluster::stop_in(dir)?;
+        std::fs::remove_dir_all(dir)?;
+    }
+    // One snapshot, once nearly every key is in.
+    let env = cluster::start_detached(dir, 3, bin_dir, Some(keys - keys / 100))?;
+    let outcome = (|| {
+        preload(bin_dir, &env, keys)?;
+        let nodes = cluster_metrics(dir)?;
+        eprintln!("xtask: bench: W4: waiting for every node's snapshot and compaction");
+        wait_until("every node compacting its log", || {
+            nodes
+                .iter()
+                .all(|(_, m)| metric(*m, "raft_first_log_index") > 1)
+        })?;
+        let snapshot_bytes = snapshot_size(dir, nodes[0].0);
+        let leader = net::health(nodes[0].1)
+            .and_then(|h| h.leader())
+            .context("W4: no leader known")?;
+        let leader_metrics = nodes
+            .iter()
+            .find(|(id, _)| *id == leader)
+            .map(|n| n.1)
+            .context("W4: no leader")?;
+        let (listen, joiner_metrics) = cluster::spawn_in(dir, 4)?;
+        let commit = metric(leader_metrics, "raft_commit_index");
+        eprintln!(
+            "xtask: bench: W4: adding node-4 to a state of {:.0} MiB (snapshot file)",
+            snapshot_bytes as f64 / (1 << 20) as f64
+        );
+        let added = Instant::now();
+        let mut cmd = Command::new(bin_dir.join("raft-cli"));
+        cmd.envs(env.iter().map(|(k, v)| (k, v)))
+            .args(["add-node", "--learner", "4"])
+            .arg(listen.to_string());
+        crate::step("raft-cli add-node 4", cmd)?;
+        wait_until("node-4 catching up", || {
+            metric(joiner_metrics, "raft_applied_index") >= commit
+        })?;
+        let caught_up = added.elapsed();
+        results.add(
+            "raft-kv",
+            &format!(
+                "{{\"workload\":\"w4-catch-up\",\"clients\":0,\"ops\":0,\"secs\":{:.2},\
+                 \"ops_per_sec\":0,\"keys\":{keys},\"snapshot_bytes\":{snapshot_bytes},\"caught_up_secs\":{:.2}}}",
+                caught_up.as_secs_f64(),
+                caught_up.as_secs_f64()
+            ),
+        )
+    })();
+    finish_w4(dir, outcome)
+}
+
+/// The size of the largest file under node `id`'s data directory whose
+/// name says snapshot.
+fn snapshot_size(dir: &Path, id: u64) -> u64 {
+    fn walk(path: &Path, best: &mut u64) {
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, best);
+            } else if path.to_string_lossy().contains("snap")
+                && let Ok(meta) = entry.metadata()
+            {
+                *best = (*best).max(meta.len());
+            }
+        }
+    }
+    let mut best = 0;
+    walk(&dir.join(format!("node-{id}")), &mut best);
+    best
 }
 
 /// An etcd cluster of three members on loopback.

@@ -48,6 +48,7 @@ mod state;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -110,6 +111,11 @@ struct StartArgs {
     /// rely on bounded clock drift, see raft-kv's README).
     #[arg(long)]
     lease_reads: bool,
+    /// Log entries between snapshots (`[snapshot] threshold`; the node's
+    /// default is 100,000). A small one shows snapshots and compaction at
+    /// work within seconds.
+    #[arg(long, value_name = "ENTRIES")]
+    snapshot_threshold: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -182,6 +188,7 @@ pub(crate) fn start_detached(
     dir: &Path,
     nodes: u64,
     bin_dir: &Path,
+    snapshot_threshold: Option<u64>,
 ) -> Result<Vec<(&'static str, String)>> {
     let cluster = Cluster::new(Some(dir.to_path_buf()))?;
     start(
@@ -194,6 +201,7 @@ pub(crate) fn start_detached(
             bin_dir: Some(bin_dir.to_path_buf()),
             timeout: 60,
             lease_reads: true,
+            snapshot_threshold,
         },
     )?;
     let state = State::load(&cluster.dir)?.context("the cluster left no state file")?;
@@ -210,6 +218,47 @@ pub(crate) fn start_detached(
 /// Stops the cluster in `dir` (see `cargo xtask cluster stop`).
 pub(crate) fn stop_in(dir: &Path) -> Result<()> {
     stop(&Cluster::new(Some(dir.to_path_buf()))?)
+}
+
+/// Starts node `id` for the running cluster in `dir`, waiting to join (see
+/// `cargo xtask cluster spawn`); returns its client address and its
+/// metrics address.
+pub(crate) fn spawn_in(dir: &Path, id: u64) -> Result<(SocketAddr, SocketAddr)> {
+    spawn(&Cluster::new(Some(dir.to_path_buf()))?, id)?;
+    let state = State::load(dir)?.context("the cluster left no state file")?;
+    let node = state
+        .node(id)
+        .context("the spawned node is not in the state file")?;
+    Ok((node.listen, node.metrics))
+}
+
+/// Stops node `id` of the cluster in `dir` (SIGTERM, waiting up to
+/// [`STOP_GRACE`] for it to exit) and starts it again on its data and
+/// configuration; returns once it is started, with its metrics address.
+pub(crate) fn restart_in(dir: &Path, id: u64) -> Result<SocketAddr> {
+    let state = State::load(dir)?.with_context(|| format!("no cluster in {}", dir.display()))?;
+    let node = *state
+        .node(id)
+        .with_context(|| format!("node {id} is not in the cluster in {}", dir.display()))?;
+    process::signal(node.pid, libc::SIGTERM);
+    let deadline = Instant::now() + STOP_GRACE;
+    while process::node_alive(node.pid, &config_path(dir, id)) {
+        if Instant::now() >= deadline {
+            bail!(
+                "node-{id} (pid {}) did not stop within {} s",
+                node.pid,
+                STOP_GRACE.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let child = spawn_node(&state.bin_dir, dir, id, Output::LogFile)?;
+    let mut state = State::load(dir)?.unwrap_or(state);
+    if let Some(record) = state.nodes.iter_mut().find(|n| n.id == id) {
+        record.pid = child.child.id();
+    }
+    state.save(dir)?;
+    Ok(node.metrics)
 }
 
 fn start(cluster: &Cluster, args: &StartArgs) -> Result<()> {
@@ -250,7 +299,14 @@ fn start(cluster: &Cluster, args: &StartArgs) -> Result<()> {
         .map(|(id, p)| format!("{id}={}", p.listen))
         .collect();
     for (&id, p) in ids.iter().zip(&ports) {
-        write_config(dir, id, p, Membership::Initial(&initial), args.lease_reads)?;
+        write_config(
+            dir,
+            id,
+            p,
+            Membership::Initial(&initial),
+            args.lease_reads,
+            args.snapshot_threshold,
+        )?;
     }
     write_cli_env(cluster, &bin_dir, &ports)?;
 
@@ -534,6 +590,7 @@ fn write_config(
     ports: &Ports,
     membership: Membership,
     lease_reads: bool,
+    snapshot_threshold: Option<u64>,
 ) -> Result<()> {
     let data_dir = dir.join(format!("node-{id}"));
     std::fs::create_dir_all(&data_dir)
@@ -565,7 +622,10 @@ fn write_config(
          \n\
          [raft]\n\
          tick_ms = {TICK_MS}\n\
-         lease_reads = {lease_reads}\n",
+         lease_reads = {lease_reads}\n{snapshot}",
+        snapshot = snapshot_threshold.map_or(String::new(), |n| {
+            format!("\n[snapshot]\nthreshold = {n}\n")
+        }),
         cluster = toml_string(CLUSTER_ID),
         listen = toml_string(&ports.listen.to_string()),
         data = toml_string(&data_dir.display().to_string()),
@@ -1133,7 +1193,7 @@ fn spawn(cluster: &Cluster, id: u64) -> Result<()> {
         std::fs::read_to_string(config_path(dir, n.id))
             .is_ok_and(|c| c.lines().any(|l| l.trim() == "lease_reads = true"))
     });
-    write_config(dir, id, &ports, Membership::Join, lease_reads)?;
+    write_config(dir, id, &ports, Membership::Join, lease_reads, None)?;
     let mut child = spawn_node(&bin_dir, dir, id, Output::LogFile)?;
     let pid = child.child.id();
     // Re-read: another command may have changed the state meanwhile.

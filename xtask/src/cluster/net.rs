@@ -83,15 +83,33 @@ fn word_after(text: &str, key: &str) -> Option<u64> {
 
 /// `GET /health` over plain HTTP/1.0; `None` if nothing answers yet.
 pub(crate) fn health(address: SocketAddr) -> Option<Health> {
+    get(address, "/health", 64 * 1024)
+}
+
+/// The value of the unlabelled gauge or counter `name` on the node's
+/// `/metrics` page; `None` if nothing answers or it is not there.
+pub(crate) fn metric(address: SocketAddr, name: &str) -> Option<f64> {
+    let page = get(address, "/metrics", 4 << 20)?;
+    page.body.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// `GET path` over plain HTTP/1.0, reading at most `limit` bytes.
+fn get(address: SocketAddr, path: &str, limit: u64) -> Option<Health> {
     let timeout = Duration::from_secs(2);
     let mut stream = TcpStream::connect_timeout(&address, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     stream.set_write_timeout(Some(timeout)).ok()?;
     stream
-        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .write_all(
+            format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .ok()?;
     let mut response = Vec::new();
-    stream.take(64 * 1024).read_to_end(&mut response).ok()?;
+    stream.take(limit).read_to_end(&mut response).ok()?;
     let text = String::from_utf8_lossy(&response);
     let status_line = text.lines().next()?;
     let mut parts = status_line.split_whitespace();
