@@ -119,6 +119,9 @@ pub struct Node<S: LogRead> {
     need_append: bool,
     /// The commit index last sent to followers.
     broadcast_commit: Index,
+    /// Followers owed the commit index at once: a read of theirs was
+    /// answered with an index above the commit index they were told.
+    commit_notices: Vec<NodeId>,
 
     reads: reads::Reads,
 
@@ -212,6 +215,7 @@ impl<S: LogRead> Node<S> {
             lease_revoked: false,
             need_append: false,
             broadcast_commit: 0,
+            commit_notices: Vec::new(),
             reads: reads::Reads::default(),
             snapshots: snapshot::SnapshotState::new(&config.snapshot),
             messages: Vec::new(),
@@ -588,6 +592,7 @@ impl<S: LogRead> Node<S> {
             || (self.role == Role::Leader
                 && (self.need_append
                     || self.reads.wants_round()
+                    || !self.commit_notices.is_empty()
                     || self.broadcast_commit < self.log.committed))
     }
 

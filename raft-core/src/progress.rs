@@ -50,6 +50,9 @@ pub(crate) struct Progress {
     pub(crate) last_active: u64,
     /// The latest heartbeat round it acknowledged.
     pub(crate) read_ack: u64,
+    /// The commit index the last AppendEntries or heartbeat sent to it
+    /// carried (for a heartbeat, capped at its match index).
+    pub(crate) commit_sent: Index,
     pub(crate) snapshot: Option<SnapshotSend>,
 }
 
@@ -63,6 +66,7 @@ impl Progress {
             inflight: VecDeque::new(),
             last_active: 0,
             read_ack: 0,
+            commit_sent: 0,
             snapshot: None,
         }
     }

@@ -214,3 +214,54 @@ fn lease_reads_are_opt_in() {
     bad.check_quorum = false;
     assert!(bad.validate().is_err(), "lease reads require CheckQuorum");
 }
+
+/// A follower's read answered with an index above the commit index the
+/// follower was told (its round's heartbeat went out while the entry was
+/// still on its way to it) brings that commit index along at once, so the
+/// follower serves without waiting for a tick. (The leader no longer sends
+/// an empty AppendEntries each time its commit index moves.)
+#[test]
+fn a_follower_read_answered_above_its_commit_gets_the_commit_index_at_once() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.propose_committed(b"a");
+    let x = c.propose(1, b"x").unwrap();
+    c.process_ready(1);
+    let appends = c.take_messages();
+    // Node 3 stores x and acknowledges it: x commits with nodes 1 and 3.
+    for m in appends.iter().filter(|m| m.to == 3) {
+        c.deliver(m.clone());
+    }
+    c.process_ready(3);
+    for m in c.take_messages() {
+        c.deliver(m);
+    }
+    c.process_ready(1);
+    assert_eq!(c.node(1).commit_index(), x.index);
+    let held: Vec<_> = c.take_messages();
+    // Node 2 asks for a read before x reached it: the round's heartbeat
+    // can only tell it a commit index up to what it holds.
+    c.read(2, 7, ReadPolicy::ReadIndex).unwrap();
+    c.process_ready(2);
+    for m in c.take_messages() {
+        c.deliver(m);
+    }
+    c.process_ready(1);
+    let round = c.take_messages();
+    // x reaches node 2 and its acknowledgement the leader before the
+    // round's heartbeat does: nothing else goes to node 2 afterwards.
+    for m in appends.iter().filter(|m| m.to == 2) {
+        c.deliver(m.clone());
+    }
+    c.process_ready(2);
+    for m in c.take_messages() {
+        c.deliver(m);
+    }
+    c.process_ready(1);
+    for m in held.into_iter().chain(round).chain(c.take_messages()) {
+        c.deliver(m);
+    }
+    c.stabilize();
+    assert_eq!(read_result(&c, 2, 7), Some(Ok(x.index)));
+    assert!(c.node(2).applied_index() >= x.index);
+}

@@ -169,6 +169,8 @@ fn restart_from_a_snapshot() {
         c.propose(1, format!("x{i}").as_bytes()).unwrap();
         c.stabilize();
     }
+    // Followers learn the last commit index with the next message: a tick.
+    c.run_ticks(1);
     let before = c.member(2).machine.clone();
     assert!(
         c.node(2).store().snapshot().is_some(),

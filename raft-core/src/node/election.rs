@@ -295,6 +295,7 @@ impl<S: LogRead> Node<S> {
             self.progress.insert(id, pr);
         }
         self.broadcast_commit = 0;
+        self.commit_notices.clear();
         self.append_entry(EntryPayload::Noop);
         Ok(())
     }
@@ -331,7 +332,7 @@ impl<S: LogRead> Node<S> {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
         }
-        Ok(())
+        self.send_owed_commits()
     }
 
     /// CheckQuorum: has a quorum of voters answered within the last

@@ -296,6 +296,15 @@ impl<S: LogRead> Node<S> {
             if read.from == me {
                 self.reads.ready.push((read.id, read.index));
             } else {
+                // It applies up to the commit index it was told: if that is
+                // below the read's index, tell it the current one now.
+                if self
+                    .progress
+                    .get(&read.from)
+                    .is_some_and(|pr| pr.commit_sent < read.index)
+                {
+                    self.commit_notices.push(read.from);
+                }
                 self.send(
                     read.from,
                     MessageBody::ReadIndexResponse(ReadIndexResponse {
