@@ -127,6 +127,7 @@ pub(crate) async fn serve_connection(
     handler: Arc<dyn ClientHandler>,
 ) {
     let remote = connection.remote_address();
+    Counters::add(&inner.counters.client_connections, 1);
     debug!(node = inner.local(), %remote, "client connected");
     // Clients have no business opening unidirectional streams.
     connection.set_max_concurrent_uni_streams(VarInt::from_u32(0));

@@ -72,6 +72,8 @@ pub struct TransportStats {
     /// Client streams accepted: a calls stream per client connection (it
     /// carries all of its requests), plus one per subscription.
     pub client_streams: u64,
+    /// Client connections accepted (handshake done, ALPN `raft-client/2`).
+    pub client_connections: u64,
 }
 
 #[derive(Default)]
@@ -85,6 +87,7 @@ pub(crate) struct Counters {
     pub(crate) connections_refused: AtomicU64,
     pub(crate) peer_connections: AtomicU64,
     pub(crate) client_streams: AtomicU64,
+    pub(crate) client_connections: AtomicU64,
 }
 
 impl Counters {
@@ -104,6 +107,7 @@ impl Counters {
             connections_refused: get(&self.connections_refused),
             peer_connections: get(&self.peer_connections),
             client_streams: get(&self.client_streams),
+            client_connections: get(&self.client_connections),
         }
     }
 }
