@@ -30,7 +30,9 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
-use crate::client::{CatchUnwind, ClientError, ClientHandler, ClientRequest, Response};
+use crate::client::{
+    CatchUnwind, ClientError, ClientHandler, ClientRequest, Response, panic_message,
+};
 use crate::frame::{FrameError, LENGTH_PREFIX};
 use crate::transport::{Counters, Inner};
 use crate::wire::{CALL_NO_RESPONSE, STREAM_BAD_FRAME, STREAM_HANDLER_FAILED, STREAM_KIND_CALLS};
@@ -269,11 +271,7 @@ fn run_call(
             // A push answer to a call: its first item is the answer.
             Ok(Response::Stream(mut push)) => push.next_item().await.ok_or(CALL_NO_RESPONSE),
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
+                let what = panic_message(&*panic);
                 error!(node = inner.local(), %remote_address, "the client handler failed: {what}");
                 Err(STREAM_HANDLER_FAILED)
             }
@@ -526,6 +524,17 @@ mod tests {
         seen
     }
 
+    /// Feeds `bytes` in two pieces, cut at `cut`, and collects the frames.
+    fn decode_in_two(bytes: &Bytes, cut: usize, max_payload: usize) -> Vec<(u64, u32, Vec<u8>)> {
+        let mut decoder = CallDecoder::new(max_payload);
+        decoder.feed(bytes.slice(..cut));
+        let mut seen = frames(&mut decoder);
+        decoder.feed(bytes.slice(cut..));
+        seen.extend(frames(&mut decoder));
+        assert!(!decoder.is_mid_frame(), "cut at {cut}");
+        seen
+    }
+
     #[test]
     fn frames_split_anywhere_decode_the_same() {
         let mut bytes = BytesMut::new();
@@ -534,13 +543,8 @@ mod tests {
         encode_call(&mut bytes, 3, 0, &[9; 300]);
         let bytes = bytes.freeze();
         for cut in 1..bytes.len() {
-            let mut decoder = CallDecoder::new(1024);
-            decoder.feed(bytes.slice(..cut));
-            let mut seen = frames(&mut decoder);
-            decoder.feed(bytes.slice(cut..));
-            seen.extend(frames(&mut decoder));
             assert_eq!(
-                seen,
+                decode_in_two(&bytes, cut, 1024),
                 vec![
                     (1, 0, b"first".to_vec()),
                     (2, 7, Vec::new()),
@@ -548,7 +552,6 @@ mod tests {
                 ],
                 "cut at {cut}"
             );
-            assert!(!decoder.is_mid_frame());
         }
     }
 
@@ -559,13 +562,8 @@ mod tests {
         encode_call(&mut bytes, 6, 0, b"after");
         let bytes = bytes.freeze();
         for cut in [1, 16, 17, 60, 116, 117, bytes.len()] {
-            let mut decoder = CallDecoder::new(50);
-            decoder.feed(bytes.slice(..cut));
-            let mut seen = frames(&mut decoder);
-            decoder.feed(bytes.slice(cut..));
-            seen.extend(frames(&mut decoder));
             assert_eq!(
-                seen,
+                decode_in_two(&bytes, cut, 50),
                 vec![(5, u32::MAX, Vec::new()), (6, 0, b"after".to_vec())],
                 "cut at {cut}"
             );

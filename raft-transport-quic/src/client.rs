@@ -208,11 +208,7 @@ async fn serve_subscription(
     let response = match (CatchUnwind(handler.handle(request))).await {
         Ok(response) => response,
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into());
+            let what = panic_message(&*panic);
             error!(node = inner.local(), %remote_address, "the client handler failed: {what}");
             let _ = send.reset(STREAM_HANDLER_FAILED.into());
             return;
@@ -241,6 +237,15 @@ async fn serve_subscription(
             }
         }
     }
+}
+
+/// What a caught panic said, for the log.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 /// A boxed future whose panic becomes an `Err` (as a task's would).

@@ -284,13 +284,7 @@ fn idle_line(pids: &[u32]) -> String {
 
 /// The node processes of a cluster `cargo xtask cluster` started in `dir`.
 fn cluster_pids(dir: &Path) -> Result<Vec<u32>> {
-    let state = std::fs::read_to_string(dir.join("cluster.state"))
-        .with_context(|| format!("cannot read {}", dir.join("cluster.state").display()))?;
-    Ok(state
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("pid="))
-        .filter_map(|p| p.parse().ok())
-        .collect())
+    Ok(cluster::nodes_in(dir)?.iter().map(|n| n.pid).collect())
 }
 
 /// Runs a load generator while sampling the servers' memory; returns the
@@ -400,19 +394,10 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) -> Result<Duration> {
 
 /// The nodes of the cluster in `dir`: (id, metrics address).
 fn cluster_metrics(dir: &Path) -> Result<Vec<(u64, std::net::SocketAddr)>> {
-    let state = std::fs::read_to_string(dir.join("cluster.state"))?;
-    let mut nodes = Vec::new();
-    for line in state.lines() {
-        let word = |key: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .map(str::to_string)
-        };
-        if let (Some(id), Some(metrics)) = (word("node="), word("metrics=")) {
-            nodes.push((id.parse()?, metrics.parse()?));
-        }
-    }
-    Ok(nodes)
+    Ok(cluster::nodes_in(dir)?
+        .iter()
+        .map(|n| (n.id, n.metrics))
+        .collect())
 }
 
 fn metric(address: std::net::SocketAddr, name: &str) -> u64 {

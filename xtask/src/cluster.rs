@@ -220,6 +220,13 @@ pub(crate) fn stop_in(dir: &Path) -> Result<()> {
     stop(&Cluster::new(Some(dir.to_path_buf()))?)
 }
 
+/// The nodes recorded for the cluster in `dir`: ids, pids and addresses.
+pub(crate) fn nodes_in(dir: &Path) -> Result<Vec<NodeRecord>> {
+    Ok(State::load(dir)?
+        .with_context(|| format!("no cluster in {}", dir.display()))?
+        .nodes)
+}
+
 /// Starts node `id` for the running cluster in `dir`, waiting to join (see
 /// `cargo xtask cluster spawn`); returns its client address and its
 /// metrics address.
