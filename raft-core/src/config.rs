@@ -71,6 +71,15 @@ pub struct SnapshotPolicy {
     /// becomes `max(threshold, 1.5 × entries left)`, so a log that stays
     /// large does not trigger a snapshot for every new entry.
     pub threshold: u64,
+    /// Besides `threshold` entries, wait until the entries applied since
+    /// the newest snapshot hold at least this percentage of that
+    /// snapshot's size in bytes. A snapshot writes the whole state, so
+    /// without this a large state is written out again for every
+    /// `threshold` small writes; with it, each byte written to the log
+    /// costs at most `100 / log_share_percent` bytes of snapshot however
+    /// large the state grows, and the log holds at most about this share
+    /// of the state (plus `threshold` entries). 0 turns the rule off.
+    pub log_share_percent: u64,
     /// Entries kept in the log below the snapshot after compaction, so that
     /// slightly lagging followers catch up from the log, not a snapshot.
     pub retention: u64,
@@ -84,6 +93,7 @@ impl Default for SnapshotPolicy {
     fn default() -> Self {
         Self {
             threshold: 100_000,
+            log_share_percent: 50,
             retention: 10_000,
             chunk_size: 1 << 20,
             chunks_in_flight: 4,

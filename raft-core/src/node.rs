@@ -228,7 +228,7 @@ impl<S: LogRead> Node<S> {
             config,
         };
         if let Some(meta) = &snapshot {
-            node.snapshots.on_installed(meta.last.index);
+            node.snapshots.on_installed(meta.last.index, meta.size);
         }
         node.reset_randomized_timeout();
         Ok(node)
@@ -644,6 +644,8 @@ impl<S: LogRead> Node<S> {
         }
 
         let committed_entries = self.log.next_to_apply(self.config.max_apply_bytes)?;
+        self.snapshots
+            .count_applying(committed_entries.iter().map(Entry::budget_size).sum());
         self.reads
             .collect_ready(self.log.applied, &mut self.read_states);
         let read_states = std::mem::take(&mut self.read_states);
@@ -676,7 +678,6 @@ impl<S: LogRead> Node<S> {
             if let Some(index) = p.installed_snapshot {
                 self.log.stable_snapshot_to(index);
                 self.log.applied_to(index);
-                self.snapshots.on_installed(index);
             }
             if let Some(last) = p.last_entry {
                 self.log.stable_to(last);

@@ -16,6 +16,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use raft_core::{LogId, SnapshotMeta, StorageError};
@@ -28,8 +29,9 @@ pub(crate) const BLOCK: u64 = 64 * 1024;
 
 /// The name of the snapshot being received.
 const INCOMING: &str = "incoming.part";
-/// The name a host-built snapshot is written under before the rename.
-const BUILDING: &str = "building.tmp";
+/// How the names of host-built snapshots start before the rename (then the
+/// index and a number unique in this process).
+const BUILDING_PREFIX: &str = "building-";
 /// The name of the write probe `open` uses.
 pub(crate) const PROBE: &str = ".write-probe";
 
@@ -168,11 +170,19 @@ pub(crate) struct Incoming {
     crcs: BlockCrcs,
 }
 
+/// A host-built snapshot written and fsynced under a temporary name.
+pub(crate) struct Staged {
+    tmp: PathBuf,
+    current: CurrentSnapshot,
+}
+
 /// The snapshot directory.
 pub(crate) struct SnapshotDir {
     pub(crate) path: PathBuf,
     /// Whether to fsync files and the directory.
     pub(crate) sync: bool,
+    /// Snapshots staged so far (each gets a file name of its own).
+    pub(crate) builds: AtomicU64,
 }
 
 impl SnapshotDir {
@@ -243,42 +253,70 @@ impl SnapshotDir {
         })
     }
 
-    /// Writes a host-built snapshot durably under its final name.
-    pub(crate) fn write(
-        &self,
-        meta: &SnapshotMeta,
-        data: &[u8],
-    ) -> Result<CurrentSnapshot, StorageError> {
-        let tmp = self.path.join(BUILDING);
-        let name = Self::file_name(meta.last);
-        let to = self.path.join(&name);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| storage_io(&tmp, "creating snapshot file", &e))?;
-        file.write_all(data)
-            .map_err(|e| storage_io(&tmp, "writing snapshot", &e))?;
-        if self.sync {
-            file.sync_all()
-                .map_err(|e| storage_io(&tmp, "syncing snapshot", &e))?;
-        }
-        fs::rename(&tmp, &to).map_err(|e| storage_io(&to, "renaming snapshot into place", &e))?;
-        self.sync_dir()?;
+    /// Writes a host-built snapshot to a file of its own, fsynced, not yet
+    /// current: the slow part, done without holding the store's writer, so
+    /// log writes go on meanwhile. [`SnapshotDir::commit`] puts it in place.
+    pub(crate) fn stage(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<Staged, StorageError> {
+        let build = self.builds.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.path.join(format!(
+            "{BUILDING_PREFIX}{:020}-{build}.tmp",
+            meta.last.index
+        ));
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| storage_io(&tmp, "creating snapshot file", &e))?;
+            file.write_all(data)
+                .map_err(|e| storage_io(&tmp, "writing snapshot", &e))?;
+            if self.sync {
+                file.sync_all()
+                    .map_err(|e| storage_io(&tmp, "syncing snapshot", &e))?;
+            }
+            Ok(file)
+        })();
+        let file = match written {
+            Ok(file) => file,
+            Err(e) => {
+                // Nothing current changed: the partial file goes, the store
+                // stays usable.
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
         let mut crcs = BlockCrcs::default();
         crcs.update(data);
-        let record = SnapshotRecord {
-            meta: meta.clone(),
-            file: name,
-            block_crcs: crcs.finish(),
-        };
-        Ok(CurrentSnapshot {
-            record,
-            file,
-            path: to,
+        let name = Self::file_name(meta.last);
+        Ok(Staged {
+            tmp,
+            current: CurrentSnapshot {
+                record: SnapshotRecord {
+                    meta: meta.clone(),
+                    file: name.clone(),
+                    block_crcs: crcs.finish(),
+                },
+                file,
+                path: self.path.join(name),
+            },
         })
+    }
+
+    /// Renames a staged snapshot to its final name, durably.
+    pub(crate) fn commit(&self, staged: Staged) -> Result<CurrentSnapshot, StorageError> {
+        let to = &staged.current.path;
+        fs::rename(&staged.tmp, to)
+            .map_err(|e| storage_io(to, "renaming snapshot into place", &e))?;
+        self.sync_dir()?;
+        Ok(staged.current)
+    }
+
+    /// Drops a staged snapshot that will not become current.
+    pub(crate) fn discard(&self, staged: Staged) {
+        if let Err(e) = fs::remove_file(&staged.tmp) {
+            tracing::warn!(path = %staged.tmp.display(), error = %e, "could not delete an unused snapshot file; delete it by hand");
+        }
     }
 
     /// Makes renames in the directory durable.

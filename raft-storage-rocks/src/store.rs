@@ -21,6 +21,7 @@
 //! writer and reads again, and only a key still missing is corruption.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use async_trait::async_trait;
@@ -479,6 +480,7 @@ impl Inner {
         let snapshots = SnapshotDir {
             path: snapshot_path,
             sync: sync == SyncPolicy::Durable,
+            builds: AtomicU64::new(0),
         };
         snapshots.remove_all_but(record.as_ref().map(|r| r.file.as_str()))?;
         let snapshot = match record {
@@ -925,24 +927,37 @@ impl Inner {
         self.snapshots.append_incoming(incoming, &chunk.data)
     }
 
+    /// Saves a host-built snapshot: the file is written and fsynced without
+    /// the writer (log writes go on meanwhile); only putting it in place and
+    /// recording it take the writer.
     fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        self.guarded(|_writer| {
-            let old = self.state();
-            if old
+        let newer_exists = |store: &Self| {
+            store
+                .state()
                 .snapshot
                 .as_ref()
                 .is_some_and(|s| s.meta().last.index >= meta.last.index)
-            {
+        };
+        if newer_exists(self) {
+            return Ok(());
+        }
+        if data.len() as u64 != meta.size {
+            return Err(invalid(format!(
+                "snapshot data is {} bytes but its metadata says {}",
+                data.len(),
+                meta.size
+            )));
+        }
+        let staged = self.snapshots.stage(meta, data)?;
+        let mut staged = Some(staged);
+        let result = self.guarded(|_writer| {
+            if newer_exists(self) {
+                // One installed from the leader meanwhile.
                 return Ok(());
             }
-            if data.len() as u64 != meta.size {
-                return Err(invalid(format!(
-                    "snapshot data is {} bytes but its metadata says {}",
-                    data.len(),
-                    meta.size
-                )));
-            }
-            let current = self.snapshots.write(meta, data)?;
+            let old = self.state();
+            let staged = staged.take().expect("staged once");
+            let current = self.snapshots.commit(staged)?;
             let record = seal(&current.record)
                 .map_err(|e| StorageError::Io(format!("{}: {e}", self.path.display())))?;
             let mut options = WriteOptions::default();
@@ -963,7 +978,11 @@ impl Inner {
                 self.snapshots.remove(&file);
             }
             Ok(())
-        })
+        });
+        if let Some(unused) = staged {
+            self.snapshots.discard(unused);
+        }
+        result
     }
 }
 
@@ -1026,13 +1045,11 @@ impl LogStore for RocksStore {
     }
 
     async fn save_snapshot(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), StorageError> {
-        let turn = self.inner.order.clone().lock_owned().await;
+        // Not in the log writes' call order: a snapshot is of applied
+        // state, ordered against them by the writer alone, and writing
+        // its file must not hold back the batches behind it.
         let inner = self.inner.clone();
-        blocking(move || {
-            let _turn = turn;
-            inner.save_snapshot(&meta, &data)
-        })
-        .await
+        blocking(move || inner.save_snapshot(&meta, &data)).await
     }
 
     async fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, Bytes)>, StorageError> {

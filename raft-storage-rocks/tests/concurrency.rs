@@ -169,3 +169,65 @@ fn bootstrap_writes_the_first_entry_once() {
         vec![raft_core::bootstrap_entry(membership)]
     );
 }
+
+/// Writing a large snapshot's file takes seconds for a large state; log
+/// writes must not wait for it (only putting the file in place and recording
+/// it are serialised with them).
+#[test]
+fn log_writes_go_on_while_a_snapshot_file_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store =
+        RocksStore::open(StoreOptions::new(tmp.path(), 1, "snap").sync(SyncPolicy::Durable))
+            .unwrap();
+    store.persist_blocking(&append(1, 10, 1)).unwrap();
+    let data = vec![7u8; 256 << 20];
+    let meta = SnapshotMeta {
+        last: LogId::new(1, 10),
+        size: data.len() as u64,
+        ..SnapshotMeta::default()
+    };
+    let saving = {
+        let store = store.clone();
+        std::thread::spawn(move || store.save_snapshot_blocking(&meta, &data))
+    };
+    // Wait until the snapshot's file is being written.
+    let snapshots = tmp.path().join("snapshots");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_dir(&snapshots)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("building"))
+    {
+        assert!(
+            !saving.is_finished(),
+            "the snapshot was saved before it was seen being written"
+        );
+        assert!(Instant::now() < deadline, "no snapshot file appeared");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // A log write started while the file is written finishes before the
+    // snapshot does (sooner than the rest of the snapshot's save takes),
+    // rather than after it.
+    let started = Instant::now();
+    store.persist_blocking(&append(11, 10, 1)).unwrap();
+    let write = started.elapsed();
+    let started = Instant::now();
+    saving.join().unwrap().unwrap();
+    let rest_of_save = started.elapsed();
+    assert!(
+        write < rest_of_save,
+        "a log write took {write:?}, the snapshot's save {rest_of_save:?} more after it: \
+         the write waited for the snapshot file to be written and synced"
+    );
+    assert_eq!(
+        store.snapshot_meta().unwrap().unwrap().last,
+        LogId::new(1, 10)
+    );
+    assert_eq!(store.last_index().unwrap(), 20);
+    let left: Vec<_> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 1, "only the current snapshot is left: {left:?}");
+}

@@ -46,10 +46,14 @@ fn fixture() -> &'static Fixture {
         let snapshots = SnapshotDir {
             path: dir.clone(),
             sync: false,
+            builds: Default::default(),
         };
-        let current = snapshots
-            .write(&meta, &data)
+        let staged = snapshots
+            .stage(&meta, &data)
             .expect("write the fixture snapshot");
+        let current = snapshots
+            .commit(staged)
+            .expect("put the fixture snapshot in place");
         Fixture {
             dir,
             data,

@@ -29,6 +29,12 @@ struct Incoming {
 pub(super) struct SnapshotState {
     initial_threshold: u64,
     retention: u64,
+    log_share_percent: u64,
+    /// The size in bytes of the newest snapshot this node has.
+    newest_size: u64,
+    /// Bytes of the entries handed out for applying since then
+    /// ([`Entry::budget_size`](crate::Entry::budget_size)).
+    applied_bytes: u64,
     /// Current threshold, in log entries.
     pub(super) threshold: u64,
     /// A snapshot was asked for and not yet reported built.
@@ -46,6 +52,9 @@ impl SnapshotState {
         Self {
             initial_threshold: policy.threshold,
             retention: policy.retention,
+            log_share_percent: policy.log_share_percent,
+            newest_size: 0,
+            applied_bytes: 0,
             threshold: policy.threshold,
             requested: false,
             due: false,
@@ -67,8 +76,22 @@ impl SnapshotState {
         self.compact_to.take()
     }
 
+    /// Counts `bytes` of entries handed out for applying.
+    pub(super) fn count_applying(&mut self, bytes: u64) {
+        self.applied_bytes = self.applied_bytes.saturating_add(bytes);
+    }
+
+    /// Whether the entries applied since the newest snapshot hold the
+    /// policy's share of its size (a large state is not written out again
+    /// for a few small writes).
+    fn enough_written(&self) -> bool {
+        self.applied_bytes.saturating_mul(100)
+            >= self.newest_size.saturating_mul(self.log_share_percent)
+    }
+
     /// Asks for a snapshot when the log (entries `first..=last`) is long
-    /// enough and the policy says it is time. Entries the newest snapshot
+    /// enough, enough bytes were written since the newest snapshot, and the
+    /// policy says it is time. Entries the newest snapshot
     /// lets go do not count: after a snapshot the compaction reaches the
     /// store only with a later write, and until then the log still looks
     /// long (counting them asked for a second snapshot right after each).
@@ -81,14 +104,27 @@ impl SnapshotState {
             && !self.requested
             && log_len >= self.threshold
             && applied > self.last_index
+            && self.enough_written()
         {
             self.requested = true;
             self.due = true;
         }
     }
 
-    pub(super) fn on_installed(&mut self, index: Index) {
-        self.last_index = self.last_index.max(index);
+    /// This node has a snapshot of `size` bytes up to `index` (installed
+    /// from the leader, or found at start).
+    pub(super) fn on_installed(&mut self, index: Index, size: u64) {
+        if index > self.last_index {
+            self.last_index = index;
+            self.newest_size = size;
+            self.applied_bytes = 0;
+        }
+    }
+
+    /// This node built a snapshot of `size` bytes up to `index`.
+    fn on_built(&mut self, index: Index, size: u64) {
+        self.requested = false;
+        self.on_installed(index, size);
     }
 }
 
@@ -124,11 +160,11 @@ impl<S: LogRead> Node<S> {
     /// The host saved a snapshot durably. The node compacts its log up to
     /// the snapshot minus the retention tail (through the next `Ready`).
     pub fn on_snapshot_built(&mut self, meta: &SnapshotMeta) -> Result<(), Error> {
-        self.snapshots.requested = false;
         if meta.last.index <= self.snapshots.last_index {
+            self.snapshots.requested = false;
             return Ok(());
         }
-        self.snapshots.last_index = meta.last.index;
+        self.snapshots.on_built(meta.last.index, meta.size);
         self.counters.snapshots_built += 1;
         let compact = meta.last.index.saturating_sub(self.snapshots.retention);
         let first = self.log.first_index()?;
@@ -242,7 +278,7 @@ impl<S: LogRead> Node<S> {
         );
         self.counters.snapshots_installed += 1;
         self.reset_configs(meta.membership_index, meta.membership.clone());
-        self.snapshots.on_installed(meta.last.index);
+        self.snapshots.on_installed(meta.last.index, meta.size);
         self.log.restore(meta);
     }
 
@@ -429,6 +465,46 @@ mod tests {
         }
         // Once 100 entries lie beyond the compaction point, it is time.
         s.maybe_request(190, 1, 190);
+        assert!(s.take_due());
+    }
+
+    #[test]
+    fn a_large_state_waits_for_its_share_of_writes() {
+        let mut s = SnapshotState::new(&policy());
+        // A snapshot of 10,000 bytes at 100 (installed, or found at start).
+        s.on_installed(100, 10_000);
+        // 100 entries later the log is long enough, but 100 entries of 24
+        // bytes are 2,400 bytes: under half the snapshot.
+        s.count_applying(2_400);
+        s.maybe_request(200, 1, 200);
+        assert!(
+            !s.take_due(),
+            "asked for a 10,000-byte snapshot after 2,400 bytes"
+        );
+        s.count_applying(2_599);
+        s.maybe_request(300, 1, 300);
+        assert!(!s.take_due(), "4,999 bytes are still under half");
+        s.count_applying(1);
+        s.maybe_request(301, 1, 301);
+        assert!(s.take_due(), "5,000 bytes are half the snapshot: time");
+        // The next snapshot counts from zero again.
+        s.on_built(301, 20_000);
+        s.count_applying(9_999);
+        s.maybe_request(500, 1, 500);
+        assert!(!s.take_due());
+        s.count_applying(1);
+        s.maybe_request(501, 1, 501);
+        assert!(s.take_due());
+    }
+
+    #[test]
+    fn the_share_rule_can_be_turned_off() {
+        let mut s = SnapshotState::new(&SnapshotPolicy {
+            log_share_percent: 0,
+            ..policy()
+        });
+        s.on_installed(100, 1 << 30);
+        s.maybe_request(200, 1, 200);
         assert!(s.take_due());
     }
 }

@@ -321,6 +321,7 @@ impl SimConfig {
         config.snapshot = if self.snapshots {
             SnapshotPolicy {
                 threshold: 24,
+                log_share_percent: 50,
                 retention: 6,
                 chunk_size: self.snapshot_chunk,
                 chunks_in_flight: 2,
