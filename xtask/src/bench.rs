@@ -103,6 +103,11 @@ impl Plan {
 
     /// The arguments both load generators share.
     fn load_args(&self, op: &str, clients: usize) -> Vec<String> {
+        self.load_args_over(op, clients, self.keys)
+    }
+
+    /// [`Plan::load_args`] over `keys` keys.
+    fn load_args_over(&self, op: &str, clients: usize, keys: u64) -> Vec<String> {
         [
             "--op",
             op,
@@ -113,7 +118,7 @@ impl Plan {
             "--warmup",
             &self.warmup.to_string(),
             "--keys",
-            &self.keys.to_string(),
+            &keys.to_string(),
             "--value-size",
             "256",
         ]
@@ -160,6 +165,9 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             CATCH_UP_KEYS,
             &mut results,
         )?;
+        for keys in [plan.keys, SCALE_KEYS] {
+            w4_puts_over(&plan, &bin_dir, &out.join("w4-scale"), keys, &mut results)?;
+        }
     }
     eprintln!(
         "xtask: bench: measured in {:.0} s; writing the report",
@@ -352,6 +360,10 @@ const RESTART_ENTRIES: u64 = 1_000_000;
 /// W4: keys of 256 B (with their 14 B names, about 1 GiB) in the state
 /// that a new node receives as a snapshot.
 const CATCH_UP_KEYS: u64 = 4_000_000;
+/// W4: keys in the store for W1 at scale (compared with W1's own count).
+const SCALE_KEYS: u64 = 10_000_000;
+/// W4: clients of W1 at scale.
+const SCALE_CLIENTS: usize = 256;
 /// W4: how long a step may take before the run gives up.
 const W4_DEADLINE: Duration = Duration::from_secs(900);
 
@@ -522,6 +534,41 @@ fn w4_catch_up(bin_dir: &Path, dir: &Path, keys: u64, results: &mut Results) -> 
                 caught_up.as_secs_f64()
             ),
         )
+    })();
+    finish_w4(dir, outcome)
+}
+
+/// W4: W1's puts at [`SCALE_CLIENTS`] clients over `keys` keys, every one
+/// of them written first (a fresh cluster with the default snapshot
+/// policy, so snapshots of the whole state happen as they would).
+fn w4_puts_over(
+    plan: &Plan,
+    bin_dir: &Path,
+    dir: &Path,
+    keys: u64,
+    results: &mut Results,
+) -> Result<()> {
+    if dir.exists() {
+        cluster::stop_in(dir)?;
+        std::fs::remove_dir_all(dir)?;
+    }
+    let env = cluster::start_detached(dir, 3, bin_dir, None)?;
+    let outcome = (|| {
+        preload(bin_dir, &env, keys)?;
+        let pids = cluster_pids(dir)?;
+        let mut cmd = Command::new(bin_dir.join("raft-cli"));
+        cmd.envs(env.iter().map(|(k, v)| (k, v)))
+            .args(["--output", "json", "bench"])
+            .args(plan.load_args_over("put", SCALE_CLIENTS, keys));
+        let what = format!("W4: puts at {SCALE_CLIENTS} clients over {keys} keys");
+        eprintln!("xtask: bench: {what}");
+        let (line, rss) = measure_with_rss(cmd, &what, &pids)?;
+        let from = "\"workload\":\"put\"";
+        if !line.contains(from) {
+            bail!("{what}: the load printed no put workload: {line}");
+        }
+        let line = line.replacen(from, &format!("\"workload\":\"w4-put\",\"keys\":{keys}"), 1);
+        results.add_with_rss("raft-kv", &line, Some(rss))
     })();
     finish_w4(dir, outcome)
 }
