@@ -268,7 +268,24 @@ fn scale(lines: &[Line]) -> String {
     }
     let mut at_scale: Vec<&Line> = lines.iter().filter(|l| l.workload == "w4-put").collect();
     at_scale.sort_by(|a, b| field(a, "keys").total_cmp(&field(b, "keys")));
-    if let [small, .., large] = at_scale[..] {
+    let stopped = at_scale
+        .iter()
+        .rfind(|l| l.raw["stopped_at_keys"].is_u64())
+        .copied();
+    if let Some(large) = stopped {
+        let reached = field(large, "stopped_at_keys");
+        let rss = large.rss_mib.unwrap_or(f64::NAN);
+        let _ = writeln!(
+            out,
+            "- W1 over {:.0} keys: not reached on this machine. The preload was stopped at about \
+             {reached:.0} keys, when free memory fell under {:.0} MiB, with {rss:.0} MiB per \
+             server at the peak (three servers on one machine hold the state three times; about \
+             {:.0} bytes of memory per key of 270 bytes).",
+            field(large, "keys"),
+            field(large, "memory_floor_mib"),
+            rss * (1u64 << 20) as f64 / reached.max(1.0)
+        );
+    } else if let [small, .., large] = at_scale[..] {
         let _ = writeln!(
             out,
             "- W1 at {} clients over {:.0} keys, every one written first: {:.0} puts/s (p99 {:.1} \
@@ -527,12 +544,18 @@ mod tests {
 {"system":"raft-kv","workload":"w4-restart","clients":0,"ops":0,"secs":9.5,"ops_per_sec":0,"entries":1000000,"serving_secs":2.4,"caught_up_secs":9.5}
 {"system":"raft-kv","rss_mib":300.0,"workload":"w4-put","keys":100000,"clients":256,"ops":100,"secs":1.0,"ops_per_sec":20000.0,"p50_ms":10.0,"p99_ms":25.0,"p999_ms":40.0,"errors":0,"cpu_us_per_op":60.0}
 {"system":"raft-kv","rss_mib":4000.0,"workload":"w4-put","keys":10000000,"clients":256,"ops":100,"secs":1.0,"ops_per_sec":19000.0,"p50_ms":11.0,"p99_ms":27.5,"p999_ms":40.0,"errors":0,"cpu_us_per_op":62.0}
+{"system":"raft-kv","rss_mib":6000.0,"workload":"w4-put","keys":20000000,"clients":256,"ops":0,"secs":0,"ops_per_sec":0,"stopped_at_keys":9000000,"memory_floor_mib":2048}
 {"system":"raft-core","workload":"w3","clients":64,"ops":100,"secs":1.0,"ops_per_sec":2000000.0,"p50_ms":0.02,"p99_ms":0.04,"p999_ms":0.05,"errors":0,"cpu_us_per_op":0.41}
 "#;
 
     #[test]
     fn the_table_pairs_the_systems_and_checks_the_targets() {
-        let md = markdown(&parse(RUN).unwrap(), "machine: test");
+        let run: String = RUN
+            .lines()
+            .filter(|l| !l.contains("stopped_at_keys"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let md = markdown(&parse(&run).unwrap(), "machine: test");
         assert!(md.contains("machine: test"), "{md}");
         assert!(
             md.contains("| put | 1 | 600 | 500 | 1.20× | 3.0 | 5.0 | 4.0 | 6.0 | 1900 | 2300 | 0.83× | 800 |"),
@@ -577,6 +600,15 @@ mod tests {
         );
         assert!(
             md.contains("log of 1000000 entries (no snapshot): answering after 2.4 s, all of them applied again after 9.5 s."),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn a_scale_run_stopped_for_memory_says_how_far_it_got() {
+        let md = markdown(&parse(RUN).unwrap(), "machine: test");
+        assert!(
+            md.contains("W1 over 20000000 keys: not reached on this machine. The preload was stopped at about 9000000 keys, when free memory fell under 2048 MiB, with 6000 MiB per server at the peak"),
             "{md}"
         );
     }

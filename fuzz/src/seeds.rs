@@ -394,6 +394,7 @@ pub fn all() -> Vec<Seed> {
             session: session(i as u64 + 1),
             op,
             prev_kv: i % 2 == 0,
+            owner: "fuzz".into(),
         })
         .collect();
     let mut sequence = Vec::new();
@@ -433,6 +434,7 @@ pub fn all() -> Vec<Seed> {
             value: b("value"),
         },
         prev_kv: true,
+        owner: "fuzz".into(),
     };
     sm.apply(&[Entry {
         term: 2,

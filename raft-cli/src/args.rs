@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use raft_transport_quic::Role;
 
 /// Administer and use a raft-kv cluster.
 ///
@@ -330,6 +331,11 @@ pub enum CertsCommand {
         /// The client's name (a-z, 0-9 and '-').
         #[arg(long, value_name = "NAME")]
         name: String,
+        /// What the certificate allows: admin (everything: membership,
+        /// leader transfer, fault injection, and all below), readwrite
+        /// (writes and reads) or readonly (reads, scans, watches, status).
+        #[arg(long, value_name = "ROLE")]
+        role: Role,
         /// The cluster id (as in the nodes' cluster_id).
         #[arg(long, default_value = "local", value_name = "ID")]
         cluster: String,
@@ -438,6 +444,22 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse(&["certs", "node", "--dir", "d", "--id", "2"]).is_err());
-        assert!(parse(&["certs", "client", "--dir", "d", "--name", "me"]).is_ok());
+        // A client certificate needs a role, one of three.
+        assert!(parse(&["certs", "client", "--dir", "d", "--name", "me"]).is_err());
+        assert!(
+            parse(&[
+                "certs", "client", "--dir", "d", "--name", "me", "--role", "root"
+            ])
+            .is_err()
+        );
+        match parse(&[
+            "certs", "client", "--dir", "d", "--name", "me", "--role", "readonly",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Certs(CertsCommand::Client { role, .. }) => assert_eq!(role, Role::ReadOnly),
+            other => panic!("{other:?}"),
+        }
     }
 }

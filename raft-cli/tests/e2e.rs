@@ -697,7 +697,7 @@ fn a_client_with_a_certificate_from_another_ca_is_refused() {
     let rogue = cluster.path().join("rogue");
     for args in [
         vec!["certs", "ca"],
-        vec!["certs", "client", "--name", "intruder"],
+        vec!["certs", "client", "--name", "intruder", "--role", "admin"],
     ] {
         let mut full: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         full.extend([
@@ -759,7 +759,9 @@ fn errors_say_what_failed_and_what_to_do() {
     let certs = dir.path().display().to_string();
     for args in [
         vec!["certs", "ca", "--dir", &certs],
-        vec!["certs", "client", "--dir", &certs, "--name", "admin"],
+        vec![
+            "certs", "client", "--dir", &certs, "--name", "admin", "--role", "admin",
+        ],
     ] {
         let mut command = Command::new(raft_cli());
         command.args(&args);
@@ -803,4 +805,55 @@ fn errors_say_what_failed_and_what_to_do() {
     let output = run_with_timeout(command, CLI_TIMEOUT, vec!["get".into()]);
     assert_eq!(output.code(), Some(2), "{output}");
     assert!(output.stderr.contains("--endpoints"), "{output}");
+}
+
+/// Review finding: any certificate chained to the CA could write, change
+/// membership and move the leader. A read-only certificate reads and scans,
+/// through the leader or a follower, and every write or administration is
+/// refused with a message that says which certificate to use.
+#[test]
+fn a_read_only_certificate_reads_but_writes_and_administration_are_refused() {
+    let cluster = Cluster::start(3, Options::default());
+    let leader = cluster.wait_for_leader(&[1, 2, 3]);
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    cluster.certs(&[
+        "client",
+        "--name",
+        "reader",
+        "--role",
+        "readonly",
+        "--cluster",
+        common::CLUSTER_ID,
+    ]);
+    cluster.cli(&["put", "k", "v"]).assert_success();
+    for id in [leader, follower] {
+        let at = cluster.address(id);
+        let got = cluster.cli_as("reader", &at, &["get", "k"]);
+        got.assert_success();
+        assert!(got.stdout.contains('v'), "{got}");
+        cluster
+            .cli_as("reader", &at, &["scan", "--prefix", ""])
+            .assert_success();
+        for (args, needed) in [
+            (vec!["put", "k", "w"], "readwrite"),
+            (vec!["delete", "k"], "readwrite"),
+            (vec!["transfer-leader"], "admin"),
+            (vec!["remove-node", "3"], "admin"),
+            (vec!["add-node", "9", "127.0.0.1:1"], "admin"),
+        ] {
+            let refused = cluster.cli_as("reader", &at, &args);
+            assert!(
+                !refused.status.success(),
+                "{args:?} at node {id}: {refused}"
+            );
+            assert!(
+                refused.stderr.contains("permission denied")
+                    && refused.stderr.contains(&format!("--role {needed}")),
+                "{args:?} at node {id} says what is missing and which certificate to use: {refused}"
+            );
+        }
+    }
+    let got = cluster.cli(&["get", "k"]);
+    assert!(got.stdout.contains('v'), "nothing was written: {got}");
+    assert_eq!(cluster.ids().len(), 3);
 }

@@ -799,7 +799,7 @@ impl Watcher<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raft_transport_quic::CertificateAuthority;
+    use raft_transport_quic::{CertificateAuthority, Role};
 
     /// Review finding: a client that gave up on a write (a failure, a
     /// timeout) never released its result, so every later write told the
@@ -809,7 +809,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_write_releases_its_result() {
         let ca = CertificateAuthority::generate("test CA").unwrap();
-        let identity = ca.client_identity("test", "tester").unwrap();
+        let identity = ca.client_identity("test", "tester", Role::Admin).unwrap();
         // A black hole: nothing answers, so every call fails.
         let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut config = ClientConfig::new(vec![hole.local_addr().unwrap().to_string()], identity);
@@ -855,7 +855,7 @@ mod tests {
         let server = raft_transport_quic::QuicTransport::start(config, &node)
             .await
             .unwrap();
-        let identity = ca.client_identity("test", "tester").unwrap();
+        let identity = ca.client_identity("test", "tester", Role::Admin).unwrap();
         let address = server.local_addr().unwrap().to_string();
         let client = Arc::new(
             Client::connect(ClientConfig::new(vec![address.clone()], identity))
@@ -892,7 +892,7 @@ mod tests {
     fn no_write_is_declared_finished_before_it_is() {
         use std::sync::atomic::AtomicU64 as Clock;
         let ca = CertificateAuthority::generate("test CA").unwrap();
-        let identity = ca.client_identity("test", "tester").unwrap();
+        let identity = ca.client_identity("test", "tester", Role::Admin).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

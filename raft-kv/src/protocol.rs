@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use raft_core::{NodeId, Status};
+use raft_transport_quic::{Caller, Role};
 
 /// Keys may be at most this long.
 pub const MAX_KEY_LEN: usize = 4096;
@@ -233,6 +234,28 @@ pub enum Request {
         /// The rules, replacing the current ones (empty: heal everything).
         rules: Vec<raft_transport_quic::FaultRule>,
     },
+    /// A request a member node forwards on behalf of `principal` (its own
+    /// client). Nodes trust the principal only from a member node's
+    /// certificate; from anyone else this is refused.
+    Forwarded {
+        /// Whom the request acts for.
+        principal: Principal,
+        /// The request (not itself a `Forwarded`).
+        request: Box<Request>,
+    },
+}
+
+impl Request {
+    /// The role a request needs: writes `readwrite`; membership, leader
+    /// transfer and fault injection `admin`; everything else `readonly`.
+    pub fn needs(&self) -> Role {
+        match self {
+            Request::Write { .. } | Request::OpenSession { .. } => Role::ReadWrite,
+            Request::Admin { .. } | Request::SetFaults { .. } => Role::Admin,
+            Request::Read { .. } | Request::Watch { .. } | Request::Status => Role::ReadOnly,
+            Request::Forwarded { request, .. } => request.needs(),
+        }
+    }
 }
 
 /// A key and its value, with its history counters (etcd's shape).
@@ -468,6 +491,52 @@ pub enum KvError {
         "the leader was just elected and has not committed its first entry yet; membership changes wait for it, retry in a moment"
     )]
     LeaderNotSettled,
+    /// The certificate's role does not allow this request.
+    #[error(
+        "permission denied: this needs the {needed} role and the certificate in use has {role}; \
+         use a certificate issued with `raft-cli certs client --name NAME --role {needed}` \
+         (`cargo xtask cluster` writes admin.pem beside cli.env)"
+    )]
+    PermissionDenied {
+        /// The role the request needs.
+        needed: Role,
+        /// The role the caller has.
+        role: Role,
+    },
+    /// The caller may not make this request whatever its role: a client
+    /// presenting a forwarded request, a node that is not a member, a write
+    /// in another client's session.
+    #[error("refused: {0}")]
+    Forbidden(String),
+}
+
+/// Whom a request acts for: the client whose certificate presented it, or
+/// the client a member node forwarded it for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// The identity sessions are keyed by: a client's certificate name, or
+    /// `node N` for a member node acting on its own behalf.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+}
+
+impl Principal {
+    /// Who `caller` acts as on its own behalf: a client by its certificate,
+    /// a node as an administrator (its certificate already holds a
+    /// member's rights over the log).
+    pub fn of(caller: &Caller) -> Self {
+        match caller {
+            Caller::Client { name, role } => Self {
+                name: name.clone(),
+                role: *role,
+            },
+            Caller::Node(id) => Self {
+                name: format!("node {id}"),
+                role: Role::Admin,
+            },
+        }
+    }
 }
 
 /// Encodes a value with postcard.

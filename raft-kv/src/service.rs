@@ -13,14 +13,14 @@ use tokio::sync::{Mutex, oneshot};
 
 use raft_core::{ConfChange, ReadPolicy};
 use raft_transport_quic::{
-    ClientConnection, ClientConnector, ClientHandler, ClientRequest, FaultInjector,
+    Caller, ClientConnection, ClientConnector, ClientHandler, ClientRequest, FaultInjector,
     Response as Reply, push_channel,
 };
 
 use crate::driver::{DriverHandle, DriverRequest};
 use crate::protocol::{
-    self, AdminOp, AdminResult, Consistency, KvError, Member, NodeStatus, Request, Response,
-    WatchMessage,
+    self, AdminOp, AdminResult, Consistency, KvError, Member, NodeStatus, Principal, Request,
+    Response, WatchMessage,
 };
 use crate::state_machine::{Command, KvStateMachine};
 use crate::watch::WatchHub;
@@ -80,8 +80,9 @@ impl KvService {
         }
     }
 
-    /// Answers one decoded request (watches are handled by the caller).
-    pub async fn answer(&self, request: Request) -> Response {
+    /// Answers one decoded request for `principal`, whose role was checked
+    /// (watches are handled by the caller).
+    pub async fn answer(&self, request: Request, principal: &Principal) -> Response {
         match request {
             Request::Write {
                 session,
@@ -96,6 +97,7 @@ impl KvService {
                     session,
                     op: op.clone(),
                     prev_kv,
+                    owner: principal.name.clone(),
                 }
                 .encode();
                 match self.with_timeout(self.driver.propose(data)).await {
@@ -104,6 +106,7 @@ impl KvService {
                     Err(KvError::NotLeader { address, .. }) if !forwarded => {
                         self.forward(
                             &address,
+                            principal,
                             Request::Write {
                                 session,
                                 op,
@@ -117,13 +120,17 @@ impl KvService {
                 }
             }
             Request::OpenSession { forwarded } => {
-                let data = Command::open_session().encode();
+                let data = Command::open_session(principal.name.clone()).encode();
                 match self.with_timeout(self.driver.propose_indexed(data)).await {
                     Ok((index, Ok(_))) => Response::SessionOpened { client_id: index },
                     Ok((_, Err(e))) => Response::Error(e),
                     Err(KvError::NotLeader { address, .. }) if !forwarded => {
-                        self.forward(&address, Request::OpenSession { forwarded: true })
-                            .await
+                        self.forward(
+                            &address,
+                            principal,
+                            Request::OpenSession { forwarded: true },
+                        )
+                        .await
                     }
                     Err(e) => Response::Error(e),
                 }
@@ -151,6 +158,7 @@ impl KvService {
                     Err(KvError::NotLeader { address, .. }) if !forwarded => {
                         self.forward(
                             &address,
+                            principal,
                             Request::Read {
                                 op,
                                 consistency,
@@ -166,6 +174,7 @@ impl KvService {
                 Err(KvError::NotLeader { address, .. }) if !forwarded => {
                     self.forward(
                         &address,
+                        principal,
                         Request::Admin {
                             op,
                             forwarded: true,
@@ -190,7 +199,56 @@ impl KvService {
             Request::Watch { .. } => {
                 Response::Error(KvError::InvalidRequest("a watch needs a stream".into()))
             }
+            Request::Forwarded { .. } => Response::Error(KvError::InvalidRequest(
+                "a forwarded request cannot hold another".into(),
+            )),
         }
+    }
+
+    /// Whom `request` from `caller` acts for, and the request itself (a
+    /// forwarded one unwrapped): a client acts for
+    /// itself; a member node for itself or, forwarding, for the client it
+    /// names. The role is checked here, once, for every kind of request.
+    fn authorize(
+        &self,
+        caller: &Caller,
+        request: Request,
+    ) -> Result<(Principal, Request), KvError> {
+        if let Caller::Node(id) = caller
+            && !self.driver.view().addresses.contains_key(id)
+        {
+            return Err(KvError::Forbidden(format!(
+                "node {id} is not a member of this cluster; a removed node's certificate \
+                 no longer counts"
+            )));
+        }
+        let (principal, request) = match request {
+            Request::Forwarded { principal, request } => match caller {
+                Caller::Node(_) if !matches!(*request, Request::Forwarded { .. }) => {
+                    (principal, *request)
+                }
+                Caller::Node(_) => {
+                    return Err(KvError::InvalidRequest(
+                        "a forwarded request cannot hold another".into(),
+                    ));
+                }
+                Caller::Client { name, .. } => {
+                    return Err(KvError::Forbidden(format!(
+                        "client {name} sent a forwarded request; only member nodes forward, \
+                         with their own certificates"
+                    )));
+                }
+            },
+            request => (Principal::of(caller), request),
+        };
+        let needed = request.needs();
+        if principal.role < needed {
+            return Err(KvError::PermissionDenied {
+                needed,
+                role: principal.role,
+            });
+        }
+        Ok((principal, request))
     }
 
     async fn status(&self) -> Result<NodeStatus, KvError> {
@@ -259,10 +317,18 @@ impl KvService {
         }
     }
 
-    async fn forward(&self, address: &str, request: Request) -> Response {
+    /// Forwards `request` to the leader at `address` on behalf of
+    /// `principal` (the leader checks the role again and keys sessions by
+    /// it; it trusts the principal because this node's certificate is a
+    /// member's).
+    async fn forward(&self, address: &str, principal: &Principal, request: Request) -> Response {
         if address.is_empty() {
             return Response::Error(KvError::NoLeader);
         }
+        let request = Request::Forwarded {
+            principal: principal.clone(),
+            request: Box::new(request),
+        };
         match self
             .forwarder
             .request(address, &protocol::encode(&request), self.timeout)
@@ -322,9 +388,17 @@ impl KvService {
 impl ClientHandler for KvService {
     async fn handle(&self, request: ClientRequest) -> Reply {
         let started = Instant::now();
+        let caller = request.caller;
         let request: Request = match protocol::decode(&request.body) {
             Ok(request) => request,
             Err(e) => return Reply::Unary(protocol::encode(&Response::Error(e))),
+        };
+        let (principal, request) = match self.authorize(&caller, request) {
+            Ok(authorized) => authorized,
+            Err(e) => {
+                crate::metrics::record_request("denied", false, 0.0);
+                return Reply::Unary(protocol::encode(&Response::Error(e)));
+            }
         };
         let kind = match &request {
             Request::Write { .. } => "write",
@@ -334,6 +408,7 @@ impl ClientHandler for KvService {
             Request::Admin { .. } => "admin",
             Request::Status => "status",
             Request::SetFaults { .. } => "faults",
+            Request::Forwarded { .. } => "forwarded",
         };
         if let Request::Watch {
             selector,
@@ -346,7 +421,7 @@ impl ClientHandler for KvService {
         if self.driver.is_shutting_down() {
             return Reply::Unary(protocol::encode(&Response::Error(KvError::ShuttingDown)));
         }
-        let response = self.answer(request).await;
+        let response = self.answer(request, &principal).await;
         crate::metrics::record_request(
             kind,
             !matches!(response, Response::Error(_)),

@@ -35,9 +35,10 @@ pub const MAX_SESSION_RESULT_BYTES: u64 = 2 * (MAX_VALUE_LEN + MAX_KEY_LEN) as u
 /// [`SESSION_OVERHEAD_BYTES`] each. Beyond it the least recently written
 /// sessions are forgotten, as beyond [`MAX_SESSIONS`].
 pub const MAX_SESSIONS_BYTES: u64 = 256 << 20;
-/// What a session costs before any result (its id, counters and place in
-/// the eviction index), counted against [`MAX_SESSIONS_BYTES`].
-pub const SESSION_OVERHEAD_BYTES: u64 = 96;
+/// What a session costs before any result (its id, counters, owner name of
+/// at most 63 bytes and place in the eviction index), counted against
+/// [`MAX_SESSIONS_BYTES`].
+pub const SESSION_OVERHEAD_BYTES: u64 = 192;
 /// The highest revision the store reaches (etcd's revisions are `i64`s too).
 /// Billions of years of writes away; a snapshot claiming more is corrupt.
 pub const MAX_REVISION: u64 = i64::MAX as u64;
@@ -51,12 +52,17 @@ pub struct Command {
     pub op: WriteOp,
     /// Whether the result carries the key as it was before the write.
     pub prev_kv: bool,
+    /// The identity it was written for ([`Principal::name`]): a session
+    /// belongs to whoever opened it, and only its owner may write in it.
+    ///
+    /// [`Principal::name`]: crate::protocol::Principal::name
+    pub owner: String,
 }
 
 impl Command {
-    /// The command that opens a client session (its id becomes the index of
-    /// the entry that carries it).
-    pub fn open_session() -> Self {
+    /// The command that opens a client session for `owner` (its id becomes
+    /// the index of the entry that carries it).
+    pub fn open_session(owner: String) -> Self {
         Self {
             session: Session {
                 client_id: 0,
@@ -65,6 +71,7 @@ impl Command {
             },
             op: WriteOp::OpenSession,
             prev_kv: false,
+            owner,
         }
     }
 
@@ -85,6 +92,8 @@ struct SessionState {
     /// What `results` hold, by [`result_bytes`] (recomputed on restore).
     #[serde(skip)]
     bytes: u64,
+    /// Whose it is ([`Command::owner`]).
+    owner: String,
 }
 
 /// The bytes a kept result is counted as: the previous key-value it carries
@@ -277,7 +286,11 @@ impl KvStateMachine {
         if command.op == WriteOp::OpenSession {
             // The session's id is this entry's index: unique, and known to
             // every replica.
-            self.touch_session(index, SessionState::default(), index);
+            let state = SessionState {
+                owner: command.owner,
+                ..SessionState::default()
+            };
+            self.touch_session(index, state, index);
             return Ok(WriteResult {
                 revision: self.revision,
                 succeeded: true,
@@ -285,6 +298,14 @@ impl KvStateMachine {
             });
         }
         let session = command.session;
+        if let Some(state) = self.sessions.get(&session.client_id)
+            && state.owner != command.owner
+        {
+            return Err(KvError::Forbidden(format!(
+                "session {} belongs to another client; write in a session of your own",
+                session.client_id
+            )));
+        }
         // A session this store does not know was evicted (ids are the
         // indices of the entries that opened them): a retried write of it may
         // have been applied already, so it is not applied again.
@@ -575,6 +596,7 @@ mod tests {
                     session,
                     op,
                     prev_kv: true,
+                    owner: "tester".into(),
                 }
                 .encode(),
             ),
@@ -585,7 +607,7 @@ mod tests {
         Entry {
             term: 1,
             index,
-            payload: EntryPayload::Command(Command::open_session().encode()),
+            payload: EntryPayload::Command(Command::open_session("tester".into()).encode()),
         }
     }
 
@@ -710,7 +732,13 @@ mod tests {
                 applied: meta.last,
                 revision,
                 data: kvs,
-                sessions: vec![(1, SessionState::default())],
+                sessions: vec![(
+                    1,
+                    SessionState {
+                        owner: "tester".into(),
+                        ..SessionState::default()
+                    },
+                )],
             })
             .unwrap()
         };
@@ -786,6 +814,37 @@ mod tests {
         assert_eq!(sm.revision(), 1);
     }
 
+    /// Review finding: sessions were keyed by the client-chosen id alone,
+    /// so one client could write in (and expire or replay results of)
+    /// another's session. A session belongs to the identity that opened it.
+    #[test]
+    fn only_the_owner_writes_in_a_session() {
+        let mut sm = store();
+        let theirs = |index: Index, owner: &str| Entry {
+            index: OFFSET + index,
+            payload: EntryPayload::Command(
+                Command {
+                    session: Session {
+                        client_id: 1,
+                        sequence: 1,
+                        first_outstanding: 1,
+                    },
+                    op: put("k", "stolen"),
+                    prev_kv: false,
+                    owner: owner.into(),
+                }
+                .encode(),
+            ),
+            term: 1,
+        };
+        let out = sm.apply(&[theirs(1, "mallory")]);
+        assert!(matches!(&out[0].1, Err(KvError::Forbidden(_))), "{out:?}");
+        assert_eq!(sm.revision(), 0, "nothing applied");
+        // The session is untouched: its owner still writes in it.
+        let out = sm.apply(&[theirs(2, "tester")]);
+        assert!(out[0].1.as_ref().unwrap().succeeded);
+    }
+
     fn session_entry(index: Index, client: u64, seq: u64, first: u64, op: WriteOp) -> Entry {
         Entry {
             index,
@@ -798,6 +857,7 @@ mod tests {
                     },
                     op,
                     prev_kv: true,
+                    owner: "tester".into(),
                 }
                 .encode(),
             ),

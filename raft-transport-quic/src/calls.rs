@@ -30,6 +30,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
+use crate::caller::Caller;
 use crate::client::{
     CatchUnwind, ClientError, ClientHandler, ClientRequest, Response, panic_message,
 };
@@ -148,6 +149,7 @@ pub(crate) async fn serve_calls(
     inner: Arc<Inner>,
     handler: Arc<dyn ClientHandler>,
     remote_address: std::net::SocketAddr,
+    caller: Arc<Caller>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -164,9 +166,14 @@ pub(crate) async fn serve_calls(
             && let Some(frame) = decoder.next_frame()
         {
             match frame {
-                CallFrame::Call { id, payload, .. } => {
-                    running.push(run_call(&inner, &handler, remote_address, id, payload))
-                }
+                CallFrame::Call { id, payload, .. } => running.push(run_call(
+                    &inner,
+                    &handler,
+                    remote_address,
+                    &caller,
+                    id,
+                    payload,
+                )),
                 CallFrame::Oversized { id, len } => {
                     Counters::add(&inner.counters.frames_rejected, 1);
                     warn!(node = inner.local(), %remote_address, "refused a client request of {len} bytes (the maximum is {max})");
@@ -255,15 +262,18 @@ fn run_call(
     inner: &Arc<Inner>,
     handler: &Arc<dyn ClientHandler>,
     remote_address: std::net::SocketAddr,
+    caller: &Arc<Caller>,
     id: u64,
     body: Bytes,
 ) -> Running {
     let inner = inner.clone();
     let handler = handler.clone();
+    let caller = caller.clone();
     Box::pin(async move {
         let request = ClientRequest {
             body,
             remote_address,
+            caller,
         };
         // A panic fails this call only.
         let answer = match CatchUnwind(handler.handle(request)).await {

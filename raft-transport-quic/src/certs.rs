@@ -14,6 +14,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use raft_core::NodeId;
+
+use crate::caller::{Role, role_name};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -240,13 +242,15 @@ impl CertificateAuthority {
         self.issue(params, "node certificate")
     }
 
-    /// Issues a client certificate named `client_name` for cluster
-    /// `cluster_id`. It can only authenticate a client, never a server or a
-    /// peer node.
+    /// Issues a client certificate named `client_name` with `role` for
+    /// cluster `cluster_id` (nodes read both from it: see
+    /// [`Caller`](crate::Caller)). It can only authenticate a client, never
+    /// a server or a peer node.
     pub fn issue_client(
         &self,
         cluster_id: &str,
         client_name: &str,
+        role: Role,
     ) -> Result<IssuedCert, CertError> {
         validate_label("cluster id", cluster_id)?;
         validate_label("client name", client_name)?;
@@ -259,6 +263,9 @@ impl CertificateAuthority {
         params
             .subject_alt_names
             .push(dns_san(&client_server_name(cluster_id, client_name))?);
+        params
+            .subject_alt_names
+            .push(dns_san(&role_name(cluster_id, role))?);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params, "client certificate")
     }
@@ -279,8 +286,9 @@ impl CertificateAuthority {
         &self,
         cluster_id: &str,
         client_name: &str,
+        role: Role,
     ) -> Result<TlsIdentity, CertError> {
-        self.issue_client(cluster_id, client_name)?
+        self.issue_client(cluster_id, client_name, role)?
             .identity(&self.cert_pem)
     }
 

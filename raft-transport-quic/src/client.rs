@@ -18,13 +18,15 @@ use quinn::{IdleTimeout, VarInt};
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
+use crate::caller::Caller;
 use crate::calls::{self, Calls};
 use crate::certs::{CertError, TlsIdentity};
 use crate::frame::{self, DEFAULT_MAX_FRAME_SIZE, FrameError};
 use crate::tls;
 use crate::transport::{Counters, Inner};
 use crate::wire::{
-    CLIENT_ALPN, STREAM_BAD_FRAME, STREAM_HANDLER_FAILED, STREAM_KIND_CALLS, STREAM_KIND_SUBSCRIBE,
+    CLIENT_ALPN, CLOSE_IDENTITY_MISMATCH, STREAM_BAD_FRAME, STREAM_HANDLER_FAILED,
+    STREAM_KIND_CALLS, STREAM_KIND_SUBSCRIBE,
 };
 
 /// One client request, as the handler sees it.
@@ -35,14 +37,17 @@ pub struct ClientRequest {
     pub body: Bytes,
     /// Where the client connected from.
     pub remote_address: SocketAddr,
+    /// Who it is, from its certificate.
+    pub caller: Arc<Caller>,
 }
 
 impl ClientRequest {
     /// A request, e.g. to test a handler without a network.
-    pub fn new(body: Bytes, remote_address: SocketAddr) -> Self {
+    pub fn new(body: Bytes, remote_address: SocketAddr, caller: Caller) -> Self {
         Self {
             body,
             remote_address,
+            caller: Arc::new(caller),
         }
     }
 }
@@ -128,7 +133,17 @@ pub(crate) async fn serve_connection(
 ) {
     let remote = connection.remote_address();
     Counters::add(&inner.counters.client_connections, 1);
-    debug!(node = inner.local(), %remote, "client connected");
+    let caller = match tls::caller(&connection, &inner.config.cluster_id) {
+        Ok(caller) => Arc::new(caller),
+        Err(reason) => {
+            if inner.note_refusal(remote, "caller") {
+                warn!(node = inner.local(), %remote, "refused a client connection: {reason}");
+            }
+            connection.close(CLOSE_IDENTITY_MISMATCH.into(), reason.as_bytes());
+            return;
+        }
+    };
+    debug!(node = inner.local(), %remote, %caller, "client connected");
     // Clients have no business opening unidirectional streams.
     connection.set_max_concurrent_uni_streams(VarInt::from_u32(0));
     loop {
@@ -136,7 +151,14 @@ pub(crate) async fn serve_connection(
             Ok((send, recv)) => {
                 Counters::add(&inner.counters.client_streams, 1);
                 let serving = inner.clone();
-                inner.spawn(serve_stream(serving, handler.clone(), remote, send, recv));
+                inner.spawn(serve_stream(
+                    serving,
+                    handler.clone(),
+                    remote,
+                    caller.clone(),
+                    send,
+                    recv,
+                ));
             }
             Err(reason) => {
                 debug!(node = inner.local(), %remote, "client connection closed: {reason}");
@@ -150,6 +172,7 @@ async fn serve_stream(
     inner: Arc<Inner>,
     handler: Arc<dyn ClientHandler>,
     remote_address: SocketAddr,
+    caller: Arc<Caller>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -162,9 +185,11 @@ async fn serve_stream(
         }
     }
     match kind[0] {
-        STREAM_KIND_CALLS => calls::serve_calls(inner, handler, remote_address, send, recv).await,
+        STREAM_KIND_CALLS => {
+            calls::serve_calls(inner, handler, remote_address, caller, send, recv).await
+        }
         STREAM_KIND_SUBSCRIBE => {
-            serve_subscription(inner, handler, remote_address, send, recv).await
+            serve_subscription(inner, handler, remote_address, caller, send, recv).await
         }
         other => {
             Counters::add(&inner.counters.frames_rejected, 1);
@@ -180,6 +205,7 @@ async fn serve_subscription(
     inner: Arc<Inner>,
     handler: Arc<dyn ClientHandler>,
     remote_address: SocketAddr,
+    caller: Arc<Caller>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -202,6 +228,7 @@ async fn serve_subscription(
     let request = ClientRequest {
         body,
         remote_address,
+        caller,
     };
     // A panic in the handler fails this request only (caught here rather
     // than in a task of its own: one task per request, not two).

@@ -13,6 +13,8 @@
 //!   readers of incoming streams.
 //! - [`client`]: the [`ClientHandler`] hook, server-push streams, and the
 //!   [`ClientConnector`] that clients use.
+//! - [`caller`]: who is on the other end of a client connection ([`Caller`]:
+//!   a node, or a client with a [`Role`]), read from its certificate.
 //! - [`certs`]: cluster CA, node and client certificates (rcgen), PEM files,
 //!   [`TlsIdentity`]. `tls`: the rustls/quinn configurations (mutual TLS,
 //!   no way to skip verification).
@@ -20,6 +22,7 @@
 //! - [`wire`]: ALPN names, the peer hello, error codes.
 //! - [`fault`]: [`FaultInjector`] for tests (off unless configured).
 
+pub mod caller;
 pub mod calls;
 pub mod certs;
 pub mod client;
@@ -32,6 +35,7 @@ mod tls;
 mod transport;
 pub mod wire;
 
+pub use caller::{Caller, Role, UnknownRole, role_name};
 pub use certs::{
     CertError, CertificateAuthority, IssuedCert, TlsIdentity, client_server_name, node_server_name,
 };

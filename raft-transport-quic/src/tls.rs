@@ -14,6 +14,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 
+use crate::caller::Caller;
 use crate::certs::{CertError, TlsIdentity, node_server_name};
 use crate::wire::{CLIENT_ALPN, PEER_ALPN};
 
@@ -115,4 +116,17 @@ pub(crate) fn verify_node_certificate(
         .map_err(|e| format!("invalid name {expected}: {e}"))?;
     rustls::client::verify_server_name(&parsed, &name)
         .map_err(|_| format!("its certificate does not carry the name {expected}, so it is not node {node_id} of cluster {cluster_id}"))
+}
+
+/// Who the other side of a client connection is, from the certificate it
+/// presented (already verified against the CA by the handshake).
+pub(crate) fn caller(connection: &quinn::Connection, cluster_id: &str) -> Result<Caller, String> {
+    let chain = connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or_else(|| "it presented no certificate".to_owned())?;
+    let end_entity = chain
+        .first()
+        .ok_or_else(|| "it presented an empty certificate chain".to_owned())?;
+    Caller::from_certificate(end_entity, cluster_id)
 }

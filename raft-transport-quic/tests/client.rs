@@ -13,7 +13,7 @@ use common::*;
 use raft_transport_quic::wire::STREAM_HANDLER_FAILED;
 use raft_transport_quic::{
     ClientConnection, ClientConnector, ClientError, ClientHandler, ClientOptions, ClientRequest,
-    PushClosed, QuicTransport, Response, push_channel,
+    PushClosed, QuicTransport, Response, Role, push_channel,
 };
 use tokio::sync::{Semaphore, mpsc};
 
@@ -124,7 +124,7 @@ async fn setup_with(
         most_holding: held.most_holding.clone(),
     }));
     let node = start_with(&ca, cfg).await;
-    let identity = ca.client_identity(CLUSTER, "alice").unwrap();
+    let identity = ca.client_identity(CLUSTER, "alice", Role::Admin).unwrap();
     let connector = ClientConnector::new(&identity, ClientOptions::default()).unwrap();
     let connection = connector
         .connect_to(&node.local_addr().unwrap().to_string())

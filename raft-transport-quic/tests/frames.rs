@@ -15,7 +15,7 @@ use raft_transport_quic::wire::{
 };
 use raft_transport_quic::{
     ClientConnector, ClientError, ClientHandler, ClientOptions, ClientRequest, QuicTransport,
-    Response, frame, node_server_name,
+    Response, Role, frame, node_server_name,
 };
 
 const MAX: usize = 64 * 1024;
@@ -152,7 +152,7 @@ async fn bad_client_frames_are_rejected_and_the_node_keeps_serving() {
     cfg.max_frame_size = MAX;
     cfg.client_handler = Some(Arc::new(Echo));
     let node = start_with(&ca, cfg).await;
-    let identity = ca.client_identity(CLUSTER, "alice").unwrap();
+    let identity = ca.client_identity(CLUSTER, "alice", Role::Admin).unwrap();
     // The client allows bigger frames than the node: the node must refuse.
     let mut options = ClientOptions::default();
     options.max_frame_size = 4 * MAX;

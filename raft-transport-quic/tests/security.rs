@@ -16,7 +16,7 @@ use raft_transport_quic::wire::{
 };
 use raft_transport_quic::{
     ClientConnector, ClientError, ClientHandler, ClientOptions, ClientRequest, QuicTransport,
-    Response, TlsIdentity, frame, node_server_name,
+    Response, Role, TlsIdentity, frame, node_server_name,
 };
 
 struct Echo;
@@ -68,7 +68,7 @@ async fn a_client_with_a_cluster_certificate_is_served() {
     init_tracing();
     let ca = ca();
     let node = serving_node(&ca).await;
-    let identity = ca.client_identity(CLUSTER, "alice").unwrap();
+    let identity = ca.client_identity(CLUSTER, "alice", Role::Admin).unwrap();
     let connector = ClientConnector::new(&identity, ClientOptions::default()).unwrap();
     let connection = connector
         .connect_to(&node.local_addr().unwrap().to_string())
@@ -100,7 +100,9 @@ async fn a_client_without_a_certificate_is_refused() {
     init_tracing();
     let ca = ca();
     let node = serving_node(&ca).await;
-    let trust = ca.client_identity(CLUSTER, "anonymous").unwrap();
+    let trust = ca
+        .client_identity(CLUSTER, "anonymous", Role::Admin)
+        .unwrap();
     let endpoint = raw_endpoint(None, &trust, b"raft-client/2");
     let refused = raw_request_fails(&endpoint, &node).await;
     println!("no certificate: {refused}");
@@ -113,11 +115,13 @@ async fn a_client_with_a_certificate_from_another_ca_is_refused() {
     let ca = ca();
     let node = serving_node(&ca).await;
     let rogue_ca = common::ca();
-    let rogue = rogue_ca.client_identity(CLUSTER, "mallory").unwrap();
+    let rogue = rogue_ca
+        .client_identity(CLUSTER, "mallory", Role::Admin)
+        .unwrap();
     // It trusts the real CA (so it would accept the node) but presents a rogue certificate.
     let endpoint = raw_endpoint(
         Some(&rogue),
-        &ca.client_identity(CLUSTER, "x").unwrap(),
+        &ca.client_identity(CLUSTER, "x", Role::Admin).unwrap(),
         b"raft-client/2",
     );
     let refused = raw_request_fails(&endpoint, &node).await;
@@ -145,7 +149,7 @@ async fn a_client_with_the_wrong_alpn_is_refused() {
     init_tracing();
     let ca = ca();
     let node = serving_node(&ca).await;
-    let identity = ca.client_identity(CLUSTER, "alice").unwrap();
+    let identity = ca.client_identity(CLUSTER, "alice", Role::Admin).unwrap();
     let endpoint = raw_endpoint(Some(&identity), &identity, b"h3");
     let refused = raw_request_fails(&endpoint, &node).await;
     println!("wrong ALPN: {refused}");
@@ -163,7 +167,7 @@ async fn a_node_without_a_client_handler_refuses_clients() {
     init_tracing();
     let ca = ca();
     let node = start(&ca, 1).await;
-    let identity = ca.client_identity(CLUSTER, "alice").unwrap();
+    let identity = ca.client_identity(CLUSTER, "alice", Role::Admin).unwrap();
     let connector = ClientConnector::new(&identity, ClientOptions::default()).unwrap();
     let connection = connector
         .connect_to(&node.local_addr().unwrap().to_string())
@@ -284,7 +288,7 @@ async fn peer_hellos_are_checked() {
         Err(CLOSE_IDENTITY_MISMATCH.into())
     );
     // A client certificate posing as a peer.
-    let client = ca.client_identity(CLUSTER, "mallory").unwrap();
+    let client = ca.client_identity(CLUSTER, "mallory", Role::Admin).unwrap();
     assert_eq!(
         hand_made_hello(&node, &client, hello(CLUSTER, 2, PROTOCOL_VERSION)).await,
         Err(CLOSE_IDENTITY_MISMATCH.into())
@@ -316,7 +320,7 @@ async fn a_node_refuses_to_start_with_another_nodes_certificate_or_a_bad_config(
         ),
         "{started:?}"
     );
-    let client = ca.client_identity(CLUSTER, "alice").unwrap();
+    let client = ca.client_identity(CLUSTER, "alice", Role::Admin).unwrap();
     assert!(
         QuicTransport::start(config(1, CLUSTER, loopback()), &client)
             .await

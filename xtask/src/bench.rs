@@ -364,12 +364,74 @@ const CATCH_UP_KEYS: u64 = 4_000_000;
 const SCALE_KEYS: u64 = 10_000_000;
 /// W4: clients of W1 at scale.
 const SCALE_CLIENTS: usize = 256;
+/// W4: the scale preload stops when the machine has less memory available
+/// than this (KiB), before the kernel's OOM killer would act.
+const MEMORY_FLOOR_KIB: u64 = 2 << 20;
 /// W4: how long a step may take before the run gives up.
 const W4_DEADLINE: Duration = Duration::from_secs(900);
 
 /// Writes keys `bench/00000000`.. once each through `raft-cli bench`'s
 /// preload (1,024 writers over 100 connections).
 fn preload(bin_dir: &Path, env: &[(&str, String)], keys: u64) -> Result<()> {
+    let (cmd, what) = preload_command(bin_dir, env, keys);
+    eprintln!("xtask: bench: W4: {what}");
+    measure(cmd, &what).map(|_| ())
+}
+
+/// [`preload`], stopped if the machine's available memory falls under
+/// [`MEMORY_FLOOR_KIB`] (three nodes on one machine hold the state three
+/// times); `Ok(None)` once every key is written, `Ok(Some(peak))` if it was
+/// stopped, with the servers' peak resident set per server in MiB.
+fn preload_within_memory(
+    bin_dir: &Path,
+    env: &[(&str, String)],
+    keys: u64,
+    pids: &[u32],
+) -> Result<Option<f64>> {
+    let (mut cmd, what) = preload_command(bin_dir, env, keys);
+    eprintln!(
+        "xtask: bench: W4: {what} (stopped if free memory falls under {} GiB)",
+        MEMORY_FLOOR_KIB >> 20
+    );
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot run the load for {what}"))?;
+    let mut peak = 0.0f64;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("the load for {what} failed ({status})");
+            }
+            return Ok(None);
+        }
+        peak = peak.max(rss_now(pids));
+        if available_memory_kib().is_some_and(|kib| kib < MEMORY_FLOOR_KIB) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(Some(peak));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What /proc/meminfo calls MemAvailable, in KiB.
+fn available_memory_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The preload's command and a description of it.
+fn preload_command(bin_dir: &Path, env: &[(&str, String)], keys: u64) -> (Command, String) {
     let mut cmd = Command::new(bin_dir.join("raft-cli"));
     cmd.envs(env.iter().map(|(k, v)| (k, v)))
         .args([
@@ -384,9 +446,7 @@ fn preload(bin_dir: &Path, env: &[(&str, String)], keys: u64) -> Result<()> {
         .args(["--duration", "1", "--warmup", "0", "--value-size", "256"])
         .arg("--keys")
         .arg(keys.to_string());
-    let what = format!("preloading {keys} keys");
-    eprintln!("xtask: bench: W4: {what}");
-    measure(cmd, &what).map(|_| ())
+    (cmd, format!("preloading {keys} keys"))
 }
 
 /// Polls `check` every 100 ms until it holds; the time it took.
@@ -554,8 +614,29 @@ fn w4_puts_over(
     }
     let env = cluster::start_detached(dir, 3, bin_dir, None)?;
     let outcome = (|| {
-        preload(bin_dir, &env, keys)?;
         let pids = cluster_pids(dir)?;
+        if let Some(peak) = preload_within_memory(bin_dir, &env, keys, &pids)? {
+            // How far it got: the leader's applied index counts the keys
+            // written (and a few sessions).
+            let written = cluster_metrics(dir)?
+                .iter()
+                .map(|(_, m)| metric(*m, "raft_applied_index"))
+                .max()
+                .unwrap_or(0);
+            eprintln!(
+                "xtask: bench: W4: stopped the preload at about {written} keys: free memory fell under {} GiB",
+                MEMORY_FLOOR_KIB >> 20
+            );
+            return results.add(
+                "raft-kv",
+                &format!(
+                    "{{\"rss_mib\":{peak:.1},\"workload\":\"w4-put\",\"keys\":{keys},\"clients\":{SCALE_CLIENTS},\
+                     \"ops\":0,\"secs\":0,\"ops_per_sec\":0,\"stopped_at_keys\":{written},\
+                     \"memory_floor_mib\":{}}}",
+                    MEMORY_FLOOR_KIB >> 10
+                ),
+            );
+        }
         let mut cmd = Command::new(bin_dir.join("raft-cli"));
         cmd.envs(env.iter().map(|(k, v)| (k, v)))
             .args(["--output", "json", "bench"])
@@ -635,7 +716,7 @@ fn etcd_certs(bin_dir: &Path, dir: &Path) -> Result<()> {
     for id in 1..=3 {
         cluster::certs_node(bin_dir, dir, id, CLUSTER)?;
     }
-    cluster::certs_client(bin_dir, dir, "bench", CLUSTER)
+    cluster::certs_client(bin_dir, dir, "bench", "readwrite", CLUSTER)
 }
 
 fn start_etcd(dir: &Path, tls: bool) -> Result<Etcd> {

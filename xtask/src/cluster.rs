@@ -65,6 +65,9 @@ use state::{NodeRecord, State, config_path, log_path};
 const CLUSTER_ID: &str = "local";
 /// The client certificate's name (`<dir>/admin.pem`).
 const CLIENT_NAME: &str = "admin";
+/// The read-only client certificate beside it (`reader.pem`, `reader.key`):
+/// `RAFT_CERT=$dir/reader.pem RAFT_KEY=$dir/reader.key raft-cli get k`.
+const READER_NAME: &str = "reader";
 /// How long nodes get to stop after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long a spawned node gets to answer on its health endpoint.
@@ -297,7 +300,8 @@ fn start(cluster: &Cluster, args: &StartArgs) -> Result<()> {
     for &id in &ids {
         certs_node(&bin_dir, dir, id, CLUSTER_ID)?;
     }
-    certs_client(&bin_dir, dir, CLIENT_NAME, CLUSTER_ID)?;
+    certs_client(&bin_dir, dir, CLIENT_NAME, "admin", CLUSTER_ID)?;
+    certs_client(&bin_dir, dir, READER_NAME, "readonly", CLUSTER_ID)?;
 
     let ports = net::free_ports(ids.len())?;
     let initial: Vec<String> = ids
@@ -553,13 +557,20 @@ pub(crate) fn certs_ca(bin_dir: &Path, dir: &Path, cluster: &str) -> Result<()> 
     )
 }
 
-/// A client certificate `<name>.pem` / `<name>.key` from the CA in `dir`.
-pub(crate) fn certs_client(bin_dir: &Path, dir: &Path, name: &str, cluster: &str) -> Result<()> {
+/// A client certificate `<name>.pem` / `<name>.key` with `role` from the
+/// CA in `dir`.
+pub(crate) fn certs_client(
+    bin_dir: &Path,
+    dir: &Path,
+    name: &str,
+    role: &str,
+    cluster: &str,
+) -> Result<()> {
     raft_cli(
         bin_dir,
         &["certs", "client", "--dir"],
         dir,
-        &["--name", name, "--cluster", cluster],
+        &["--name", name, "--role", role, "--cluster", cluster],
     )
 }
 

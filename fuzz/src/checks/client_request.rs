@@ -50,6 +50,7 @@ pub fn check(data: &[u8]) {
                     session,
                     op,
                     prev_kv,
+                    owner: "fuzz".into(),
                 }
                 .encode();
                 let out = sm.apply(&[Entry {
@@ -63,7 +64,7 @@ pub fn check(data: &[u8]) {
             }
         }
         Request::OpenSession { .. } => {
-            let data = Command::open_session().encode();
+            let data = Command::open_session("fuzz".into()).encode();
             let out = sm.apply(&[Entry {
                 term: 1,
                 index: 10,
@@ -95,14 +96,14 @@ pub fn check(data: &[u8]) {
             faults.heal_between(1, 2);
             faults.heal();
         }
-        Request::Admin { .. } | Request::Status => {}
+        Request::Admin { .. } | Request::Status | Request::Forwarded { .. } => {}
     }
 }
 
 /// A few keys, so reads and writes meet data (written in session 1, the
 /// session the first entry opens).
 fn seed_store(sm: &mut KvStateMachine) {
-    let open = Command::open_session();
+    let open = Command::open_session("fuzz".into());
     sm.apply(&[Entry {
         term: 1,
         index: 1,
@@ -123,6 +124,7 @@ fn seed_store(sm: &mut KvStateMachine) {
                     value: Bytes::from_static(b"v"),
                 },
                 prev_kv: false,
+                owner: "fuzz".into(),
             };
             Entry {
                 term: 1,

@@ -88,6 +88,7 @@ pub fn check(data: &[u8]) {
                 },
                 op,
                 prev_kv: i % 2 == 0,
+                owner: "fuzz".into(),
             };
             let out = sm.apply(&[Entry {
                 term: last.term,

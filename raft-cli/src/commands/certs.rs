@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use raft_transport_quic::CertificateAuthority;
+use raft_transport_quic::{CertificateAuthority, Role};
 use serde_json::json;
 
 use super::{Context, Outcome};
@@ -30,9 +30,12 @@ pub fn run(context: &Context, command: CertsCommand) -> anyhow::Result<Outcome> 
             addresses,
             cluster,
         } => with_created(issue_node(&dir, id, &addresses, &cluster)?),
-        CertsCommand::Client { dir, name, cluster } => {
-            with_created(issue_client(&dir, &name, &cluster)?)
-        }
+        CertsCommand::Client {
+            dir,
+            name,
+            role,
+            cluster,
+        } => with_created(issue_client(&dir, &name, role, &cluster)?),
     };
     context.print(
         || {
@@ -124,8 +127,14 @@ pub fn issue_node(
     Ok((cert, key))
 }
 
-/// Writes `dir/NAME.pem` and `dir/NAME.key`, signed by the CA in `dir`.
-pub fn issue_client(dir: &Path, name: &str, cluster: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// Writes `dir/NAME.pem` and `dir/NAME.key` for a client with `role`,
+/// signed by the CA in `dir`.
+pub fn issue_client(
+    dir: &Path,
+    name: &str,
+    role: Role,
+    cluster: &str,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
     if name == "ca" || name.starts_with("node-") {
         bail!(
             "the client name {name:?} would overwrite the CA's or a node's files; choose another \
@@ -134,7 +143,7 @@ pub fn issue_client(dir: &Path, name: &str, cluster: &str) -> anyhow::Result<(Pa
     }
     let ca = load_ca(dir)?;
     let issued = ca
-        .issue_client(cluster, name)
+        .issue_client(cluster, name, role)
         .with_context(|| format!("cannot issue the client certificate {name:?}"))?;
     let (cert, key) = (
         dir.join(format!("{name}.pem")),
@@ -164,11 +173,11 @@ mod tests {
         let (cert, key) = issue_node(&dir, 2, &["127.0.0.1".into()], "local").unwrap();
         assert_eq!(cert, dir.join("node-2.pem"));
         TlsIdentity::from_pem_files(&dir.join(CA_CERT), &cert, &key).unwrap();
-        let (cert, key) = issue_client(&dir, "admin", "local").unwrap();
+        let (cert, key) = issue_client(&dir, "admin", Role::Admin, "local").unwrap();
         assert_eq!(key, dir.join("admin.key"));
         TlsIdentity::from_pem_files(&dir.join(CA_CERT), &cert, &key).unwrap();
-        assert!(issue_client(&dir, "ca", "local").is_err());
-        assert!(issue_client(&dir, "Bad Name", "local").is_err());
+        assert!(issue_client(&dir, "ca", Role::Admin, "local").is_err());
+        assert!(issue_client(&dir, "Bad Name", Role::Admin, "local").is_err());
         assert!(issue_node(&dir, 0, &["127.0.0.1".into()], "local").is_err());
     }
 
@@ -177,7 +186,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = format!(
             "{:#}",
-            issue_client(dir.path(), "admin", "local").unwrap_err()
+            issue_client(dir.path(), "admin", Role::Admin, "local").unwrap_err()
         );
         assert!(e.contains("raft-cli certs ca --dir"), "{e}");
     }

@@ -275,7 +275,15 @@ impl Cluster {
             initial: Vec::new(),
         };
         cluster.certs(&["ca", "--cluster", CLUSTER_ID]);
-        cluster.certs(&["client", "--name", "admin", "--cluster", CLUSTER_ID]);
+        cluster.certs(&[
+            "client",
+            "--name",
+            "admin",
+            "--role",
+            "admin",
+            "--cluster",
+            CLUSTER_ID,
+        ]);
         cluster.initial = (1..=size).map(|id| (id, free_address())).collect();
         for (id, address) in cluster.initial.clone() {
             cluster.prepare_node(id, address, false);
@@ -484,10 +492,32 @@ impl Cluster {
         run_with_timeout(command, CLI_TIMEOUT, full)
     }
 
+    /// Runs raft-cli against `endpoints` with the client certificate
+    /// `<name>.pem` (made with [`Cluster::certs`]).
+    pub fn cli_as(&self, name: &str, endpoints: &str, args: &[&str]) -> CliOutput {
+        let dir = self.dir.path();
+        let files = (
+            dir.join("ca.pem"),
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        let (command, full) = self.command_with(files, endpoints, args);
+        run_with_timeout(command, CLI_TIMEOUT, full)
+    }
+
     /// The raft-cli command for `args` against `endpoints`, with the admin
     /// certificate and no settings from the environment.
     fn command(&self, endpoints: &str, args: &[&str]) -> (Command, Vec<String>) {
-        let (ca, cert, key) = self.client_files();
+        self.command_with(self.client_files(), endpoints, args)
+    }
+
+    /// [`Cluster::command`] with the certificate files `(ca, cert, key)`.
+    fn command_with(
+        &self,
+        (ca, cert, key): (PathBuf, PathBuf, PathBuf),
+        endpoints: &str,
+        args: &[&str],
+    ) -> (Command, Vec<String>) {
         let mut full: Vec<String> = vec![
             "--endpoints".into(),
             endpoints.into(),

@@ -2407,7 +2407,9 @@ async fn run(args: Args) -> Result<bool> {
 /// passed (with `--expect-violation`: if the violation was found).
 async fn drive(args: &Args, seed: u64, dir: &Path, cluster: &mut Cluster) -> Result<bool> {
     let client_identity = {
-        let issued = cluster.ca.issue_client(CLUSTER, "chaos")?;
+        let issued = cluster
+            .ca
+            .issue_client(CLUSTER, "chaos", raft_transport_quic::Role::Admin)?;
         issued.identity(&cluster.ca_pem)?
     };
     let all_addresses: Vec<String> = cluster.nodes.values().map(|n| n.addr.to_string()).collect();

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use raft_kv::config::{LogFormat, NodeConfig, RaftSettings, SnapshotSettings, TlsFiles};
 use raft_kv::{Client, ClientConfig, Server};
-use raft_transport_quic::{CertificateAuthority, TlsIdentity};
+use raft_transport_quic::{CertificateAuthority, Role, TlsIdentity};
 
 pub fn free_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
@@ -57,6 +57,8 @@ pub struct TestCluster {
     pub addresses: Vec<(u64, SocketAddr)>,
     pub endpoints: Vec<String>,
     pub client_identity: TlsIdentity,
+    /// The cluster's CA, to issue more certificates.
+    pub ca: CertificateAuthority,
 }
 
 impl TestCluster {
@@ -92,7 +94,7 @@ impl TestCluster {
             adjust(&mut config);
             servers.push(Server::start(config).await.unwrap());
         }
-        let client_identity = ca.client_identity("test", "tester").unwrap();
+        let client_identity = ca.client_identity("test", "tester", Role::Admin).unwrap();
         let endpoints = addresses.iter().map(|(_, a)| a.to_string()).collect();
         Self {
             dir,
@@ -100,6 +102,7 @@ impl TestCluster {
             addresses,
             endpoints,
             client_identity,
+            ca,
         }
     }
 
@@ -113,6 +116,25 @@ impl TestCluster {
         Client::connect(ClientConfig::new(endpoints, self.client_identity.clone()))
             .await
             .unwrap()
+    }
+
+    /// A client of `endpoints` with a certificate named `name` with `role`.
+    pub async fn client_with_role(&self, name: &str, role: Role, endpoints: Vec<String>) -> Client {
+        let identity = self.ca.client_identity("test", name, role).unwrap();
+        Client::connect(ClientConfig::new(endpoints, identity))
+            .await
+            .unwrap()
+    }
+
+    /// The endpoint of a node that does not lead, as `client` sees it.
+    pub async fn follower_endpoint(&self, client: &Client) -> String {
+        for endpoint in &self.endpoints {
+            let status = client.status_of(endpoint).await.unwrap();
+            if status.raft.role != raft_core::Role::Leader {
+                return endpoint.clone();
+            }
+        }
+        panic!("no follower")
     }
 
     pub async fn shutdown(self) {
