@@ -16,8 +16,11 @@
 //!    (the peak, per node), for both systems.
 //! 6. With `--w4` (several minutes more): a follower restarted on a log of
 //!    1,000,000 entries (time until it answers, and until it has applied
-//!    them all again), and a node added to a cluster holding about 1 GiB of
-//!    state (time until the snapshot is installed and it caught up).
+//!    them all again), a node added to a cluster holding about 1 GiB of
+//!    state (time until the snapshot is installed and it caught up), and
+//!    W1 at 256 clients over 10,000,000 keys written first against the same
+//!    over W1's key count (the preload stops when the machine's free memory
+//!    falls under 2 GiB, and the report says how far it got).
 //! 7. `target/bench/report.md` (table, ratios, targets, date, machine,
 //!    commit), `throughput.png` and `p99.png`; every JSON line in
 //!    `results.jsonl`.
@@ -69,8 +72,11 @@ pub(crate) struct BenchArgs {
     /// target/bench).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Also W4's restart and snapshot catch-up (about 10 minutes more;
-    /// at the peak about 3 GiB of memory and 4 GiB of disk per node).
+    /// Also W4: a restart on 1,000,000 log entries, a snapshot catch-up
+    /// from 4,000,000 keys, and W1 at 256 clients over 10,000,000 keys
+    /// against W1's own key count (about 15 minutes more; the 10 M preload
+    /// stops when free memory falls under 2 GiB and the report says how far
+    /// it got).
     #[arg(long)]
     w4: bool,
 }
