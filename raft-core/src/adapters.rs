@@ -4,7 +4,7 @@
 //! raft-transport-quic implements [`Transport`], raft-kv's driver is generic
 //! over all three, and the `testing` feature has in-memory versions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -55,6 +55,15 @@ pub trait Transport: Send + Sync + 'static {
     /// Tells the transport where the members are (after a configuration
     /// change): node id to the address stored in the configuration.
     fn update_peers(&self, peers: &BTreeMap<NodeId, String>);
+
+    /// Tells the transport which ids a committed configuration removed
+    /// ([`Membership::removed`](crate::Membership::removed); they are never
+    /// members again): it should close their connections, refuse new ones
+    /// and drop what they send. The node drops their messages anyway; the
+    /// default does nothing more.
+    fn update_removed(&self, removed: &BTreeSet<NodeId>) {
+        let _ = removed;
+    }
 
     /// The next message addressed to this node; `None` once shut down.
     async fn recv(&self) -> Option<Message>;

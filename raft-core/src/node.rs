@@ -516,6 +516,23 @@ impl<S: LogRead> Node<S> {
             MessageBody::Snapshot(chunk) => Self::malformed_chunk(message.term, chunk),
             _ => None,
         };
+        if self
+            .committed_membership()
+            .is_some_and(|m| m.removed().contains(&message.from))
+        {
+            // A node removed by a committed configuration is never a member
+            // again (ids are not reused): nothing it says counts, not even
+            // its term. Only a committed removal counts, as an uncommitted
+            // one may still be replaced by a log where the node stays.
+            self.counters.messages_from_removed += 1;
+            tracing::debug!(
+                id = self.id,
+                from = message.from,
+                kind = ?message.kind(),
+                "dropped a message from a removed node"
+            );
+            return Ok(());
+        }
         if let Some(problem) = malformed {
             // Dropped before it can change anything (not even the term): a
             // corrupt or hostile message is no reason to stop the node.

@@ -104,4 +104,9 @@ pub struct Counters {
     /// sent. No genuine peer sends them; each is logged at warn level.
     #[serde(default)]
     pub out_of_range_answers: u64,
+    /// Peer messages it dropped because their sender was removed from the
+    /// cluster by a committed configuration (a removed node's certificate
+    /// still opens connections; its votes must not depose a leader).
+    #[serde(default)]
+    pub messages_from_removed: u64,
 }

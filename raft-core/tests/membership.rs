@@ -145,6 +145,53 @@ fn remove_a_partitioned_node_which_then_cannot_disrupt() {
     c.propose_committed(b"still fine");
 }
 
+/// Review finding: a removed node keeps its certificate, so it can still
+/// reach the others; a `Vote { transfer: true }` at a higher term made the
+/// leader step down (a transfer vote bypasses leader stickiness). Once its
+/// removal is committed, nothing a removed node says counts.
+#[test]
+fn a_removed_node_cannot_depose_the_leader_with_a_transfer_vote() {
+    use raft_core::{LogId, Message, MessageBody, VoteRequest};
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.node_mut(1)
+        .propose_membership(ConfChange::Remove { id: 3 })
+        .unwrap();
+    c.stabilize();
+    c.run_ticks(3);
+    for id in [1, 2] {
+        assert!(
+            c.node(id)
+                .committed_membership()
+                .unwrap()
+                .removed()
+                .contains(&3),
+            "node {id} knows the removal is committed"
+        );
+    }
+    let term = c.node(1).term();
+    let last = c.node(1).last_log_id().unwrap();
+    for to in [1, 2] {
+        c.deliver(Message {
+            from: 3,
+            to,
+            term: term + 1,
+            body: MessageBody::Vote(VoteRequest {
+                last_log: LogId::new(last.term + 1, last.index + 100),
+                transfer: true,
+            }),
+        });
+    }
+    c.stabilize();
+    assert_eq!(c.leader(), Some(1), "the leader keeps leading");
+    assert_eq!(c.node(1).term(), term, "its term did not move");
+    assert_eq!(c.node(2).term(), term);
+    for id in [1, 2] {
+        assert_eq!(c.node(id).status().counters.messages_from_removed, 1);
+    }
+    c.propose_committed(b"still leading");
+}
+
 /// Raft thesis §4.1: only one change at a time; a second change while one
 /// is uncommitted is refused with ConfigChangeInProgress.
 #[test]

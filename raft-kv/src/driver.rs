@@ -13,7 +13,7 @@
 //!   sends the batch's persisted messages and reports back.
 //! - snapshots are serialised and saved on short-lived threads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -322,6 +322,7 @@ where
                     next_read: 1,
                     view: view_tx,
                     last_addresses: BTreeMap::new(),
+                    last_removed: BTreeSet::new(),
                     snapshot_in_progress: false,
                 };
                 let result = runtime.block_on(state.run(requests_rx, stop_rx, shutting_down));
@@ -412,6 +413,8 @@ struct DriverState<L: LogStore + ?Sized, T: Transport + ?Sized, M: StateMachine>
     next_read: u64,
     view: watch::Sender<NodeView>,
     last_addresses: BTreeMap<NodeId, String>,
+    /// The removed ids last given to the transport.
+    last_removed: BTreeSet<NodeId>,
     snapshot_in_progress: bool,
 }
 
@@ -850,6 +853,12 @@ where
                 .map(|(k, v)| (*k, v.clone()))
                 .collect();
             self.transport.update_peers(&peers);
+        }
+        if let Some(committed) = self.node.committed_membership()
+            && committed.removed() != &self.last_removed
+        {
+            self.last_removed = committed.removed().clone();
+            self.transport.update_removed(&self.last_removed);
         }
         let view = NodeView {
             id: self.node.id(),

@@ -114,6 +114,10 @@ fn describe() {
             "Peer answers dropped because they named log positions never sent.",
         ),
         (
+            "raft_messages_from_removed_total",
+            "Peer messages dropped because their sender was removed from the cluster.",
+        ),
+        (
             "kv_requests_total",
             "Client requests answered, by kind and outcome.",
         ),
@@ -271,6 +275,7 @@ pub(crate) fn record_status(status: &raft_core::Status) {
         ("raft_leader_transfers_total", c.leader_transfers),
         ("raft_malformed_messages_total", c.malformed_messages),
         ("raft_out_of_range_answers_total", c.out_of_range_answers),
+        ("raft_messages_from_removed_total", c.messages_from_removed),
     ] {
         metrics::counter!(name).absolute(value);
     }

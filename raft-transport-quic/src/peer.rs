@@ -31,7 +31,7 @@
 //! write fails, it is lost (Raft resends), never retried, so a peer restart
 //! cannot make a message reach the core twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -339,6 +339,26 @@ pub(crate) fn update_peers(inner: &Arc<Inner>, peers: &BTreeMap<NodeId, String>)
         }
         keep
     });
+}
+
+/// Shuts removed nodes out: their connections are closed, new ones refused
+/// at the hello, and anything they still send is dropped.
+pub(crate) fn shut_out(inner: &Arc<Inner>, removed: &BTreeSet<NodeId>) {
+    for peer in inner.set_removed(removed) {
+        let Some(link) = inner.links().remove(&peer) else {
+            continue;
+        };
+        link.address.send_replace(None);
+        for c in link.connections.borrow().iter() {
+            c.connection
+                .close(CLOSE_REMOVED.into(), b"removed from the cluster");
+        }
+        link.removed.send_replace(true);
+        info!(
+            node = inner.local(),
+            peer, "peer removed from the cluster: shut out"
+        );
+    }
 }
 
 /// Keeps a connection to the peer when this node should dial, with
@@ -649,6 +669,16 @@ pub(crate) async fn accept(inner: Arc<Inner>, connection: quinn::Connection) {
     if let Err((code, reason)) = check_hello(&inner, &hello, None) {
         return refuse(code, &reason);
     }
+    if inner.is_removed(hello.node_id) {
+        return refuse(
+            CLOSE_REMOVED,
+            &format!(
+                "node {} was removed from the cluster; its certificate no longer admits it \
+                 (a replacement node needs a new id)",
+                hello.node_id
+            ),
+        );
+    }
     if let Err(reason) =
         tls::verify_node_certificate(&connection, &inner.config.cluster_id, hello.node_id)
     {
@@ -833,6 +863,10 @@ async fn read_stream(inner: Arc<Inner>, link: Arc<PeerLink>, mut recv: quinn::Re
                 inner.local()
             );
             return reject(&inner, peer, &mut recv, &reason);
+        }
+        if inner.is_removed(peer) {
+            Counters::add(&inner.counters.messages_from_removed, 1);
+            continue;
         }
         if let Some(faults) = &inner.config.fault_injector {
             if faults.inbound_blocked(peer, inner.local()) {

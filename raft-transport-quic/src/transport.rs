@@ -3,7 +3,7 @@
 //! [`crate::client`]), and implements raft-core's
 //! [`Transport`](raft_core::adapters::Transport) trait.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +74,10 @@ pub struct TransportStats {
     pub client_streams: u64,
     /// Client connections accepted (handshake done, ALPN `raft-client/2`).
     pub client_connections: u64,
+    /// Messages dropped because their sender was removed from the cluster
+    /// (see `Transport::update_removed`); its connections are refused too,
+    /// counted in `connections_refused`.
+    pub messages_from_removed: u64,
 }
 
 #[derive(Default)]
@@ -88,6 +92,7 @@ pub(crate) struct Counters {
     pub(crate) peer_connections: AtomicU64,
     pub(crate) client_streams: AtomicU64,
     pub(crate) client_connections: AtomicU64,
+    pub(crate) messages_from_removed: AtomicU64,
 }
 
 impl Counters {
@@ -108,6 +113,7 @@ impl Counters {
             peer_connections: get(&self.peer_connections),
             client_streams: get(&self.client_streams),
             client_connections: get(&self.client_connections),
+            messages_from_removed: get(&self.messages_from_removed),
         }
     }
 }
@@ -155,12 +161,34 @@ pub(crate) struct Inner {
     runtime: tokio::runtime::Handle,
     /// When each remote IP last got a refusal logged as a warning.
     refusal_log: Mutex<HashMap<(std::net::IpAddr, String), std::time::Instant>>,
+    /// Ids removed from the cluster: refused at the door, their messages
+    /// dropped.
+    removed: std::sync::RwLock<BTreeSet<NodeId>>,
 }
 
 /// A refused remote that keeps retrying is warned about once per this period.
 const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 impl Inner {
+    /// Whether `peer` was removed from the cluster.
+    pub(crate) fn is_removed(&self, peer: NodeId) -> bool {
+        self.removed
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(&peer)
+    }
+
+    /// Replaces the set of removed ids; says which are new.
+    pub(crate) fn set_removed(&self, removed: &BTreeSet<NodeId>) -> Vec<NodeId> {
+        let mut current = self
+            .removed
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let new = removed.difference(&current).copied().collect();
+        current.clone_from(removed);
+        new
+    }
+
     /// Counts a refused connection and says whether to log it as a warning:
     /// at most once per [`REFUSAL_LOG_PERIOD`] per remote IP and reason, so
     /// that a misconfigured node retrying with backoff does not flood the log.
@@ -291,6 +319,7 @@ impl QuicTransport {
             tasks_done: tokio::sync::Mutex::new(tasks_done),
             runtime: tokio::runtime::Handle::current(),
             refusal_log: Mutex::new(HashMap::new()),
+            removed: std::sync::RwLock::new(BTreeSet::new()),
         });
         let accepting = inner.clone();
         inner.spawn(accept_loop(accepting));
@@ -451,6 +480,10 @@ impl Transport for QuicTransport {
 
     fn update_peers(&self, peers: &BTreeMap<NodeId, String>) {
         peer::update_peers(&self.inner, peers);
+    }
+
+    fn update_removed(&self, removed: &BTreeSet<NodeId>) {
+        peer::shut_out(&self.inner, removed);
     }
 
     async fn recv(&self) -> Option<Message> {

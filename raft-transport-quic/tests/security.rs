@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -174,8 +174,14 @@ async fn a_node_without_a_client_handler_refuses_clients() {
         .await
         .unwrap();
     let outcome = connection.request(b"ping").await;
+    // The node closes the connection with its reason; the client sees it
+    // as the connection's failure, or as its request's write failing on
+    // the closed connection (whichever it notices first).
     assert!(
-        matches!(outcome, Err(ClientError::Connection(_))),
+        matches!(
+            outcome,
+            Err(ClientError::Connection(_) | ClientError::Write(_))
+        ) && format!("{outcome:?}").contains("this node serves no clients"),
         "{outcome:?}"
     );
 }
@@ -333,4 +339,41 @@ async fn a_node_refuses_to_start_with_another_nodes_certificate_or_a_bad_config(
         matches!(started, Err(raft_transport_quic::StartError::Config(_))),
         "{started:?}"
     );
+}
+
+/// Review finding: a removed node keeps its certificate (valid for two
+/// years) and with it full peer rights. Once the transport is told a node
+/// was removed, its connections are closed, new ones are refused at the
+/// hello, and it gets nothing through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_is_shut_out_with_its_old_certificate() {
+    init_tracing();
+    let ca = ca();
+    let a = start(&ca, 1).await;
+    let b = start(&ca, 2).await;
+    connect_all(&[&a, &b]);
+    send_eventually(&b, heartbeat(2, 1, 0)).await;
+    assert!(
+        recv_within(&a, DEADLINE).await.is_some(),
+        "a member gets through"
+    );
+
+    // Node 2 is removed; node 1 learns it (its own peers no longer list 2,
+    // and the removal is committed).
+    a.update_peers(&BTreeMap::new());
+    a.update_removed(&BTreeSet::from([2]));
+    let refused_before = a.stats().connections_refused;
+    // Node 2 still knows node 1 and keeps trying, with its old certificate.
+    let deadline = Instant::now() + DEADLINE;
+    while a.stats().connections_refused == refused_before {
+        assert!(
+            Instant::now() < deadline,
+            "node 2 never tried again, or was let in"
+        );
+        let _ = b.send(heartbeat(2, 1, 1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Refused at the hello: nothing it sent reached node 1.
+    assert!(recv_within(&a, Duration::from_millis(300)).await.is_none());
+    assert!(a.connected_peers().is_empty());
 }
