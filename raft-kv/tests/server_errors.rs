@@ -382,3 +382,47 @@ fn a_node_whose_driver_fails_exits_non_zero() {
         "{text}"
     );
 }
+
+/// Review finding: data directories and snapshot files were created
+/// readable by everyone (snapshots 0644); etcd keeps its data directory
+/// 0700. Every directory the node creates is 0700 and every file 0600.
+#[cfg(unix)]
+#[test]
+fn the_data_directory_and_every_file_in_it_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::new();
+    let data = setup.path("data-1");
+    let mut args = setup.args(1, free_address(), &data);
+    // A snapshot within the first writes, so a snapshot file exists too.
+    args.extend(["--snapshot-threshold".into(), "1".into()]);
+    let node = Running::start(&args);
+    let deadline = Instant::now() + DEADLINE;
+    while !std::fs::read_dir(data.join("snapshots"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+    {
+        // The node's own first entries (its no-op, its membership) are
+        // enough for a threshold of 1.
+        assert!(Instant::now() < deadline, "no snapshot file appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(node.terminate().success());
+    let mut checked = 0;
+    let mut dirs = vec![data.clone()];
+    while let Some(dir) = dirs.pop() {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", path.display());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 5, "only {checked} files checked");
+}

@@ -170,6 +170,16 @@ pub(crate) struct Incoming {
     crcs: BlockCrcs,
 }
 
+/// `options` creating files readable by their owner only (0600 on Unix).
+fn private(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+}
+
 /// A host-built snapshot written and fsynced under a temporary name.
 pub(crate) struct Staged {
     tmp: PathBuf,
@@ -194,13 +204,15 @@ impl SnapshotDir {
     /// Starts receiving a new snapshot, discarding any partial one.
     pub(crate) fn start_incoming(&self, last: LogId) -> Result<Incoming, StorageError> {
         let path = self.path.join(INCOMING);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| storage_io(&path, "creating incoming snapshot", &e))?;
+        let file = private(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )
+        .open(&path)
+        .map_err(|e| storage_io(&path, "creating incoming snapshot", &e))?;
         Ok(Incoming {
             last,
             file,
@@ -263,10 +275,7 @@ impl SnapshotDir {
             meta.last.index
         ));
         let written = (|| {
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
+            let mut file = private(OpenOptions::new().read(true).write(true).create_new(true))
                 .open(&tmp)
                 .map_err(|e| storage_io(&tmp, "creating snapshot file", &e))?;
             file.write_all(data)

@@ -208,8 +208,9 @@ impl RocksStore {
         let db_path = path.join("db");
         let snapshot_path = path.join("snapshots");
         for dir in [&db_path, &snapshot_path] {
-            std::fs::create_dir_all(dir).map_err(|e| Error::from_io(dir, e))?;
+            create_private_dir(dir).map_err(|e| Error::from_io(dir, e))?;
         }
+        warn_if_readable_by_others(&path);
         probe_writable(&snapshot_path).map_err(|e| Error::from_io(&path, e))?;
 
         let marker = path.join(CLEAN_SHUTDOWN);
@@ -326,10 +327,74 @@ fn prepare_directory(path: &Path, create_if_missing: bool) -> Result<(), Error> 
                     path: path.to_path_buf(),
                 });
             }
-            std::fs::create_dir_all(path).map_err(|e| Error::from_io(path, e))
+            create_private_dir(path).map_err(|e| Error::from_io(path, e))
         }
         Err(e) => Err(Error::from_io(path, e)),
     }
+}
+
+/// Creates `path` and its missing parents, readable by their owner only
+/// (mode 0700 on Unix, as etcd makes its data directory).
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)
+}
+
+/// Warns (as etcd does) when the data directory, or a directory or file in
+/// it, can be read by other users: it holds every key and value.
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let open = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .ok()
+                .map(|m| m.permissions().mode() & 0o777)
+                .filter(|mode| mode & 0o077 != 0)
+        };
+        if let Some(mode) = open(path) {
+            tracing::warn!(
+                path = %path.display(),
+                "the data directory has permissions {mode:o}; the recommended permission is 700, \
+                 so that other users cannot read the data: chmod 700 {}",
+                path.display()
+            );
+        }
+        let mut exposed = Vec::new();
+        let mut dirs = vec![path.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let p = entry.path();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(p.clone());
+                }
+                if open(&p).is_some() {
+                    exposed.push(p);
+                }
+            }
+        }
+        if let Some(first) = exposed.first() {
+            tracing::warn!(
+                path = %path.display(),
+                "{} files or directories in the data directory can be read by other users \
+                 (e.g. {}); make them 600 (700 for directories), and start the node with umask \
+                 077 (the raft-kv binary sets it)",
+                exposed.len(),
+                first.display()
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// Writes, syncs and deletes a small file, so that an unwritable directory

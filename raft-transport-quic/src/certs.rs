@@ -492,6 +492,12 @@ fn read_file(path: &Path) -> Result<String, CertError> {
     })
 }
 
+/// Writes `contents` to `path` atomically: a new file beside it (mode 0600
+/// when `private`, on Unix, whatever the umask), fsynced, then renamed over
+/// `path`, and the directory fsynced. A crash leaves the old file or the
+/// new one, never half of one; an existing file's mode is not kept (a
+/// key is 0600 even if an older one was readable by others); a symbolic
+/// link at `path` is refused rather than followed.
 fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
     use std::io::Write;
     let error = |source| CertError::File {
@@ -499,23 +505,89 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertErro
         path: path.display().to_string(),
         source,
     };
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(error(std::io::Error::other(
+            "it is a symbolic link; write the file elsewhere, or remove the link first",
+        )));
+    }
+    let name = path
+        .file_name()
+        .ok_or_else(|| error(std::io::Error::other("the path names no file")))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    if private {
+    {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        options.mode(if private { 0o600 } else { 0o644 });
     }
     #[cfg(not(unix))]
     let _ = private;
-    let mut file = options.open(path).map_err(error)?;
-    file.write_all(contents.as_bytes()).map_err(error)?;
-    file.sync_all().map_err(error)
+    let written = (|| {
+        let mut file = options.open(&tmp)?;
+        #[cfg(unix)]
+        if private {
+            // The umask may have taken bits away, never added them; set
+            // the mode exactly anyway.
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(error)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review finding: a key was 0600 only when created (an overwrite kept
+    /// the old mode), symbolic links were followed, and writes were not
+    /// atomic.
+    #[cfg(unix)]
+    #[test]
+    fn keys_are_written_atomically_private_and_never_through_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("node-1.key");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // An older key left readable by everyone is replaced by a 0600 one.
+        std::fs::write(&key, "old").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_file(&key, "new", true).unwrap();
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "new");
+        assert_eq!(mode(&key), 0o600);
+        // Certificates are public.
+        let cert = dir.path().join("node-1.pem");
+        write_file(&cert, "cert", false).unwrap();
+        assert_eq!(mode(&cert), 0o644);
+        // A link planted where a key goes is refused, its target untouched.
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "theirs").unwrap();
+        let link = dir.path().join("ca.key");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = write_file(&link, "secret", true).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "theirs");
+        // Nothing but the files themselves is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+    }
 
     #[test]
     fn labels_are_validated() {

@@ -205,6 +205,12 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Everything the node creates (RocksDB's files, snapshots, logs) is
+    // readable by its owner only: the data holds every key and value.
+    // SAFETY: umask(2) only sets this process's file mode mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     let args = Args::parse();
     let config = match merge(args) {
         Ok(config) => config,
