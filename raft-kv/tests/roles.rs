@@ -22,6 +22,20 @@ fn denied(result: Result<impl std::fmt::Debug, ClientError>, needed: Role) {
     }
 }
 
+/// A leader transfer forwarded on behalf of `name` with `role`.
+fn forwarded_transfer(name: &str, role: Role) -> Request {
+    Request::Forwarded {
+        principal: Principal {
+            name: name.into(),
+            role,
+        },
+        request: Box::new(Request::Admin {
+            op: AdminOp::TransferLeader { to: None },
+            forwarded: true,
+        }),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_read_only_certificate_reads_and_watches_but_cannot_write_or_administer() {
     let cluster = common::TestCluster::start(3, |_| {}).await;
@@ -75,16 +89,7 @@ async fn a_client_cannot_present_a_forwarded_request() {
         .client_identity("test", "mallory", Role::ReadOnly)
         .unwrap();
     let connector = ClientConnector::new(&identity, ClientOptions::default()).unwrap();
-    let forged = Request::Forwarded {
-        principal: Principal {
-            name: "admin".into(),
-            role: Role::Admin,
-        },
-        request: Box::new(Request::Admin {
-            op: AdminOp::TransferLeader { to: None },
-            forwarded: true,
-        }),
-    };
+    let forged = forwarded_transfer("admin", Role::Admin);
     for endpoint in &cluster.endpoints {
         let connection = connector.connect_to(endpoint).await.unwrap();
         let bytes = connection
@@ -119,19 +124,7 @@ async fn a_node_certificate_of_a_non_member_is_refused() {
     let stranger = cluster.ca.node_identity("test", 9, ["127.0.0.1"]).unwrap();
     let connector = ClientConnector::new(&stranger, ClientOptions::default()).unwrap();
     let connection = connector.connect_to(&cluster.endpoints[0]).await.unwrap();
-    for request in [
-        Request::Status,
-        Request::Forwarded {
-            principal: Principal {
-                name: "admin".into(),
-                role: Role::Admin,
-            },
-            request: Box::new(Request::Admin {
-                op: AdminOp::TransferLeader { to: None },
-                forwarded: true,
-            }),
-        },
-    ] {
+    for request in [Request::Status, forwarded_transfer("admin", Role::Admin)] {
         let bytes = connection
             .request(&protocol::encode(&request))
             .await
@@ -148,16 +141,10 @@ async fn a_node_certificate_of_a_non_member_is_refused() {
     let connector = ClientConnector::new(&member, ClientOptions::default()).unwrap();
     let connection = connector.connect_to(&cluster.endpoints[0]).await.unwrap();
     let bytes = connection
-        .request(&protocol::encode(&Request::Forwarded {
-            principal: Principal {
-                name: "reader".into(),
-                role: Role::ReadOnly,
-            },
-            request: Box::new(Request::Admin {
-                op: AdminOp::TransferLeader { to: None },
-                forwarded: true,
-            }),
-        }))
+        .request(&protocol::encode(&forwarded_transfer(
+            "reader",
+            Role::ReadOnly,
+        )))
         .await
         .unwrap();
     match protocol::decode::<Response>(&bytes).unwrap() {

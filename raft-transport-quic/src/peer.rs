@@ -758,6 +758,14 @@ fn adopt(
         connection.close(CLOSE_STALE_INCARNATION.into(), reason.as_bytes());
         return Err(reason);
     }
+    // Checked again once registered: a removal that came while this
+    // connection was being set up either closed it with the link's other
+    // connections or is seen here (the set is updated before they close).
+    if inner.is_removed(link.peer) {
+        let reason = format!("node {} was removed from the cluster", link.peer);
+        connection.close(CLOSE_REMOVED.into(), reason.as_bytes());
+        return Err(reason);
+    }
     Counters::add(&inner.counters.peer_connections, 1);
     info!(
         node = inner.local(),

@@ -94,22 +94,28 @@ pub(crate) fn check_own_certificate(
     })
 }
 
+/// The certificate the other side of `connection` presented (already
+/// verified against the CA by the TLS handshake).
+fn peer_end_entity(connection: &quinn::Connection) -> Result<CertificateDer<'static>, String> {
+    let chain = connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or_else(|| "it presented no certificate".to_owned())?;
+    chain
+        .first()
+        .cloned()
+        .ok_or_else(|| "it presented an empty certificate chain".to_owned())
+}
+
 /// Checks that the certificate the other side of `connection` presented
-/// (already verified against the CA by the TLS handshake) names node
-/// `node_id` of `cluster_id`.
+/// names node `node_id` of `cluster_id`.
 pub(crate) fn verify_node_certificate(
     connection: &quinn::Connection,
     cluster_id: &str,
     node_id: NodeId,
 ) -> Result<(), String> {
-    let chain = connection
-        .peer_identity()
-        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or_else(|| "it presented no certificate".to_owned())?;
-    let end_entity = chain
-        .first()
-        .ok_or_else(|| "it presented an empty certificate chain".to_owned())?;
-    let parsed = ParsedCertificate::try_from(end_entity)
+    let end_entity = peer_end_entity(connection)?;
+    let parsed = ParsedCertificate::try_from(&end_entity)
         .map_err(|e| format!("its certificate could not be parsed: {e}"))?;
     let expected = node_server_name(cluster_id, node_id);
     let name = ServerName::try_from(expected.clone())
@@ -119,14 +125,7 @@ pub(crate) fn verify_node_certificate(
 }
 
 /// Who the other side of a client connection is, from the certificate it
-/// presented (already verified against the CA by the handshake).
+/// presented.
 pub(crate) fn caller(connection: &quinn::Connection, cluster_id: &str) -> Result<Caller, String> {
-    let chain = connection
-        .peer_identity()
-        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or_else(|| "it presented no certificate".to_owned())?;
-    let end_entity = chain
-        .first()
-        .ok_or_else(|| "it presented an empty certificate chain".to_owned())?;
-    Caller::from_certificate(end_entity, cluster_id)
+    Caller::from_certificate(&peer_end_entity(connection)?, cluster_id)
 }
