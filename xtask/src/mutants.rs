@@ -46,7 +46,11 @@ pub(crate) const MUTANTS: &[Mutant] = &[
         )],
         nodes: "mix",
         start: 0,
-        seeds: 2000,
+        // Runs where a new leader changes the configuration before its
+        // first commit are rare (a few per thousand seeds). Since messages
+        // from removed nodes are dropped, seeds 0..2,000 no longer reach
+        // the resulting violation; the first seed that does is 2,176.
+        seeds: 6000,
     },
     Mutant {
         name: "single-voter-leads-before-term-is-durable",
