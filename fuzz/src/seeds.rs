@@ -348,6 +348,7 @@ pub fn all() -> Vec<Seed> {
             revision: 3,
             raft: status(),
             cpu_seconds: Some(12.5),
+            certificate_expires: Some(1_900_000_000),
         })),
         Response::FaultsSet,
         Response::Forwarded {

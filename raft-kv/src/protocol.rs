@@ -375,7 +375,14 @@ pub struct NodeStatus {
     /// where the platform reports it (Linux: `/proc/self/stat`, 10 ms
     /// resolution). Two readings bracket a benchmark's window.
     pub cpu_seconds: Option<f64>,
+    /// When the node's certificate expires, in seconds since the Unix
+    /// epoch (`raft-cli status` warns [`CERTIFICATE_WARNING_DAYS`] ahead).
+    pub certificate_expires: Option<i64>,
 }
+
+/// How many days before a node's certificate expires the node and
+/// `raft-cli status` start warning.
+pub const CERTIFICATE_WARNING_DAYS: i64 = 30;
 
 /// A response.
 #[derive(Clone, Debug, Serialize, Deserialize)]

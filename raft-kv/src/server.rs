@@ -16,7 +16,7 @@ use raft_transport_quic::{
 use crate::config::NodeConfig;
 use crate::driver::{Driver, DriverHandle, DriverOptions};
 use crate::metrics::Health;
-use crate::protocol::{self, KvError, Response};
+use crate::protocol::{self, CERTIFICATE_WARNING_DAYS, KvError, Response};
 use crate::service::KvService;
 use crate::state_machine::KvStateMachine;
 use crate::watch::WatchHub;
@@ -40,6 +40,17 @@ pub enum StartError {
         key: String,
         /// What went wrong.
         message: String,
+    },
+    /// The node's certificate is no longer valid.
+    #[error(
+        "the certificate {cert} expired {days} days ago; issue a new one (`raft-cli certs node --id N \
+         --address ...` with the cluster's CA) and start the node with it"
+    )]
+    CertificateExpired {
+        /// The certificate file.
+        cert: String,
+        /// Whole days since it expired.
+        days: i64,
     },
     /// The data directory could not be opened.
     #[error(transparent)]
@@ -124,6 +135,36 @@ pub struct Server {
     local: std::net::SocketAddr,
 }
 
+/// Refuses an expired certificate and warns about one that expires within
+/// [`CERTIFICATE_WARNING_DAYS`]; returns when it expires (Unix seconds).
+fn check_expiry(identity: &TlsIdentity, cert: &std::path::Path) -> Result<i64, StartError> {
+    let expires = identity.expires().map_err(|e| StartError::Tls {
+        ca: String::new(),
+        cert: cert.display().to_string(),
+        key: String::new(),
+        message: e.to_string(),
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    const DAY: i64 = 86_400;
+    if expires <= now {
+        return Err(StartError::CertificateExpired {
+            cert: cert.display().to_string(),
+            days: (now - expires) / DAY,
+        });
+    }
+    let days = (expires - now) / DAY;
+    if days < CERTIFICATE_WARNING_DAYS {
+        tracing::warn!(
+            cert = %cert.display(),
+            "the node's certificate expires in {days} days; issue a new one with the cluster's CA \
+             (`raft-cli certs node`) and restart the node with it before then"
+        );
+    }
+    Ok(expires)
+}
+
 impl Server {
     /// Starts a node. Must run inside a multi-threaded tokio runtime.
     pub async fn start(config: NodeConfig) -> Result<Self, StartError> {
@@ -136,6 +177,7 @@ impl Server {
                     key: config.tls.key.display().to_string(),
                     message: e.to_string(),
                 })?;
+        let certificate_expires = check_expiry(&identity, &config.tls.cert)?;
         let store = RocksStore::open(StoreOptions::new(
             &config.data_dir,
             config.node_id,
@@ -223,7 +265,8 @@ impl Server {
             connector,
             faults,
             Duration::from_millis(config.request_timeout_ms),
-        );
+        )
+        .with_certificate_expiry(certificate_expires);
         if config.enable_fault_injection
             && std::env::var(BROKEN_MODE_ENV).as_deref() == Ok("stale-reads")
         {

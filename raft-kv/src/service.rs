@@ -35,6 +35,8 @@ pub struct KvService {
     timeout: Duration,
     /// Test-only deliberate bug (see [`KvService::break_linearizable_reads`]).
     stale_linearizable_reads: bool,
+    /// When the node's certificate expires (Unix seconds), for the status.
+    certificate_expires: Option<i64>,
 }
 
 impl KvService {
@@ -56,7 +58,14 @@ impl KvService {
             faults,
             timeout,
             stale_linearizable_reads: false,
+            certificate_expires: None,
         }
+    }
+
+    /// Reports `at` (Unix seconds) as when the node's certificate expires.
+    pub fn with_certificate_expiry(mut self, at: i64) -> Self {
+        self.certificate_expires = Some(at);
+        self
     }
 
     /// TEST ONLY: a deliberate bug, so that the chaos checker can show it
@@ -261,6 +270,7 @@ impl KvService {
             revision,
             raft,
             cpu_seconds: crate::metrics::process_cpu_seconds(),
+            certificate_expires: self.certificate_expires,
         })
     }
 

@@ -426,3 +426,29 @@ fn the_data_directory_and_every_file_in_it_are_private() {
     }
     assert!(checked > 5, "only {checked} files checked");
 }
+
+/// Review finding: the startup self-check did not look at expiry. A node
+/// refuses to start with an expired certificate, saying what to do.
+#[test]
+fn an_expired_certificate_is_refused_at_start() {
+    let setup = Setup::new();
+    let ca = CertificateAuthority::load(&setup.path("ca.pem"), &setup.path("ca.key"))
+        .unwrap()
+        .with_leaf_validity(Duration::from_secs(1));
+    ca.issue_node("test", 1, ["127.0.0.1".to_string()])
+        .unwrap()
+        .save(&setup.path("node-1.pem"), &setup.path("node-1.key"))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let text = stderr(&fails(&setup.args(
+        1,
+        free_address(),
+        &setup.path("data-1"),
+    )));
+    assert!(
+        text.contains("expired")
+            && text.contains("node-1.pem")
+            && text.contains("raft-cli certs node"),
+        "{text}"
+    );
+}

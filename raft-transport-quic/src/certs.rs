@@ -429,6 +429,23 @@ impl TlsIdentity {
         &self.chain
     }
 
+    /// When this endpoint's certificate stops being valid (its "not
+    /// after"), as seconds since the Unix epoch. Nodes refuse to start with
+    /// an expired certificate and report the date in their status.
+    pub fn expires(&self) -> Result<i64, CertError> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let end_entity = self.chain.first().ok_or_else(|| CertError::Pem {
+            what: "the certificate",
+            reason: "the chain is empty".into(),
+        })?;
+        let (_, cert) =
+            X509Certificate::from_der(end_entity.as_ref()).map_err(|e| CertError::Pem {
+                what: "the certificate",
+                reason: e.to_string(),
+            })?;
+        Ok(cert.validity().not_after.timestamp())
+    }
+
     /// This endpoint's private key (DER).
     pub fn key(&self) -> &PrivateKeyDer<'static> {
         &self.key
@@ -552,6 +569,23 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_identity_says_when_it_expires() {
+        let ca = CertificateAuthority::generate("test CA").unwrap();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let two_years = DEFAULT_LEAF_VALIDITY.as_secs() as i64;
+        let node = ca.node_identity("main", 1, ["127.0.0.1"]).unwrap();
+        assert!((node.expires().unwrap() - (now + two_years)).abs() < 60);
+        let short = ca
+            .with_leaf_validity(Duration::from_secs(3 * 86_400))
+            .client_identity("main", "alice", Role::ReadOnly)
+            .unwrap();
+        assert!((short.expires().unwrap() - (now + 3 * 86_400)).abs() < 60);
+    }
 
     /// Review finding: a key was 0600 only when created (an overwrite kept
     /// the old mode), symbolic links were followed, and writes were not

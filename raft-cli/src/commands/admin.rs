@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use raft_core::{Membership, ReplicationState, Role};
 use raft_kv::Client;
-use raft_kv::protocol::{Member, NodeStatus};
+use raft_kv::protocol::{CERTIFICATE_WARNING_DAYS, Member, NodeStatus};
 use serde_json::{Value, json};
 
 use super::{Context, Outcome, explain};
@@ -207,6 +207,7 @@ impl StatusRow {
             "lag": self.lag,
             "health": self.health(),
             "error": self.error,
+            "certificate_expires": self.status.as_ref().and_then(|s| s.certificate_expires),
             "node": self.status.as_ref().map(|s| serde_json::to_value(s).unwrap_or(Value::Null)),
         })
     }
@@ -304,11 +305,37 @@ pub async fn status(context: &Context) -> anyhow::Result<Outcome> {
                     out.push_str(&format!("node {}: {error}\n", row.id));
                 }
             }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            for warning in certificate_warnings(&rows, now) {
+                out.push_str(&warning);
+                out.push('\n');
+            }
             out
         },
         || Value::Array(rows.iter().map(StatusRow::json).collect()),
     )?;
     Ok(Outcome::Success)
+}
+
+/// A line for each node whose certificate expires within
+/// [`CERTIFICATE_WARNING_DAYS`] of `now` (Unix seconds), or has expired.
+fn certificate_warnings(rows: &[StatusRow], now: i64) -> Vec<String> {
+    const DAY: i64 = 86_400;
+    rows.iter()
+        .filter_map(|row| {
+            let expires = row.status.as_ref()?.certificate_expires?;
+            let days = (expires - now).div_euclid(DAY);
+            (days < CERTIFICATE_WARNING_DAYS).then(|| {
+                format!(
+                    "node {}: its certificate expires in {days} days; issue a new one with \
+                     `raft-cli certs node` and restart the node with it before then",
+                    row.id
+                )
+            })
+        })
+        .collect()
 }
 
 /// `members`.
@@ -533,7 +560,30 @@ mod tests {
                 counters: Counters::default(),
             },
             cpu_seconds: Some(1.5),
+            certificate_expires: Some(NOW + 700 * DAY),
         }
+    }
+
+    const NOW: i64 = 1_800_000_000;
+    const DAY: i64 = 86_400;
+
+    #[test]
+    fn status_warns_about_certificates_that_expire_soon() {
+        let mut soon = node_status(2, Role::Follower, Some(1));
+        soon.certificate_expires = Some(NOW + 12 * DAY + 5);
+        let rows = [
+            row(1, Some(node_status(1, Role::Leader, Some(1))), true),
+            row(2, Some(soon), true),
+        ];
+        let warnings = certificate_warnings(&rows, NOW);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("node 2: its certificate expires in 12 days")
+                && warnings[0].contains("raft-cli certs node"),
+            "{warnings:?}"
+        );
+        let json = rows[1].json();
+        assert_eq!(json["certificate_expires"], NOW + 12 * DAY + 5);
     }
 
     fn row(id: u64, status: Option<NodeStatus>, voter: bool) -> StatusRow {
