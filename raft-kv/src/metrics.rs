@@ -300,49 +300,63 @@ pub trait Health: Send + Sync + 'static {
 }
 
 /// Installs the Prometheus recorder (once per process) and serves
-/// `GET /metrics` and `GET /health` on `address` from a background thread.
-/// `refresh` runs before each scrape, to record what is read on demand.
+/// `GET /metrics` and `GET /health` on `address`, on the current tokio
+/// runtime: every HTTP connection has a task of its own, so a slow or
+/// stuck scraper never holds up `/health` for the others. `refresh` runs
+/// before each scrape, to record what is read on demand.
 pub fn serve(
     address: SocketAddr,
     health: Arc<dyn Health>,
     refresh: Arc<dyn Fn() + Send + Sync>,
 ) -> Result<SocketAddr, String> {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
     let handle = recorder()?;
-    let server = tiny_http::Server::http(address).map_err(|e| {
+    let cannot_listen = |e: std::io::Error| {
         format!(
             "cannot listen for metrics on {address}: {e}; pick another --metrics-listen address"
         )
-    })?;
-    let bound = server.server_addr().to_ip().unwrap_or(address);
-    std::thread::Builder::new()
-        .name("metrics-http".into())
-        .spawn(move || {
-            for request in server.incoming_requests() {
-                let (status, body, content_type) = match request.url() {
-                    "/metrics" => {
-                        record_process();
-                        refresh();
-                        (200, handle.render(), "text/plain; version=0.0.4")
-                    }
-                    "/health" => {
-                        let (ok, detail) = health.health();
-                        (if ok { 200 } else { 503 }, detail, "text/plain")
-                    }
-                    _ => (
-                        404,
-                        "not found: try /metrics or /health\n".to_string(),
-                        "text/plain",
-                    ),
+    };
+    let listener = std::net::TcpListener::bind(address).map_err(cannot_listen)?;
+    listener.set_nonblocking(true).map_err(cannot_listen)?;
+    let bound = listener.local_addr().map_err(cannot_listen)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(cannot_listen)?;
+    let text = |status: StatusCode, content_type: &'static str, body: String| {
+        (status, [(header::CONTENT_TYPE, content_type)], body)
+    };
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || async move {
+                record_process();
+                refresh();
+                text(StatusCode::OK, "text/plain; version=0.0.4", handle.render())
+            }),
+        )
+        .route(
+            "/health",
+            get(move || async move {
+                let (ok, detail) = health.health();
+                let status = if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
                 };
-                let header = tiny_http::Header::from_bytes("Content-Type", content_type).ok();
-                let mut response = tiny_http::Response::from_string(body).with_status_code(status);
-                if let Some(header) = header {
-                    response = response.with_header(header);
-                }
-                let _ = request.respond(response);
-            }
-        })
-        .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
+                text(status, "text/plain", detail)
+            }),
+        )
+        .fallback(move || async move {
+            text(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: try /metrics or /health\n".to_string(),
+            )
+        });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("the metrics endpoint stopped: {e}");
+        }
+    });
     Ok(bound)
 }
 

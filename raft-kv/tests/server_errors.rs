@@ -452,3 +452,47 @@ fn an_expired_certificate_is_refused_at_start() {
         "{text}"
     );
 }
+
+/// Review finding: the metrics endpoint served one HTTP client at a time,
+/// so one slow scraper (here: one that asks for `/metrics` again and again
+/// and never reads the answers, until the socket's buffers are full) held
+/// up `/health` for everyone.
+#[test]
+fn a_stuck_scraper_does_not_hold_up_health() {
+    let setup = Setup::new();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut args = setup.args(1, free_address(), &setup.path("data-1"));
+    args.extend(["--metrics-listen".to_string(), metrics.to_string()]);
+    let node = Running::start(&args);
+    let started = Instant::now();
+    while http_get(metrics, "/health").map_or(0, |(status, _)| status) != 200 {
+        assert!(started.elapsed() < DEADLINE, "/health never answered 200");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The stuck scraper: requests written on another thread, answers never
+    // read (the write blocks once the buffers are full; the test does not
+    // wait for it).
+    let mut stuck = TcpStream::connect(metrics).unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..100_000 {
+            if stuck
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = Instant::now();
+    let answer = http_get(metrics, "/health");
+    assert!(
+        matches!(answer, Ok((200, _))),
+        "/health with a stuck scraper connected: {answer:?} after {:?}",
+        asked.elapsed()
+    );
+    assert!(node.terminate().success());
+}
