@@ -17,8 +17,8 @@ use raft_core::adapters::{SnapshotBuilder, StateMachine, StateMachineError};
 use raft_core::{Entry, EntryPayload, Index, LogId, SnapshotMeta};
 
 use crate::protocol::{
-    EventKind, KeyValue, KvError, MAX_KEY_LEN, MAX_SCAN_LIMIT, MAX_VALUE_LEN, ReadOp, ReadResult,
-    Session, WatchEvent, WriteOp, WriteResult,
+    EventKind, KeyValue, KvError, MAX_KEY_LEN, MAX_SCAN_BYTES, MAX_SCAN_LIMIT, MAX_VALUE_LEN,
+    ReadOp, ReadResult, SCAN_ENTRY_OVERHEAD, Session, WatchEvent, WriteOp, WriteResult,
 };
 use crate::watch::WatchHub;
 
@@ -242,15 +242,20 @@ impl KvStateMachine {
                 let limit = (*limit).clamp(1, MAX_SCAN_LIMIT) as usize;
                 let mut kvs = Vec::new();
                 let mut more = false;
+                let mut bytes = 0;
                 let range = self.data.range(start.clone()..);
                 for (key, kv) in range {
                     if end.as_ref().is_some_and(|end| key >= end) {
                         break;
                     }
-                    if kvs.len() == limit {
+                    // At least one key-value, however large (a value fits a
+                    // reply); beyond that, the count and the bytes bound it.
+                    let size = kv.key.len() + kv.value.len() + SCAN_ENTRY_OVERHEAD;
+                    if kvs.len() == limit || (!kvs.is_empty() && bytes + size > MAX_SCAN_BYTES) {
                         more = true;
                         break;
                     }
+                    bytes += size;
                     kvs.push(kv.clone());
                 }
                 Ok(ReadResult {
@@ -812,6 +817,46 @@ mod tests {
         };
         assert_eq!(sm.apply(&[stranger])[0].1, Err(KvError::SessionExpired));
         assert_eq!(sm.revision(), 1);
+    }
+
+    /// Review finding: scans capped the count (10,000) but not the bytes,
+    /// and the whole reply was built before the frame limit refused it
+    /// (10,000 values of 4 MiB: 40 GiB). A reply stops at MAX_SCAN_BYTES
+    /// with `more`, and paging after the last key reads everything.
+    #[test]
+    fn scan_replies_are_bounded_in_bytes_and_page_through_everything() {
+        let mut sm = store();
+        let value = "v".repeat(3 << 20);
+        for i in 0..5u64 {
+            sm.apply(&[entry(i + 1, 1, i + 1, put(&format!("big{i}"), &value))]);
+        }
+        let mut start = Bytes::from_static(b"big");
+        let mut pages = Vec::new();
+        loop {
+            let page = sm
+                .read(&ReadOp::Scan {
+                    start: start.clone(),
+                    end: Some(Bytes::from_static(b"bih")),
+                    limit: MAX_SCAN_LIMIT,
+                })
+                .unwrap();
+            let bytes: usize = page
+                .kvs
+                .iter()
+                .map(|kv| kv.key.len() + kv.value.len() + SCAN_ENTRY_OVERHEAD)
+                .sum();
+            assert!(bytes <= MAX_SCAN_BYTES, "{bytes} bytes in one reply");
+            assert!(crate::protocol::encode(&page).len() < 16 << 20);
+            pages.push(page.kvs.len());
+            let Some(last) = page.kvs.last() else { break };
+            let mut next = last.key.to_vec();
+            next.push(0);
+            start = Bytes::from(next);
+            if !page.more {
+                break;
+            }
+        }
+        assert_eq!(pages, [2, 2, 1], "pages of at most 8 MiB");
     }
 
     /// Review finding: sessions were keyed by the client-chosen id alone,

@@ -237,8 +237,10 @@ pub async fn scan(context: &Context, args: ScanArgs) -> anyhow::Result<Outcome> 
             let mut out = kv_table(&result.kvs).render();
             if result.more {
                 out.push_str(&format!(
-                    "(more keys follow: raise --limit, or continue with --start after the last key; at most {})\n",
-                    raft_kv::protocol::MAX_SCAN_LIMIT
+                    "(more keys follow: raise --limit, or continue with --start after the last key; a reply \
+                     holds at most {} keys and {} MiB)\n",
+                    raft_kv::protocol::MAX_SCAN_LIMIT,
+                    raft_kv::protocol::MAX_SCAN_BYTES >> 20
                 ));
             }
             out
