@@ -241,10 +241,15 @@ impl Results {
 
 /// The resident set of process `pid` in KiB, from /proc.
 fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
+    proc_kib(&format!("/proc/{pid}/status"), "VmRSS")
+}
+
+/// The field `name` of a /proc file of `name: N kB` lines, in KiB.
+fn proc_kib(path: &str, name: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -326,13 +331,24 @@ fn measure(mut cmd: Command, what: &str) -> Result<String> {
         .with_context(|| format!("the load for {what} printed no JSON line"))
 }
 
-/// W1 and W2 on a fresh cluster of ours.
-fn ours(plan: &Plan, bin_dir: &Path, dir: &Path, results: &mut Results) -> Result<()> {
+/// A new 3-node cluster of ours in `dir` (one left there from an earlier
+/// run is stopped and its data removed), running in the background; the
+/// environment raft-cli needs for it.
+fn fresh_cluster(
+    dir: &Path,
+    bin_dir: &Path,
+    snapshot_threshold: Option<u64>,
+) -> Result<Vec<(&'static str, String)>> {
     if dir.exists() {
         cluster::stop_in(dir)?;
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
     }
-    let env = cluster::start_detached(dir, 3, bin_dir, None)?;
+    cluster::start_detached(dir, 3, bin_dir, snapshot_threshold)
+}
+
+/// W1 and W2 on a fresh cluster of ours.
+fn ours(plan: &Plan, bin_dir: &Path, dir: &Path, results: &mut Results) -> Result<()> {
+    let env = fresh_cluster(dir, bin_dir, None)?;
     let outcome = (|| {
         let pids = cluster_pids(dir)?;
         results.add("raft-kv", &idle_line(&pids))?;
@@ -425,15 +441,7 @@ fn preload_within_memory(
 
 /// What /proc/meminfo calls MemAvailable, in KiB.
 fn available_memory_kib() -> Option<u64> {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+    proc_kib("/proc/meminfo", "MemAvailable")
 }
 
 /// The preload's command and a description of it.
@@ -485,11 +493,7 @@ fn metric(address: std::net::SocketAddr, name: &str) -> u64 {
 /// W4: a follower restarted on a log of `entries` entries (snapshots off
 /// meanwhile, so the whole log is replayed).
 fn w4_restart(bin_dir: &Path, dir: &Path, entries: u64, results: &mut Results) -> Result<()> {
-    if dir.exists() {
-        cluster::stop_in(dir)?;
-        std::fs::remove_dir_all(dir)?;
-    }
-    let env = cluster::start_detached(dir, 3, bin_dir, Some(entries * 10))?;
+    let env = fresh_cluster(dir, bin_dir, Some(entries * 10))?;
     let outcome = (|| {
         preload(bin_dir, &env, entries)?;
         let nodes = cluster_metrics(dir)?;
@@ -551,12 +555,8 @@ fn finish_w4(dir: &Path, outcome: Result<()>) -> Result<()> {
 /// by a snapshot (one is taken at the end of the preload, and the log
 /// compacted, so nothing else can bring it up to date).
 fn w4_catch_up(bin_dir: &Path, dir: &Path, keys: u64, results: &mut Results) -> Result<()> {
-    if dir.exists() {
-        cluster::stop_in(dir)?;
-        std::fs::remove_dir_all(dir)?;
-    }
     // One snapshot, once nearly every key is in.
-    let env = cluster::start_detached(dir, 3, bin_dir, Some(keys - keys / 100))?;
+    let env = fresh_cluster(dir, bin_dir, Some(keys - keys / 100))?;
     let outcome = (|| {
         preload(bin_dir, &env, keys)?;
         let nodes = cluster_metrics(dir)?;
@@ -614,11 +614,7 @@ fn w4_puts_over(
     keys: u64,
     results: &mut Results,
 ) -> Result<()> {
-    if dir.exists() {
-        cluster::stop_in(dir)?;
-        std::fs::remove_dir_all(dir)?;
-    }
-    let env = cluster::start_detached(dir, 3, bin_dir, None)?;
+    let env = fresh_cluster(dir, bin_dir, None)?;
     let outcome = (|| {
         let pids = cluster_pids(dir)?;
         if let Some(peak) = preload_within_memory(bin_dir, &env, keys, &pids)? {
@@ -909,16 +905,9 @@ fn header(plan: &Plan, quick: bool) -> String {
         .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
         .unwrap_or_else(|| "unknown CPU".into());
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or("unknown".into(), |kb| {
-            format!("{:.0} GiB", kb / 1024.0 / 1024.0)
-        });
+    let memory = proc_kib("/proc/meminfo", "MemTotal").map_or("unknown".into(), |kb| {
+        format!("{:.0} GiB", kb as f64 / 1024.0 / 1024.0)
+    });
     let dirty = !run("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
     let etcd_version = run("etcd", &["--version"]);
     format!(
@@ -942,4 +931,18 @@ fn header(plan: &Plan, quick: bool) -> String {
         keys = plan.keys,
         quick = if quick { " (--quick)" } else { "" },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_fields_are_read_in_kib_by_their_whole_name() {
+        let total = proc_kib("/proc/meminfo", "MemTotal").expect("MemTotal");
+        assert!(total > 0);
+        assert!(available_memory_kib().is_some_and(|kib| kib <= total));
+        assert_eq!(proc_kib("/proc/meminfo", "MemTot"), None);
+        assert!(rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+    }
 }
