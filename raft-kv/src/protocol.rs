@@ -394,6 +394,19 @@ pub struct NodeStatus {
 /// `raft-cli status` start warning.
 pub const CERTIFICATE_WARNING_DAYS: i64 = 30;
 
+/// Whole days from `from` to `to` (Unix seconds), rounded down: negative
+/// when `to` is earlier.
+pub fn whole_days(from: i64, to: i64) -> i64 {
+    (to - from).div_euclid(86_400)
+}
+
+/// The time now in Unix seconds (0 if the clock is before 1970).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// A response.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Response {

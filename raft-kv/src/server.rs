@@ -144,17 +144,14 @@ fn check_expiry(identity: &TlsIdentity, cert: &std::path::Path) -> Result<i64, S
         key: String::new(),
         message: e.to_string(),
     })?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    const DAY: i64 = 86_400;
+    let now = protocol::unix_now();
     if expires <= now {
         return Err(StartError::CertificateExpired {
             cert: cert.display().to_string(),
-            days: (now - expires) / DAY,
+            days: protocol::whole_days(expires, now),
         });
     }
-    let days = (expires - now) / DAY;
+    let days = protocol::whole_days(now, expires);
     if days < CERTIFICATE_WARNING_DAYS {
         tracing::warn!(
             cert = %cert.display(),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use raft_core::{Membership, ReplicationState, Role};
 use raft_kv::Client;
-use raft_kv::protocol::{CERTIFICATE_WARNING_DAYS, Member, NodeStatus};
+use raft_kv::protocol::{CERTIFICATE_WARNING_DAYS, Member, NodeStatus, unix_now, whole_days};
 use serde_json::{Value, json};
 
 use super::{Context, Outcome, explain};
@@ -305,10 +305,7 @@ pub async fn status(context: &Context) -> anyhow::Result<Outcome> {
                     out.push_str(&format!("node {}: {error}\n", row.id));
                 }
             }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
-            for warning in certificate_warnings(&rows, now) {
+            for warning in certificate_warnings(&rows, unix_now()) {
                 out.push_str(&warning);
                 out.push('\n');
             }
@@ -322,11 +319,10 @@ pub async fn status(context: &Context) -> anyhow::Result<Outcome> {
 /// A line for each node whose certificate expires within
 /// [`CERTIFICATE_WARNING_DAYS`] of `now` (Unix seconds), or has expired.
 fn certificate_warnings(rows: &[StatusRow], now: i64) -> Vec<String> {
-    const DAY: i64 = 86_400;
     rows.iter()
         .filter_map(|row| {
             let expires = row.status.as_ref()?.certificate_expires?;
-            let days = (expires - now).div_euclid(DAY);
+            let days = whole_days(now, expires);
             (days < CERTIFICATE_WARNING_DAYS).then(|| {
                 format!(
                     "node {}: its certificate expires in {days} days; issue a new one with \
