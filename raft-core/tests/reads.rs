@@ -228,15 +228,20 @@ fn a_follower_read_answered_above_its_commit_gets_the_commit_index_at_once() {
     let x = c.propose(1, b"x").unwrap();
     c.process_ready(1);
     let appends = c.take_messages();
+    // Node `to` stores what `appends` carry for it and its acknowledgement
+    // reaches the leader.
+    let append_and_acknowledge = |c: &mut Cluster, to: u64| {
+        for m in appends.iter().filter(|m| m.to == to) {
+            c.deliver(m.clone());
+        }
+        c.process_ready(to);
+        for m in c.take_messages() {
+            c.deliver(m);
+        }
+        c.process_ready(1);
+    };
     // Node 3 stores x and acknowledges it: x commits with nodes 1 and 3.
-    for m in appends.iter().filter(|m| m.to == 3) {
-        c.deliver(m.clone());
-    }
-    c.process_ready(3);
-    for m in c.take_messages() {
-        c.deliver(m);
-    }
-    c.process_ready(1);
+    append_and_acknowledge(&mut c, 3);
     assert_eq!(c.node(1).commit_index(), x.index);
     let held: Vec<_> = c.take_messages();
     // Node 2 asks for a read before x reached it: the round's heartbeat
@@ -250,14 +255,7 @@ fn a_follower_read_answered_above_its_commit_gets_the_commit_index_at_once() {
     let round = c.take_messages();
     // x reaches node 2 and its acknowledgement the leader before the
     // round's heartbeat does: nothing else goes to node 2 afterwards.
-    for m in appends.iter().filter(|m| m.to == 2) {
-        c.deliver(m.clone());
-    }
-    c.process_ready(2);
-    for m in c.take_messages() {
-        c.deliver(m);
-    }
-    c.process_ready(1);
+    append_and_acknowledge(&mut c, 2);
     for m in held.into_iter().chain(round).chain(c.take_messages()) {
         c.deliver(m);
     }

@@ -296,21 +296,23 @@ fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body.to_string()))
 }
 
-#[test]
-fn a_running_node_serves_metrics_and_health() {
-    let setup = Setup::new();
+/// Node 1 of `setup`, serving metrics on a free port (returned), with
+/// `extra` flags.
+fn start_with_metrics(setup: &Setup, extra: &[&str]) -> (Running, SocketAddr) {
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
     let mut args = setup.args(1, free_address(), &setup.path("data-1"));
-    args.extend([
-        "--metrics-listen".to_string(),
-        metrics.to_string(),
-        "--tick-ms".to_string(),
-        "10".to_string(),
-    ]);
-    let node = Running::start(&args);
+    args.extend(["--metrics-listen".to_string(), metrics.to_string()]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    (Running::start(&args), metrics)
+}
+
+#[test]
+fn a_running_node_serves_metrics_and_health() {
+    let setup = Setup::new();
+    let (node, metrics) = start_with_metrics(&setup, &["--tick-ms", "10"]);
 
     // A single-node cluster elects itself; then it is healthy, and the
     // counters it publishes every 100 ticks show the election.
@@ -460,13 +462,7 @@ fn an_expired_certificate_is_refused_at_start() {
 #[test]
 fn a_stuck_scraper_does_not_hold_up_health() {
     let setup = Setup::new();
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut args = setup.args(1, free_address(), &setup.path("data-1"));
-    args.extend(["--metrics-listen".to_string(), metrics.to_string()]);
-    let node = Running::start(&args);
+    let (node, metrics) = start_with_metrics(&setup, &[]);
     let started = Instant::now();
     while http_get(metrics, "/health").map_or(0, |(status, _)| status) != 200 {
         assert!(started.elapsed() < DEADLINE, "/health never answered 200");
