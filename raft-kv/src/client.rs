@@ -327,6 +327,11 @@ impl Client {
                         | KvError::LeaderNotSettled
                         | KvError::ShuttingDown => {
                             last = e.to_string();
+                            // A follower relayed the leader's answer: try
+                            // the leader itself next.
+                            if pinned.is_none() && answered_by != address {
+                                self.routing.lock().await.target = Some(answered_by.clone());
+                            }
                             if matches!(e, KvError::ShuttingDown) {
                                 self.forget(&address).await;
                             }

@@ -226,10 +226,19 @@ impl KvService {
         if let Caller::Node(id) = caller
             && !self.driver.view().addresses.contains_key(id)
         {
-            return Err(KvError::Forbidden(format!(
-                "node {id} is not a member of this cluster; a removed node's certificate \
-                 no longer counts"
-            )));
+            return Err(match request {
+                // Its client did nothing wrong: it is still sending to a
+                // removed node. Retryable, so the client goes on to the
+                // leader this answer comes back from.
+                Request::Forwarded { .. } => KvError::Unavailable(format!(
+                    "node {id} is not a member of this cluster and cannot forward requests; \
+                     send them to a member"
+                )),
+                _ => KvError::Forbidden(format!(
+                    "node {id} is not a member of this cluster; a removed node's certificate \
+                     no longer counts"
+                )),
+            });
         }
         let (principal, request) = match request {
             Request::Forwarded { principal, request } => match caller {
