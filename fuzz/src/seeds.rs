@@ -269,6 +269,7 @@ pub fn all() -> Vec<Seed> {
                 start: b("a"),
                 end: None,
                 limit: 2,
+                revision: 0,
             },
             consistency: Consistency::Stale,
             forwarded: false,

@@ -230,9 +230,14 @@ pub struct ScanArgs {
     /// The key after the last one (exclusive; default: no bound).
     #[arg(long, value_name = "E", requires = "start", conflicts_with = "prefix")]
     pub end: Option<String>,
-    /// The most keys to list.
+    /// The most keys to list (read in pages, all at one revision).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub limit: u32,
+    /// The revision to read at (the `revision` of an earlier scan, to
+    /// continue it; default: the latest). A node keeps a past revision for
+    /// a while after a scan that had more to read.
+    #[arg(long, default_value_t = 0, value_name = "R")]
+    pub rev: u64,
     /// How fresh the read must be.
     #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
     pub consistency: ConsistencyArg,

@@ -65,6 +65,7 @@ fn assert_all_present(cluster: &Cluster, ids: &[u64], prefix: &str, keys: &[Stri
                         start: start.clone(),
                         end: end.clone(),
                         limit: 1000,
+                        revision: 0,
                     },
                     Consistency::Linearizable,
                 )

@@ -536,6 +536,69 @@ impl Client {
             .pop())
     }
 
+    /// The keys in `start..end` (`end: None`: to the end), at most `limit`
+    /// of them, all read at one revision: `revision`, or (0) the latest.
+    /// Pages through as many replies as it takes (a reply holds at most
+    /// [`MAX_SCAN_LIMIT`](crate::protocol::MAX_SCAN_LIMIT) keys and
+    /// [`MAX_SCAN_BYTES`](crate::protocol::MAX_SCAN_BYTES)); `more` says
+    /// whether keys beyond `limit` are left. If the cluster let go of the
+    /// revision between pages (many writes meanwhile), this answers
+    /// [`KvError::Compacted`] and the scan can be asked again.
+    ///
+    /// ```no_run
+    /// # async fn run(client: &raft_kv::Client) -> Result<(), raft_kv::ClientError> {
+    /// use raft_kv::protocol::Consistency;
+    /// let users = client
+    ///     .scan("user/".into(), Some("user0".into()), 50_000, Consistency::Linearizable, 0)
+    ///     .await?;
+    /// println!("{} users at revision {}", users.kvs.len(), users.revision);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn scan(
+        &self,
+        start: Bytes,
+        end: Option<Bytes>,
+        limit: usize,
+        consistency: Consistency,
+        revision: u64,
+    ) -> Result<ReadResult, ClientError> {
+        let mut result = ReadResult {
+            revision,
+            kvs: Vec::new(),
+            more: false,
+        };
+        let mut start = start;
+        loop {
+            let left = limit.saturating_sub(result.kvs.len());
+            let page = self
+                .read(
+                    ReadOp::Scan {
+                        start,
+                        end: end.clone(),
+                        limit: left.min(crate::protocol::MAX_SCAN_LIMIT as usize) as u32,
+                        revision: result.revision,
+                    },
+                    consistency,
+                )
+                .await?;
+            result.revision = page.revision;
+            result.kvs.extend(page.kvs);
+            result.more = page.more;
+            if !page.more || result.kvs.len() >= limit {
+                return Ok(result);
+            }
+            // The next page starts just after the last key.
+            let Some(last) = result.kvs.last() else {
+                return Ok(result);
+            };
+            let mut next = Vec::with_capacity(last.key.len() + 1);
+            next.extend_from_slice(&last.key);
+            next.push(0);
+            start = Bytes::from(next);
+        }
+    }
+
     /// A linearizable scan of the keys starting with `prefix`.
     pub async fn scan_prefix(
         &self,

@@ -95,6 +95,15 @@ pub enum ReadOp {
     },
     /// Keys in `start..end` (`end: None`: to the end), in key order, at most
     /// `limit` of them.
+    ///
+    /// A scan that stops with `more` is continued page by page at the
+    /// revision of its first page: the next page asks from just after the
+    /// last key returned, with `revision` set to the first reply's. A node
+    /// keeps the state a paged scan reads for a while
+    /// ([`MAX_SCAN_VIEWS`](crate::state_machine::MAX_SCAN_VIEWS),
+    /// [`SCAN_VIEWS_PINNED_BYTES`](crate::state_machine::SCAN_VIEWS_PINNED_BYTES));
+    /// a page asked after it was let go is answered [`KvError::Compacted`]
+    /// and the scan starts again.
     Scan {
         /// The first key.
         start: Bytes,
@@ -102,6 +111,9 @@ pub enum ReadOp {
         end: Option<Bytes>,
         /// The most key-values to return.
         limit: u32,
+        /// The revision to read at: 0 for the latest, or the `revision` of
+        /// an earlier page of this scan.
+        revision: u64,
     },
 }
 
@@ -110,7 +122,12 @@ impl ReadOp {
     pub fn prefix(prefix: impl Into<Bytes>, limit: u32) -> Self {
         let start: Bytes = prefix.into();
         let end = prefix_end(&start);
-        ReadOp::Scan { start, end, limit }
+        ReadOp::Scan {
+            start,
+            end,
+            limit,
+            revision: 0,
+        }
     }
 }
 

@@ -119,6 +119,11 @@ pub struct KvStateMachine {
     revision: u64,
     applied: LogId,
     watch: Arc<WatchHub>,
+    /// Past states kept for scans paging at one revision.
+    views: ScanViews,
+    /// The cost of this batch's writes to kept states (see
+    /// [`SCAN_VIEWS_PINNED_BYTES`]).
+    written: u64,
 }
 
 /// What a snapshot holds.
@@ -201,6 +206,117 @@ impl SnapshotData {
     }
 }
 
+/// The key-values of `data` in `start..end`, at most `limit` of them and
+/// [`MAX_SCAN_BYTES`] together (but always one), and whether more follow.
+fn scan(
+    data: &OrdMap<Bytes, KeyValue>,
+    start: &Bytes,
+    end: Option<&Bytes>,
+    limit: u32,
+) -> (Vec<KeyValue>, bool) {
+    let limit = limit.clamp(1, MAX_SCAN_LIMIT) as usize;
+    let mut kvs = Vec::new();
+    let mut bytes = 0;
+    for (key, kv) in data.range(start.clone()..) {
+        if end.is_some_and(|end| key >= end) {
+            break;
+        }
+        // At least one key-value, however large (a value fits a reply);
+        // beyond that, the count and the bytes bound it.
+        let size = kv.key.len() + kv.value.len() + SCAN_ENTRY_OVERHEAD;
+        if kvs.len() == limit || (!kvs.is_empty() && bytes + size > MAX_SCAN_BYTES) {
+            return (kvs, true);
+        }
+        bytes += size;
+        kvs.push(kv.clone());
+    }
+    (kvs, false)
+}
+
+/// The most past states a node keeps for scans that page at one revision;
+/// beyond it the oldest is let go.
+pub const MAX_SCAN_VIEWS: usize = 64;
+/// The most memory kept states may hold beyond the live state: what the
+/// writes since the oldest kept state replaced (keys and values overwritten
+/// or deleted) plus [`VIEW_WRITE_COST`] per write. Beyond it the oldest is
+/// let go, and a page asked of it is answered `Compacted`. At a few
+/// thousand writes a second a kept state lasts seconds, long enough for a
+/// client to page through.
+pub const SCAN_VIEWS_PINNED_BYTES: u64 = 64 << 20;
+/// What one write costs a kept state beyond the bytes it replaces: the map
+/// nodes it copies (a path of a B-tree of 16-key nodes: about 2 KiB per
+/// leaf and 650 bytes per inner node, 5 levels at a million keys; counted
+/// high).
+pub const VIEW_WRITE_COST: u64 = 8 << 10;
+
+/// Past states kept for paged scans: each an O(1) clone of the key map,
+/// sharing every node the writes since did not copy.
+#[derive(Clone, Default)]
+struct ScanViews {
+    inner: Arc<std::sync::Mutex<ViewsInner>>,
+}
+
+#[derive(Default)]
+struct ViewsInner {
+    /// By revision: the state, and `written` when it was kept.
+    views: BTreeMap<u64, (OrdMap<Bytes, KeyValue>, u64)>,
+    /// The cost of every write so far (bytes replaced plus
+    /// [`VIEW_WRITE_COST`] each).
+    written: u64,
+}
+
+impl ScanViews {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ViewsInner> {
+        // Every mutation leaves the map consistent: keep going after a panic.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps `data` as the state at `revision`.
+    fn keep(&self, revision: u64, data: &OrdMap<Bytes, KeyValue>) {
+        let mut inner = self.lock();
+        let written = inner.written;
+        inner
+            .views
+            .entry(revision)
+            .or_insert_with(|| (data.clone(), written));
+        while inner.views.len() > MAX_SCAN_VIEWS {
+            inner.views.pop_first();
+        }
+    }
+
+    /// The state kept at `revision`, if it still is.
+    fn get(&self, revision: u64) -> Option<OrdMap<Bytes, KeyValue>> {
+        self.lock()
+            .views
+            .get(&revision)
+            .map(|(data, _)| data.clone())
+    }
+
+    /// Counts writes of `cost` (only while a state is kept) and lets go the
+    /// oldest states while they hold more than [`SCAN_VIEWS_PINNED_BYTES`].
+    fn written(&self, cost: u64) {
+        let mut inner = self.lock();
+        if inner.views.is_empty() {
+            return;
+        }
+        inner.written += cost;
+        let written = inner.written;
+        while let Some((_, (_, at))) = inner.views.first_key_value()
+            && written - at > SCAN_VIEWS_PINNED_BYTES
+        {
+            inner.views.pop_first();
+        }
+    }
+
+    /// The live state was replaced (a snapshot was restored): no past state
+    /// is kept.
+    fn clear(&self) {
+        self.lock().views.clear();
+    }
+}
+
 impl KvStateMachine {
     /// An empty store publishing changes to `watch`.
     pub fn new(watch: Arc<WatchHub>) -> Self {
@@ -212,6 +328,8 @@ impl KvStateMachine {
             revision: 0,
             applied: LogId::default(),
             watch,
+            views: ScanViews::default(),
+            written: 0,
         }
     }
 
@@ -238,31 +356,42 @@ impl KvStateMachine {
                 kvs: self.data.get(key).cloned().into_iter().collect(),
                 more: false,
             }),
-            ReadOp::Scan { start, end, limit } => {
-                let limit = (*limit).clamp(1, MAX_SCAN_LIMIT) as usize;
-                let mut kvs = Vec::new();
-                let mut more = false;
-                let mut bytes = 0;
-                let range = self.data.range(start.clone()..);
-                for (key, kv) in range {
-                    if end.as_ref().is_some_and(|end| key >= end) {
-                        break;
+            ReadOp::Scan {
+                start,
+                end,
+                limit,
+                revision,
+            } => {
+                let page = |data: &OrdMap<Bytes, KeyValue>, revision| {
+                    let (kvs, more) = scan(data, start, end.as_ref(), *limit);
+                    ReadResult {
+                        revision,
+                        kvs,
+                        more,
                     }
-                    // At least one key-value, however large (a value fits a
-                    // reply); beyond that, the count and the bytes bound it.
-                    let size = kv.key.len() + kv.value.len() + SCAN_ENTRY_OVERHEAD;
-                    if kvs.len() == limit || (!kvs.is_empty() && bytes + size > MAX_SCAN_BYTES) {
-                        more = true;
-                        break;
+                };
+                if *revision == 0 || *revision == self.revision {
+                    let result = page(&self.data, self.revision);
+                    if result.more {
+                        // Later pages read this same state.
+                        self.views.keep(self.revision, &self.data);
                     }
-                    bytes += size;
-                    kvs.push(kv.clone());
+                    return Ok(result);
                 }
-                Ok(ReadResult {
-                    revision: self.revision,
-                    kvs,
-                    more,
-                })
+                if *revision > self.revision {
+                    return Err(KvError::InvalidRequest(format!(
+                        "revision {revision} is ahead of this node's ({}); read with revision 0, \
+                         or from the leader",
+                        self.revision
+                    )));
+                }
+                match self.views.get(*revision) {
+                    Some(data) => Ok(page(&data, *revision)),
+                    None => Err(KvError::Compacted {
+                        requested: *revision,
+                        oldest: self.revision,
+                    }),
+                }
             }
         }
     }
@@ -429,6 +558,10 @@ impl KvStateMachine {
     fn put(&mut self, key: Bytes, value: Bytes, events: &mut Vec<WatchEvent>) -> WriteResult {
         self.revision += 1;
         let previous = self.data.get(&key).cloned();
+        self.written += VIEW_WRITE_COST
+            + previous
+                .as_ref()
+                .map_or(0, |p| (p.key.len() + p.value.len()) as u64);
         let kv = KeyValue {
             key: key.clone(),
             value,
@@ -460,6 +593,7 @@ impl KvStateMachine {
             };
         };
         self.revision += 1;
+        self.written += VIEW_WRITE_COST + (previous.key.len() + previous.value.len()) as u64;
         events.push(WatchEvent {
             revision: self.revision,
             kind: EventKind::Delete,
@@ -497,6 +631,9 @@ impl StateMachine for KvStateMachine {
         }
         if !events.is_empty() {
             self.watch.publish(events, self.revision);
+        }
+        if self.written > 0 {
+            self.views.written(std::mem::take(&mut self.written));
         }
         outputs
     }
@@ -575,6 +712,7 @@ impl StateMachine for KvStateMachine {
         self.applied = snapshot.applied;
         // Watchers must not be fed history they can no longer get in order.
         self.watch.reset(self.revision);
+        self.views.clear();
         Ok(())
     }
 }
@@ -838,6 +976,7 @@ mod tests {
                     start: start.clone(),
                     end: Some(Bytes::from_static(b"bih")),
                     limit: MAX_SCAN_LIMIT,
+                    revision: 0,
                 })
                 .unwrap();
             let bytes: usize = page
@@ -857,6 +996,116 @@ mod tests {
             }
         }
         assert_eq!(pages, [2, 2, 1], "pages of at most 8 MiB");
+    }
+
+    fn page(sm: &KvStateMachine, start: &str, revision: u64) -> Result<ReadResult, KvError> {
+        sm.read(&ReadOp::Scan {
+            start: Bytes::copy_from_slice(start.as_bytes()),
+            end: Some(Bytes::from_static(b"l")),
+            limit: 2,
+            revision,
+        })
+    }
+
+    fn keys(result: &ReadResult) -> Vec<String> {
+        result
+            .kvs
+            .iter()
+            .map(|kv| {
+                format!(
+                    "{}={}",
+                    String::from_utf8_lossy(&kv.key),
+                    String::from_utf8_lossy(&kv.value)
+                )
+            })
+            .collect()
+    }
+
+    /// Review finding: a scan paged by a continuation key read each page at
+    /// the latest state, so a key written or deleted between pages was seen
+    /// half-way. Every page of a scan reads the revision of its first.
+    #[test]
+    fn a_paged_scan_reads_every_page_at_the_revision_of_the_first() {
+        let mut sm = store();
+        for (i, key) in ["k1", "k2", "k3", "k4", "k5"].into_iter().enumerate() {
+            let i = i as u64 + 1;
+            sm.apply(&[entry(i, 1, i, put(key, "old"))]);
+        }
+        let first = page(&sm, "k", 0).unwrap();
+        assert_eq!(keys(&first), ["k1=old", "k2=old"]);
+        assert!(first.more);
+        let at = first.revision;
+        // Between pages: an overwrite, a delete and a new key in the rest.
+        sm.apply(&[entry(6, 1, 6, put("k3", "new"))]);
+        sm.apply(&[entry(
+            7,
+            1,
+            7,
+            WriteOp::Delete {
+                key: Bytes::from_static(b"k4"),
+            },
+        )]);
+        sm.apply(&[entry(8, 1, 8, put("k35", "new"))]);
+        let second = page(&sm, "k2\0", at).unwrap();
+        assert_eq!(second.revision, at);
+        assert_eq!(keys(&second), ["k3=old", "k4=old"]);
+        let third = page(&sm, "k4\0", at).unwrap();
+        assert_eq!(keys(&third), ["k5=old"]);
+        assert!(!third.more);
+        // A scan from the latest revision sees the writes.
+        assert_eq!(keys(&page(&sm, "k2\0", 0).unwrap()), ["k3=new", "k35=new"]);
+        // A revision never reached is refused.
+        assert!(matches!(
+            page(&sm, "k", sm.revision() + 1),
+            Err(KvError::InvalidRequest(_))
+        ));
+    }
+
+    /// The states kept for paged scans are bounded: once the writes since
+    /// one replaced more than [`SCAN_VIEWS_PINNED_BYTES`], it is let go and
+    /// its next page answers `Compacted`; at most [`MAX_SCAN_VIEWS`] are
+    /// kept; a restored snapshot lets them all go.
+    #[test]
+    fn states_kept_for_paged_scans_are_bounded() {
+        let mut sm = store();
+        for (i, key) in ["k1", "k2", "k3"].into_iter().enumerate() {
+            let i = i as u64 + 1;
+            sm.apply(&[entry(i, 1, i, put(key, "v"))]);
+        }
+        let at = page(&sm, "k", 0).unwrap().revision;
+        // Overwrites of a 1 MiB value: each pins the value it replaces.
+        let big = "x".repeat(1 << 20);
+        let mut index = 4;
+        let mut writes = 0;
+        while page(&sm, "k2\0", at).is_ok() {
+            sm.apply(&[entry(index, 1, index, put("z", &big))]);
+            index += 1;
+            writes += 1;
+            assert!(writes < 100, "the kept state was never let go");
+        }
+        let replaced = (writes - 1) * ((1 << 20) + 1);
+        assert!(
+            replaced <= SCAN_VIEWS_PINNED_BYTES + (1 << 20) + VIEW_WRITE_COST * writes,
+            "{writes} writes"
+        );
+        assert!(matches!(
+            page(&sm, "k2\0", at),
+            Err(KvError::Compacted { requested, .. }) if requested == at
+        ));
+        // At most MAX_SCAN_VIEWS kept: one per revision a paged scan began at.
+        for _ in 0..MAX_SCAN_VIEWS + 10 {
+            assert!(page(&sm, "k", 0).unwrap().more);
+            sm.apply(&[entry(index, 1, index, put("k1", "w"))]);
+            index += 1;
+        }
+        assert_eq!(sm.views.lock().views.len(), MAX_SCAN_VIEWS);
+        let snapshot = (sm.snapshot())().unwrap();
+        let meta = SnapshotMeta {
+            last: sm.applied,
+            ..SnapshotMeta::default()
+        };
+        sm.restore(&meta, &snapshot).unwrap();
+        assert!(sm.views.lock().views.is_empty());
     }
 
     /// Review finding: sessions were keyed by the client-chosen id alone,

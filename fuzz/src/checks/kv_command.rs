@@ -92,6 +92,7 @@ pub fn check(data: &[u8]) {
             start: Bytes::new(),
             end: None,
             limit: u32::MAX,
+            revision: 0,
         })
         .expect("reads of the store do not fail");
     assert_eq!(

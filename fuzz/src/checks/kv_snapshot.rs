@@ -55,6 +55,7 @@ pub fn check(data: &[u8]) {
             start: Bytes::new(),
             end: None,
             limit: 16,
+            revision: 0,
         })
         .expect("reads of the store do not fail");
     let _watch = hub.subscribe(Selector::Prefix(Bytes::new()), 0);

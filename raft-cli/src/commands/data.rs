@@ -208,20 +208,18 @@ pub async fn cas(context: &Context, args: CasArgs) -> anyhow::Result<Outcome> {
     })
 }
 
-/// `scan (--prefix P | --start S [--end E]) [--limit N]`.
+/// `scan (--prefix P | --start S [--end E]) [--limit N] [--rev R]`: every
+/// page read at one revision.
 pub async fn scan(context: &Context, args: ScanArgs) -> anyhow::Result<Outcome> {
-    let limit = args.limit.clamp(1, raft_kv::protocol::MAX_SCAN_LIMIT);
-    let (op, what) = match (&args.prefix, &args.start) {
+    let (start, end, what) = match (&args.prefix, &args.start) {
         (Some(prefix), _) => (
-            ReadOp::prefix(Bytes::from(prefix.clone()), limit),
+            Bytes::from(prefix.clone()),
+            raft_kv::protocol::prefix_end(prefix.as_bytes()),
             format!("scan --prefix {prefix:?} failed"),
         ),
         (None, Some(start)) => (
-            ReadOp::Scan {
-                start: Bytes::from(start.clone()),
-                end: args.end.clone().map(Bytes::from),
-                limit,
-            },
+            Bytes::from(start.clone()),
+            args.end.clone().map(Bytes::from),
             format!("scan --start {start:?} failed"),
         ),
         // clap requires one of the two.
@@ -229,7 +227,13 @@ pub async fn scan(context: &Context, args: ScanArgs) -> anyhow::Result<Outcome> 
     };
     let client = context.client().await?;
     let result = client
-        .read(op, args.consistency.into())
+        .scan(
+            start,
+            end,
+            args.limit.max(1) as usize,
+            args.consistency.into(),
+            args.rev,
+        )
         .await
         .map_err(|e| explain(&what, e))?;
     context.print(
@@ -237,10 +241,9 @@ pub async fn scan(context: &Context, args: ScanArgs) -> anyhow::Result<Outcome> 
             let mut out = kv_table(&result.kvs).render();
             if result.more {
                 out.push_str(&format!(
-                    "(more keys follow: raise --limit, or continue with --start after the last key; a reply \
-                     holds at most {} keys and {} MiB)\n",
-                    raft_kv::protocol::MAX_SCAN_LIMIT,
-                    raft_kv::protocol::MAX_SCAN_BYTES >> 20
+                    "(more keys follow: raise --limit, or continue with --start after the last key and \
+                     --rev {} to read the same revision)\n",
+                    result.revision
                 ));
             }
             out

@@ -2235,6 +2235,7 @@ async fn scan_all(
                     start: start.clone(),
                     end: None,
                     limit: 5000,
+                    revision: 0,
                 },
                 consistency,
             )
