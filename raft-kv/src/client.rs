@@ -816,7 +816,10 @@ impl Watcher<'_> {
             if self.stream.is_none() {
                 if let Err(e) = self.open().await {
                     if Instant::now() > deadline
-                        || matches!(e, ClientError::Kv(KvError::Compacted { .. }))
+                        || matches!(
+                            e,
+                            ClientError::Kv(KvError::Compacted { .. } | KvError::LimitReached(_))
+                        )
                     {
                         return Err(e);
                     }

@@ -555,6 +555,11 @@ pub enum KvError {
     /// in another client's session.
     #[error("refused: {0}")]
     Forbidden(String),
+    /// A limit on what one client may hold on a node was reached (watches
+    /// open at once, a watch's queue of events not yet taken): the message
+    /// says which and what to do.
+    #[error("limit reached: {0}")]
+    LimitReached(String),
 }
 
 /// Whom a request acts for: the client whose certificate presented it, or

@@ -366,26 +366,21 @@ impl KvService {
         }
     }
 
-    fn watch(&self, selector: protocol::Selector, start_revision: u64) -> Reply {
-        match self.watch.subscribe(selector, start_revision) {
-            Ok(mut events) => {
+    fn watch(&self, selector: protocol::Selector, start_revision: u64, owner: &str) -> Reply {
+        match self.watch.subscribe(selector, start_revision, owner) {
+            Ok(mut watcher) => {
                 let (tx, stream) = push_channel(64);
                 tokio::spawn(async move {
                     loop {
                         tokio::select! {
-                            message = events.recv() => match message {
-                                Some(message) => {
-                                    let end = matches!(message, WatchMessage::Compacted { .. } | WatchMessage::Error(_));
-                                    if tx.send(protocol::encode(&message)).await.is_err() || end {
-                                        return;
-                                    }
-                                }
-                                None => {
-                                    // Cut off (too slow) or the node stopped.
-                                    let _ = tx.send(protocol::encode(&WatchMessage::Error(KvError::ShuttingDown))).await;
+                            message = watcher.next() => {
+                                // Ended without a last word: the node stopped.
+                                let message = message.unwrap_or(WatchMessage::Error(KvError::ShuttingDown));
+                                let end = matches!(message, WatchMessage::Compacted { .. } | WatchMessage::Error(_));
+                                if tx.send(protocol::encode(&message)).await.is_err() || end {
                                     return;
                                 }
-                            },
+                            }
                             _ = tx.closed() => return,
                         }
                     }
@@ -435,7 +430,7 @@ impl ClientHandler for KvService {
         } = request
         {
             crate::metrics::record_request(kind, true, 0.0);
-            return self.watch(selector, start_revision);
+            return self.watch(selector, start_revision, &principal.name);
         }
         if self.driver.is_shutting_down() {
             return Reply::Unary(protocol::encode(&Response::Error(KvError::ShuttingDown)));

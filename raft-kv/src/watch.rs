@@ -8,32 +8,106 @@
 //! duplicate. When a node restores a snapshot its history is gone: watchers
 //! that would miss events are told `Compacted` instead of being fed old or
 //! partial changes.
+//!
+//! Memory is bounded in bytes: the history ([`WATCH_HISTORY_BYTES`]), each
+//! watcher's queue ([`WATCHER_QUEUE_BYTES`]: a watcher further behind is cut
+//! off and resumes from its last revision), each message
+//! ([`WATCH_MESSAGE_BYTES`]) and the watches of one client
+//! ([`MAX_WATCHES_PER_CLIENT`]). A replay is read from the history a message
+//! at a time as the watcher takes them, never queued whole.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
 use crate::protocol::{KvError, Selector, WatchEvent, WatchMessage};
 
-/// Messages buffered per watcher before it counts as too slow and is cut
-/// off (it can resume from its last revision).
+/// The most bytes of events a node keeps for replay (each event counted by
+/// [`event_bytes`]); beyond it, or beyond the hub's event capacity, the
+/// oldest are dropped and a watch from before them answers `Compacted`.
+pub const WATCH_HISTORY_BYTES: u64 = 64 << 20;
+/// The most bytes of events waiting for one watcher to take them; a watcher
+/// further behind is cut off with [`KvError::LimitReached`] (it resumes from
+/// its last revision). One message always fits.
+pub const WATCHER_QUEUE_BYTES: u64 = 8 << 20;
+/// The most bytes of events in one message (one event always fits).
+pub const WATCH_MESSAGE_BYTES: u64 = 1 << 20;
+/// Watches one client identity may have open on a node at once.
+pub const MAX_WATCHES_PER_CLIENT: usize = 1024;
+/// Messages buffered per watcher (besides the bytes bound).
 const WATCHER_BUFFER: usize = 1024;
+/// History events looked at per replay step (the hub's lock is held for
+/// one step).
+const REPLAY_STEP: usize = 4096;
+
+/// What an event counts for against the byte bounds: its key, its value and
+/// a fixed part (revisions, kind, lengths).
+pub fn event_bytes(event: &WatchEvent) -> u64 {
+    (event.kv.key.len() + event.kv.value.len()) as u64 + 48
+}
+
+fn message_bytes(message: &WatchMessage) -> u64 {
+    match message {
+        WatchMessage::Events(events) => events.iter().map(event_bytes).sum(),
+        _ => 0,
+    }
+}
+
+/// What a live watcher and its entry in the hub share.
+#[derive(Default)]
+struct Queue {
+    /// Bytes of events sent and not yet taken.
+    bytes: AtomicU64,
+    /// Set when the hub cut the watcher off for falling behind.
+    cut_off: AtomicBool,
+}
 
 struct Subscriber {
     selector: Selector,
     tx: mpsc::Sender<WatchMessage>,
+    queue: Arc<Queue>,
     /// The next revision this watcher expects.
     next: u64,
 }
 
+impl Subscriber {
+    /// Queues `message`; false if the watcher is gone or too far behind.
+    fn send(&self, message: WatchMessage) -> bool {
+        let bytes = message_bytes(&message);
+        let queued = self.queue.bytes.load(Ordering::Relaxed);
+        if queued > 0 && queued + bytes > WATCHER_QUEUE_BYTES {
+            return self.cut_off();
+        }
+        self.queue.bytes.fetch_add(bytes, Ordering::Relaxed);
+        match self.tx.try_send(message) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => self.cut_off(),
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn cut_off(&self) -> bool {
+        tracing::warn!(
+            "a watcher fell too far behind and was cut off; it can resume from its last revision"
+        );
+        self.queue.cut_off.store(true, Ordering::Relaxed);
+        false
+    }
+}
+
 struct Inner {
     history: VecDeque<WatchEvent>,
+    /// What `history` holds, by [`event_bytes`].
+    history_bytes: u64,
     /// Every event at or above this revision is in `history` (or yet to come).
     floor: u64,
     /// The latest revision.
     revision: u64,
     subscribers: Vec<Subscriber>,
+    /// Open watches by client identity.
+    open: HashMap<String, usize>,
 }
 
 /// The watch registry of one node.
@@ -42,15 +116,28 @@ pub struct WatchHub {
     capacity: usize,
 }
 
+/// One step of a replay.
+enum Replayed {
+    /// Events from the history (maybe none), more to come.
+    Events(Vec<WatchEvent>),
+    /// The history is replayed; these last events, then live ones.
+    Live(Vec<WatchEvent>, mpsc::Receiver<WatchMessage>, Arc<Queue>),
+    /// The history the watcher needs is gone.
+    Compacted(u64),
+}
+
 impl WatchHub {
-    /// A hub keeping the last `capacity` events for replay.
+    /// A hub keeping the last `capacity` events (and at most
+    /// [`WATCH_HISTORY_BYTES`]) for replay.
     pub fn new(capacity: usize) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 history: VecDeque::new(),
+                history_bytes: 0,
                 floor: 1,
                 revision: 0,
                 subscribers: Vec::new(),
+                open: HashMap::new(),
             }),
             capacity: capacity.max(1),
         }
@@ -64,13 +151,15 @@ impl WatchHub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers a watcher from `start_revision` (0: from the next change).
-    /// The receiver gets `Started`, then history, then live events.
+    /// Registers a watcher for `owner` (a client identity) from
+    /// `start_revision` (0: from the next change). The watcher yields
+    /// `Started`, then history, then live events.
     pub fn subscribe(
-        &self,
+        self: &Arc<Self>,
         selector: Selector,
         start_revision: u64,
-    ) -> Result<mpsc::Receiver<WatchMessage>, KvError> {
+        owner: &str,
+    ) -> Result<Watcher, KvError> {
         let mut inner = self.lock();
         let start = if start_revision == 0 {
             inner.revision.saturating_add(1)
@@ -83,26 +172,58 @@ impl WatchHub {
                 oldest: inner.floor,
             });
         }
-        let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
-        let _ = tx.try_send(WatchMessage::Started {
-            revision: inner.revision,
-        });
-        let past: Vec<WatchEvent> = inner
-            .history
-            .iter()
-            .filter(|e| e.revision >= start && selector.matches(&e.kv.key))
-            .cloned()
-            .collect();
-        for chunk in past.chunks(256) {
-            if tx.try_send(WatchMessage::Events(chunk.to_vec())).is_err() {
-                return Err(KvError::InvalidRequest(
-                    "too much history to replay at once; watch from a later revision".into(),
-                ));
-            }
+        let open = inner.open.entry(owner.to_string()).or_default();
+        if *open >= MAX_WATCHES_PER_CLIENT {
+            return Err(KvError::LimitReached(format!(
+                "{owner} has {MAX_WATCHES_PER_CLIENT} watches open on this node, the most one client may; \
+                 cancel some, or watch a common prefix with one"
+            )));
         }
-        let next = start.max(inner.revision.saturating_add(1));
-        inner.subscribers.push(Subscriber { selector, tx, next });
-        Ok(rx)
+        *open += 1;
+        Ok(Watcher {
+            hub: self.clone(),
+            owner: owner.to_string(),
+            selector,
+            started: Some(inner.revision),
+            next: start,
+            live: None,
+            ended: false,
+        })
+    }
+
+    /// One replay step for a watcher wanting `selector` from `next`.
+    fn replay(&self, selector: &Selector, next: &mut u64) -> Replayed {
+        let mut inner = self.lock();
+        if *next < inner.floor {
+            return Replayed::Compacted(inner.floor);
+        }
+        let from = inner.history.partition_point(|e| e.revision < *next);
+        let mut events = Vec::new();
+        let mut bytes = 0;
+        for event in inner.history.iter().skip(from).take(REPLAY_STEP) {
+            if selector.matches(&event.kv.key) {
+                if !events.is_empty() && bytes + event_bytes(event) > WATCH_MESSAGE_BYTES {
+                    return Replayed::Events(events);
+                }
+                bytes += event_bytes(event);
+                events.push(event.clone());
+            }
+            *next = event.revision + 1;
+        }
+        if *next <= inner.revision {
+            return Replayed::Events(events);
+        }
+        // Caught up, under the lock that publication takes: live events
+        // follow without a gap or a duplicate.
+        let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
+        let queue = Arc::new(Queue::default());
+        inner.subscribers.push(Subscriber {
+            selector: selector.clone(),
+            tx,
+            queue: queue.clone(),
+            next: *next,
+        });
+        Replayed::Live(events, rx, queue)
     }
 
     /// Publishes the changes of one applied batch; `revision` is the store's
@@ -111,27 +232,37 @@ impl WatchHub {
         let mut inner = self.lock();
         inner.revision = revision;
         inner.subscribers.retain_mut(|sub| {
-            let mine: Vec<WatchEvent> =
-                events.iter().filter(|e| e.revision >= sub.next && sub.selector.matches(&e.kv.key)).cloned().collect();
+            let mut message = Vec::new();
+            let mut bytes = 0;
+            for event in &events {
+                if event.revision < sub.next || !sub.selector.matches(&event.kv.key) {
+                    continue;
+                }
+                if !message.is_empty() && bytes + event_bytes(event) > WATCH_MESSAGE_BYTES {
+                    if !sub.send(WatchMessage::Events(std::mem::take(&mut message))) {
+                        return false;
+                    }
+                    bytes = 0;
+                }
+                bytes += event_bytes(event);
+                message.push(event.clone());
+            }
             sub.next = revision.saturating_add(1);
-            if mine.is_empty() {
+            if message.is_empty() {
                 return !sub.tx.is_closed();
             }
-            match sub.tx.try_send(WatchMessage::Events(mine)) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!("a watcher fell too far behind and was cut off; it can resume from its last revision");
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
+            sub.send(WatchMessage::Events(message))
         });
-        inner.history.extend(events);
-        while inner.history.len() > self.capacity {
-            inner.history.pop_front();
+        for event in events {
+            inner.history_bytes += event_bytes(&event);
+            inner.history.push_back(event);
         }
-        if let Some(first) = inner.history.front() {
-            inner.floor = inner.floor.max(first.revision);
+        while inner.history.len() > self.capacity || inner.history_bytes > WATCH_HISTORY_BYTES {
+            let Some(dropped) = inner.history.pop_front() else {
+                break;
+            };
+            inner.history_bytes -= event_bytes(&dropped);
+            inner.floor = inner.floor.max(dropped.revision + 1);
         }
     }
 
@@ -140,6 +271,7 @@ impl WatchHub {
     pub fn reset(&self, revision: u64) {
         let mut inner = self.lock();
         inner.history.clear();
+        inner.history_bytes = 0;
         inner.floor = revision.saturating_add(1);
         let old = inner.revision;
         inner.revision = revision;
@@ -155,8 +287,280 @@ impl WatchHub {
         });
     }
 
-    /// The number of active watchers.
+    /// The number of live watchers (past their replay).
     pub fn watchers(&self) -> usize {
         self.lock().subscribers.len()
+    }
+
+    /// The bytes of events kept for replay.
+    pub fn history_bytes(&self) -> u64 {
+        self.lock().history_bytes
+    }
+}
+
+/// One watch: `Started`, then the history asked for, then live events, as
+/// [`WatchMessage`]s. Dropping it ends the watch.
+pub struct Watcher {
+    hub: Arc<WatchHub>,
+    owner: String,
+    selector: Selector,
+    /// The revision to announce in `Started`, until it is taken.
+    started: Option<u64>,
+    /// The next revision to replay (before `live`).
+    next: u64,
+    live: Option<(mpsc::Receiver<WatchMessage>, Arc<Queue>)>,
+    ended: bool,
+}
+
+impl Watcher {
+    /// The next message; `None` once the watch has ended (after a
+    /// `Compacted` or an error message, or when the node stops).
+    /// Cancel-safe.
+    pub async fn next(&mut self) -> Option<WatchMessage> {
+        if let Some(message) = self.step() {
+            return message;
+        }
+        let (rx, _) = self.live.as_mut()?;
+        let message = rx.recv().await;
+        self.taken(message)
+    }
+
+    /// The next message if one is ready now.
+    pub fn try_next(&mut self) -> Option<WatchMessage> {
+        if let Some(message) = self.step() {
+            return message;
+        }
+        let (rx, _) = self.live.as_mut()?;
+        match rx.try_recv() {
+            Ok(message) => self.taken(Some(message)),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => self.taken(None),
+        }
+    }
+
+    /// Everything up to the live queue: `Some(answer)` when it decides the
+    /// next message, `None` when it comes from the live queue.
+    fn step(&mut self) -> Option<Option<WatchMessage>> {
+        if self.ended {
+            return Some(None);
+        }
+        if let Some(revision) = self.started.take() {
+            return Some(Some(WatchMessage::Started { revision }));
+        }
+        while self.live.is_none() {
+            match self.hub.replay(&self.selector, &mut self.next) {
+                Replayed::Events(events) if events.is_empty() => continue,
+                Replayed::Events(events) => return Some(Some(WatchMessage::Events(events))),
+                Replayed::Live(events, rx, queue) => {
+                    self.live = Some((rx, queue));
+                    if !events.is_empty() {
+                        return Some(Some(WatchMessage::Events(events)));
+                    }
+                }
+                Replayed::Compacted(revision) => {
+                    self.ended = true;
+                    return Some(Some(WatchMessage::Compacted { revision }));
+                }
+            }
+        }
+        None
+    }
+
+    fn taken(&mut self, message: Option<WatchMessage>) -> Option<WatchMessage> {
+        let (_, queue) = self.live.as_ref()?;
+        match message {
+            Some(message) => {
+                queue
+                    .bytes
+                    .fetch_sub(message_bytes(&message), Ordering::Relaxed);
+                if matches!(message, WatchMessage::Compacted { .. }) {
+                    self.ended = true;
+                }
+                Some(message)
+            }
+            None => {
+                self.ended = true;
+                queue.cut_off.load(Ordering::Relaxed).then(|| {
+                    WatchMessage::Error(KvError::LimitReached(format!(
+                        "the watch fell more than {} MiB of events behind and was cut off; \
+                         resume it from the revision after the last event received",
+                        WATCHER_QUEUE_BYTES >> 20
+                    )))
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let mut inner = self.hub.lock();
+        if let Some(open) = inner.open.get_mut(&self.owner) {
+            *open -= 1;
+            if *open == 0 {
+                inner.open.remove(&self.owner);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{EventKind, KeyValue};
+    use bytes::Bytes;
+
+    const MIB: usize = 1 << 20;
+
+    fn event(revision: u64, key: &str, value_len: usize) -> WatchEvent {
+        WatchEvent {
+            revision,
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::from(vec![b'v'; value_len]),
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+            },
+        }
+    }
+
+    /// Publishes `count` writes of `value_len` bytes to `key`, one batch
+    /// each, after the hub's current revision.
+    fn publish(hub: &WatchHub, key: &str, count: u64, value_len: usize) {
+        for _ in 0..count {
+            let revision = hub.lock().revision + 1;
+            hub.publish(vec![event(revision, key, value_len)], revision);
+        }
+    }
+
+    fn everything() -> Selector {
+        Selector::Prefix(Bytes::new())
+    }
+
+    /// Drains what is ready: the events' revisions, and the last message if
+    /// it was not events.
+    fn drain(watcher: &mut Watcher) -> (Vec<u64>, Option<WatchMessage>) {
+        let mut revisions = Vec::new();
+        while let Some(message) = watcher.try_next() {
+            match message {
+                WatchMessage::Events(events) => {
+                    assert!(
+                        events.len() == 1
+                            || events.iter().map(event_bytes).sum::<u64>() <= WATCH_MESSAGE_BYTES,
+                        "a message above {WATCH_MESSAGE_BYTES} bytes"
+                    );
+                    revisions.extend(events.iter().map(|e| e.revision));
+                }
+                WatchMessage::Started { .. } => {}
+                other => return (revisions, Some(other)),
+            }
+        }
+        (revisions, None)
+    }
+
+    /// Review finding: the history was capped in events, not bytes
+    /// (100,000 events of 4 MiB values is 400 GB). It holds at most
+    /// WATCH_HISTORY_BYTES; a watch from before what it holds is told
+    /// `Compacted`.
+    #[test]
+    fn the_history_is_bounded_in_bytes() {
+        let hub = Arc::new(WatchHub::new(100_000));
+        publish(&hub, "k", 100, MIB);
+        let kept = hub.history_bytes();
+        assert!(kept <= WATCH_HISTORY_BYTES, "{kept} bytes of history");
+        assert!(
+            kept > WATCH_HISTORY_BYTES - 2 * MIB as u64,
+            "{kept} bytes of history"
+        );
+        assert!(matches!(
+            hub.subscribe(everything(), 1, "c"),
+            Err(KvError::Compacted { requested: 1, .. })
+        ));
+    }
+
+    /// Review finding: replay queued the whole history up front in messages
+    /// of 256 events (a replay of more than 1,024 messages was refused, and
+    /// 256 events of 4 MiB made one message of 1 GiB). A replay is read a
+    /// message of at most WATCH_MESSAGE_BYTES at a time as the watcher takes
+    /// them, however long it is, and live events follow without a gap.
+    #[test]
+    fn a_long_replay_comes_in_bounded_messages_as_it_is_taken() {
+        let hub = Arc::new(WatchHub::new(1_000_000));
+        publish(&hub, "big", 40, MIB / 2);
+        publish(&hub, "small", 300_000, 1);
+        let mut watcher = hub.subscribe(everything(), 1, "c").unwrap();
+        publish(&hub, "late", 3, 10);
+        let (revisions, end) = drain(&mut watcher);
+        assert_eq!(end, None);
+        assert_eq!(revisions, (1..=300_043).collect::<Vec<_>>());
+        publish(&hub, "live", 2, 10);
+        assert_eq!(drain(&mut watcher).0, [300_044, 300_045]);
+    }
+
+    /// Review finding: a watcher that does not read was cut off only after
+    /// 1,024 queued messages of any size. It is cut off once
+    /// WATCHER_QUEUE_BYTES wait for it, with a typed error, while a watcher
+    /// that reads gets everything.
+    #[test]
+    fn a_watcher_that_does_not_read_is_cut_off_at_its_byte_bound() {
+        let hub = Arc::new(WatchHub::new(1000));
+        let mut slow = hub.subscribe(everything(), 0, "slow").unwrap();
+        let mut reader = hub.subscribe(everything(), 0, "reader").unwrap();
+        // Both become live.
+        assert_eq!(drain(&mut slow), (vec![], None));
+        let mut got = Vec::new();
+        for _ in 0..20 {
+            publish(&hub, "k", 1, MIB);
+            got.extend(drain(&mut reader).0);
+        }
+        assert_eq!(got, (1..=20).collect::<Vec<_>>());
+        let (revisions, end) = drain(&mut slow);
+        let queued = revisions.len() as u64 * (MIB as u64 + 49);
+        assert!(
+            queued <= WATCHER_QUEUE_BYTES,
+            "{queued} bytes queued for one watcher"
+        );
+        assert!(!revisions.is_empty());
+        assert!(
+            matches!(end, Some(WatchMessage::Error(KvError::LimitReached(_)))),
+            "{end:?}"
+        );
+        assert_eq!(hub.watchers(), 1);
+    }
+
+    /// Review finding: the number of watches was unbounded. One client may
+    /// hold MAX_WATCHES_PER_CLIENT on a node; another client is not
+    /// affected, and a watch ended frees its place.
+    #[test]
+    fn watches_per_client_are_bounded() {
+        let hub = Arc::new(WatchHub::new(10));
+        let mut mine: Vec<Watcher> = (0..MAX_WATCHES_PER_CLIENT)
+            .map(|_| hub.subscribe(everything(), 0, "greedy").unwrap())
+            .collect();
+        assert!(matches!(
+            hub.subscribe(everything(), 0, "greedy"),
+            Err(KvError::LimitReached(_))
+        ));
+        assert!(hub.subscribe(everything(), 0, "other").is_ok());
+        mine.pop();
+        assert!(hub.subscribe(everything(), 0, "greedy").is_ok());
+    }
+
+    /// A batch of changes is split into messages of at most
+    /// WATCH_MESSAGE_BYTES (one event always fits).
+    #[test]
+    fn a_large_batch_is_split_into_bounded_messages() {
+        let hub = Arc::new(WatchHub::new(1000));
+        let mut watcher = hub.subscribe(everything(), 0, "c").unwrap();
+        assert_eq!(drain(&mut watcher), (vec![], None));
+        let batch: Vec<WatchEvent> = (1..=6).map(|r| event(r, "k", 400 << 10)).collect();
+        hub.publish(batch, 6);
+        let mut sizes = Vec::new();
+        while let Some(WatchMessage::Events(events)) = watcher.try_next() {
+            sizes.push(events.len());
+        }
+        assert_eq!(sizes, [2, 2, 2]);
     }
 }

@@ -43,7 +43,7 @@ pub fn check(data: &[u8]) {
             if protocol::validate_write(&op).is_ok() {
                 // A watcher of every key, replaying from the start.
                 let mut rx = hub
-                    .subscribe(Selector::Prefix(Bytes::new()), 1)
+                    .subscribe(Selector::Prefix(Bytes::new()), 1, "fuzz")
                     .expect("the history is not compacted yet");
                 let before = sm.revision();
                 let data = Command {
@@ -60,7 +60,7 @@ pub fn check(data: &[u8]) {
                 }]);
                 assert_eq!(out.len(), 1);
                 assert!(sm.revision() >= before);
-                while rx.try_recv().is_ok() {}
+                while rx.try_next().is_some() {}
             }
         }
         Request::OpenSession { .. } => {
@@ -84,8 +84,8 @@ pub fn check(data: &[u8]) {
             start_revision,
         } => {
             let _ = selector.matches(b"k");
-            if let Ok(mut rx) = hub.subscribe(selector, start_revision) {
-                while rx.try_recv().is_ok() {}
+            if let Ok(mut rx) = hub.subscribe(selector, start_revision, "fuzz") {
+                while rx.try_next().is_some() {}
             }
             assert!(hub.watchers() <= 1);
         }

@@ -49,7 +49,7 @@ pub fn check(data: &[u8]) {
 
     let hub = Arc::new(WatchHub::new(64));
     let mut watcher = hub
-        .subscribe(Selector::Prefix(Bytes::new()), 0)
+        .subscribe(Selector::Prefix(Bytes::new()), 0, "fuzz")
         .expect("a watch from now is always possible");
     let mut sm = KvStateMachine::new(hub.clone());
     let half = entries.len() / 2;
@@ -58,7 +58,7 @@ pub fn check(data: &[u8]) {
     results.extend(sm.apply(&entries[half..]));
     assert_eq!(results.len(), entries.len(), "one result per command entry");
     assert_eq!(sm.applied_index(), entries.len() as u64);
-    while watcher.try_recv().is_ok() {}
+    while watcher.try_next().is_some() {}
 
     // Re-applying is a no-op.
     let digest = sm.digest();

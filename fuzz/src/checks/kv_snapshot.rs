@@ -29,7 +29,7 @@ pub fn check(data: &[u8]) {
         ..SnapshotMeta::default()
     };
     let hub = Arc::new(WatchHub::new(16));
-    let _watcher = hub.subscribe(Selector::Prefix(Bytes::new()), 0);
+    let _watcher = hub.subscribe(Selector::Prefix(Bytes::new()), 0, "fuzz");
     let mut sm = KvStateMachine::new(hub.clone());
     if let Err(error) = sm.restore(&meta, data) {
         let _ = error.to_string();
@@ -58,7 +58,7 @@ pub fn check(data: &[u8]) {
             revision: 0,
         })
         .expect("reads of the store do not fail");
-    let _watch = hub.subscribe(Selector::Prefix(Bytes::new()), 0);
+    let _watch = hub.subscribe(Selector::Prefix(Bytes::new()), 0, "fuzz");
     let existing = all.kvs.first().map(|kv| kv.key.clone());
     let keys = existing
         .into_iter()
