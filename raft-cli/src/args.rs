@@ -310,12 +310,16 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Issue a node certificate: needs DIR/ca.pem and DIR/ca.key, writes
-    /// DIR/node-N.pem and DIR/node-N.key.
+    /// Issue a node certificate: needs CA_DIR/ca.pem and CA_DIR/ca.key,
+    /// writes DIR/node-N.pem, DIR/node-N.key and a copy of DIR/ca.pem.
     Node {
-        /// Where the CA is and the files go.
+        /// Where the files go.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// Where the CA is (default: DIR, with a warning: keep the CA's key
+        /// away from the keys you hand out).
+        #[arg(long, value_name = "CA_DIR")]
+        ca_dir: Option<PathBuf>,
         /// The node id.
         #[arg(long, value_name = "N")]
         id: u64,
@@ -327,12 +331,16 @@ pub enum CertsCommand {
         #[arg(long, default_value = "local", value_name = "ID")]
         cluster: String,
     },
-    /// Issue a client certificate: needs DIR/ca.pem and DIR/ca.key, writes
-    /// DIR/NAME.pem and DIR/NAME.key.
+    /// Issue a client certificate: needs CA_DIR/ca.pem and CA_DIR/ca.key,
+    /// writes DIR/NAME.pem, DIR/NAME.key and a copy of DIR/ca.pem.
     Client {
-        /// Where the CA is and the files go.
+        /// Where the files go.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// Where the CA is (default: DIR, with a warning: keep the CA's key
+        /// away from the keys you hand out).
+        #[arg(long, value_name = "CA_DIR")]
+        ca_dir: Option<PathBuf>,
         /// The client's name (a-z, 0-9 and '-').
         #[arg(long, value_name = "NAME")]
         name: String,

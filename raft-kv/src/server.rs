@@ -135,6 +135,14 @@ pub struct Server {
     local: std::net::SocketAddr,
 }
 
+/// The CA key lying in the directory of the node's key `key`, if one does:
+/// whoever can read the node's files could then issue certificates of any
+/// role. (`raft-cli certs node --ca-dir` keeps the CA apart.)
+pub fn ca_key_beside(key: &std::path::Path) -> Option<std::path::PathBuf> {
+    let ca_key = key.parent()?.join("ca.key");
+    ca_key.exists().then_some(ca_key)
+}
+
 /// Refuses an expired certificate and warns about one that expires within
 /// [`CERTIFICATE_WARNING_DAYS`]; returns when it expires (Unix seconds).
 fn check_expiry(identity: &TlsIdentity, cert: &std::path::Path) -> Result<i64, StartError> {
@@ -175,6 +183,15 @@ impl Server {
                     message: e.to_string(),
                 })?;
         let certificate_expires = check_expiry(&identity, &config.tls.cert)?;
+        if let Some(ca_key) = ca_key_beside(&config.tls.key) {
+            tracing::warn!(
+                node = config.node_id,
+                "the CA key {} sits beside this node's key: whoever can read this node's files can \
+                 issue certificates of any role; keep the CA in a directory of its own (issue with \
+                 `raft-cli certs node --ca-dir CA_DIR --dir DIR`) and remove it from here",
+                ca_key.display()
+            );
+        }
         let store = RocksStore::open(StoreOptions::new(
             &config.data_dir,
             config.node_id,
@@ -385,5 +402,19 @@ impl Server {
         drop(server.store);
         tracing::info!("node stopped");
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Review finding: the CA key sat beside the node keys and nothing said
+    /// so. A node finds one in its key's directory (and warns at start).
+    #[test]
+    fn a_ca_key_beside_the_node_key_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("node-1.key");
+        assert_eq!(super::ca_key_beside(&key), None);
+        std::fs::write(dir.path().join("ca.key"), "key").unwrap();
+        assert_eq!(super::ca_key_beside(&key), Some(dir.path().join("ca.key")));
     }
 }

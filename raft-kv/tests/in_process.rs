@@ -102,3 +102,86 @@ async fn three_nodes_serve_reads_writes_and_watches() {
 
     cluster.shutdown().await;
 }
+
+/// Review finding: a scan larger than one reply was continued by key at the
+/// latest state, so writes between pages showed half-way. `Client::scan`
+/// pages through at the revision of the first page, through a follower too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scan_larger_than_a_reply_pages_at_one_revision() {
+    let cluster = common::TestCluster::start(3, |_| {}).await;
+    let client = cluster.client().await;
+    // 24 values of 512 KiB: more than one reply's 8 MiB.
+    let value = Bytes::from(vec![b'o'; 512 << 10]);
+    for i in 0..24 {
+        client
+            .put(format!("p/{i:02}"), value.clone())
+            .await
+            .unwrap();
+    }
+    let end = raft_kv::protocol::prefix_end(b"p/");
+    let follower = cluster
+        .client_of(vec![cluster.follower_endpoint(&client).await])
+        .await;
+    for reader in [&client, &follower] {
+        let first = reader
+            .read(
+                ReadOp::Scan {
+                    start: Bytes::from_static(b"p/"),
+                    end: end.clone(),
+                    limit: 1000,
+                    revision: 0,
+                },
+                Consistency::Linearizable,
+            )
+            .await
+            .unwrap();
+        assert!(first.more, "one reply held all {} keys", first.kvs.len());
+        let at = first.revision;
+        // Between pages: the last key changes, one is deleted, one is added.
+        client.put("p/23", "new").await.unwrap();
+        client.delete("p/22").await.unwrap();
+        client.put("p/225", "new").await.unwrap();
+        let mut after = first.kvs.last().unwrap().key.to_vec();
+        after.push(0);
+        let rest = reader
+            .scan(
+                Bytes::from(after),
+                end.clone(),
+                1000,
+                Consistency::Linearizable,
+                at,
+            )
+            .await
+            .unwrap();
+        assert_eq!(rest.revision, at);
+        assert!(!rest.more);
+        let keys: Vec<String> = first
+            .kvs
+            .iter()
+            .chain(&rest.kvs)
+            .map(|kv| {
+                assert_eq!(kv.value, value, "a value written after revision {at}");
+                String::from_utf8_lossy(&kv.key).into_owned()
+            })
+            .collect();
+        let expected: Vec<String> = (0..24).map(|i| format!("p/{i:02}")).collect();
+        assert_eq!(keys, expected);
+        // Put back for the next reader.
+        client.put("p/23", value.clone()).await.unwrap();
+        client.put("p/22", value.clone()).await.unwrap();
+        client.delete("p/225").await.unwrap();
+    }
+    // From the latest revision, in one call.
+    let all = client
+        .scan(
+            Bytes::from_static(b"p/"),
+            end,
+            1000,
+            Consistency::Linearizable,
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.kvs.len(), 24);
+    cluster.shutdown().await;
+}

@@ -547,18 +547,24 @@ fn raft_cli(bin_dir: &Path, args: &[&str], dir: &Path, more: &[&str]) -> Result<
     Ok(())
 }
 
-/// A CA for cluster `cluster` in `dir` (`ca.pem`, `ca.key`).
+/// Where the CA of the certificates in `dir` lives: a directory of its own,
+/// so its key never sits beside the keys nodes and clients are given.
+pub(crate) fn ca_dir(dir: &Path) -> PathBuf {
+    dir.join("ca")
+}
+
+/// A CA for cluster `cluster` in [`ca_dir`] (`ca.pem`, `ca.key`).
 pub(crate) fn certs_ca(bin_dir: &Path, dir: &Path, cluster: &str) -> Result<()> {
     raft_cli(
         bin_dir,
         &["certs", "ca", "--dir"],
-        dir,
+        &ca_dir(dir),
         &["--cluster", cluster],
     )
 }
 
-/// A client certificate `<name>.pem` / `<name>.key` with `role` from the
-/// CA in `dir`.
+/// A client certificate `<name>.pem` / `<name>.key` with `role` (and
+/// `ca.pem`) in `dir`, from the CA in [`ca_dir`].
 pub(crate) fn certs_client(
     bin_dir: &Path,
     dir: &Path,
@@ -566,23 +572,36 @@ pub(crate) fn certs_client(
     role: &str,
     cluster: &str,
 ) -> Result<()> {
+    let ca = ca_dir(dir);
     raft_cli(
         bin_dir,
         &["certs", "client", "--dir"],
         dir,
-        &["--name", name, "--role", role, "--cluster", cluster],
+        &[
+            "--ca-dir",
+            &ca.display().to_string(),
+            "--name",
+            name,
+            "--role",
+            role,
+            "--cluster",
+            cluster,
+        ],
     )
 }
 
 /// Node `id`'s certificate (server and client use, for 127.0.0.1 and
-/// localhost) from the CA in `dir`.
+/// localhost) in `dir`, from the CA in [`ca_dir`].
 pub(crate) fn certs_node(bin_dir: &Path, dir: &Path, id: u64, cluster: &str) -> Result<()> {
     let id = id.to_string();
+    let ca = ca_dir(dir);
     raft_cli(
         bin_dir,
         &["certs", "node", "--dir"],
         dir,
         &[
+            "--ca-dir",
+            &ca.display().to_string(),
             "--id",
             &id,
             "--address",

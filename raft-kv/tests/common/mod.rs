@@ -73,8 +73,13 @@ impl TestCluster {
             .try_init();
         let dir = tempfile::tempdir().unwrap();
         let ca = CertificateAuthority::generate("test CA").unwrap();
-        ca.save(&dir.path().join("ca.pem"), &dir.path().join("ca.key"))
+        // The CA's key in a directory of its own (as `cargo xtask cluster`
+        // lays it out); the nodes get its certificate.
+        let ca_dir = dir.path().join("ca");
+        std::fs::create_dir(&ca_dir).unwrap();
+        ca.save(&ca_dir.join("ca.pem"), &ca_dir.join("ca.key"))
             .unwrap();
+        std::fs::copy(ca_dir.join("ca.pem"), dir.path().join("ca.pem")).unwrap();
         let addresses: Vec<(u64, SocketAddr)> = (1..=n)
             .map(|id| (id, format!("127.0.0.1:{}", free_port()).parse().unwrap()))
             .collect();
