@@ -369,7 +369,10 @@ impl KvService {
     fn watch(&self, selector: protocol::Selector, start_revision: u64, owner: &str) -> Reply {
         match self.watch.subscribe(selector, start_revision, owner) {
             Ok(mut watcher) => {
-                let (tx, stream) = push_channel(64);
+                // One encoded message waits here (and one in the task): a
+                // watcher that does not read holds its queue of shared
+                // events, not encoded copies of them.
+                let (tx, stream) = push_channel(1);
                 tokio::spawn(async move {
                     loop {
                         tokio::select! {

@@ -35,7 +35,7 @@ pub const WATCHER_QUEUE_BYTES: u64 = 8 << 20;
 /// The most bytes of events in one message (one event always fits).
 pub const WATCH_MESSAGE_BYTES: u64 = 1 << 20;
 /// Watches one client identity may have open on a node at once.
-pub const MAX_WATCHES_PER_CLIENT: usize = 1024;
+pub const MAX_WATCHES_PER_CLIENT: usize = 256;
 /// Messages buffered per watcher (besides the bytes bound).
 const WATCHER_BUFFER: usize = 1024;
 /// History events looked at per replay step (the hub's lock is held for
