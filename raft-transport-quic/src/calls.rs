@@ -13,10 +13,16 @@
 //! (no task, stream or timer per request) and writes the responses that are
 //! ready together, so a burst of answers leaves in few packets. It reads no
 //! further requests while [`crate::TransportConfig::max_calls_in_flight`]
-//! are unanswered, so a client that pipelines too much is held back by QUIC
-//! flow control rather than by memory. An oversized request is skipped
-//! without being buffered and answered with [`STREAM_BAD_FRAME`]; the other
-//! calls of the stream go on.
+//! are unanswered, or while the client identity's request budget
+//! ([`crate::TransportConfig::max_client_request_bytes`], taken as soon as a
+//! request's length is read) is used up, so a client that pipelines too
+//! much is held back by QUIC flow control rather than by memory. Nor does
+//! it run the handlers further while [`WRITE_HIGH_WATER`] bytes of answers
+//! wait for the client to read them. A request whose first bytes arrived
+//! must be complete within [`crate::TransportConfig::client_request_timeout`]
+//! of the node's reading, or the stream is reset with [`STREAM_TOO_SLOW`].
+//! An oversized request is skipped without being buffered and answered with
+//! [`STREAM_BAD_FRAME`]; the other calls of the stream go on.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,16 +33,21 @@ use std::sync::{Arc, Mutex};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
 use crate::caller::Caller;
 use crate::client::{
-    CatchUnwind, ClientError, ClientHandler, ClientRequest, Response, panic_message,
+    CatchUnwind, ClientError, ClientHandler, ClientRequest, Response, connection_error,
+    panic_message, write_error,
 };
 use crate::frame::{FrameError, LENGTH_PREFIX};
+use crate::limits::{Acquiring, RequestBudget};
 use crate::transport::{Counters, Inner};
-use crate::wire::{CALL_NO_RESPONSE, STREAM_BAD_FRAME, STREAM_HANDLER_FAILED, STREAM_KIND_CALLS};
+use crate::wire::{
+    CALL_NO_RESPONSE, STREAM_BAD_FRAME, STREAM_HANDLER_FAILED, STREAM_KIND_CALLS, STREAM_TOO_SLOW,
+};
 
 /// Bytes of a call frame after the length prefix and before the payload:
 /// the call id and the status code.
@@ -125,6 +136,20 @@ impl CallDecoder {
         })
     }
 
+    /// The bytes (length prefix included) of the next request, once its
+    /// length has arrived, unless it will be skipped (oversized) or breaks
+    /// the stream (too short).
+    pub(crate) fn next_request_bytes(&self) -> Option<usize> {
+        if self.skipping > 0 || self.buf.len() < LENGTH_PREFIX {
+            return None;
+        }
+        let len = u32::from_be_bytes(self.buf[..LENGTH_PREFIX].try_into().ok()?) as usize;
+        if len < CALL_HEADER || len - CALL_HEADER > self.max_payload {
+            return None;
+        }
+        Some(LENGTH_PREFIX + len)
+    }
+
     /// Whether the stream ended inside a frame.
     pub(crate) fn is_mid_frame(&self) -> bool {
         self.skipping > 0 || !self.buf.is_empty()
@@ -140,7 +165,9 @@ pub(crate) fn encode_call(out: &mut BytesMut, id: u64, status: u32, payload: &[u
     out.put_slice(payload);
 }
 
-type Answer = (u64, Result<Bytes, u32>);
+/// A call's id, its answer, and the budget its request holds until the
+/// answer is handed to the stream.
+type Answer = (u64, Result<Bytes, u32>, Option<OwnedSemaphorePermit>);
 type Running = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
 /// Serves one calls stream (its kind byte already read) until the client
@@ -150,21 +177,46 @@ pub(crate) async fn serve_calls(
     handler: Arc<dyn ClientHandler>,
     remote_address: std::net::SocketAddr,
     caller: Arc<Caller>,
+    budget: RequestBudget,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
     let max = inner.config.max_frame_size;
     let limit = inner.config.max_calls_in_flight.max(1) as usize;
+    let timeout = inner.config.client_request_timeout;
     let mut decoder = CallDecoder::new(max);
     let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
     let mut out = BytesMut::new();
     let mut pending_write: Option<Bytes> = None;
     let mut reading = true;
+    // The budget the request being read holds, or is waiting for.
+    let mut taken: Option<OwnedSemaphorePermit> = None;
+    let mut acquiring: Option<Acquiring> = None;
+    // When the request being read must be complete, and since when the
+    // node has not been reading it (that time does not count).
+    let mut deadline: Option<Instant> = None;
+    let mut paused_at: Option<Instant> = None;
     loop {
-        // Frames already buffered start before anything else is read.
-        while running.len() < limit
-            && let Some(frame) = decoder.next_frame()
-        {
+        // Frames already buffered start before anything else is read, each
+        // once its bytes are in the budget.
+        while running.len() < limit && acquiring.is_none() {
+            if taken.is_none()
+                && let Some(bytes) = decoder.next_request_bytes()
+            {
+                match budget.try_take(bytes) {
+                    Some(permit) => taken = Some(permit),
+                    None => {
+                        acquiring = Some(budget.take(bytes));
+                        break;
+                    }
+                }
+            }
+            let Some(frame) = decoder.next_frame() else {
+                break;
+            };
+            // That frame is complete: the next one gets its own time.
+            deadline = None;
+            paused_at = None;
             match frame {
                 CallFrame::Call { id, payload, .. } => running.push(run_call(
                     &inner,
@@ -173,6 +225,7 @@ pub(crate) async fn serve_calls(
                     &caller,
                     id,
                     payload,
+                    taken.take(),
                 )),
                 CallFrame::Oversized { id, len } => {
                     Counters::add(&inner.counters.frames_rejected, 1);
@@ -188,10 +241,16 @@ pub(crate) async fn serve_calls(
                 }
             }
         }
-        // Every answer that is ready goes out in the same write.
-        while let Some(Some((id, answer))) = running.next().now_or_never() {
+        // Every answer that is ready goes out in the same write, as long as
+        // the client keeps reading them.
+        while out.len() < WRITE_HIGH_WATER
+            && let Some(Some((id, answer, taken))) = running.next().now_or_never()
+        {
             push_answer(&inner, &mut out, id, answer);
+            drop(taken);
         }
+        // `out` reaches the high-water mark only while a write is pending,
+        // and that write is always polled below: writing never stops.
         if pending_write.is_none() && !out.is_empty() {
             pending_write = Some(out.split().freeze());
         }
@@ -199,12 +258,33 @@ pub(crate) async fn serve_calls(
             let _ = send.finish();
             return;
         }
-        let may_read = reading && running.len() < limit && out.len() < WRITE_HIGH_WATER;
+        let may_read =
+            reading && running.len() < limit && out.len() < WRITE_HIGH_WATER && acquiring.is_none();
+        // The request being read has `timeout` of the node's reading time.
+        if reading && decoder.is_mid_frame() {
+            let now = Instant::now();
+            match (may_read, deadline, paused_at) {
+                (true, None, _) => deadline = Some(now + timeout),
+                (true, Some(due), Some(paused)) => {
+                    deadline = Some(due + (now - paused));
+                    paused_at = None;
+                }
+                (false, Some(_), None) => paused_at = Some(now),
+                _ => {}
+            }
+        } else {
+            // Between requests (or after skipping an oversized one) a
+            // stream may idle.
+            deadline = None;
+            paused_at = None;
+        }
+        let answers_wanted = !running.is_empty() && out.len() < WRITE_HIGH_WATER;
         tokio::select! {
             chunk = recv.read_chunk(READ_CHUNK, true), if may_read => match chunk {
                 Ok(Some(chunk)) => decoder.feed(chunk.bytes),
                 Ok(None) => {
                     reading = false;
+                    taken = None;
                     if decoder.is_mid_frame() {
                         Counters::add(&inner.counters.frames_rejected, 1);
                         debug!(node = inner.local(), %remote_address, "a calls stream ended inside a frame");
@@ -215,8 +295,16 @@ pub(crate) async fn serve_calls(
                     return;
                 }
             },
-            Some((id, answer)) = running.next(), if !running.is_empty() => {
+            permit = acquired(&mut acquiring), if acquiring.is_some() => {
+                acquiring = None;
+                match permit {
+                    Ok(permit) => taken = Some(permit),
+                    Err(_) => return, // never: the budget is not closed
+                }
+            }
+            Some((id, answer, taken)) = running.next(), if answers_wanted => {
                 push_answer(&inner, &mut out, id, answer);
+                drop(taken);
             }
             written = write_some(&mut send, &mut pending_write), if pending_write.is_some() => {
                 if let Err(error) = written {
@@ -224,7 +312,37 @@ pub(crate) async fn serve_calls(
                     return;
                 }
             }
+            _ = expired(deadline), if may_read && deadline.is_some() => {
+                Counters::add(&inner.counters.client_requests_too_slow, 1);
+                warn!(
+                    node = inner.local(),
+                    %remote_address,
+                    %caller,
+                    "reset a calls stream: a request did not arrive within {timeout:?} of its first bytes"
+                );
+                let _ = recv.stop(STREAM_TOO_SLOW.into());
+                let _ = send.reset(STREAM_TOO_SLOW.into());
+                return;
+            }
         }
+    }
+}
+
+/// Waits for the budget being acquired (pending if none is).
+async fn acquired(
+    acquiring: &mut Option<Acquiring>,
+) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
+    match acquiring {
+        Some(acquiring) => acquiring.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves at `deadline` (never without one).
+async fn expired(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -265,6 +383,7 @@ fn run_call(
     caller: &Arc<Caller>,
     id: u64,
     body: Bytes,
+    taken: Option<OwnedSemaphorePermit>,
 ) -> Running {
     let inner = inner.clone();
     let handler = handler.clone();
@@ -286,7 +405,7 @@ fn run_call(
                 Err(STREAM_HANDLER_FAILED)
             }
         };
-        (id, answer)
+        (id, answer, taken)
     })
 }
 
@@ -312,8 +431,8 @@ impl Failure {
 
     fn error(&self) -> ClientError {
         match self {
-            Failure::Connection(e) => ClientError::Connection(e.clone()),
-            Failure::Write(e) => ClientError::Write(e.clone()),
+            Failure::Connection(e) => connection_error(e.clone()),
+            Failure::Write(e) => write_error(e.clone()),
             Failure::Reset(code) => ClientError::Reset { code: *code },
             Failure::Finished => ClientError::NoResponse,
             Failure::Malformed(why) => ClientError::Malformed(why.clone()),

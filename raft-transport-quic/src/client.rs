@@ -21,12 +21,13 @@ use tracing::{debug, error, warn};
 use crate::caller::Caller;
 use crate::calls::{self, Calls};
 use crate::certs::{CertError, TlsIdentity};
-use crate::frame::{self, DEFAULT_MAX_FRAME_SIZE, FrameError};
+use crate::frame::{self, DEFAULT_MAX_FRAME_SIZE, FrameError, LENGTH_PREFIX};
+use crate::limits::{self, RequestBudget};
 use crate::tls;
 use crate::transport::{Counters, Inner};
 use crate::wire::{
-    CLIENT_ALPN, CLOSE_IDENTITY_MISMATCH, STREAM_BAD_FRAME, STREAM_HANDLER_FAILED,
-    STREAM_KIND_CALLS, STREAM_KIND_SUBSCRIBE,
+    CLIENT_ALPN, CLOSE_IDENTITY_MISMATCH, CLOSE_TOO_MANY_CONNECTIONS, STREAM_BAD_FRAME,
+    STREAM_HANDLER_FAILED, STREAM_KIND_CALLS, STREAM_KIND_SUBSCRIBE, STREAM_TOO_SLOW,
 };
 
 /// One client request, as the handler sees it.
@@ -143,6 +144,23 @@ pub(crate) async fn serve_connection(
             return;
         }
     };
+    let slot = match inner.clients.admit(limits::identity_key(&caller)) {
+        Ok(slot) => slot,
+        Err(open) => {
+            Counters::add(&inner.counters.client_connections_over_limit, 1);
+            let reason = format!(
+                "{caller} already has {open} connections open to node {}, the most one client \
+                 may have (max_connections_per_client); close some connections or use another \
+                 client certificate",
+                inner.local()
+            );
+            if inner.should_log_refusal(remote, "too many connections") {
+                warn!(node = inner.local(), %remote, "refused a client connection: {reason}");
+            }
+            connection.close(CLOSE_TOO_MANY_CONNECTIONS.into(), reason.as_bytes());
+            return;
+        }
+    };
     debug!(node = inner.local(), %remote, %caller, "client connected");
     // Clients have no business opening unidirectional streams.
     connection.set_max_concurrent_uni_streams(VarInt::from_u32(0));
@@ -156,6 +174,7 @@ pub(crate) async fn serve_connection(
                     handler.clone(),
                     remote,
                     caller.clone(),
+                    slot.budget().clone(),
                     send,
                     recv,
                 ));
@@ -173,6 +192,7 @@ async fn serve_stream(
     handler: Arc<dyn ClientHandler>,
     remote_address: SocketAddr,
     caller: Arc<Caller>,
+    budget: RequestBudget,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -186,10 +206,10 @@ async fn serve_stream(
     }
     match kind[0] {
         STREAM_KIND_CALLS => {
-            calls::serve_calls(inner, handler, remote_address, caller, send, recv).await
+            calls::serve_calls(inner, handler, remote_address, caller, budget, send, recv).await
         }
         STREAM_KIND_SUBSCRIBE => {
-            serve_subscription(inner, handler, remote_address, caller, send, recv).await
+            serve_subscription(inner, handler, remote_address, caller, budget, send, recv).await
         }
         other => {
             Counters::add(&inner.counters.frames_rejected, 1);
@@ -200,27 +220,72 @@ async fn serve_stream(
     }
 }
 
+/// Why a subscription's request could not be read.
+enum RequestError {
+    /// It did not arrive within `client_request_timeout`.
+    TooSlow,
+    Frame(FrameError),
+}
+
+/// Reads a subscription's request: its length within the request timeout
+/// of the stream opening, then its bytes of the identity's budget (as long
+/// as it takes), then its body within the request timeout. `Ok(None)` when
+/// the client gave up before asking.
+async fn read_request(
+    inner: &Inner,
+    recv: &mut quinn::RecvStream,
+    budget: &RequestBudget,
+) -> Result<Option<(Bytes, tokio::sync::OwnedSemaphorePermit)>, RequestError> {
+    let timeout = inner.config.client_request_timeout;
+    let len = tokio::time::timeout(timeout, frame::read_len(recv, inner.config.max_frame_size))
+        .await
+        .map_err(|_| RequestError::TooSlow)?
+        .map_err(RequestError::Frame)?;
+    let Some(len) = len else { return Ok(None) };
+    let Ok(taken) = budget.take(LENGTH_PREFIX + len).await else {
+        return Ok(None); // never: the budget is not closed
+    };
+    let body = tokio::time::timeout(timeout, frame::read_payload(recv, len))
+        .await
+        .map_err(|_| RequestError::TooSlow)?
+        .map_err(RequestError::Frame)?;
+    Ok(Some((body, taken)))
+}
+
 /// Serves one request whose answer may be a stream of items.
 async fn serve_subscription(
     inner: Arc<Inner>,
     handler: Arc<dyn ClientHandler>,
     remote_address: SocketAddr,
     caller: Arc<Caller>,
+    budget: RequestBudget,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let max = inner.config.max_frame_size;
-    let body = match frame::read(&mut recv, max).await {
-        Ok(Some(body)) => body,
+    let (body, taken) = match read_request(&inner, &mut recv, &budget).await {
+        Ok(Some(request)) => request,
         Ok(None) => return, // the client gave up before asking
-        Err(error) if error.is_bad_frame() => {
+        Err(RequestError::TooSlow) => {
+            Counters::add(&inner.counters.client_requests_too_slow, 1);
+            warn!(
+                node = inner.local(),
+                %remote_address,
+                %caller,
+                "reset a subscription whose request did not arrive within {:?}",
+                inner.config.client_request_timeout
+            );
+            let _ = recv.stop(STREAM_TOO_SLOW.into());
+            let _ = send.reset(STREAM_TOO_SLOW.into());
+            return;
+        }
+        Err(RequestError::Frame(error)) if error.is_bad_frame() => {
             Counters::add(&inner.counters.frames_rejected, 1);
             warn!(node = inner.local(), %remote_address, "rejected a client request frame and closed its stream: {error}");
             let _ = recv.stop(STREAM_BAD_FRAME.into());
             let _ = send.reset(STREAM_BAD_FRAME.into());
             return;
         }
-        Err(error) => {
+        Err(RequestError::Frame(error)) => {
             debug!(node = inner.local(), %remote_address, "client request stream failed: {error}");
             return;
         }
@@ -232,7 +297,10 @@ async fn serve_subscription(
     };
     // A panic in the handler fails this request only (caught here rather
     // than in a task of its own: one task per request, not two).
-    let response = match (CatchUnwind(handler.handle(request))).await {
+    let response = CatchUnwind(handler.handle(request)).await;
+    // The handler has the request: its bytes leave the budget.
+    drop(taken);
+    let response = match response {
         Ok(response) => response,
         Err(panic) => {
             let what = panic_message(&*panic);
@@ -349,6 +417,17 @@ pub enum ClientError {
     /// quinn refused to start connecting (e.g. an invalid server name).
     #[error("cannot connect: {0}")]
     Connect(#[from] quinn::ConnectError),
+    /// The node closed the connection because of this client's
+    /// certificate: its identity has too many connections open
+    /// ([`crate::wire::CLOSE_TOO_MANY_CONNECTIONS`]). The reason says what
+    /// to do.
+    #[error("the node refused this client (close code {code}): {reason}")]
+    Refused {
+        /// The close code (see [`crate::wire`]).
+        code: u32,
+        /// The node's explanation.
+        reason: String,
+    },
     /// The connection failed or was refused.
     #[error(
         "the connection failed: {0}; check the node address, that the client certificate is signed by \
@@ -380,6 +459,29 @@ pub enum ClientError {
     Malformed(String),
 }
 
+/// A lost connection as the client's error: a refusal of this client
+/// (too many connections) gets its own variant.
+pub(crate) fn connection_error(error: quinn::ConnectionError) -> ClientError {
+    if let quinn::ConnectionError::ApplicationClosed(close) = &error {
+        let code = close.error_code.into_inner();
+        if code == u64::from(CLOSE_TOO_MANY_CONNECTIONS) {
+            return ClientError::Refused {
+                code: code as u32,
+                reason: String::from_utf8_lossy(&close.reason).into_owned(),
+            };
+        }
+    }
+    ClientError::Connection(error)
+}
+
+/// A failed write as the client's error (see [`connection_error`]).
+pub(crate) fn write_error(error: quinn::WriteError) -> ClientError {
+    match error {
+        quinn::WriteError::ConnectionLost(lost) => connection_error(lost),
+        other => ClientError::Write(other),
+    }
+}
+
 fn from_frame_error(error: FrameError) -> ClientError {
     if let FrameError::Io(io) = &error {
         if let Some(read) = io
@@ -393,7 +495,7 @@ fn from_frame_error(error: FrameError) -> ClientError {
                     };
                 }
                 quinn::ReadError::ConnectionLost(lost) => {
-                    return ClientError::Connection(lost.clone());
+                    return connection_error(lost.clone());
                 }
                 _ => {}
             }
@@ -532,9 +634,11 @@ impl ClientConnection {
     /// the stream.
     pub async fn subscribe(&self, body: &[u8]) -> Result<PushReceiver, ClientError> {
         let frame = frame::encode_raw(body, self.max_frame_size)?;
-        let (mut send, recv) = self.connection.open_bi().await?;
-        send.write_all(&[STREAM_KIND_SUBSCRIBE]).await?;
-        send.write_all(&frame).await?;
+        let (mut send, recv) = self.connection.open_bi().await.map_err(connection_error)?;
+        send.write_all(&[STREAM_KIND_SUBSCRIBE])
+            .await
+            .map_err(write_error)?;
+        send.write_all(&frame).await.map_err(write_error)?;
         let _ = send.finish();
         Ok(PushReceiver {
             recv,

@@ -81,6 +81,36 @@ pub struct TransportConfig {
     /// requests wait in the client until some are answered (QUIC flow
     /// control holds them back). Default 1024.
     pub max_calls_in_flight: u32,
+    /// Client connections one client identity may have open to this node
+    /// at once: a client certificate's name (whatever its role), or a node
+    /// id for a node certificate connecting as a client. One more is closed
+    /// right after the handshake with
+    /// [`crate::wire::CLOSE_TOO_MANY_CONNECTIONS`]. Default 128 (a
+    /// benchmark opens up to 100 connections with one certificate).
+    pub max_connections_per_client: u32,
+    /// Bytes of client requests one client identity may have in the node
+    /// at once, over all its connections and streams: a request counts from
+    /// the moment its length is read (before its body is buffered) until
+    /// its answer is handed to the stream (or, for a subscription, until
+    /// the handler has taken it). While the budget is used up, that
+    /// identity's streams stop reading and QUIC flow control holds its
+    /// requests back in the client; nothing is dropped, and other
+    /// identities are not affected. At least `max_frame_size`.
+    /// Default 64 MiB.
+    pub max_client_request_bytes: usize,
+    /// Time a client request frame has, once its length has been read, to
+    /// arrive completely (time the node is not reading that stream, e.g.
+    /// while the budget above is used up, does not count). A subscription
+    /// request's length must also arrive within this time of its stream
+    /// opening. Otherwise the stream is reset with
+    /// [`crate::wire::STREAM_TOO_SLOW`] and its budget released. A calls
+    /// stream idle between requests has no deadline. Default 30 s.
+    pub client_request_timeout: Duration,
+    /// Connection-level receive window of client connections: the bytes a
+    /// client may have sent that the node has not read yet, over all its
+    /// streams (peers get four times `stream_receive_window`). Default
+    /// 4 MiB.
+    pub client_receive_window: u32,
     /// The service that answers clients on ALPN `raft-client/2`. Without
     /// one, client connections are refused.
     pub client_handler: Option<Arc<dyn ClientHandler>>,
@@ -103,6 +133,15 @@ impl std::fmt::Debug for TransportConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("keep_alive_interval", &self.keep_alive_interval)
             .field("client_handler", &self.client_handler.is_some())
+            .field("max_client_streams", &self.max_client_streams)
+            .field("max_calls_in_flight", &self.max_calls_in_flight)
+            .field(
+                "max_connections_per_client",
+                &self.max_connections_per_client,
+            )
+            .field("max_client_request_bytes", &self.max_client_request_bytes)
+            .field("client_request_timeout", &self.client_request_timeout)
+            .field("client_receive_window", &self.client_receive_window)
             .field("fault_injector", &self.fault_injector.is_some())
             .finish_non_exhaustive()
     }
@@ -130,6 +169,10 @@ impl TransportConfig {
             send_window: 32 << 20,
             max_client_streams: 256,
             max_calls_in_flight: 1024,
+            max_connections_per_client: 128,
+            max_client_request_bytes: 64 << 20,
+            client_request_timeout: Duration::from_secs(30),
+            client_receive_window: 4 << 20,
             client_handler: None,
             fault_injector: None,
         }
@@ -193,21 +236,47 @@ impl TransportConfig {
                 streams + (1 << 20)
             ));
         }
+        if self.max_connections_per_client == 0 {
+            return Err("max_connections_per_client must be at least 1".into());
+        }
+        if self.max_client_request_bytes < self.max_frame_size {
+            return Err(format!(
+                "max_client_request_bytes ({}) must be at least max_frame_size ({}), so that \
+                 the largest request fits",
+                self.max_client_request_bytes, self.max_frame_size
+            ));
+        }
+        if self.client_request_timeout.is_zero() {
+            return Err("client_request_timeout must be above zero".into());
+        }
+        if self.client_receive_window < 64 * 1024 {
+            return Err("client_receive_window must be at least 64 KiB".into());
+        }
         Ok(())
     }
 
-    /// QUIC transport parameters for this node's connections.
-    pub(crate) fn quinn_transport(&self) -> quinn::TransportConfig {
+    /// The connection receive window of peer connections: room for a
+    /// stalled snapshot stream plus everything else, so that a snapshot held
+    /// back never starves the control stream.
+    pub(crate) fn peer_receive_window(&self) -> VarInt {
+        VarInt::from_u64(u64::from(self.stream_receive_window) * 4).unwrap_or(VarInt::MAX)
+    }
+
+    /// The connection receive window of client connections.
+    pub(crate) fn client_receive_window(&self) -> VarInt {
+        VarInt::from_u32(self.client_receive_window)
+    }
+
+    /// QUIC transport parameters for this node's connections, with
+    /// `receive_window` as the connection receive window announced in the
+    /// handshake.
+    pub(crate) fn quinn_transport(&self, receive_window: VarInt) -> quinn::TransportConfig {
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok())
             .keep_alive_interval(Some(self.keep_alive_interval))
             .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
-            // Room for a stalled snapshot stream plus everything else, so
-            // that a snapshot held back never starves the control stream.
-            .receive_window(
-                VarInt::from_u64(u64::from(self.stream_receive_window) * 4).unwrap_or(VarInt::MAX),
-            )
+            .receive_window(receive_window)
             .send_window(self.send_window)
             .max_concurrent_bidi_streams(VarInt::from_u32(self.max_client_streams.max(1)))
             .max_concurrent_uni_streams(VarInt::from_u32(16));
@@ -224,7 +293,7 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
         assert_eq!(TransportConfig::new(1, "main", addr).validate(), Ok(()));
         type Spoil = fn(&mut TransportConfig);
-        let bad: [(&str, Spoil); 6] = [
+        let bad: [(&str, Spoil); 10] = [
             ("node_id", |c| c.node_id = 0),
             ("cluster id", |c| c.cluster_id = "Main".into()),
             ("keep_alive_interval", |c| {
@@ -233,6 +302,16 @@ mod tests {
             ("control_queue", |c| c.control_queue = 0),
             ("max_frame_size", |c| c.max_frame_size = 10),
             ("send_window", |c| c.send_window = 1 << 20),
+            ("max_connections_per_client", |c| {
+                c.max_connections_per_client = 0
+            }),
+            ("max_client_request_bytes", |c| {
+                c.max_client_request_bytes = c.max_frame_size - 1
+            }),
+            ("client_request_timeout", |c| {
+                c.client_request_timeout = Duration::ZERO
+            }),
+            ("client_receive_window", |c| c.client_receive_window = 1024),
         ];
         for (field, spoil) in bad {
             let mut config = TransportConfig::new(1, "main", addr);

@@ -152,6 +152,18 @@ pub async fn read<R: AsyncRead + Unpin>(
     reader: &mut R,
     max_frame_size: usize,
 ) -> Result<Option<Bytes>, FrameError> {
+    match read_len(reader, max_frame_size).await? {
+        Some(len) => read_payload(reader, len).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads the next frame's length prefix, refusing lengths above
+/// `max_frame_size`. `Ok(None)` when the stream ends cleanly before it.
+pub(crate) async fn read_len<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_frame_size: usize,
+) -> Result<Option<usize>, FrameError> {
     let mut prefix = [0u8; LENGTH_PREFIX];
     let mut have = 0;
     while have < LENGTH_PREFIX {
@@ -174,6 +186,14 @@ pub async fn read<R: AsyncRead + Unpin>(
             max: max_frame_size,
         });
     }
+    Ok(Some(len))
+}
+
+/// Reads a frame's payload of `len` bytes (its prefix already read).
+pub(crate) async fn read_payload<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    len: usize,
+) -> Result<Bytes, FrameError> {
     // Start small and let the buffer grow as bytes arrive.
     let mut payload = Vec::with_capacity(len.min(64 * 1024));
     let received = reader.take(len as u64).read_to_end(&mut payload).await?;
@@ -183,7 +203,7 @@ pub async fn read<R: AsyncRead + Unpin>(
             expected: LENGTH_PREFIX + len,
         });
     }
-    Ok(Some(Bytes::from(payload)))
+    Ok(Bytes::from(payload))
 }
 
 /// Reads and decodes the next frame. `Ok(None)` at a clean end of stream.

@@ -18,6 +18,8 @@
 //! - [`certs`]: cluster CA, node and client certificates (rcgen), PEM files,
 //!   [`TlsIdentity`]. `tls`: the rustls/quinn configurations (mutual TLS,
 //!   no way to skip verification).
+//! - `limits`: per client identity, its open connections and the bytes of
+//!   its requests in the node.
 //! - [`frame`]: length-prefixed postcard frames with a maximum size.
 //! - [`wire`]: ALPN names, the peer hello, error codes.
 //! - [`fault`]: [`FaultInjector`] for tests (off unless configured).
@@ -30,6 +32,7 @@ mod config;
 pub mod fault;
 pub mod frame;
 mod inbound;
+mod limits;
 mod peer;
 mod tls;
 mod transport;

@@ -20,6 +20,7 @@ use crate::certs::{CertError, TlsIdentity};
 use crate::config::TransportConfig;
 use crate::fault::Verdict;
 use crate::inbound::InboundQueue;
+use crate::limits::ClientLimits;
 use crate::peer::{self, PeerLink};
 use crate::wire::{CLIENT_ALPN, CLOSE_NO_SERVICE, CLOSE_SHUTDOWN, PEER_ALPN};
 use crate::{client, tls};
@@ -78,6 +79,13 @@ pub struct TransportStats {
     /// (see `Transport::update_removed`); its connections are refused too,
     /// counted in `connections_refused`.
     pub messages_from_removed: u64,
+    /// Client connections closed right after the handshake because their
+    /// identity had `max_connections_per_client` open already (not counted
+    /// in `connections_refused`).
+    pub client_connections_over_limit: u64,
+    /// Client streams reset because a request frame, once started, did not
+    /// arrive within `client_request_timeout`.
+    pub client_requests_too_slow: u64,
 }
 
 #[derive(Default)]
@@ -93,6 +101,8 @@ pub(crate) struct Counters {
     pub(crate) client_streams: AtomicU64,
     pub(crate) client_connections: AtomicU64,
     pub(crate) messages_from_removed: AtomicU64,
+    pub(crate) client_connections_over_limit: AtomicU64,
+    pub(crate) client_requests_too_slow: AtomicU64,
 }
 
 impl Counters {
@@ -114,6 +124,8 @@ impl Counters {
             client_streams: get(&self.client_streams),
             client_connections: get(&self.client_connections),
             messages_from_removed: get(&self.messages_from_removed),
+            client_connections_over_limit: get(&self.client_connections_over_limit),
+            client_requests_too_slow: get(&self.client_requests_too_slow),
         }
     }
 }
@@ -164,6 +176,8 @@ pub(crate) struct Inner {
     /// Ids removed from the cluster: refused at the door, their messages
     /// dropped.
     removed: std::sync::RwLock<BTreeSet<NodeId>>,
+    /// Open client identities: their connection counts and request budgets.
+    pub(crate) clients: ClientLimits,
 }
 
 /// A refused remote that keeps retrying is warned about once per this period.
@@ -194,6 +208,12 @@ impl Inner {
     /// that a misconfigured node retrying with backoff does not flood the log.
     pub(crate) fn note_refusal(&self, remote: SocketAddr, reason: &str) -> bool {
         Counters::add(&self.counters.connections_refused, 1);
+        self.should_log_refusal(remote, reason)
+    }
+
+    /// Whether to log a refusal as a warning (see [`Inner::note_refusal`]),
+    /// without counting it.
+    pub(crate) fn should_log_refusal(&self, remote: SocketAddr, reason: &str) -> bool {
         let mut log = self
             .refusal_log
             .lock()
@@ -287,14 +307,20 @@ impl QuicTransport {
         config.validate().map_err(StartError::Config)?;
         tls::check_own_certificate(identity, &config.cluster_id, config.node_id)
             .map_err(StartError::WrongCertificate)?;
-        let transport_config = Arc::new(config.quinn_transport());
-
+        // Incoming connections start with the smaller of the two receive
+        // windows (a window announced in the handshake cannot be taken
+        // back); each gets its own once its ALPN says what it is.
+        let incoming_window = config
+            .peer_receive_window()
+            .min(config.client_receive_window());
         let mut server_config =
             quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(identity)?));
-        server_config.transport_config(transport_config.clone());
+        server_config.transport_config(Arc::new(config.quinn_transport(incoming_window)));
         let mut peer_client_config =
             quinn::ClientConfig::new(Arc::new(tls::client_crypto(identity, PEER_ALPN)?));
-        peer_client_config.transport_config(transport_config);
+        peer_client_config.transport_config(Arc::new(
+            config.quinn_transport(config.peer_receive_window()),
+        ));
 
         let endpoint =
             quinn::Endpoint::server(server_config, config.listen_addr).map_err(|source| {
@@ -307,6 +333,10 @@ impl QuicTransport {
         let inner = Arc::new(Inner {
             snapshot_slots: Arc::new(Semaphore::new(config.inbound_snapshot_chunks)),
             inbound: InboundQueue::new(config.inbound_queue),
+            clients: ClientLimits::new(
+                config.max_connections_per_client,
+                config.max_client_request_bytes,
+            ),
             config,
             endpoint,
             peer_client_config,
@@ -530,9 +560,15 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
         }
     };
     match tls::negotiated_alpn(&connection).as_deref() {
-        Some(PEER_ALPN) => peer::accept(inner, connection).await,
+        Some(PEER_ALPN) => {
+            connection.set_receive_window(inner.config.peer_receive_window());
+            peer::accept(inner, connection).await
+        }
         Some(CLIENT_ALPN) => match inner.config.client_handler.clone() {
-            Some(handler) => client::serve_connection(inner, connection, handler).await,
+            Some(handler) => {
+                connection.set_receive_window(inner.config.client_receive_window());
+                client::serve_connection(inner, connection, handler).await
+            }
             None => {
                 if inner.note_refusal(remote, "no client service") {
                     warn!(node = inner.local(), %remote, "refused a client connection: this node serves no clients");

@@ -73,6 +73,12 @@ pub const CLOSE_REMOVED: u32 = 7;
 /// higher [`PeerHello::incarnation`] (started later), is connected; this
 /// process is stale.
 pub const CLOSE_STALE_INCARNATION: u32 = 8;
+/// Connection close code: the client identity (the name its certificate
+/// carries, or the node id) already has
+/// [`crate::TransportConfig::max_connections_per_client`] connections open
+/// to this node. The reason tells the user to close some connections or
+/// use another client certificate.
+pub const CLOSE_TOO_MANY_CONNECTIONS: u32 = 9;
 
 /// Stream error code: a frame was malformed, truncated or oversized.
 pub const STREAM_BAD_FRAME: u32 = 1;
@@ -82,6 +88,11 @@ pub const STREAM_HANDLER_FAILED: u32 = 2;
 /// Call status: the handler answered a call with a server-push stream that
 /// ended before its first item.
 pub const CALL_NO_RESPONSE: u32 = 3;
+/// Stream error code: a request frame that had started (its length was
+/// read) did not arrive completely within
+/// [`crate::TransportConfig::client_request_timeout`]; the stream is reset
+/// (on a calls stream, with every call still on it).
+pub const STREAM_TOO_SLOW: u32 = 4;
 
 /// First byte of a client stream carrying multiplexed calls.
 pub const STREAM_KIND_CALLS: u8 = 1;
