@@ -21,13 +21,15 @@ use tracing::{debug, error, warn};
 use crate::caller::Caller;
 use crate::calls::{self, Calls};
 use crate::certs::{CertError, TlsIdentity};
+use crate::deny;
 use crate::frame::{self, DEFAULT_MAX_FRAME_SIZE, FrameError, LENGTH_PREFIX};
 use crate::limits::{self, RequestBudget};
 use crate::tls;
 use crate::transport::{Counters, Inner};
 use crate::wire::{
-    CLIENT_ALPN, CLOSE_IDENTITY_MISMATCH, CLOSE_TOO_MANY_CONNECTIONS, STREAM_BAD_FRAME,
-    STREAM_HANDLER_FAILED, STREAM_KIND_CALLS, STREAM_KIND_SUBSCRIBE, STREAM_TOO_SLOW,
+    CLIENT_ALPN, CLOSE_DENIED, CLOSE_IDENTITY_MISMATCH, CLOSE_TOO_MANY_CONNECTIONS,
+    STREAM_BAD_FRAME, STREAM_HANDLER_FAILED, STREAM_KIND_CALLS, STREAM_KIND_SUBSCRIBE,
+    STREAM_TOO_SLOW,
 };
 
 /// One client request, as the handler sees it.
@@ -164,8 +166,15 @@ pub(crate) async fn serve_connection(
     debug!(node = inner.local(), %remote, %caller, "client connected");
     // Clients have no business opening unidirectional streams.
     connection.set_max_concurrent_uni_streams(VarInt::from_u32(0));
+    // Closes the connection if a new deny list names its certificate.
+    let denied = deny::closed_when_denied(&inner, &connection);
+    tokio::pin!(denied);
     loop {
-        match connection.accept_bi().await {
+        let accepted = tokio::select! {
+            accepted = connection.accept_bi() => accepted,
+            _ = &mut denied => return,
+        };
+        match accepted {
             Ok((send, recv)) => {
                 Counters::add(&inner.counters.client_streams, 1);
                 let serving = inner.clone();
@@ -419,8 +428,8 @@ pub enum ClientError {
     Connect(#[from] quinn::ConnectError),
     /// The node closed the connection because of this client's
     /// certificate: its identity has too many connections open
-    /// ([`crate::wire::CLOSE_TOO_MANY_CONNECTIONS`]). The reason says what
-    /// to do.
+    /// ([`crate::wire::CLOSE_TOO_MANY_CONNECTIONS`]) or the certificate is
+    /// revoked ([`crate::wire::CLOSE_DENIED`]). The reason says what to do.
     #[error("the node refused this client (close code {code}): {reason}")]
     Refused {
         /// The close code (see [`crate::wire`]).
@@ -460,11 +469,11 @@ pub enum ClientError {
 }
 
 /// A lost connection as the client's error: a refusal of this client
-/// (too many connections) gets its own variant.
+/// (too many connections, a revoked certificate) gets its own variant.
 pub(crate) fn connection_error(error: quinn::ConnectionError) -> ClientError {
     if let quinn::ConnectionError::ApplicationClosed(close) = &error {
         let code = close.error_code.into_inner();
-        if code == u64::from(CLOSE_TOO_MANY_CONNECTIONS) {
+        if code == u64::from(CLOSE_TOO_MANY_CONNECTIONS) || code == u64::from(CLOSE_DENIED) {
             return ClientError::Refused {
                 code: code as u32,
                 reason: String::from_utf8_lossy(&close.reason).into_owned(),

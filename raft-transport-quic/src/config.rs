@@ -10,6 +10,7 @@ use raft_core::NodeId;
 
 use crate::certs::validate_label;
 use crate::client::ClientHandler;
+use crate::deny::DenyList;
 use crate::fault::FaultInjector;
 use crate::frame::DEFAULT_MAX_FRAME_SIZE;
 
@@ -111,6 +112,11 @@ pub struct TransportConfig {
     /// streams (peers get four times `stream_receive_window`). Default
     /// 4 MiB.
     pub client_receive_window: u32,
+    /// Certificates refused on every path (incoming peer and client
+    /// connections, peers we dial), by SHA-256 fingerprint. Keep a clone to
+    /// replace the set while the node runs: open connections it now denies
+    /// are closed. Default `None` (nothing denied).
+    pub deny_list: Option<DenyList>,
     /// The service that answers clients on ALPN `raft-client/2`. Without
     /// one, client connections are refused.
     pub client_handler: Option<Arc<dyn ClientHandler>>,
@@ -142,6 +148,7 @@ impl std::fmt::Debug for TransportConfig {
             .field("max_client_request_bytes", &self.max_client_request_bytes)
             .field("client_request_timeout", &self.client_request_timeout)
             .field("client_receive_window", &self.client_receive_window)
+            .field("deny_list", &self.deny_list)
             .field("fault_injector", &self.fault_injector.is_some())
             .finish_non_exhaustive()
     }
@@ -173,6 +180,7 @@ impl TransportConfig {
             max_client_request_bytes: 64 << 20,
             client_request_timeout: Duration::from_secs(30),
             client_receive_window: 4 << 20,
+            deny_list: None,
             client_handler: None,
             fault_injector: None,
         }

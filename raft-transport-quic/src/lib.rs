@@ -18,6 +18,8 @@
 //! - [`certs`]: cluster CA, node and client certificates (rcgen), PEM files,
 //!   [`TlsIdentity`]. `tls`: the rustls/quinn configurations (mutual TLS,
 //!   no way to skip verification).
+//! - [`deny`]: the [`DenyList`] of revoked certificates (SHA-256
+//!   fingerprints), checked on every connection.
 //! - `limits`: per client identity, its open connections and the bytes of
 //!   its requests in the node.
 //! - [`frame`]: length-prefixed postcard frames with a maximum size.
@@ -29,6 +31,7 @@ pub mod calls;
 pub mod certs;
 pub mod client;
 mod config;
+pub mod deny;
 pub mod fault;
 pub mod frame;
 mod inbound;
@@ -47,6 +50,7 @@ pub use client::{
     PushClosed, PushReceiver, PushSender, PushStream, Response, push_channel,
 };
 pub use config::TransportConfig;
+pub use deny::{BadFingerprint, DenyList, DenyListError, Fingerprint, certificate_fingerprint};
 pub use fault::{Fault, FaultInjector, FaultRule};
 pub use frame::FrameError;
 pub use transport::{QuicTransport, StartError, TransportStats};

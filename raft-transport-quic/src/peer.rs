@@ -42,6 +42,7 @@ use raft_core::{Message, NodeId};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::deny::{self, Check};
 use crate::frame::{self, FrameError};
 use crate::tls;
 use crate::transport::{Cancel, Counters, Inner};
@@ -495,6 +496,12 @@ async fn dial(
             ));
         }
     };
+    // A revoked peer gets not even our hello; the dialer backs off.
+    if deny::refuse_if_denied(inner, &connection, Check::Dialed) {
+        return Err(format!(
+            "the certificate of the node at {addr} is on the deny list"
+        ));
+    }
     if tls::negotiated_alpn(&connection).as_deref() != Some(PEER_ALPN) {
         connection.close(
             CLOSE_HANDSHAKE_FAILED.into(),
@@ -840,6 +847,8 @@ async fn serve_connection(inner: Arc<Inner>, link: Arc<PeerLink>, entry: PeerCon
             info!(node = inner.local(), peer, "peer connection closed: {reason}");
         }
         _ = redundant => {}
+        // The deny list was replaced and now names the peer's certificate.
+        _ = deny::closed_when_denied(&inner, &connection) => {}
     }
 }
 

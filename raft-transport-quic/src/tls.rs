@@ -96,7 +96,9 @@ pub(crate) fn check_own_certificate(
 
 /// The certificate the other side of `connection` presented (already
 /// verified against the CA by the TLS handshake).
-fn peer_end_entity(connection: &quinn::Connection) -> Result<CertificateDer<'static>, String> {
+pub(crate) fn peer_end_entity(
+    connection: &quinn::Connection,
+) -> Result<CertificateDer<'static>, String> {
     let chain = connection
         .peer_identity()
         .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())

@@ -18,6 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::certs::{CertError, TlsIdentity};
 use crate::config::TransportConfig;
+use crate::deny::{self, Check};
 use crate::fault::Verdict;
 use crate::inbound::InboundQueue;
 use crate::limits::ClientLimits;
@@ -83,6 +84,11 @@ pub struct TransportStats {
     /// identity had `max_connections_per_client` open already (not counted
     /// in `connections_refused`).
     pub client_connections_over_limit: u64,
+    /// Connections refused or closed because the certificate presented is
+    /// on the deny list: incoming (peers and clients), peers we dialed, and
+    /// open connections closed when the list was replaced (not counted in
+    /// `connections_refused`).
+    pub connections_denied: u64,
     /// Client streams reset because a request frame, once started, did not
     /// arrive within `client_request_timeout`.
     pub client_requests_too_slow: u64,
@@ -102,6 +108,7 @@ pub(crate) struct Counters {
     pub(crate) client_connections: AtomicU64,
     pub(crate) messages_from_removed: AtomicU64,
     pub(crate) client_connections_over_limit: AtomicU64,
+    pub(crate) connections_denied: AtomicU64,
     pub(crate) client_requests_too_slow: AtomicU64,
 }
 
@@ -125,6 +132,7 @@ impl Counters {
             client_connections: get(&self.client_connections),
             messages_from_removed: get(&self.messages_from_removed),
             client_connections_over_limit: get(&self.client_connections_over_limit),
+            connections_denied: get(&self.connections_denied),
             client_requests_too_slow: get(&self.client_requests_too_slow),
         }
     }
@@ -559,6 +567,9 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
             return;
         }
     };
+    if deny::refuse_if_denied(&inner, &connection, Check::Incoming) {
+        return;
+    }
     match tls::negotiated_alpn(&connection).as_deref() {
         Some(PEER_ALPN) => {
             connection.set_receive_window(inner.config.peer_receive_window());

@@ -79,6 +79,11 @@ pub const CLOSE_STALE_INCARNATION: u32 = 8;
 /// to this node. The reason tells the user to close some connections or
 /// use another client certificate.
 pub const CLOSE_TOO_MANY_CONNECTIONS: u32 = 9;
+/// Connection close code: the certificate presented is on the node's deny
+/// list (revoked; see [`crate::DenyList`]). Used for refused connections,
+/// peers we refuse to talk to after dialing them, and open connections
+/// closed when the list is replaced.
+pub const CLOSE_DENIED: u32 = 10;
 
 /// Stream error code: a frame was malformed, truncated or oversized.
 pub const STREAM_BAD_FRAME: u32 = 1;

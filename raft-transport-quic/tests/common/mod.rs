@@ -229,7 +229,11 @@ pub struct RawPeer {
 
 impl RawPeer {
     pub fn new(ca: &CertificateAuthority, id: NodeId, incarnation: u64) -> Self {
-        let identity = identity(ca, CLUSTER, id);
+        Self::with_identity(&identity(ca, CLUSTER, id), id, incarnation)
+    }
+
+    /// A peer presenting `identity` (node `id`'s certificate).
+    pub fn with_identity(identity: &TlsIdentity, id: NodeId, incarnation: u64) -> Self {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for root in identity.roots() {
