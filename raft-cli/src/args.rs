@@ -353,6 +353,14 @@ pub enum CertsCommand {
         #[arg(long, default_value = "local", value_name = "ID")]
         cluster: String,
     },
+    /// Print a certificate's SHA-256 fingerprint, as a line for a node's
+    /// deny list (`deny_list` in its configuration): append it there to
+    /// revoke the certificate; nodes reread the file within seconds.
+    Fingerprint {
+        /// The certificate (PEM or DER).
+        #[arg(value_name = "CERT")]
+        cert: PathBuf,
+    },
 }
 
 #[cfg(test)]

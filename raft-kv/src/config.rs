@@ -88,7 +88,19 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// This node's private key.
     pub key: PathBuf,
+    /// Revoked certificates: a file of SHA-256 fingerprints, one per line
+    /// (`raft-cli certs fingerprint FILE` prints a certificate's; `#`
+    /// starts a comment). Connections presenting one are refused, and open
+    /// ones closed, on every path. The node rereads the file when it
+    /// changes (within [`DENY_LIST_POLL`]); a file that cannot be read or
+    /// parsed keeps the list in force and logs why. No file: nothing is
+    /// denied.
+    #[serde(default)]
+    pub deny_list: Option<PathBuf>,
 }
+
+/// How often a node looks whether its deny-list file changed.
+pub const DENY_LIST_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Raft settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

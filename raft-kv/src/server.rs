@@ -9,11 +9,11 @@ use async_trait::async_trait;
 use raft_core::LogRead;
 use raft_storage_rocks::{RocksStore, StoreOptions};
 use raft_transport_quic::{
-    ClientConnector, ClientHandler, ClientOptions, ClientRequest, FaultInjector, QuicTransport,
-    Response as Reply, TlsIdentity, TransportConfig,
+    ClientConnector, ClientHandler, ClientOptions, ClientRequest, DenyList, FaultInjector,
+    QuicTransport, Response as Reply, TlsIdentity, TransportConfig,
 };
 
-use crate::config::NodeConfig;
+use crate::config::{DENY_LIST_POLL, NodeConfig};
 use crate::driver::{Driver, DriverHandle, DriverOptions};
 use crate::metrics::Health;
 use crate::protocol::{self, CERTIFICATE_WARNING_DAYS, KvError, Response};
@@ -133,6 +133,52 @@ pub struct Server {
     store: RocksStore,
     metrics: Option<std::net::SocketAddr>,
     local: std::net::SocketAddr,
+    /// Rereads the deny-list file while the node runs.
+    _deny_reload: Option<AbortOnDrop>,
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Rereads the deny-list file at `path` into `list` whenever its
+/// modification time or size changes (looking every [`DENY_LIST_POLL`]):
+/// the transport then closes connections of newly denied certificates. A
+/// file that cannot be read or parsed leaves the list as it was.
+fn keep_deny_list_current(path: std::path::PathBuf, list: DenyList) -> AbortOnDrop {
+    let stamp = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let task = tokio::spawn(async move {
+        let mut seen = stamp(&path);
+        loop {
+            tokio::time::sleep(DENY_LIST_POLL).await;
+            let now = stamp(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match list.reload_from(&path) {
+                Ok(denied) => tracing::info!(
+                    denied,
+                    "reloaded the deny list {}; connections of denied certificates are closed",
+                    path.display()
+                ),
+                Err(e) => tracing::warn!(
+                    "cannot reload the deny list {} ({e}); the previous list stays in force",
+                    path.display()
+                ),
+            }
+        }
+    });
+    AbortOnDrop(task.abort_handle())
 }
 
 /// The CA key lying in the directory of the node's key `key`, if one does:
@@ -247,6 +293,26 @@ impl Server {
             TransportConfig::new(config.node_id, config.cluster_id.clone(), config.listen);
         transport_config.client_handler = Some(handler.clone());
         transport_config.fault_injector = faults.clone();
+        let deny_reload = match &config.tls.deny_list {
+            Some(path) => {
+                let list = DenyList::load(path).map_err(|e| {
+                    StartError::Other(format!(
+                        "cannot use the deny list {}: {e}; fix the file, or remove deny_list from \
+                         the configuration",
+                        path.display()
+                    ))
+                })?;
+                tracing::info!(
+                    node = config.node_id,
+                    denied = list.len(),
+                    "denying the certificates listed in {}",
+                    path.display()
+                );
+                transport_config.deny_list = Some(list.clone());
+                Some(keep_deny_list_current(path.clone(), list))
+            }
+            None => None,
+        };
         let transport = QuicTransport::start(transport_config, &identity)
             .await
             .map_err(|e| StartError::Network {
@@ -327,6 +393,7 @@ impl Server {
             store,
             metrics,
             local,
+            _deny_reload: deny_reload,
         })
     }
 

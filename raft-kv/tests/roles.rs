@@ -163,3 +163,62 @@ async fn a_node_certificate_of_a_non_member_is_refused() {
     }
     cluster.shutdown().await;
 }
+
+/// Review finding: certificates last two years and nothing could revoke
+/// one. A node's deny list (`deny_list`, SHA-256 fingerprints from `raft-cli
+/// certs fingerprint`) is reread while it runs: a client whose certificate
+/// is added loses its open connection and cannot connect again, while other
+/// clients are served; a malformed file keeps the list in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_certificate_added_to_the_deny_list_is_shut_out_while_the_node_runs() {
+    let lists = tempfile::tempdir().unwrap();
+    let deny = lists.path().join("denied.txt");
+    std::fs::write(&deny, "# revoked certificates\n").unwrap();
+    let path = deny.clone();
+    let cluster =
+        common::TestCluster::start(1, move |c| c.tls.deny_list = Some(path.clone())).await;
+    let mallory_cert = cluster
+        .ca
+        .issue_client("test", "mallory", Role::ReadWrite)
+        .unwrap();
+    let connect = |cert: &raft_transport_quic::IssuedCert| {
+        let identity = cert.identity(cluster.ca.cert_pem()).unwrap();
+        let mut config = raft_kv::ClientConfig::new(cluster.endpoints.clone(), identity);
+        config.deadline = std::time::Duration::from_secs(2);
+        raft_kv::Client::connect(config)
+    };
+    let mallory = connect(&mallory_cert).await.unwrap();
+    mallory.put("k", "v").await.unwrap();
+    let others = cluster.client().await;
+
+    let line =
+        raft_transport_quic::certificate_fingerprint(mallory_cert.cert_pem().as_bytes()).unwrap();
+    std::fs::write(
+        &deny,
+        format!("# revoked certificates\n{line}  # mallory\n"),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while mallory.get("k").await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the denied client is still served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // A new connection with the same certificate is refused too, saying so.
+    let again = connect(&mallory_cert).await.unwrap();
+    let refusal = again.put("k", "w").await.unwrap_err().to_string();
+    assert!(refusal.contains("refused"), "{refusal}");
+    assert_eq!(
+        others.get("k").await.unwrap().unwrap().value,
+        Bytes::from_static(b"v")
+    );
+
+    // A broken file leaves the list as it was.
+    std::fs::write(&deny, format!("{line}\nnot a fingerprint\n")).unwrap();
+    tokio::time::sleep(raft_kv::config::DENY_LIST_POLL * 2).await;
+    assert!(mallory.get("k").await.is_err());
+    assert!(others.get("k").await.is_ok());
+    cluster.shutdown().await;
+}

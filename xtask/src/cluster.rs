@@ -656,6 +656,7 @@ fn write_config(
          ca = {ca}\n\
          cert = {cert}\n\
          key = {key}\n\
+         deny_list = {deny}\n\
          \n\
          [raft]\n\
          tick_ms = {TICK_MS}\n\
@@ -670,9 +671,25 @@ fn write_config(
         ca = toml_string(&dir.join("ca.pem").display().to_string()),
         cert = toml_string(&dir.join(format!("node-{id}.pem")).display().to_string()),
         key = toml_string(&dir.join(format!("node-{id}.key")).display().to_string()),
+        deny = toml_string(&deny_list(dir)?.display().to_string()),
     );
     let path = config_path(dir, id);
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The cluster's deny list (revoked certificates, which every node rereads
+/// when it changes), created empty.
+fn deny_list(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("denied.txt");
+    if !path.exists() {
+        std::fs::write(
+            &path,
+            "# Revoked certificates, one SHA-256 fingerprint per line; the nodes reread this file\n\
+             # when it changes. Add one with:  raft-cli certs fingerprint FILE.pem >> denied.txt\n",
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(path)
 }
 
 /// `cli.env`: what raft-cli reads, as shell variables, and the binaries

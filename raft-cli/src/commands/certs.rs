@@ -51,6 +51,14 @@ pub fn run(context: &Context, command: CertsCommand) -> anyhow::Result<Outcome> 
             warn_if_ca_key_beside(&ca_dir, &dir);
             with_created(issue_client(&ca_dir, &dir, &name, role, &cluster)?)
         }
+        CertsCommand::Fingerprint { cert } => {
+            let fingerprint = fingerprint(&cert)?;
+            context.print(
+                || format!("{fingerprint}  # {}\n", cert.display()),
+                || json!({"cert": cert, "fingerprint": fingerprint}),
+            )?;
+            return Ok(Outcome::Success);
+        }
     };
     context.print(
         || {
@@ -117,6 +125,18 @@ fn load_ca(dir: &Path) -> anyhow::Result<CertificateAuthority> {
              `raft-cli certs ca --dir {}`",
             dir.display(),
             dir.display()
+        )
+    })
+}
+
+/// The deny-list line of the certificate in `path`.
+pub fn fingerprint(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the certificate {}", path.display()))?;
+    raft_transport_quic::certificate_fingerprint(&bytes).with_context(|| {
+        format!(
+            "{} is not a certificate (PEM or DER); give the .pem file `raft-cli certs` wrote",
+            path.display()
         )
     })
 }
@@ -289,5 +309,20 @@ mod tests {
         // A CA key copied in by hand is found too.
         std::fs::copy(ca_dir.join(CA_KEY), dir.join(CA_KEY)).unwrap();
         assert!(ca_key_beside(&ca_dir, &dir).is_some());
+    }
+
+    /// A certificate's deny-list line is the fingerprint the nodes compare
+    /// (and a deny list made of it parses).
+    #[test]
+    fn a_fingerprint_is_a_deny_list_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        create_ca(dir, "local", false).unwrap();
+        let (cert, _) = issue_client(dir, dir, "alice", Role::ReadOnly, "local").unwrap();
+        let line = fingerprint(&cert).unwrap();
+        let list = raft_transport_quic::DenyList::parse(&format!("# alice\n{line}\n")).unwrap();
+        assert_eq!(list.len(), 1);
+        let e = format!("{:#}", fingerprint(&dir.join(CA_KEY)).unwrap_err());
+        assert!(e.contains("not a certificate"), "{e}");
     }
 }

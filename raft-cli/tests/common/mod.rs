@@ -334,6 +334,7 @@ impl Cluster {
                 ca: dir.join("ca.pem"),
                 cert: dir.join(format!("node-{id}.pem")),
                 key: dir.join(format!("node-{id}.key")),
+                deny_list: None,
             },
             raft: RaftSettings {
                 tick_ms: self.options.tick_ms,

@@ -52,6 +52,10 @@ struct Args {
     /// This node's private key (PEM).
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Revoked certificates: SHA-256 fingerprints, one per line (`raft-cli
+    /// certs fingerprint`); reread when the file changes.
+    #[arg(long)]
+    deny_list: Option<PathBuf>,
     /// Milliseconds per Raft tick.
     #[arg(long)]
     tick_ms: Option<u64>,
@@ -97,6 +101,7 @@ fn merge(args: Args) -> anyhow::Result<NodeConfig> {
                     ca: args.ca.clone().ok_or_else(|| missing("ca"))?,
                     cert: args.cert.clone().ok_or_else(|| missing("cert"))?,
                     key: args.key.clone().ok_or_else(|| missing("key"))?,
+                    deny_list: None,
                 },
                 raft: RaftSettings::default(),
                 snapshot: SnapshotSettings::default(),
@@ -136,6 +141,9 @@ fn merge(args: Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(v) = args.key {
         config.tls.key = v;
+    }
+    if let Some(v) = args.deny_list {
+        config.tls.deny_list = Some(v);
     }
     if let Some(v) = args.tick_ms {
         config.raft.tick_ms = v;

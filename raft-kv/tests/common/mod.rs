@@ -32,6 +32,7 @@ pub fn node_config(dir: &Path, id: u64, addresses: &[(u64, SocketAddr)]) -> Node
             ca: dir.join("ca.pem"),
             cert: dir.join(format!("node-{id}.pem")),
             key: dir.join(format!("node-{id}.key")),
+            deny_list: None,
         },
         raft: RaftSettings {
             tick_ms: 20,
