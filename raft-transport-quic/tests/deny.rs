@@ -84,6 +84,8 @@ async fn a_denied_client_certificate_is_refused() {
     println!("{}", refused.as_ref().unwrap_err());
     assert_denied(&refused);
     assert_eq!(node.stats().connections_denied, 1);
+    // Refused at the door: it never became a client connection.
+    assert_eq!(node.stats().client_connections, 0);
     assert_eq!(
         connect(&alice_again, &node)
             .await
@@ -108,6 +110,8 @@ async fn a_denied_node_cannot_connect_as_a_peer_either_way() {
     println!("node 2 dialing: {refused}");
     assert!(refused.contains("deny list"), "{refused}");
     assert_eq!(node.stats().connections_denied, 1);
+    // Refused right after the handshake, before any hello.
+    assert_eq!(node.stats().peer_connections, 0);
 
     // Node 1 dials node 2: it checks the certificate the server presents,
     // and closes before sending its hello; then backs off.
