@@ -17,7 +17,7 @@
 //! ([`crate::TransportConfig::max_client_request_bytes`], taken as soon as a
 //! request's length is read) is used up, so a client that pipelines too
 //! much is held back by QUIC flow control rather than by memory. Nor does
-//! it run the handlers further while [`WRITE_HIGH_WATER`] bytes of answers
+//! it run the handlers further while 4 MiB of answers
 //! wait for the client to read them. A request whose first bytes arrived
 //! must be complete within [`crate::TransportConfig::client_request_timeout`]
 //! of the node's reading, or the stream is reset with [`STREAM_TOO_SLOW`].
