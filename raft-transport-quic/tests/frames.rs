@@ -200,28 +200,14 @@ async fn bad_client_frames_are_rejected_and_the_node_keeps_serving() {
         (8, vec![2; MAX + 1]),
         (9, vec![3; 5]),
     ] {
-        calls.put_u32(12 + body.len() as u32);
-        calls.put_u64(id);
-        calls.put_u32(0);
-        calls.put_slice(&body);
+        call_frame(&mut calls, id, &body);
     }
     send.write_all(&calls).await.unwrap();
-    let mut answers = Vec::new();
-    let mut buf = Vec::new();
-    while answers.len() < 3 {
-        let chunk = recv.read_chunk(usize::MAX, true).await.unwrap().unwrap();
-        buf.extend_from_slice(&chunk.bytes);
-        while buf.len() >= 16 {
-            let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
-            if buf.len() < 4 + len {
-                break;
-            }
-            let id = u64::from_be_bytes(buf[4..12].try_into().unwrap());
-            let status = u32::from_be_bytes(buf[12..16].try_into().unwrap());
-            answers.push((id, status, buf[16..4 + len].to_vec()));
-            buf.drain(..4 + len);
-        }
-    }
+    let mut answers: Vec<(u64, u32, Vec<u8>)> = read_answers(&mut recv, 3)
+        .await
+        .into_iter()
+        .map(|(id, status, body)| (id, status, body.to_vec()))
+        .collect();
     answers.sort();
     assert_eq!(
         answers,

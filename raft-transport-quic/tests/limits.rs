@@ -113,34 +113,6 @@ async fn raw_client(identity: &TlsIdentity, node: &QuicTransport) -> quinn::Conn
         .unwrap()
 }
 
-fn call_frame(out: &mut BytesMut, id: u64, body: &[u8]) {
-    out.put_u32(12 + body.len() as u32);
-    out.put_u64(id);
-    out.put_u32(0);
-    out.put_slice(body);
-}
-
-/// Reads call answers from a raw calls stream until `n` have arrived.
-async fn read_answers(recv: &mut quinn::RecvStream, n: usize) -> Vec<(u64, u32, Bytes)> {
-    let mut answers = Vec::new();
-    let mut buf = BytesMut::new();
-    while answers.len() < n {
-        let chunk = recv.read_chunk(usize::MAX, true).await.unwrap().unwrap();
-        buf.extend_from_slice(&chunk.bytes);
-        while buf.len() >= 16 {
-            let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
-            if buf.len() < 4 + len {
-                break;
-            }
-            let frame = buf.split_to(4 + len).freeze();
-            let id = u64::from_be_bytes(frame[4..12].try_into().unwrap());
-            let status = u32::from_be_bytes(frame[12..16].try_into().unwrap());
-            answers.push((id, status, frame.slice(16..)));
-        }
-    }
-    answers
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_identity_has_a_limited_number_of_connections() {
     let ca = ca();
