@@ -60,6 +60,12 @@ pub struct NodeConfig {
     /// Snapshot policy.
     #[serde(default)]
     pub snapshot: SnapshotSettings,
+    /// Where to serve etcd's v3 gRPC API (TCP, TLS with client
+    /// certificates from the cluster's CA), e.g. `127.0.0.1:2379`, so that
+    /// `etcdctl` and etcd client libraries can use the cluster; off if
+    /// unset.
+    #[serde(default)]
+    pub etcd_listen: Option<SocketAddr>,
     /// Where to serve `/metrics` and `/health` over HTTP (none if unset).
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,

@@ -18,6 +18,7 @@
 //! - [`config`], [`server`]: a whole node from a TOML file; the `raft-kv`
 //!   binary is a thin shell around [`server::Server`].
 //! - [`metrics`]: Prometheus metrics and the health endpoint.
+//! - `etcd`: etcd's v3 gRPC API as a second front door (`etcd_listen`).
 
 //!
 //! # Features
@@ -38,6 +39,8 @@ pub mod client;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod driver;
+#[cfg(feature = "server")]
+mod etcd;
 #[cfg(feature = "server")]
 pub mod metrics;
 pub mod protocol;

@@ -88,7 +88,7 @@ pub const BROKEN_MODE_ENV: &str = "RAFT_KV_TEST_ONLY_BROKEN";
 
 /// The client handler, plugged in once the driver runs.
 #[derive(Default)]
-struct LateHandler(OnceLock<KvService>);
+struct LateHandler(OnceLock<Arc<KvService>>);
 
 #[async_trait]
 impl ClientHandler for LateHandler {
@@ -135,6 +135,8 @@ pub struct Server {
     local: std::net::SocketAddr,
     /// Rereads the deny-list file while the node runs.
     _deny_reload: Option<AbortOnDrop>,
+    /// The etcd v3 API, if served.
+    _etcd: Option<AbortOnDrop>,
 }
 
 /// Stops a task when dropped.
@@ -293,7 +295,7 @@ impl Server {
             TransportConfig::new(config.node_id, config.cluster_id.clone(), config.listen);
         transport_config.client_handler = Some(handler.clone());
         transport_config.fault_injector = faults.clone();
-        let deny_reload = match &config.tls.deny_list {
+        let deny_list = match &config.tls.deny_list {
             Some(path) => {
                 let list = DenyList::load(path).map_err(|e| {
                     StartError::Other(format!(
@@ -309,9 +311,13 @@ impl Server {
                     path.display()
                 );
                 transport_config.deny_list = Some(list.clone());
-                Some(keep_deny_list_current(path.clone(), list))
+                Some(list)
             }
             None => None,
+        };
+        let deny_reload = match (&config.tls.deny_list, &deny_list) {
+            (Some(path), Some(list)) => Some(keep_deny_list_current(path.clone(), list.clone())),
+            _ => None,
         };
         let transport = QuicTransport::start(transport_config, &identity)
             .await
@@ -372,7 +378,38 @@ impl Server {
                     .await;
             });
         }
-        let _ = handler.0.set(service);
+        let _ = handler.0.set(Arc::new(service));
+        let etcd = match config.etcd_listen {
+            Some(address) => {
+                let read = |path: &std::path::Path| {
+                    std::fs::read_to_string(path).map_err(|e| StartError::Tls {
+                        ca: config.tls.ca.display().to_string(),
+                        cert: config.tls.cert.display().to_string(),
+                        key: config.tls.key.display().to_string(),
+                        message: format!("{}: {e}", path.display()),
+                    })
+                };
+                let options = crate::etcd::EtcdOptions {
+                    address,
+                    ca: read(&config.tls.ca)?,
+                    cert: read(&config.tls.cert)?,
+                    key: read(&config.tls.key)?,
+                    cluster: config.cluster_id.clone(),
+                    member_id: config.node_id,
+                    deny: deny_list.clone(),
+                };
+                let late = handler.clone();
+                let task = crate::etcd::serve(options, Arc::new(move || late.0.get().cloned()))
+                    .await
+                    .map_err(|message| StartError::Network {
+                        address: address.to_string(),
+                        message,
+                    })?;
+                tracing::info!(node = config.node_id, %address, "serving the etcd v3 API");
+                Some(AbortOnDrop(task.abort_handle()))
+            }
+            None => None,
+        };
         let metrics = match config.metrics_listen {
             Some(address) => Some(
                 crate::metrics::serve(address, Arc::new(NodeHealth(driver.handle())), {
@@ -394,6 +431,7 @@ impl Server {
             metrics,
             local,
             _deny_reload: deny_reload,
+            _etcd: etcd,
         })
     }
 

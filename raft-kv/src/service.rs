@@ -269,6 +269,29 @@ impl KvService {
         Ok((principal, request))
     }
 
+    /// Authorizes `request` from `caller` and answers it as the client port
+    /// does (watches excepted): the way in for the etcd front door.
+    pub(crate) async fn serve_request(&self, caller: &Caller, request: Request) -> Response {
+        let (principal, request) = match self.authorize(caller, request) {
+            Ok(authorized) => authorized,
+            Err(e) => return Response::Error(e),
+        };
+        if self.driver.is_shutting_down() {
+            return Response::Error(KvError::ShuttingDown);
+        }
+        match self.answer(request, &principal).await {
+            // Whether the leader answered through this node does not matter
+            // to the caller here.
+            Response::Forwarded { response, .. } => *response,
+            response => response,
+        }
+    }
+
+    /// The node's view of the cluster (leader, term, members).
+    pub(crate) fn view(&self) -> crate::driver::NodeView {
+        self.driver.view()
+    }
+
     async fn status(&self) -> Result<NodeStatus, KvError> {
         let (reply, rx) = oneshot::channel();
         self.driver.send(DriverRequest::Status { reply }).await?;

@@ -651,6 +651,7 @@ fn write_config(
          data_dir = {data}\n\
          {membership}\n\
          metrics_listen = {metrics}\n\
+         etcd_listen = {etcd}\n\
          \n\
          [tls]\n\
          ca = {ca}\n\
@@ -668,6 +669,7 @@ fn write_config(
         listen = toml_string(&ports.listen.to_string()),
         data = toml_string(&data_dir.display().to_string()),
         metrics = toml_string(&ports.metrics.to_string()),
+        etcd = toml_string(&ports.etcd.to_string()),
         ca = toml_string(&dir.join("ca.pem").display().to_string()),
         cert = toml_string(&dir.join(format!("node-{id}.pem")).display().to_string()),
         key = toml_string(&dir.join(format!("node-{id}.key")).display().to_string()),
@@ -705,10 +707,23 @@ fn write_cli_env(cluster: &Cluster, bin_dir: &Path, ports: &[Ports]) -> Result<(
          export RAFT_ENDPOINTS={endpoints}\n\
          export RAFT_CA={ca}\n\
          export RAFT_CERT={cert}\n\
-         export RAFT_KEY={key}\n",
+         export RAFT_KEY={key}\n\
+         # etcdctl (v3 API) against the same cluster:  etcdctl member list\n\
+         export ETCDCTL_API=3\n\
+         export ETCDCTL_ENDPOINTS={etcd}\n\
+         export ETCDCTL_CACERT={ca}\n\
+         export ETCDCTL_CERT={cert}\n\
+         export ETCDCTL_KEY={key}\n",
         env = shown(&path),
         bin = shell_quote(&bin_dir.display().to_string()),
         endpoints = shell_quote(&endpoints.join(",")),
+        etcd = shell_quote(
+            &ports
+                .iter()
+                .map(|p| format!("https://{}", p.etcd))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         ca = shell_quote(&dir.join("ca.pem").display().to_string()),
         cert = shell_quote(&dir.join(format!("{CLIENT_NAME}.pem")).display().to_string()),
         key = shell_quote(&dir.join(format!("{CLIENT_NAME}.key")).display().to_string()),

@@ -345,6 +345,7 @@ impl Cluster {
                 retention: self.options.snapshot_retention,
                 chunk_size: 64 * 1024,
             },
+            etcd_listen: None,
             metrics_listen: None,
             log_format: LogFormat::Human,
             enable_fault_injection: false,

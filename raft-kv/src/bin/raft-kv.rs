@@ -71,6 +71,10 @@ struct Args {
     /// Serve /metrics and /health over HTTP on this address.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Serve etcd's v3 gRPC API (TLS, client certificates) on this TCP
+    /// address, e.g. 127.0.0.1:2379, for etcdctl and etcd client libraries.
+    #[arg(long)]
+    etcd_listen: Option<SocketAddr>,
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -105,6 +109,7 @@ fn merge(args: Args) -> anyhow::Result<NodeConfig> {
                 },
                 raft: RaftSettings::default(),
                 snapshot: SnapshotSettings::default(),
+                etcd_listen: None,
                 metrics_listen: None,
                 log_format: LogFormat::Human,
                 enable_fault_injection: false,
@@ -159,6 +164,9 @@ fn merge(args: Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(v) = args.metrics_listen {
         config.metrics_listen = Some(v);
+    }
+    if let Some(v) = args.etcd_listen {
+        config.etcd_listen = Some(v);
     }
     if let Some(v) = args.log_format {
         config.log_format = v;

@@ -43,6 +43,7 @@ pub fn node_config(dir: &Path, id: u64, addresses: &[(u64, SocketAddr)]) -> Node
             retention: 20,
             chunk_size: 4096,
         },
+        etcd_listen: None,
         metrics_listen: None,
         log_format: LogFormat::Human,
         enable_fault_injection: false,

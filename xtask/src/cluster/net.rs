@@ -12,6 +12,8 @@ use anyhow::{Context, Result};
 pub(crate) struct Ports {
     pub listen: SocketAddr,
     pub metrics: SocketAddr,
+    /// etcd's v3 API (TCP).
+    pub etcd: SocketAddr,
 }
 
 /// Picks `count` pairs of free loopback ports: binds them all to
@@ -19,18 +21,19 @@ pub(crate) struct Ports {
 pub(crate) fn free_ports(count: usize) -> Result<Vec<Ports>> {
     let mut udp = Vec::new();
     let mut tcp = Vec::new();
+    let tcp_socket =
+        || TcpListener::bind("127.0.0.1:0").context("cannot bind a TCP socket on 127.0.0.1");
     for _ in 0..count {
         udp.push(UdpSocket::bind("127.0.0.1:0").context("cannot bind a UDP socket on 127.0.0.1")?);
-        tcp.push(
-            TcpListener::bind("127.0.0.1:0").context("cannot bind a TCP socket on 127.0.0.1")?,
-        );
+        tcp.push((tcp_socket()?, tcp_socket()?));
     }
     udp.iter()
         .zip(&tcp)
-        .map(|(u, t)| {
+        .map(|(u, (t, e))| {
             Ok(Ports {
                 listen: u.local_addr()?,
                 metrics: t.local_addr()?,
+                etcd: e.local_addr()?,
             })
         })
         .collect()

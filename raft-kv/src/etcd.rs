@@ -1,0 +1,592 @@
+//! A second front door speaking etcd's v3 gRPC API, so that `etcdctl` and
+//! etcd client libraries can use a raft-kv cluster.
+//!
+//! It is off unless `etcd_listen` is set. gRPC runs over HTTP/2 with TLS;
+//! clients must present a certificate from the cluster's CA, and its role
+//! applies as on the client port. Every call goes through the node's own
+//! request path ([`KvService`]): the same linearizable reads, forwarding
+//! to the leader, sessions and limits.
+//!
+//! Served so far: `KV.Range` (keys, ranges, prefixes and "from key", limit,
+//! revision, serializable, keys-only, count-only, sort), `KV.Put`
+//! (prev_kv), `KV.DeleteRange` of one key, `Cluster.MemberList` and
+//! `Maintenance.Status`. Every other call answers `Unimplemented`.
+//!
+//! Writes need a session for exactly-once application: the front door keeps
+//! one per client identity and numbers its writes. Like etcd, a write a
+//! client sends again is a new write.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::Mutex;
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
+
+use raft_transport_quic::{Caller, DenyList, Fingerprint};
+
+use crate::protocol::{
+    Consistency, KeyValue, KvError, ReadOp, ReadResult, Request, Response, Session, WriteOp,
+    WriteResult,
+};
+use crate::service::KvService;
+
+/// The generated etcd messages and service traits (from `proto/`).
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+mod proto {
+    /// etcd's key-value types.
+    pub(crate) mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    /// etcd's services and their messages.
+    pub(crate) mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+}
+
+use proto::etcdserverpb as pb;
+use proto::mvccpb;
+
+use pb::cluster_server::{Cluster, ClusterServer};
+use pb::kv_server::{Kv, KvServer};
+use pb::maintenance_server::{Maintenance, MaintenanceServer};
+
+/// The most bytes of key-values one `Range` answer gathers across pages
+/// (etcd's clients accept 2 GiB; a larger range says `more`).
+const MAX_RANGE_BYTES: usize = 64 << 20;
+
+/// The front door of one node.
+#[derive(Clone)]
+struct EtcdApi {
+    service: Arc<dyn Fn() -> Option<Arc<KvService>> + Send + Sync>,
+    cluster_id: u64,
+    member_id: u64,
+    cluster: String,
+    sessions: Arc<Sessions>,
+    deny: Option<DenyList>,
+}
+
+/// Write sessions by client identity.
+#[derive(Default)]
+struct Sessions {
+    by_owner: Mutex<HashMap<String, Arc<Mutex<OwnedSession>>>>,
+}
+
+/// One identity's session: its id once opened, the next sequence number,
+/// and the writes still waiting for their answer.
+#[derive(Default)]
+struct OwnedSession {
+    client_id: Option<u64>,
+    next: u64,
+    outstanding: BTreeSet<u64>,
+}
+
+/// What the etcd front door of a node needs.
+pub(crate) struct EtcdOptions {
+    /// Where to listen (TCP).
+    pub address: SocketAddr,
+    /// PEM: the cluster CA (clients must present a certificate it issued),
+    /// this node's certificate and its key.
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+    /// The cluster's name and this node's id.
+    pub cluster: String,
+    pub member_id: u64,
+    /// Revoked certificates, as on the client port.
+    pub deny: Option<DenyList>,
+}
+
+/// Serves etcd's API until the returned task is aborted; `service` gives
+/// the node's request path once it is up.
+pub(crate) async fn serve(
+    options: EtcdOptions,
+    service: Arc<dyn Fn() -> Option<Arc<KvService>> + Send + Sync>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let EtcdOptions {
+        address,
+        ca,
+        cert,
+        key,
+        cluster,
+        member_id,
+        deny,
+    } = options;
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert, key))
+        .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+        .client_auth_optional(false);
+    let api = EtcdApi {
+        service,
+        cluster_id: cluster_hash(&cluster),
+        member_id,
+        cluster,
+        sessions: Arc::new(Sessions::default()),
+        deny,
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen on {address} for the etcd API: {e}"))?;
+    let router = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map_err(|e| format!("cannot set up TLS for the etcd API: {e}"))?
+        .add_service(KvServer::new(api.clone()))
+        .add_service(ClusterServer::new(api.clone()))
+        .add_service(MaintenanceServer::new(api));
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = router.serve_with_incoming(incoming).await {
+            tracing::error!("the etcd API stopped: {e}");
+        }
+    }))
+}
+
+/// etcd's cluster ids are numbers; ours is a name: a stable hash of it.
+fn cluster_hash(name: &str) -> u64 {
+    // FNV-1a: stable across builds and platforms.
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The gRPC status for one of our errors, with its message.
+fn status(e: KvError) -> Status {
+    let message = e.to_string();
+    match e {
+        KvError::InvalidRequest(_) => Status::invalid_argument(message),
+        KvError::PermissionDenied { .. } | KvError::Forbidden(_) => {
+            Status::permission_denied(message)
+        }
+        KvError::Compacted { .. } => Status::out_of_range(format!(
+            "etcdserver: mvcc: required revision has been compacted ({message})"
+        )),
+        KvError::LimitReached(_) => Status::resource_exhausted(message),
+        KvError::Internal(_) => Status::internal(message),
+        KvError::SessionExpired => Status::aborted(message),
+        KvError::MembershipChange(_) | KvError::Transfer(_) => Status::failed_precondition(message),
+        KvError::FaultInjectionDisabled => Status::failed_precondition(message),
+        KvError::NoLeader
+        | KvError::NotLeader { .. }
+        | KvError::ConfigChangeInProgress
+        | KvError::TransferInProgress
+        | KvError::Timeout
+        | KvError::Unavailable(_)
+        | KvError::ShuttingDown
+        | KvError::LeadershipLost
+        | KvError::LeaderNotSettled => Status::unavailable(message),
+    }
+}
+
+fn unexpected(response: Response) -> Status {
+    match response {
+        Response::Error(e) => status(e),
+        other => Status::internal(format!("unexpected answer from the node: {other:?}")),
+    }
+}
+
+fn to_pb(kv: KeyValue, keys_only: bool) -> mvccpb::KeyValue {
+    mvccpb::KeyValue {
+        key: kv.key.to_vec(),
+        create_revision: kv.create_revision as i64,
+        mod_revision: kv.mod_revision as i64,
+        version: kv.version as i64,
+        value: if keys_only {
+            Vec::new()
+        } else {
+            kv.value.to_vec()
+        },
+        lease: 0,
+    }
+}
+
+/// etcd's `range_end`: empty for one key, `"\0"` for every key from `key`
+/// on, else the key after the last.
+fn range_end(end: &[u8]) -> Option<Option<Bytes>> {
+    match end {
+        [] => None,
+        [0] => Some(None),
+        end => Some(Some(Bytes::copy_from_slice(end))),
+    }
+}
+
+/// Who sent a gRPC request: the holder of the client certificate it came
+/// with (refused if the deny list names it).
+fn caller_of<T>(
+    request: &GrpcRequest<T>,
+    cluster: &str,
+    deny: Option<&DenyList>,
+) -> Result<Caller, Status> {
+    let certificates = request.peer_certs().ok_or_else(|| {
+        Status::unauthenticated("a client certificate from the cluster's CA is required")
+    })?;
+    let first = certificates.first().ok_or_else(|| {
+        Status::unauthenticated("a client certificate from the cluster's CA is required")
+    })?;
+    if deny.is_some_and(|list| list.contains(&Fingerprint::of_der(first.as_ref()))) {
+        return Err(Status::permission_denied(
+            "this certificate is revoked (on the node's deny list); use another one",
+        ));
+    }
+    Caller::from_certificate(first, cluster).map_err(Status::permission_denied)
+}
+
+impl EtcdApi {
+    fn service(&self) -> Result<Arc<KvService>, Status> {
+        (self.service)().ok_or_else(|| Status::unavailable("the node is starting"))
+    }
+
+    fn header(&self, service: &KvService, revision: u64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision: revision as i64,
+            raft_term: service.view().term,
+        }
+    }
+
+    async fn read(
+        &self,
+        service: &KvService,
+        caller: &Caller,
+        op: ReadOp,
+        consistency: Consistency,
+    ) -> Result<ReadResult, Status> {
+        match service
+            .serve_request(
+                caller,
+                Request::Read {
+                    op,
+                    consistency,
+                    forwarded: false,
+                },
+            )
+            .await
+        {
+            Response::Read(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Applies `op` in the session of `caller`'s identity, opening it first
+    /// if need be.
+    async fn write(
+        &self,
+        service: &KvService,
+        caller: &Caller,
+        op: WriteOp,
+        prev_kv: bool,
+    ) -> Result<WriteResult, Status> {
+        let owner = crate::protocol::Principal::of(caller).name;
+        let slot = self
+            .sessions
+            .by_owner
+            .lock()
+            .await
+            .entry(owner)
+            .or_default()
+            .clone();
+        let session = {
+            let mut session = slot.lock().await;
+            let client_id = match session.client_id {
+                Some(id) => id,
+                None => {
+                    let id = match service
+                        .serve_request(caller, Request::OpenSession { forwarded: false })
+                        .await
+                    {
+                        Response::SessionOpened { client_id } => client_id,
+                        other => return Err(unexpected(other)),
+                    };
+                    session.client_id = Some(id);
+                    session.next = 1;
+                    id
+                }
+            };
+            let sequence = session.next;
+            session.next += 1;
+            session.outstanding.insert(sequence);
+            Session {
+                client_id,
+                sequence,
+                first_outstanding: session.outstanding.first().copied().unwrap_or(sequence),
+            }
+        };
+        let answer = service
+            .serve_request(
+                caller,
+                Request::Write {
+                    session,
+                    op,
+                    prev_kv,
+                    forwarded: false,
+                },
+            )
+            .await;
+        let mut owned = slot.lock().await;
+        owned.outstanding.remove(&session.sequence);
+        match answer {
+            Response::Write(result) => Ok(result),
+            Response::Error(KvError::SessionExpired) => {
+                // The next write opens a new session.
+                if owned.client_id == Some(session.client_id) {
+                    *owned = OwnedSession::default();
+                }
+                Err(status(KvError::SessionExpired))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for EtcdApi {
+    async fn range(
+        &self,
+        request: GrpcRequest<pb::RangeRequest>,
+    ) -> Result<GrpcResponse<pb::RangeResponse>, Status> {
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let r = request.into_inner();
+        if r.min_mod_revision != 0
+            || r.max_mod_revision != 0
+            || r.min_create_revision != 0
+            || r.max_create_revision != 0
+        {
+            return Err(Status::unimplemented(
+                "filters on mod or create revision are not supported",
+            ));
+        }
+        let consistency = if r.serializable {
+            Consistency::Stale
+        } else {
+            Consistency::Linearizable
+        };
+        let revision = u64::try_from(r.revision)
+            .map_err(|_| Status::invalid_argument("a revision is never negative"))?;
+        let limit = usize::try_from(r.limit)
+            .map_err(|_| Status::invalid_argument("a limit is never negative"))?;
+        let key = Bytes::from(r.key);
+        let (mut kvs, more, at) = match range_end(&r.range_end) {
+            None if revision == 0 => {
+                let result = self
+                    .read(&service, &caller, ReadOp::Get { key }, consistency)
+                    .await?;
+                (result.kvs, false, result.revision)
+            }
+            end => {
+                // One key at a revision is a range of one key.
+                let end = end.unwrap_or_else(|| {
+                    let mut next = key.to_vec();
+                    next.push(0);
+                    Some(Bytes::from(next))
+                });
+                self.scan(&service, &caller, key, end, limit, consistency, revision)
+                    .await?
+            }
+        };
+        let count = kvs.len() as i64;
+        sort(&mut kvs, r.sort_order, r.sort_target);
+        let header = self.header(&service, at);
+        Ok(GrpcResponse::new(pb::RangeResponse {
+            header: Some(header),
+            kvs: if r.count_only {
+                Vec::new()
+            } else {
+                kvs.into_iter().map(|kv| to_pb(kv, r.keys_only)).collect()
+            },
+            more,
+            count,
+        }))
+    }
+
+    async fn put(
+        &self,
+        request: GrpcRequest<pb::PutRequest>,
+    ) -> Result<GrpcResponse<pb::PutResponse>, Status> {
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let r = request.into_inner();
+        if r.lease != 0 {
+            return Err(Status::unimplemented("leases are not supported yet"));
+        }
+        if r.ignore_value || r.ignore_lease {
+            return Err(Status::unimplemented(
+                "ignore_value and ignore_lease are not supported",
+            ));
+        }
+        let op = WriteOp::Put {
+            key: Bytes::from(r.key),
+            value: Bytes::from(r.value),
+        };
+        let result = self.write(&service, &caller, op, r.prev_kv).await?;
+        Ok(GrpcResponse::new(pb::PutResponse {
+            header: Some(self.header(&service, result.revision)),
+            prev_kv: result.previous.map(|kv| to_pb(kv, false)),
+        }))
+    }
+
+    async fn delete_range(
+        &self,
+        request: GrpcRequest<pb::DeleteRangeRequest>,
+    ) -> Result<GrpcResponse<pb::DeleteRangeResponse>, Status> {
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let r = request.into_inner();
+        if !r.range_end.is_empty() {
+            return Err(Status::unimplemented(
+                "deleting a range of keys is not supported yet; delete them one by one",
+            ));
+        }
+        let op = WriteOp::Delete {
+            key: Bytes::from(r.key),
+        };
+        let result = self.write(&service, &caller, op, r.prev_kv).await?;
+        Ok(GrpcResponse::new(pb::DeleteRangeResponse {
+            header: Some(self.header(&service, result.revision)),
+            deleted: i64::from(result.succeeded),
+            prev_kvs: result
+                .previous
+                .map(|kv| to_pb(kv, false))
+                .into_iter()
+                .collect(),
+        }))
+    }
+}
+
+impl EtcdApi {
+    /// Up to `limit` (0: all) key-values of `start..end`, paged at one
+    /// revision; whether more are left; the revision read.
+    #[allow(clippy::too_many_arguments)]
+    async fn scan(
+        &self,
+        service: &KvService,
+        caller: &Caller,
+        start: Bytes,
+        end: Option<Bytes>,
+        limit: usize,
+        consistency: Consistency,
+        revision: u64,
+    ) -> Result<(Vec<KeyValue>, bool, u64), Status> {
+        let mut kvs: Vec<KeyValue> = Vec::new();
+        let mut bytes = 0;
+        let mut start = start;
+        let mut at = revision;
+        loop {
+            let left = if limit == 0 {
+                usize::MAX
+            } else {
+                limit - kvs.len()
+            };
+            let page = self
+                .read(
+                    service,
+                    caller,
+                    ReadOp::Scan {
+                        start,
+                        end: end.clone(),
+                        limit: left.min(crate::protocol::MAX_SCAN_LIMIT as usize) as u32,
+                        revision: at,
+                    },
+                    consistency,
+                )
+                .await?;
+            at = page.revision;
+            bytes += page
+                .kvs
+                .iter()
+                .map(|kv| kv.key.len() + kv.value.len())
+                .sum::<usize>();
+            kvs.extend(page.kvs);
+            let full = limit != 0 && kvs.len() >= limit;
+            if !page.more || full || bytes >= MAX_RANGE_BYTES {
+                return Ok((kvs, page.more, at));
+            }
+            let Some(last) = kvs.last() else {
+                return Ok((kvs, false, at));
+            };
+            let mut next = last.key.to_vec();
+            next.push(0);
+            start = Bytes::from(next);
+        }
+    }
+}
+
+/// Orders `kvs` as a `Range` asked (they come in key order).
+fn sort(kvs: &mut [KeyValue], order: i32, target: i32) {
+    use pb::range_request::{SortOrder, SortTarget};
+    let order = SortOrder::try_from(order).unwrap_or(SortOrder::None);
+    let target = SortTarget::try_from(target).unwrap_or(SortTarget::Key);
+    if order == SortOrder::None {
+        return;
+    }
+    kvs.sort_by(|a, b| match target {
+        SortTarget::Key => a.key.cmp(&b.key),
+        SortTarget::Version => a.version.cmp(&b.version),
+        SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+        SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+        SortTarget::Value => a.value.cmp(&b.value),
+    });
+    if order == SortOrder::Descend {
+        kvs.reverse();
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for EtcdApi {
+    async fn member_list(
+        &self,
+        request: GrpcRequest<pb::MemberListRequest>,
+    ) -> Result<GrpcResponse<pb::MemberListResponse>, Status> {
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        // A status read checks the caller's role like any other.
+        let revision = match service.serve_request(&caller, Request::Status).await {
+            Response::Status(status) => status.revision,
+            other => return Err(unexpected(other)),
+        };
+        let view = service.view();
+        let members = view
+            .addresses
+            .iter()
+            .map(|(id, address)| pb::Member {
+                id: *id,
+                name: format!("node-{id}"),
+                peer_ur_ls: vec![format!("https://{address}")],
+                client_ur_ls: Vec::new(),
+                is_learner: !view.voters.contains(id),
+            })
+            .collect();
+        Ok(GrpcResponse::new(pb::MemberListResponse {
+            header: Some(self.header(&service, revision)),
+            members,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Maintenance for EtcdApi {
+    async fn status(
+        &self,
+        request: GrpcRequest<pb::StatusRequest>,
+    ) -> Result<GrpcResponse<pb::StatusResponse>, Status> {
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let status = match service.serve_request(&caller, Request::Status).await {
+            Response::Status(status) => status,
+            other => return Err(unexpected(other)),
+        };
+        Ok(GrpcResponse::new(pb::StatusResponse {
+            header: Some(self.header(&service, status.revision)),
+            version: format!("raft-kv {}", env!("CARGO_PKG_VERSION")),
+            db_size: 0,
+            leader: status.raft.leader.unwrap_or(0),
+            raft_index: status.raft.commit,
+            raft_term: status.raft.term,
+            raft_applied_index: status.raft.applied,
+            errors: Vec::new(),
+            db_size_in_use: 0,
+            is_learner: !status.raft.is_voter,
+        }))
+    }
+}

@@ -1,0 +1,200 @@
+//! etcd's v3 API as a second front door, driven by the real `etcdctl`
+//! (Debian's `etcd-client`, 3.4): put, get (prefix, keys only, JSON), del,
+//! endpoint status and member list against three nodes, through a follower
+//! too, with roles from the client certificates. Without `etcdctl` on the
+//! machine the test says so and checks nothing (`cargo xtask test` installs
+//! it where it can).
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+
+use raft_transport_quic::Role;
+use serde_json::Value;
+
+fn free_tcp_address() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Runs `etcdctl` (v3 API) against `endpoints` with the certificate
+/// `name` in `dir`; its stdout, or its stderr as the error.
+fn etcdctl(
+    dir: &Path,
+    endpoints: &[SocketAddr],
+    name: &str,
+    args: &[&str],
+) -> Result<String, String> {
+    let endpoints: Vec<String> = endpoints.iter().map(|a| format!("https://{a}")).collect();
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .arg(format!("--cacert={}", dir.join("ca.pem").display()))
+        .arg(format!(
+            "--cert={}",
+            dir.join(format!("{name}.pem")).display()
+        ))
+        .arg(format!(
+            "--key={}",
+            dir.join(format!("{name}.key")).display()
+        ))
+        .arg("--dial-timeout=10s")
+        .arg("--command-timeout=20s")
+        .args(args)
+        .output()
+        .expect("etcdctl runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// etcdctl's JSON prints bytes as base64.
+fn decode(value: &Value) -> String {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.as_str().expect("a base64 string"))
+        .expect("base64");
+    String::from_utf8(bytes).expect("UTF-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcdctl_puts_gets_deletes_and_reads_the_cluster() {
+    if Command::new("etcdctl").arg("version").output().is_err() {
+        eprintln!(
+            "SKIPPED: etcdctl is not installed (Debian: apt-get install etcd-client); \
+             the etcd API is not checked against it here"
+        );
+        return;
+    }
+    let etcd: Mutex<Vec<SocketAddr>> = Mutex::new(Vec::new());
+    let cluster = common::TestCluster::start(3, |c| {
+        let address = free_tcp_address();
+        c.etcd_listen = Some(address);
+        etcd.lock().unwrap().push(address);
+    })
+    .await;
+    let endpoints = etcd.lock().unwrap().clone();
+    // Once a leader is elected (the raft-kv client waits for one).
+    cluster.client().await.put("warm", "up").await.unwrap();
+    let dir = cluster.dir.path().to_path_buf();
+    for (name, role) in [("admin", Role::Admin), ("reader", Role::ReadOnly)] {
+        cluster
+            .ca
+            .issue_client("test", name, role)
+            .unwrap()
+            .save(
+                &dir.join(format!("{name}.pem")),
+                &dir.join(format!("{name}.key")),
+            )
+            .unwrap();
+    }
+    let run = move |endpoints: Vec<SocketAddr>, name: &'static str, args: Vec<&'static str>| {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || etcdctl(&dir, &endpoints, name, &args))
+    };
+    let all = endpoints.clone();
+    let ok = |out: Result<String, String>| out.unwrap_or_else(|e| panic!("etcdctl failed: {e}"));
+
+    assert_eq!(
+        ok(run(all.clone(), "admin", vec!["put", "k1", "v1"])
+            .await
+            .unwrap()),
+        "OK\n"
+    );
+    // Through each node: a follower forwards the write to the leader.
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let key: &'static str = ["k2", "k3", "k4"][i];
+        assert_eq!(
+            ok(run(vec![*endpoint], "admin", vec!["put", key, "v"])
+                .await
+                .unwrap()),
+            "OK\n"
+        );
+    }
+    assert_eq!(
+        ok(run(all.clone(), "admin", vec!["get", "k1"]).await.unwrap()),
+        "k1\nv1\n"
+    );
+    let got = json(&ok(run(
+        all.clone(),
+        "reader",
+        vec!["get", "--prefix", "k", "-w", "json"],
+    )
+    .await
+    .unwrap()));
+    assert_eq!(got["count"], 4);
+    let kvs = got["kvs"].as_array().unwrap();
+    assert_eq!(decode(&kvs[0]["key"]), "k1");
+    assert_eq!(decode(&kvs[0]["value"]), "v1");
+    assert_eq!(got["header"]["revision"], 5);
+    assert_eq!(
+        ok(run(
+            all.clone(),
+            "reader",
+            vec!["get", "--prefix", "k", "--keys-only", "--limit", "2"]
+        )
+        .await
+        .unwrap()),
+        "k1\n\nk2\n\n"
+    );
+    assert_eq!(
+        ok(run(all.clone(), "reader", vec!["get", "--from-key", "k3"])
+            .await
+            .unwrap()),
+        "k3\nv\nk4\nv\nwarm\nup\n"
+    );
+    assert_eq!(
+        ok(run(all.clone(), "admin", vec!["del", "k1"]).await.unwrap()),
+        "1\n"
+    );
+    assert_eq!(
+        ok(run(all.clone(), "admin", vec!["del", "k1"]).await.unwrap()),
+        "0\n"
+    );
+    assert_eq!(
+        ok(run(all.clone(), "reader", vec!["get", "k1"]).await.unwrap()),
+        ""
+    );
+
+    // The read-only certificate reads but cannot write.
+    let refused = run(all.clone(), "reader", vec!["put", "k1", "no"])
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        refused.contains("PermissionDenied") || refused.contains("permission denied"),
+        "{refused}"
+    );
+
+    let status = json(&ok(run(
+        all.clone(),
+        "reader",
+        vec!["endpoint", "status", "-w", "json"],
+    )
+    .await
+    .unwrap()));
+    let status = status.as_array().unwrap();
+    assert_eq!(status.len(), 3);
+    let leaders: Vec<&Value> = status.iter().map(|s| &s["Status"]["leader"]).collect();
+    assert!(leaders.iter().all(|l| *l == leaders[0]), "{leaders:?}");
+    let members = json(&ok(run(
+        all,
+        "reader",
+        vec!["member", "list", "-w", "json"],
+    )
+    .await
+    .unwrap()));
+    assert_eq!(members["members"].as_array().unwrap().len(), 3);
+    cluster.shutdown().await;
+}
