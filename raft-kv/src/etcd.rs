@@ -9,8 +9,11 @@
 //!
 //! Served so far: `KV.Range` (keys, ranges, prefixes and "from key", limit,
 //! revision, serializable, keys-only, count-only, sort), `KV.Put`
-//! (prev_kv), `KV.DeleteRange` of one key, `Cluster.MemberList` and
-//! `Maintenance.Status`. Every other call answers `Unimplemented`.
+//! (prev_kv), `KV.DeleteRange` of one key, `KV.Compact`, `Cluster`'s
+//! `MemberList`, `MemberAdd` (as a learner), `MemberPromote` and
+//! `MemberRemove`, and `Maintenance`'s `Status`, `MoveLeader`, `Alarm`
+//! (none) and `Defragment` (nothing to do). Every other call answers
+//! `Unimplemented`.
 //!
 //! Writes need a session for exactly-once application: the front door keeps
 //! one per client identity and numbers its writes. Like etcd, a write a
@@ -27,8 +30,8 @@ use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 use raft_transport_quic::{Caller, DenyList, Fingerprint};
 
 use crate::protocol::{
-    Consistency, KeyValue, KvError, ReadOp, ReadResult, Request, Response, Session, WriteOp,
-    WriteResult,
+    AdminOp, AdminResult, Consistency, KeyValue, KvError, ReadOp, ReadResult, Request, Response,
+    Session, WriteOp, WriteResult,
 };
 use crate::service::KvService;
 
@@ -452,6 +455,37 @@ impl Kv for EtcdApi {
                 .collect(),
         }))
     }
+
+    /// raft-kv keeps no past revisions beyond the watch history and the
+    /// states of paged scans, both bounded on their own: there is nothing to
+    /// free, so a valid compaction succeeds at once.
+    async fn compact(
+        &self,
+        request: GrpcRequest<pb::CompactionRequest>,
+    ) -> Result<GrpcResponse<pb::CompactionResponse>, Status> {
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let r = request.into_inner();
+        // A linearizable read of the revision also checks the caller's role
+        // (compaction changes nothing: readwrite is not needed).
+        let current = self
+            .read(
+                &service,
+                &caller,
+                ReadOp::Get { key: Bytes::new() },
+                Consistency::Linearizable,
+            )
+            .await?
+            .revision;
+        if r.revision > current as i64 {
+            return Err(Status::out_of_range(
+                "etcdserver: mvcc: required revision is a future revision",
+            ));
+        }
+        Ok(GrpcResponse::new(pb::CompactionResponse {
+            header: Some(self.header(&service, current)),
+        }))
+    }
 }
 
 impl EtcdApi {
@@ -532,8 +566,139 @@ fn sort(kvs: &mut [KeyValue], order: i32, target: i32) {
     }
 }
 
+impl EtcdApi {
+    /// Runs a membership change or leader transfer; the members after it.
+    async fn admin(
+        &self,
+        service: &KvService,
+        caller: &Caller,
+        op: AdminOp,
+    ) -> Result<Vec<pb::Member>, Status> {
+        match service
+            .serve_request(
+                caller,
+                Request::Admin {
+                    op,
+                    forwarded: false,
+                },
+            )
+            .await
+        {
+            Response::Admin(AdminResult::Members(members)) => Ok(members
+                .into_iter()
+                .map(|m| pb::Member {
+                    id: m.id,
+                    name: format!("node-{}", m.id),
+                    peer_ur_ls: vec![format!("https://{}", m.address)],
+                    client_ur_ls: Vec::new(),
+                    is_learner: !m.voter,
+                })
+                .collect()),
+            Response::Admin(AdminResult::LeaderTransferred(_)) => Ok(Vec::new()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The node's status, read as `caller` (which checks its role).
+    async fn node_status(
+        &self,
+        service: &KvService,
+        caller: &Caller,
+    ) -> Result<Box<crate::protocol::NodeStatus>, Status> {
+        match service.serve_request(caller, Request::Status).await {
+            Response::Status(status) => Ok(status),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// The `host:port` of an etcd peer URL (`https://10.0.0.4:7001`).
+fn peer_address(url: &str) -> Result<String, Status> {
+    let address = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .trim_end_matches('/');
+    if address.is_empty() || !address.contains(':') {
+        return Err(Status::invalid_argument(format!(
+            "peer URL {url:?} has no host:port; give the address the new node listens on, \
+             e.g. https://10.0.0.4:7001"
+        )));
+    }
+    Ok(address.to_string())
+}
+
 #[tonic::async_trait]
 impl Cluster for EtcdApi {
+    /// Adds a node as a learner (as `raft-cli add-node --learner`); its id
+    /// is the next after every id the cluster has used. Start the node with
+    /// that id and `join = true`, then promote it.
+    async fn member_add(
+        &self,
+        request: GrpcRequest<pb::MemberAddRequest>,
+    ) -> Result<GrpcResponse<pb::MemberAddResponse>, Status> {
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let r = request.into_inner();
+        let [url] = r.peer_ur_ls.as_slice() else {
+            return Err(Status::invalid_argument(
+                "give exactly one peer URL: the address the new node listens on",
+            ));
+        };
+        let address = peer_address(url)?;
+        let status = self.node_status(&service, &caller).await?;
+        let membership = &status.raft.membership;
+        let id = membership
+            .voters()
+            .iter()
+            .chain(membership.learners())
+            .chain(membership.removed())
+            .max()
+            .map_or(1, |max| max + 1);
+        let members = self
+            .admin(&service, &caller, AdminOp::AddLearner { id, address })
+            .await?;
+        let member = members.iter().find(|m| m.id == id).cloned();
+        Ok(GrpcResponse::new(pb::MemberAddResponse {
+            header: Some(self.header(&service, status.revision)),
+            member,
+            members,
+        }))
+    }
+
+    async fn member_remove(
+        &self,
+        request: GrpcRequest<pb::MemberRemoveRequest>,
+    ) -> Result<GrpcResponse<pb::MemberRemoveResponse>, Status> {
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let id = request.into_inner().id;
+        let members = self
+            .admin(&service, &caller, AdminOp::Remove { id })
+            .await?;
+        let revision = service.view().applied;
+        Ok(GrpcResponse::new(pb::MemberRemoveResponse {
+            header: Some(self.header(&service, revision)),
+            members,
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        request: GrpcRequest<pb::MemberPromoteRequest>,
+    ) -> Result<GrpcResponse<pb::MemberPromoteResponse>, Status> {
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let id = request.into_inner().id;
+        let members = self
+            .admin(&service, &caller, AdminOp::Promote { id })
+            .await?;
+        let revision = service.view().applied;
+        Ok(GrpcResponse::new(pb::MemberPromoteResponse {
+            header: Some(self.header(&service, revision)),
+            members,
+        }))
+    }
+
     async fn member_list(
         &self,
         request: GrpcRequest<pb::MemberListRequest>,
@@ -541,10 +706,7 @@ impl Cluster for EtcdApi {
         let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
         let service = self.service()?;
         // A status read checks the caller's role like any other.
-        let revision = match service.serve_request(&caller, Request::Status).await {
-            Response::Status(status) => status.revision,
-            other => return Err(unexpected(other)),
-        };
+        let revision = self.node_status(&service, &caller).await?.revision;
         let view = service.view();
         let members = view
             .addresses
@@ -572,10 +734,7 @@ impl Maintenance for EtcdApi {
     ) -> Result<GrpcResponse<pb::StatusResponse>, Status> {
         let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
         let service = self.service()?;
-        let status = match service.serve_request(&caller, Request::Status).await {
-            Response::Status(status) => status,
-            other => return Err(unexpected(other)),
-        };
+        let status = self.node_status(&service, &caller).await?;
         Ok(GrpcResponse::new(pb::StatusResponse {
             header: Some(self.header(&service, status.revision)),
             version: format!("raft-kv {}", env!("CARGO_PKG_VERSION")),
@@ -587,6 +746,49 @@ impl Maintenance for EtcdApi {
             errors: Vec::new(),
             db_size_in_use: 0,
             is_learner: !status.raft.is_voter,
+        }))
+    }
+
+    /// No alarms are raised (a full disk stops writes with an error
+    /// instead); asking for them, or clearing them, answers none.
+    async fn alarm(
+        &self,
+        request: GrpcRequest<pb::AlarmRequest>,
+    ) -> Result<GrpcResponse<pb::AlarmResponse>, Status> {
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let status = self.node_status(&service, &caller).await?;
+        Ok(GrpcResponse::new(pb::AlarmResponse {
+            header: Some(self.header(&service, status.revision)),
+            alarms: Vec::new(),
+        }))
+    }
+
+    /// RocksDB compacts on its own: nothing to do, success.
+    async fn defragment(
+        &self,
+        request: GrpcRequest<pb::DefragmentRequest>,
+    ) -> Result<GrpcResponse<pb::DefragmentResponse>, Status> {
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let status = self.node_status(&service, &caller).await?;
+        Ok(GrpcResponse::new(pb::DefragmentResponse {
+            header: Some(self.header(&service, status.revision)),
+        }))
+    }
+
+    async fn move_leader(
+        &self,
+        request: GrpcRequest<pb::MoveLeaderRequest>,
+    ) -> Result<GrpcResponse<pb::MoveLeaderResponse>, Status> {
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let to = request.into_inner().target_id;
+        self.admin(&service, &caller, AdminOp::TransferLeader { to: Some(to) })
+            .await?;
+        let revision = service.view().applied;
+        Ok(GrpcResponse::new(pb::MoveLeaderResponse {
+            header: Some(self.header(&service, revision)),
         }))
     }
 }

@@ -189,12 +189,82 @@ async fn etcdctl_puts_gets_deletes_and_reads_the_cluster() {
     let leaders: Vec<&Value> = status.iter().map(|s| &s["Status"]["leader"]).collect();
     assert!(leaders.iter().all(|l| *l == leaders[0]), "{leaders:?}");
     let members = json(&ok(run(
-        all,
+        all.clone(),
         "reader",
         vec!["member", "list", "-w", "json"],
     )
     .await
     .unwrap()));
     assert_eq!(members["members"].as_array().unwrap().len(), 3);
+
+    // Membership: a learner added (its id is the next one), listed, removed.
+    let spare = format!("--peer-urls=https://{}", free_tcp_address());
+    let spare: &'static str = Box::leak(spare.into_boxed_str());
+    let added = ok(run(
+        all.clone(),
+        "admin",
+        vec!["member", "add", "node-4", spare, "--learner"],
+    )
+    .await
+    .unwrap());
+    assert!(added.contains(" 4 added to cluster"), "{added}");
+    let listed = ok(run(all.clone(), "reader", vec!["member", "list"])
+        .await
+        .unwrap());
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("4,") && l.ends_with("true")),
+        "{listed}"
+    );
+    let refused = run(all.clone(), "reader", vec!["member", "remove", "4"])
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(refused.contains("permission denied"), "{refused}");
+    let removed = ok(run(all.clone(), "admin", vec!["member", "remove", "4"])
+        .await
+        .unwrap());
+    assert!(removed.contains(" 4 removed from cluster"), "{removed}");
+
+    // The leader moves where it is asked to.
+    let leader = leaders[0].as_u64().unwrap();
+    let target: &'static str = if leader == 1 { "2" } else { "1" };
+    let moved = ok(run(all.clone(), "admin", vec!["move-leader", target])
+        .await
+        .unwrap());
+    assert!(moved.contains("Leadership transferred"), "{moved}");
+    let status = json(&ok(run(
+        all.clone(),
+        "reader",
+        vec!["endpoint", "status", "-w", "json"],
+    )
+    .await
+    .unwrap()));
+    let target_id: u64 = target.parse().unwrap();
+    assert!(
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["Status"]["leader"] == target_id),
+        "{status}"
+    );
+
+    // Tooling calls that have nothing to do here succeed.
+    assert_eq!(
+        ok(run(all.clone(), "admin", vec!["compaction", "3"])
+            .await
+            .unwrap()),
+        "compacted revision 3\n"
+    );
+    assert_eq!(
+        ok(run(all.clone(), "reader", vec!["alarm", "list"])
+            .await
+            .unwrap()),
+        ""
+    );
+    let defrag = ok(run(all, "admin", vec!["defrag"]).await.unwrap());
+    assert!(defrag.contains("Finished defragmenting"), "{defrag}");
     cluster.shutdown().await;
 }
