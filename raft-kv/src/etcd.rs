@@ -12,7 +12,9 @@
 //! (prev_kv), `KV.DeleteRange` of one key, `KV.Compact`, `Cluster`'s
 //! `MemberList`, `MemberAdd` (as a learner), `MemberPromote` and
 //! `MemberRemove`, and `Maintenance`'s `Status`, `MoveLeader`, `Alarm`
-//! (none) and `Defragment` (nothing to do). Every other call answers
+//! (none) and `Defragment` (nothing to do), and `Watch` (keys, ranges and
+//! prefixes, from a revision, with filters; a watch whose history is gone
+//! is canceled with its compact revision). Every other call answers
 //! `Unimplemented`.
 //!
 //! Writes need a session for exactly-once application: the front door keeps
@@ -30,8 +32,8 @@ use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 use raft_transport_quic::{Caller, DenyList, Fingerprint};
 
 use crate::protocol::{
-    AdminOp, AdminResult, Consistency, KeyValue, KvError, ReadOp, ReadResult, Request, Response,
-    Session, WriteOp, WriteResult,
+    AdminOp, AdminResult, Consistency, EventKind, KeyValue, KvError, ReadOp, ReadResult, Request,
+    Response, Selector, Session, WatchEvent, WatchMessage, WriteOp, WriteResult,
 };
 use crate::service::KvService;
 
@@ -54,6 +56,7 @@ use proto::mvccpb;
 use pb::cluster_server::{Cluster, ClusterServer};
 use pb::kv_server::{Kv, KvServer};
 use pb::maintenance_server::{Maintenance, MaintenanceServer};
+use pb::watch_server::{Watch, WatchServer};
 
 /// The most bytes of key-values one `Range` answer gathers across pages
 /// (etcd's clients accept 2 GiB; a larger range says `more`).
@@ -136,6 +139,7 @@ pub(crate) async fn serve(
         .map_err(|e| format!("cannot set up TLS for the etcd API: {e}"))?
         .add_service(KvServer::new(api.clone()))
         .add_service(ClusterServer::new(api.clone()))
+        .add_service(WatchServer::new(api.clone()))
         .add_service(MaintenanceServer::new(api));
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     Ok(tokio::spawn(async move {
@@ -790,5 +794,222 @@ impl Maintenance for EtcdApi {
         Ok(GrpcResponse::new(pb::MoveLeaderResponse {
             header: Some(self.header(&service, revision)),
         }))
+    }
+}
+
+/// Responses waiting for a watch stream's client, across its watches.
+const WATCH_RESPONSES: usize = 16;
+
+/// What a watch selects, from etcd's key and range end.
+fn selector(key: Vec<u8>, end: &[u8]) -> Selector {
+    let key = Bytes::from(key);
+    match range_end(end) {
+        None => Selector::Key(key),
+        Some(None) => Selector::Range {
+            start: key,
+            end: None,
+        },
+        Some(Some(end)) if Some(&end) == crate::protocol::prefix_end(&key).as_ref() => {
+            Selector::Prefix(key)
+        }
+        Some(end) => Selector::Range { start: key, end },
+    }
+}
+
+fn event_to_pb(event: WatchEvent) -> mvccpb::Event {
+    mvccpb::Event {
+        r#type: match event.kind {
+            EventKind::Put => mvccpb::event::EventType::Put,
+            EventKind::Delete => mvccpb::event::EventType::Delete,
+        } as i32,
+        kv: Some(to_pb(event.kv, false)),
+        prev_kv: None,
+    }
+}
+
+type WatchResponses =
+    std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Watch for EtcdApi {
+    type WatchStream = WatchResponses;
+
+    async fn watch(
+        &self,
+        request: GrpcRequest<tonic::Streaming<pb::WatchRequest>>,
+    ) -> Result<GrpcResponse<Self::WatchStream>, Status> {
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let mut requests = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_RESPONSES);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut watches: HashMap<i64, tokio::task::AbortHandle> = HashMap::new();
+            let mut next_id = 0;
+            loop {
+                let request = tokio::select! {
+                    request = requests.message() => request,
+                    _ = tx.closed() => break,
+                };
+                let Ok(Some(request)) = request else { break };
+                use pb::watch_request::RequestUnion;
+                match request.request_union {
+                    Some(RequestUnion::CreateRequest(create)) => {
+                        let id = if create.watch_id != 0 {
+                            create.watch_id
+                        } else {
+                            while watches.contains_key(&next_id) {
+                                next_id += 1;
+                            }
+                            next_id
+                        };
+                        let task = api.start_watch(&service, &caller, id, create, tx.clone());
+                        if let Some(task) = task {
+                            watches.insert(id, task);
+                        }
+                    }
+                    Some(RequestUnion::CancelRequest(cancel)) => {
+                        if let Some(task) = watches.remove(&cancel.watch_id) {
+                            task.abort();
+                        }
+                        let response = pb::WatchResponse {
+                            header: Some(api.header(&service, service.view().applied)),
+                            watch_id: cancel.watch_id,
+                            canceled: true,
+                            ..Default::default()
+                        };
+                        if tx.send(Ok(response)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(RequestUnion::ProgressRequest(_)) => {
+                        let _ = tx
+                            .send(Err(Status::unimplemented(
+                                "watch progress requests are not supported yet",
+                            )))
+                            .await;
+                        break;
+                    }
+                    None => {}
+                }
+            }
+            for task in watches.values() {
+                task.abort();
+            }
+        });
+        Ok(GrpcResponse::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+impl EtcdApi {
+    /// Starts watch `id` as asked, its messages going to `tx`; `None` if it
+    /// was refused (the refusal is sent as a canceled watch).
+    fn start_watch(
+        &self,
+        service: &KvService,
+        caller: &Caller,
+        id: i64,
+        create: pb::WatchCreateRequest,
+        tx: tokio::sync::mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    ) -> Option<tokio::task::AbortHandle> {
+        use pb::watch_create_request::FilterType;
+        let cancel = |reason: String, compact_revision: i64| pb::WatchResponse {
+            header: Some(self.header(service, service.view().applied)),
+            watch_id: id,
+            created: true,
+            canceled: true,
+            compact_revision,
+            cancel_reason: reason,
+            ..Default::default()
+        };
+        let refuse = |response: pb::WatchResponse| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(response)).await;
+            });
+            None
+        };
+        if create.prev_kv {
+            return refuse(cancel("prev_kv is not supported on watches yet".into(), 0));
+        }
+        let Ok(start) = u64::try_from(create.start_revision) else {
+            return refuse(cancel("a start revision is never negative".into(), 0));
+        };
+        let no_put = create.filters.contains(&(FilterType::Noput as i32));
+        let no_delete = create.filters.contains(&(FilterType::Nodelete as i32));
+        let mut watcher =
+            match service.subscribe(caller, selector(create.key, &create.range_end), start) {
+                Ok(watcher) => watcher,
+                Err(KvError::Compacted { oldest, .. }) => {
+                    return refuse(cancel(
+                        "etcdserver: mvcc: required revision has been compacted".into(),
+                        oldest as i64,
+                    ));
+                }
+                Err(e) => return refuse(cancel(e.to_string(), 0)),
+            };
+        let header = {
+            let api = self.clone();
+            move |revision: u64| pb::ResponseHeader {
+                cluster_id: api.cluster_id,
+                member_id: api.member_id,
+                revision: revision as i64,
+                raft_term: 0,
+            }
+        };
+        let task = tokio::spawn(async move {
+            while let Some(message) = watcher.next().await {
+                let response = match message {
+                    WatchMessage::Started { revision } => pb::WatchResponse {
+                        header: Some(header(revision)),
+                        watch_id: id,
+                        created: true,
+                        ..Default::default()
+                    },
+                    WatchMessage::Events(events) => {
+                        let revision = events.last().map_or(0, |e| e.revision);
+                        let events: Vec<mvccpb::Event> = events
+                            .into_iter()
+                            .filter(|e| match e.kind {
+                                EventKind::Put => !no_put,
+                                EventKind::Delete => !no_delete,
+                            })
+                            .map(event_to_pb)
+                            .collect();
+                        if events.is_empty() {
+                            continue;
+                        }
+                        pb::WatchResponse {
+                            header: Some(header(revision)),
+                            watch_id: id,
+                            events,
+                            ..Default::default()
+                        }
+                    }
+                    WatchMessage::Compacted { revision } => pb::WatchResponse {
+                        header: Some(header(revision)),
+                        watch_id: id,
+                        canceled: true,
+                        compact_revision: revision as i64,
+                        cancel_reason: "etcdserver: mvcc: required revision has been compacted"
+                            .into(),
+                        ..Default::default()
+                    },
+                    WatchMessage::Error(e) => pb::WatchResponse {
+                        header: Some(header(0)),
+                        watch_id: id,
+                        canceled: true,
+                        cancel_reason: e.to_string(),
+                        ..Default::default()
+                    },
+                };
+                if tx.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Some(task.abort_handle())
     }
 }

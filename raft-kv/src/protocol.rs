@@ -165,6 +165,13 @@ pub enum Selector {
     Key(Bytes),
     /// Every key starting with the prefix.
     Prefix(Bytes),
+    /// Every key in `start..end` (`end: None`: to the end).
+    Range {
+        /// The first key.
+        start: Bytes,
+        /// The key after the last, if any.
+        end: Option<Bytes>,
+    },
 }
 
 impl Selector {
@@ -173,6 +180,9 @@ impl Selector {
         match self {
             Selector::Key(k) => k.as_ref() == key,
             Selector::Prefix(p) => key.starts_with(p),
+            Selector::Range { start, end } => {
+                key >= start.as_ref() && end.as_ref().is_none_or(|end| key < end.as_ref())
+            }
         }
     }
 }

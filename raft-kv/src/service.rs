@@ -287,6 +287,23 @@ impl KvService {
         }
     }
 
+    /// Registers a watch for `caller` (its role checked as for a watch on
+    /// the client port): the etcd front door's watches.
+    pub(crate) fn subscribe(
+        &self,
+        caller: &Caller,
+        selector: protocol::Selector,
+        start_revision: u64,
+    ) -> Result<crate::watch::Watcher, KvError> {
+        let request = Request::Watch {
+            selector: selector.clone(),
+            start_revision,
+        };
+        let (principal, _) = self.authorize(caller, request)?;
+        self.watch
+            .subscribe(selector, start_revision, &principal.name)
+    }
+
     /// The node's view of the cluster (leader, term, members).
     pub(crate) fn view(&self) -> crate::driver::NodeView {
         self.driver.view()

@@ -68,6 +68,69 @@ fn decode(value: &Value) -> String {
     String::from_utf8(bytes).expect("UTF-8")
 }
 
+fn dir_of(cluster: &common::TestCluster) -> std::path::PathBuf {
+    cluster.dir.path().to_path_buf()
+}
+
+/// A running `etcdctl watch`, its output lines collected.
+struct Watching {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+fn watch(dir: &Path, endpoints: &[SocketAddr], args: &[&str]) -> Watching {
+    let endpoints: Vec<String> = endpoints.iter().map(|a| format!("https://{a}")).collect();
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .arg(format!("--cacert={}", dir.join("ca.pem").display()))
+        .arg(format!("--cert={}", dir.join("admin.pem").display()))
+        .arg(format!("--key={}", dir.join("admin.key").display()))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("etcdctl watch starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    Watching { child, lines }
+}
+
+impl Watching {
+    /// Waits (generously) for `count` lines and checks they are the first
+    /// `count` of `expected`.
+    fn wait_for(&mut self, expected: &[&str], count: usize) {
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while got.len() < count {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => got.push(line),
+                Err(_) => panic!("the watch printed {got:?}, expected {expected:?}"),
+            }
+        }
+        assert_eq!(got, expected[..count], "watch output");
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcdctl_puts_gets_deletes_and_reads_the_cluster() {
     if Command::new("etcdctl").arg("version").output().is_err() {
@@ -250,6 +313,40 @@ async fn etcdctl_puts_gets_deletes_and_reads_the_cluster() {
             .all(|s| s["Status"]["leader"] == target_id),
         "{status}"
     );
+
+    // Watches: live events under a prefix, and a replay from a revision.
+    // From the next revision: however late etcdctl registers the watch, it
+    // replays what it missed.
+    let now = json(&ok(run(
+        all.clone(),
+        "reader",
+        vec!["get", "k2", "-w", "json"],
+    )
+    .await
+    .unwrap()))["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    let from = format!("--rev={}", now + 1);
+    let mut live = watch(
+        &dir_of(&cluster),
+        &endpoints,
+        &["watch", "--prefix", "w/", &from],
+    );
+    for args in [
+        vec!["put", "w/1", "a"],
+        vec!["put", "w/2", "b"],
+        vec!["del", "w/1"],
+    ] {
+        ok(run(all.clone(), "admin", args).await.unwrap());
+    }
+    live.wait_for(&["PUT", "w/1", "a", "PUT", "w/2", "b", "DELETE", "w/1"], 8);
+    let mut replay = watch(
+        &dir_of(&cluster),
+        &endpoints,
+        &["watch", "--rev", "1", "k2"],
+    );
+    replay.wait_for(&["PUT", "k2", "v"], 3);
+    drop((live, replay));
 
     // Tooling calls that have nothing to do here succeed.
     assert_eq!(
