@@ -332,6 +332,7 @@ pub fn all() -> Vec<Seed> {
             revision: 3,
             succeeded: true,
             previous: Some(kv("k", "v", 2)),
+            responses: Vec::new(),
         }),
         Response::Read(ReadResult {
             revision: 3,
@@ -358,6 +359,7 @@ pub fn all() -> Vec<Seed> {
                 revision: 4,
                 succeeded: true,
                 previous: None,
+                responses: Vec::new(),
             })),
         },
     ];

@@ -9,7 +9,9 @@
 //!
 //! Served so far: `KV.Range` (keys, ranges, prefixes and "from key", limit,
 //! revision, serializable, keys-only, count-only, sort), `KV.Put`
-//! (prev_kv), `KV.DeleteRange` of one key, `KV.Compact`, `Cluster`'s
+//! (prev_kv), `KV.DeleteRange` (a range in one transaction), `KV.Txn`
+//! (comparisons on value, version, create and mod revision; puts, deletes
+//! and reads, in one log entry), `KV.Compact`, `Cluster`'s
 //! `MemberList`, `MemberAdd` (as a learner), `MemberPromote` and
 //! `MemberRemove`, and `Maintenance`'s `Status`, `MoveLeader`, `Alarm`
 //! (none) and `Defragment` (nothing to do), and `Watch` (keys, ranges and
@@ -32,8 +34,9 @@ use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 use raft_transport_quic::{Caller, DenyList, Fingerprint};
 
 use crate::protocol::{
-    AdminOp, AdminResult, Consistency, EventKind, KeyValue, KvError, ReadOp, ReadResult, Request,
-    Response, Selector, Session, WatchEvent, WatchMessage, WriteOp, WriteResult,
+    AdminOp, AdminResult, Compare, CompareResult, CompareTarget, Consistency, EventKind, KeyRange,
+    KeyValue, KvError, ReadOp, ReadResult, Request, Response, Selector, Session, Txn, TxnOp,
+    TxnOpResult, WatchEvent, WatchMessage, WriteOp, WriteResult,
 };
 use crate::service::KvService;
 
@@ -440,23 +443,97 @@ impl Kv for EtcdApi {
         let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
         let service = self.service()?;
         let r = request.into_inner();
-        if !r.range_end.is_empty() {
-            return Err(Status::unimplemented(
-                "deleting a range of keys is not supported yet; delete them one by one",
-            ));
+        if r.range_end.is_empty() {
+            let op = WriteOp::Delete {
+                key: Bytes::from(r.key),
+            };
+            let result = self.write(&service, &caller, op, r.prev_kv).await?;
+            return Ok(GrpcResponse::new(pb::DeleteRangeResponse {
+                header: Some(self.header(&service, result.revision)),
+                deleted: i64::from(result.succeeded),
+                prev_kvs: result
+                    .previous
+                    .map(|kv| to_pb(kv, false))
+                    .into_iter()
+                    .collect(),
+            }));
         }
-        let op = WriteOp::Delete {
-            key: Bytes::from(r.key),
+        // A range: one transaction, so the keys go together.
+        let txn = Txn {
+            success: vec![delete_op(r)],
+            ..Txn::default()
         };
-        let result = self.write(&service, &caller, op, r.prev_kv).await?;
-        Ok(GrpcResponse::new(pb::DeleteRangeResponse {
-            header: Some(self.header(&service, result.revision)),
-            deleted: i64::from(result.succeeded),
-            prev_kvs: result
-                .previous
-                .map(|kv| to_pb(kv, false))
+        let result = self
+            .write(&service, &caller, WriteOp::Txn(txn), false)
+            .await?;
+        let header = self.header(&service, result.revision);
+        match result.responses.into_iter().next() {
+            Some(TxnOpResult::Delete { deleted, previous }) => {
+                Ok(GrpcResponse::new(pb::DeleteRangeResponse {
+                    header: Some(header),
+                    deleted: deleted as i64,
+                    prev_kvs: previous.into_iter().map(|kv| to_pb(kv, false)).collect(),
+                }))
+            }
+            other => Err(Status::internal(format!(
+                "unexpected transaction answer from the node: {other:?}"
+            ))),
+        }
+    }
+
+    async fn txn(
+        &self,
+        request: GrpcRequest<pb::TxnRequest>,
+    ) -> Result<GrpcResponse<pb::TxnResponse>, Status> {
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let r = request.into_inner();
+        let txn = Txn {
+            compares: r
+                .compare
                 .into_iter()
-                .collect(),
+                .map(compare_of)
+                .collect::<Result<_, _>>()?,
+            success: r.success.into_iter().map(op_of).collect::<Result<_, _>>()?,
+            failure: r.failure.into_iter().map(op_of).collect::<Result<_, _>>()?,
+        };
+        let result = self
+            .write(&service, &caller, WriteOp::Txn(txn), false)
+            .await?;
+        let header = self.header(&service, result.revision);
+        let responses = result
+            .responses
+            .into_iter()
+            .map(|response| {
+                use pb::response_op::Response as Op;
+                let response = match response {
+                    TxnOpResult::Put { previous } => Op::ResponsePut(pb::PutResponse {
+                        header: Some(header),
+                        prev_kv: previous.map(|kv| to_pb(kv, false)),
+                    }),
+                    TxnOpResult::Delete { deleted, previous } => {
+                        Op::ResponseDeleteRange(pb::DeleteRangeResponse {
+                            header: Some(header),
+                            deleted: deleted as i64,
+                            prev_kvs: previous.into_iter().map(|kv| to_pb(kv, false)).collect(),
+                        })
+                    }
+                    TxnOpResult::Range { kvs, more } => Op::ResponseRange(pb::RangeResponse {
+                        header: Some(header),
+                        count: kvs.len() as i64,
+                        kvs: kvs.into_iter().map(|kv| to_pb(kv, false)).collect(),
+                        more,
+                    }),
+                };
+                pb::ResponseOp {
+                    response: Some(response),
+                }
+            })
+            .collect();
+        Ok(GrpcResponse::new(pb::TxnResponse {
+            header: Some(header),
+            succeeded: result.succeeded,
+            responses,
         }))
     }
 
@@ -1012,4 +1089,88 @@ impl EtcdApi {
         });
         Some(task.abort_handle())
     }
+}
+
+fn delete_op(r: pb::DeleteRangeRequest) -> TxnOp {
+    TxnOp::Delete {
+        keys: KeyRange {
+            key: Bytes::from(r.key),
+            range_end: Bytes::from(r.range_end),
+        },
+        prev_kv: r.prev_kv,
+    }
+}
+
+/// A transaction's operation, from etcd's.
+fn op_of(op: pb::RequestOp) -> Result<TxnOp, Status> {
+    use pb::request_op::Request as Op;
+    match op.request {
+        Some(Op::RequestPut(put)) => {
+            if put.lease != 0 || put.ignore_value || put.ignore_lease {
+                return Err(Status::unimplemented(
+                    "leases, ignore_value and ignore_lease are not supported yet",
+                ));
+            }
+            Ok(TxnOp::Put {
+                key: Bytes::from(put.key),
+                value: Bytes::from(put.value),
+                prev_kv: put.prev_kv,
+            })
+        }
+        Some(Op::RequestDeleteRange(delete)) => Ok(delete_op(delete)),
+        Some(Op::RequestRange(range)) => {
+            if range.revision != 0 || range.count_only || range.keys_only || range.sort_order != 0 {
+                return Err(Status::unimplemented(
+                    "a read inside a transaction reads the latest revision, whole key-values, in key order",
+                ));
+            }
+            Ok(TxnOp::Range {
+                keys: KeyRange {
+                    key: Bytes::from(range.key),
+                    range_end: Bytes::from(range.range_end),
+                },
+                limit: u32::try_from(range.limit.max(0)).unwrap_or(u32::MAX),
+            })
+        }
+        Some(Op::RequestTxn(_)) => Err(Status::unimplemented(
+            "transactions inside transactions are not supported",
+        )),
+        None => Err(Status::invalid_argument("an empty transaction operation")),
+    }
+}
+
+/// A transaction's comparison, from etcd's.
+fn compare_of(compare: pb::Compare) -> Result<Compare, Status> {
+    use pb::compare::{CompareResult as R, TargetUnion};
+    let number = |n: i64| {
+        u64::try_from(n)
+            .map_err(|_| Status::invalid_argument("revisions and versions are never negative"))
+    };
+    let target = match compare.target_union {
+        Some(TargetUnion::Value(value)) => CompareTarget::Value(Bytes::from(value)),
+        Some(TargetUnion::Version(v)) => CompareTarget::Version(number(v)?),
+        Some(TargetUnion::CreateRevision(r)) => CompareTarget::CreateRevision(number(r)?),
+        Some(TargetUnion::ModRevision(r)) => CompareTarget::ModRevision(number(r)?),
+        Some(TargetUnion::Lease(l)) => CompareTarget::Lease(number(l)?),
+        None => {
+            return Err(Status::invalid_argument(
+                "a comparison without a target value",
+            ));
+        }
+    };
+    let result = match R::try_from(compare.result) {
+        Ok(R::Equal) => CompareResult::Equal,
+        Ok(R::NotEqual) => CompareResult::NotEqual,
+        Ok(R::Less) => CompareResult::Less,
+        Ok(R::Greater) => CompareResult::Greater,
+        Err(_) => return Err(Status::invalid_argument("an unknown comparison")),
+    };
+    Ok(Compare {
+        keys: KeyRange {
+            key: Bytes::from(compare.key),
+            range_end: Bytes::from(compare.range_end),
+        },
+        target,
+        result,
+    })
 }

@@ -72,6 +72,140 @@ pub enum WriteOp {
     /// Opens a client session (the log entry behind
     /// [`Request::OpenSession`]); not a write a client can send.
     OpenSession,
+    /// An etcd-style transaction, applied atomically as one log entry.
+    Txn(Txn),
+}
+
+/// The most comparisons, and operations per branch, in a [`Txn`] (etcd's
+/// default `--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+
+/// An etcd-style transaction: if every comparison holds, the `success`
+/// operations run, else the `failure` ones, in order, each seeing the
+/// effects of the ones before; all in one log entry. Each change takes a
+/// revision of its own (etcd gives a transaction one revision).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    /// What must hold.
+    pub compares: Vec<Compare>,
+    /// What runs when every comparison holds.
+    pub success: Vec<TxnOp>,
+    /// What runs otherwise.
+    pub failure: Vec<TxnOp>,
+}
+
+/// Keys as etcd names them: `key` alone when `range_end` is empty, every
+/// key from `key` on when it is `[0]`, else `key..range_end`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRange {
+    /// The (first) key.
+    pub key: Bytes,
+    /// The end, as etcd's `range_end`.
+    pub range_end: Bytes,
+}
+
+impl KeyRange {
+    /// The `start..end` of a scan, or `None` for the one key.
+    pub fn bounds(&self) -> Option<(Bytes, Option<Bytes>)> {
+        match self.range_end.as_ref() {
+            [] => None,
+            [0] => Some((self.key.clone(), None)),
+            end => Some((self.key.clone(), Some(Bytes::copy_from_slice(end)))),
+        }
+    }
+}
+
+/// One comparison of a [`Txn`]: every key of `keys` (a missing one counts
+/// as version, create and mod revision 0, and fails a value comparison)
+/// must compare as `result` with `target`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    /// The key or keys compared.
+    pub keys: KeyRange,
+    /// What is compared, and with what.
+    pub target: CompareTarget,
+    /// How it must compare.
+    pub result: CompareResult,
+}
+
+/// What a [`Compare`] looks at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The value.
+    Value(Bytes),
+    /// The version (writes since creation).
+    Version(u64),
+    /// The revision that created the key.
+    CreateRevision(u64),
+    /// The revision that last changed the key.
+    ModRevision(u64),
+    /// The lease (raft-kv has none: every key's is 0).
+    Lease(u64),
+}
+
+/// How a [`Compare`] must come out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareResult {
+    /// `==`.
+    Equal,
+    /// `!=`.
+    NotEqual,
+    /// `<` (the key's is less).
+    Less,
+    /// `>` (the key's is greater).
+    Greater,
+}
+
+/// One operation of a [`Txn`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    /// Set a key.
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+        /// Return the key as it was.
+        prev_kv: bool,
+    },
+    /// Remove the keys of a range.
+    Delete {
+        /// The keys.
+        keys: KeyRange,
+        /// Return them as they were.
+        prev_kv: bool,
+    },
+    /// Read the keys of a range.
+    Range {
+        /// The keys.
+        keys: KeyRange,
+        /// The most to return (0: as many as a reply holds).
+        limit: u32,
+    },
+}
+
+/// What one [`TxnOp`] did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOpResult {
+    /// A put: the key before it, if asked.
+    Put {
+        /// The key as it was.
+        previous: Option<KeyValue>,
+    },
+    /// A delete: how many keys it removed, and them if asked.
+    Delete {
+        /// Keys removed.
+        deleted: u64,
+        /// The keys as they were, if asked.
+        previous: Vec<KeyValue>,
+    },
+    /// A read.
+    Range {
+        /// The keys found (at most a reply's worth).
+        kvs: Vec<KeyValue>,
+        /// Whether more were left.
+        more: bool,
+    },
 }
 
 impl WriteOp {
@@ -80,7 +214,7 @@ impl WriteOp {
         static NONE: Bytes = Bytes::from_static(b"");
         match self {
             WriteOp::Put { key, .. } | WriteOp::Delete { key } | WriteOp::Cas { key, .. } => key,
-            WriteOp::OpenSession => &NONE,
+            WriteOp::OpenSession | WriteOp::Txn(_) => &NONE,
         }
     }
 }
@@ -323,6 +457,9 @@ pub struct WriteResult {
     /// For a write asked with `prev_kv`: the key before the write. Otherwise
     /// `None`.
     pub previous: Option<KeyValue>,
+    /// For a [`Txn`]: what each operation of the branch that ran did
+    /// (`succeeded` says which branch). Empty for other writes.
+    pub responses: Vec<TxnOpResult>,
 }
 
 /// The result of a read.
@@ -620,6 +757,9 @@ pub fn validate_write(op: &WriteOp) -> Result<(), KvError> {
             "a session is opened with Request::OpenSession, not written".into(),
         ));
     }
+    if let WriteOp::Txn(txn) = op {
+        return validate_txn(txn);
+    }
     let key = op.key();
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return Err(KvError::InvalidRequest(format!(
@@ -634,12 +774,70 @@ pub fn validate_write(op: &WriteOp) -> Result<(), KvError> {
             .as_ref()
             .map_or(0, Bytes::len)
             .max(new.as_ref().map_or(0, Bytes::len)),
-        WriteOp::OpenSession => 0,
+        WriteOp::OpenSession | WriteOp::Txn(_) => 0,
     };
     if value_len > MAX_VALUE_LEN {
         return Err(KvError::InvalidRequest(format!(
             "values may be at most {MAX_VALUE_LEN} bytes, got {value_len}"
         )));
+    }
+    Ok(())
+}
+
+/// Checks a transaction's sizes: at most [`MAX_TXN_OPS`] comparisons and
+/// operations per branch, keys and values within their limits (an empty
+/// key only to start a range).
+fn validate_txn(txn: &Txn) -> Result<(), KvError> {
+    if txn.compares.len() > MAX_TXN_OPS
+        || txn.success.len() > MAX_TXN_OPS
+        || txn.failure.len() > MAX_TXN_OPS
+    {
+        return Err(KvError::InvalidRequest(format!(
+            "a transaction has at most {MAX_TXN_OPS} comparisons and {MAX_TXN_OPS} operations per branch"
+        )));
+    }
+    let check_key = |key: &Bytes, ranged: bool| {
+        if (key.is_empty() && !ranged) || key.len() > MAX_KEY_LEN {
+            return Err(KvError::InvalidRequest(format!(
+                "keys must be 1 to {MAX_KEY_LEN} bytes, got {}",
+                key.len()
+            )));
+        }
+        Ok(())
+    };
+    let check_range = |keys: &KeyRange| {
+        check_key(&keys.key, !keys.range_end.is_empty())?;
+        if keys.range_end.len() > MAX_KEY_LEN {
+            return Err(KvError::InvalidRequest(format!(
+                "a range end is at most {MAX_KEY_LEN} bytes"
+            )));
+        }
+        Ok(())
+    };
+    for compare in &txn.compares {
+        check_range(&compare.keys)?;
+        if let CompareTarget::Value(value) = &compare.target
+            && value.len() > MAX_VALUE_LEN
+        {
+            return Err(KvError::InvalidRequest(format!(
+                "values may be at most {MAX_VALUE_LEN} bytes, got {}",
+                value.len()
+            )));
+        }
+    }
+    for op in txn.success.iter().chain(&txn.failure) {
+        match op {
+            TxnOp::Put { key, value, .. } => {
+                check_key(key, false)?;
+                if value.len() > MAX_VALUE_LEN {
+                    return Err(KvError::InvalidRequest(format!(
+                        "values may be at most {MAX_VALUE_LEN} bytes, got {}",
+                        value.len()
+                    )));
+                }
+            }
+            TxnOp::Delete { keys, .. } | TxnOp::Range { keys, .. } => check_range(keys)?,
+        }
     }
     Ok(())
 }

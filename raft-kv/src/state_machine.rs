@@ -99,10 +99,20 @@ struct SessionState {
 /// The bytes a kept result is counted as: the previous key-value it carries
 /// and a fixed part.
 fn result_bytes(result: &WriteResult) -> u64 {
-    32 + result
-        .previous
-        .as_ref()
-        .map_or(0, |kv| (kv.key.len() + kv.value.len()) as u64 + 24)
+    use crate::protocol::TxnOpResult;
+    let kv_bytes = |kv: &KeyValue| (kv.key.len() + kv.value.len()) as u64 + 24;
+    let responses: u64 = result
+        .responses
+        .iter()
+        .map(|response| {
+            16 + match response {
+                TxnOpResult::Put { previous } => previous.as_ref().map_or(0, kv_bytes),
+                TxnOpResult::Delete { previous, .. } => previous.iter().map(kv_bytes).sum(),
+                TxnOpResult::Range { kvs, .. } => kvs.iter().map(kv_bytes).sum(),
+            }
+        })
+        .sum();
+    32 + result.previous.as_ref().map_or(0, kv_bytes) + responses
 }
 
 /// The replicated key-value store.
@@ -207,12 +217,13 @@ impl SnapshotData {
 }
 
 /// The key-values of `data` in `start..end`, at most `limit` of them and
-/// [`MAX_SCAN_BYTES`] together (but always one), and whether more follow.
+/// `max_bytes` together (but always one), and whether more follow.
 fn scan(
     data: &OrdMap<Bytes, KeyValue>,
     start: &Bytes,
     end: Option<&Bytes>,
     limit: u32,
+    max_bytes: usize,
 ) -> (Vec<KeyValue>, bool) {
     let limit = limit.clamp(1, MAX_SCAN_LIMIT) as usize;
     let mut kvs = Vec::new();
@@ -224,7 +235,7 @@ fn scan(
         // At least one key-value, however large (a value fits a reply);
         // beyond that, the count and the bytes bound it.
         let size = kv.key.len() + kv.value.len() + SCAN_ENTRY_OVERHEAD;
-        if kvs.len() == limit || (!kvs.is_empty() && bytes + size > MAX_SCAN_BYTES) {
+        if kvs.len() == limit || (!kvs.is_empty() && bytes + size > max_bytes) {
             return (kvs, true);
         }
         bytes += size;
@@ -363,7 +374,7 @@ impl KvStateMachine {
                 revision,
             } => {
                 let page = |data: &OrdMap<Bytes, KeyValue>, revision| {
-                    let (kvs, more) = scan(data, start, end.as_ref(), *limit);
+                    let (kvs, more) = scan(data, start, end.as_ref(), *limit, MAX_SCAN_BYTES);
                     ReadResult {
                         revision,
                         kvs,
@@ -429,6 +440,7 @@ impl KvStateMachine {
                 revision: self.revision,
                 succeeded: true,
                 previous: None,
+                responses: Vec::new(),
             });
         }
         let session = command.session;
@@ -461,6 +473,7 @@ impl KvStateMachine {
         } else if session.sequence < state.floor {
             Err(KvError::SessionExpired)
         } else {
+            let before = self.revision;
             let result = self.execute(command.op, command.prev_kv, events);
             // A write that changed nothing (a CAS that did not swap, a
             // delete of a missing key, an error) is not kept: a retry
@@ -468,7 +481,7 @@ impl KvStateMachine {
             // had no effect; so a failed CAS keeps no copy of the current
             // value it answers with.
             if let Ok(result) = &result
-                && result.succeeded
+                && self.revision != before
             {
                 state.bytes += result_bytes(result);
                 state.results.insert(session.sequence, result.clone());
@@ -530,6 +543,7 @@ impl KvStateMachine {
                         revision: self.revision,
                         succeeded: false,
                         previous: current,
+                        responses: Vec::new(),
                     });
                 }
                 match new {
@@ -542,17 +556,140 @@ impl KvStateMachine {
                     },
                 }
             }
+            WriteOp::Txn(txn) => return Ok(self.transaction(txn, events)),
             // Handled before a session is looked up.
             WriteOp::OpenSession => WriteResult {
                 revision: self.revision,
                 succeeded: true,
                 previous: None,
+                responses: Vec::new(),
             },
         };
         if !prev_kv {
             result.previous = None;
         }
         Ok(result)
+    }
+
+    /// Runs a transaction: its comparisons, then the branch they choose.
+    fn transaction(
+        &mut self,
+        txn: crate::protocol::Txn,
+        events: &mut Vec<WatchEvent>,
+    ) -> WriteResult {
+        use crate::protocol::{TxnOp, TxnOpResult};
+        let holds = txn.compares.iter().all(|c| self.compare(c));
+        let branch = if holds { txn.success } else { txn.failure };
+        let mut responses = Vec::with_capacity(branch.len());
+        // The reads of one transaction hold one reply's worth together.
+        let mut read_budget = MAX_SCAN_BYTES;
+        for op in branch {
+            responses.push(match op {
+                TxnOp::Put {
+                    key,
+                    value,
+                    prev_kv,
+                } => {
+                    let previous = self.put(key, value, events).previous;
+                    TxnOpResult::Put {
+                        previous: previous.filter(|_| prev_kv),
+                    }
+                }
+                TxnOp::Delete { keys, prev_kv } => {
+                    let mut previous = Vec::new();
+                    let mut deleted = 0;
+                    for key in self.keys_of(&keys) {
+                        if let Some(kv) = self.delete(key, events).previous {
+                            deleted += 1;
+                            if prev_kv {
+                                previous.push(kv);
+                            }
+                        }
+                    }
+                    TxnOpResult::Delete { deleted, previous }
+                }
+                TxnOp::Range { keys, limit } => {
+                    let (start, end) = keys.bounds().unwrap_or_else(|| {
+                        let mut next = keys.key.to_vec();
+                        next.push(0);
+                        (keys.key.clone(), Some(Bytes::from(next)))
+                    });
+                    let limit = if limit == 0 { MAX_SCAN_LIMIT } else { limit };
+                    let (kvs, more) = if read_budget > 0 {
+                        scan(&self.data, &start, end.as_ref(), limit, read_budget)
+                    } else {
+                        // Spent: nothing more is read, only whether there was.
+                        let any = self
+                            .data
+                            .range(start.clone()..)
+                            .next()
+                            .is_some_and(|(key, _)| end.as_ref().is_none_or(|end| key < end));
+                        (Vec::new(), any)
+                    };
+                    let used: usize = kvs
+                        .iter()
+                        .map(|kv| kv.key.len() + kv.value.len() + SCAN_ENTRY_OVERHEAD)
+                        .sum();
+                    read_budget = read_budget.saturating_sub(used);
+                    TxnOpResult::Range { kvs, more }
+                }
+            });
+        }
+        WriteResult {
+            revision: self.revision,
+            succeeded: holds,
+            previous: None,
+            responses,
+        }
+    }
+
+    /// The keys a range names that exist now.
+    fn keys_of(&self, keys: &crate::protocol::KeyRange) -> Vec<Bytes> {
+        match keys.bounds() {
+            None => vec![keys.key.clone()],
+            Some((start, end)) => self
+                .data
+                .range(start..)
+                .map(|(key, _)| key)
+                .take_while(|key| end.as_ref().is_none_or(|end| *key < end))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Whether a transaction's comparison holds.
+    fn compare(&self, compare: &crate::protocol::Compare) -> bool {
+        use crate::protocol::{CompareResult, CompareTarget};
+        use std::cmp::Ordering;
+        let one = |kv: Option<&KeyValue>| {
+            let ordering = match (&compare.target, kv) {
+                // A missing key fails every value comparison (as in etcd).
+                (CompareTarget::Value(_), None) => return false,
+                (CompareTarget::Value(value), Some(kv)) => kv.value.as_ref().cmp(value.as_ref()),
+                (CompareTarget::Version(v), kv) => kv.map_or(0, |kv| kv.version).cmp(v),
+                (CompareTarget::CreateRevision(r), kv) => {
+                    kv.map_or(0, |kv| kv.create_revision).cmp(r)
+                }
+                (CompareTarget::ModRevision(r), kv) => kv.map_or(0, |kv| kv.mod_revision).cmp(r),
+                (CompareTarget::Lease(lease), _) => 0.cmp(lease),
+            };
+            match compare.result {
+                CompareResult::Equal => ordering == Ordering::Equal,
+                CompareResult::NotEqual => ordering != Ordering::Equal,
+                CompareResult::Less => ordering == Ordering::Less,
+                CompareResult::Greater => ordering == Ordering::Greater,
+            }
+        };
+        match compare.keys.bounds() {
+            None => one(self.data.get(&compare.keys.key)),
+            Some(_) => {
+                let keys = self.keys_of(&compare.keys);
+                if keys.is_empty() {
+                    return one(None);
+                }
+                keys.iter().all(|key| one(self.data.get(key)))
+            }
+        }
     }
 
     fn put(&mut self, key: Bytes, value: Bytes, events: &mut Vec<WatchEvent>) -> WriteResult {
@@ -581,6 +718,7 @@ impl KvStateMachine {
             revision: self.revision,
             succeeded: true,
             previous,
+            responses: Vec::new(),
         }
     }
 
@@ -590,6 +728,7 @@ impl KvStateMachine {
                 revision: self.revision,
                 succeeded: false,
                 previous: None,
+                responses: Vec::new(),
             };
         };
         self.revision += 1;
@@ -609,6 +748,7 @@ impl KvStateMachine {
             revision: self.revision,
             succeeded: true,
             previous: Some(previous),
+            responses: Vec::new(),
         }
     }
 }
@@ -766,6 +906,167 @@ mod tests {
             key: Bytes::copy_from_slice(key.as_bytes()),
             value: Bytes::copy_from_slice(value.as_bytes()),
         }
+    }
+
+    fn range_of(key: &str, range_end: &[u8]) -> crate::protocol::KeyRange {
+        crate::protocol::KeyRange {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            range_end: Bytes::copy_from_slice(range_end),
+        }
+    }
+
+    fn result_of(out: Vec<(LogId, Result<WriteResult, KvError>)>) -> WriteResult {
+        out.into_iter()
+            .next()
+            .expect("one result")
+            .1
+            .expect("applied")
+    }
+
+    /// etcd's transactions: the comparisons choose the branch; each
+    /// operation sees the ones before it; a missing key has version 0 and
+    /// fails value comparisons; a range comparison holds for every key; a
+    /// retried transaction applies once.
+    #[test]
+    fn transactions_compare_then_run_one_branch() {
+        use crate::protocol::{Compare, CompareResult, CompareTarget, Txn, TxnOp, TxnOpResult};
+        let mut sm = store();
+        sm.apply(&[entry(1, 7, 1, put("a/1", "x"))]);
+        sm.apply(&[entry(2, 7, 2, put("a/2", "x"))]);
+        let compare = |key: &str, end: &[u8], target, result| Compare {
+            keys: range_of(key, end),
+            target,
+            result,
+        };
+        let txn = Txn {
+            compares: vec![
+                compare(
+                    "a/",
+                    b"a0",
+                    CompareTarget::Value(Bytes::from_static(b"x")),
+                    CompareResult::Equal,
+                ),
+                compare(
+                    "missing",
+                    b"",
+                    CompareTarget::Version(0),
+                    CompareResult::Equal,
+                ),
+                compare(
+                    "a/1",
+                    b"",
+                    CompareTarget::ModRevision(1),
+                    CompareResult::Equal,
+                ),
+            ],
+            success: vec![
+                TxnOp::Put {
+                    key: Bytes::from_static(b"a/3"),
+                    value: Bytes::from_static(b"y"),
+                    prev_kv: false,
+                },
+                TxnOp::Range {
+                    keys: range_of("a/", b"a0"),
+                    limit: 0,
+                },
+                TxnOp::Delete {
+                    keys: range_of("a/", b"a0"),
+                    prev_kv: true,
+                },
+            ],
+            failure: vec![TxnOp::Put {
+                key: Bytes::from_static(b"failed"),
+                value: Bytes::from_static(b"1"),
+                prev_kv: false,
+            }],
+        };
+        let first = result_of(sm.apply(&[entry(3, 7, 3, WriteOp::Txn(txn.clone()))]));
+        assert!(first.succeeded);
+        assert_eq!(
+            first.revision, 6,
+            "a put and three deletes, a revision each"
+        );
+        let TxnOpResult::Range { kvs, more } = &first.responses[1] else {
+            panic!()
+        };
+        assert_eq!(
+            (kvs.len(), *more),
+            (3, false),
+            "the range saw the put before it"
+        );
+        let TxnOpResult::Delete { deleted, previous } = &first.responses[2] else {
+            panic!()
+        };
+        assert_eq!((*deleted, previous.len()), (3, 3));
+        assert!(sm.data.is_empty());
+        // The same entry again (a client retry): applied once, same answer.
+        let again = result_of(sm.apply(&[entry(4, 7, 3, WriteOp::Txn(txn.clone()))]));
+        assert_eq!(again, first);
+        assert_eq!(sm.revision(), 6);
+        // Now a/1 is missing: its value comparison fails, the other branch runs.
+        let second = result_of(sm.apply(&[entry(5, 7, 4, WriteOp::Txn(txn.clone()))]));
+        assert!(!second.succeeded);
+        assert!(sm.data.contains_key(&Bytes::from_static(b"failed")));
+        // Its retry too applies once: the branch that ran changed the store,
+        // though the comparison failed.
+        let revision = sm.revision();
+        let retried = result_of(sm.apply(&[entry(6, 7, 4, WriteOp::Txn(txn))]));
+        assert_eq!((retried, sm.revision()), (second, revision));
+        // Less and greater compare the key's side with the given one.
+        let lesser = Txn {
+            compares: vec![compare(
+                "failed",
+                b"",
+                CompareTarget::CreateRevision(8),
+                CompareResult::Less,
+            )],
+            ..Txn::default()
+        };
+        assert!(result_of(sm.apply(&[entry(7, 7, 5, WriteOp::Txn(lesser))])).succeeded);
+    }
+
+    /// A transaction's reads hold one reply's worth of bytes together, not
+    /// one per read: 128 reads of a large range would otherwise build a
+    /// gigabyte on every replica.
+    #[test]
+    fn the_reads_of_a_transaction_are_bounded_together() {
+        use crate::protocol::{Txn, TxnOp, TxnOpResult};
+        let mut sm = store();
+        let value = "v".repeat(1 << 20);
+        for i in 0..20u64 {
+            sm.apply(&[entry(i + 1, 7, i + 1, put(&format!("big/{i:02}"), &value))]);
+        }
+        let read = TxnOp::Range {
+            keys: range_of("big/", b"big0"),
+            limit: 0,
+        };
+        let txn = Txn {
+            success: vec![read; 10],
+            ..Txn::default()
+        };
+        let write = TxnOp::Put {
+            key: Bytes::from_static(b"w"),
+            value: Bytes::from_static(b"1"),
+            prev_kv: false,
+        };
+        let mut txn = txn;
+        txn.success.push(write);
+        let result = result_of(sm.apply(&[entry(21, 7, 21, WriteOp::Txn(txn))]));
+        let read: usize = result
+            .responses
+            .iter()
+            .map(|r| match r {
+                TxnOpResult::Range { kvs, .. } => kvs.iter().map(|kv| kv.value.len()).sum(),
+                _ => 0,
+            })
+            .sum();
+        assert!(
+            read <= MAX_SCAN_BYTES + MAX_VALUE_LEN,
+            "{read} bytes read by one transaction"
+        );
+        assert!(
+            matches!(&result.responses[9], TxnOpResult::Range { kvs, more: true } if kvs.is_empty())
+        );
     }
 
     #[test]

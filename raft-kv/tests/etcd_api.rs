@@ -55,6 +55,39 @@ fn etcdctl(
     }
 }
 
+/// Runs `etcdctl txn` with `input` on its standard input (its interactive
+/// format: comparisons, a blank line, the success operations, a blank line,
+/// the failure operations, a blank line).
+fn txn(dir: &Path, endpoints: &[SocketAddr], input: &str) -> String {
+    use std::io::Write;
+    let endpoints: Vec<String> = endpoints.iter().map(|a| format!("https://{a}")).collect();
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .arg(format!("--cacert={}", dir.join("ca.pem").display()))
+        .arg(format!("--cert={}", dir.join("admin.pem").display()))
+        .arg(format!("--key={}", dir.join("admin.key").display()))
+        .arg("txn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("etcdctl txn starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "etcdctl txn failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -347,6 +380,50 @@ async fn etcdctl_puts_gets_deletes_and_reads_the_cluster() {
     );
     replay.wait_for(&["PUT", "k2", "v"], 3);
     drop((live, replay));
+
+    // Transactions: the comparison picks the branch, applied as one entry.
+    let dir = dir_of(&cluster);
+    let (d, e) = (dir.clone(), endpoints.clone());
+    let swapped = tokio::task::spawn_blocking(move || {
+        txn(&d, &e, "value(\"k2\") = \"v\"\nversion(\"nope\") = \"0\"\n\nput k2 swapped\nget k2\n\nput k2 lost\n\n")
+    })
+    .await
+    .unwrap();
+    assert_eq!(swapped, "SUCCESS\n\nOK\n\nk2\nswapped\n");
+    let (d, e) = (dir.clone(), endpoints.clone());
+    let failed = tokio::task::spawn_blocking(move || {
+        txn(&d, &e, "value(\"k2\") = \"v\"\n\nput k2 lost\n\ndel k3\n\n")
+    })
+    .await
+    .unwrap();
+    assert_eq!(failed, "FAILURE\n\n1\n");
+    assert_eq!(
+        ok(run(all.clone(), "reader", vec!["get", "k2"]).await.unwrap()),
+        "k2\nswapped\n"
+    );
+    // A range of keys deleted at once.
+    assert_eq!(
+        ok(run(all.clone(), "admin", vec!["del", "--prefix", "w/"])
+            .await
+            .unwrap()),
+        "1\n"
+    );
+    assert_eq!(
+        ok(run(all.clone(), "admin", vec!["del", "--prefix", "k"])
+            .await
+            .unwrap()),
+        "2\n"
+    );
+    assert_eq!(
+        ok(run(
+            all.clone(),
+            "reader",
+            vec!["get", "--prefix", "", "--keys-only"]
+        )
+        .await
+        .unwrap()),
+        "warm\n\n"
+    );
 
     // Tooling calls that have nothing to do here succeed.
     assert_eq!(
