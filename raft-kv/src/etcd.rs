@@ -79,16 +79,43 @@ struct EtcdApi {
 /// Write sessions by client identity.
 #[derive(Default)]
 struct Sessions {
-    by_owner: Mutex<HashMap<String, Arc<Mutex<OwnedSession>>>>,
+    by_owner: Mutex<HashMap<String, Arc<SessionSlot>>>,
 }
 
-/// One identity's session: its id once opened, the next sequence number,
-/// and the writes still waiting for their answer.
+/// One identity's session, and the writes still waiting for their answer
+/// (the lowest is the session's `first_outstanding`).
+#[derive(Default)]
+struct SessionSlot {
+    session: Mutex<OwnedSession>,
+    outstanding: std::sync::Mutex<BTreeSet<u64>>,
+}
+
+/// A session's id once opened, and its next sequence number.
 #[derive(Default)]
 struct OwnedSession {
     client_id: Option<u64>,
     next: u64,
-    outstanding: BTreeSet<u64>,
+}
+
+/// A write waiting for its answer; it stops counting as outstanding when
+/// dropped, answered or not (a client that gives up cancels the call).
+struct Outstanding<'a> {
+    slot: &'a SessionSlot,
+    sequence: u64,
+}
+
+impl SessionSlot {
+    fn outstanding(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.outstanding
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.slot.outstanding().remove(&self.sequence);
+    }
 }
 
 /// What the etcd front door of a node needs.
@@ -296,8 +323,8 @@ impl EtcdApi {
             .entry(owner)
             .or_default()
             .clone();
-        let session = {
-            let mut session = slot.lock().await;
+        let (session, _outstanding) = {
+            let mut session = slot.session.lock().await;
             let client_id = match session.client_id {
                 Some(id) => id,
                 None => {
@@ -315,12 +342,22 @@ impl EtcdApi {
             };
             let sequence = session.next;
             session.next += 1;
-            session.outstanding.insert(sequence);
-            Session {
-                client_id,
-                sequence,
-                first_outstanding: session.outstanding.first().copied().unwrap_or(sequence),
-            }
+            let first_outstanding = {
+                let mut outstanding = slot.outstanding();
+                outstanding.insert(sequence);
+                outstanding.first().copied().unwrap_or(sequence)
+            };
+            (
+                Session {
+                    client_id,
+                    sequence,
+                    first_outstanding,
+                },
+                Outstanding {
+                    slot: &slot,
+                    sequence,
+                },
+            )
         };
         let answer = service
             .serve_request(
@@ -333,12 +370,11 @@ impl EtcdApi {
                 },
             )
             .await;
-        let mut owned = slot.lock().await;
-        owned.outstanding.remove(&session.sequence);
         match answer {
             Response::Write(result) => Ok(result),
             Response::Error(KvError::SessionExpired) => {
                 // The next write opens a new session.
+                let mut owned = slot.session.lock().await;
                 if owned.client_id == Some(session.client_id) {
                     *owned = OwnedSession::default();
                 }
