@@ -56,8 +56,10 @@ mod proto {
 use proto::etcdserverpb as pb;
 use proto::mvccpb;
 
+use pb::auth_server::{Auth, AuthServer};
 use pb::cluster_server::{Cluster, ClusterServer};
 use pb::kv_server::{Kv, KvServer};
+use pb::lease_server::{Lease, LeaseServer};
 use pb::maintenance_server::{Maintenance, MaintenanceServer};
 use pb::watch_server::{Watch, WatchServer};
 
@@ -170,6 +172,8 @@ pub(crate) async fn serve(
         .add_service(KvServer::new(api.clone()))
         .add_service(ClusterServer::new(api.clone()))
         .add_service(WatchServer::new(api.clone()))
+        .add_service(LeaseServer::new(api.clone()))
+        .add_service(AuthServer::new(api.clone()))
         .add_service(MaintenanceServer::new(api));
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     Ok(tokio::spawn(async move {
@@ -1209,4 +1213,91 @@ fn compare_of(compare: pb::Compare) -> Result<Compare, Status> {
         target,
         result,
     })
+}
+
+/// What a lease call answers for now.
+const NO_LEASES: &str = "leases are not supported by raft-kv yet; keys live until deleted";
+
+#[tonic::async_trait]
+impl Lease for EtcdApi {
+    async fn lease_grant(
+        &self,
+        _request: GrpcRequest<pb::LeaseGrantRequest>,
+    ) -> Result<GrpcResponse<pb::LeaseGrantResponse>, Status> {
+        Err(Status::unimplemented(NO_LEASES))
+    }
+
+    async fn lease_revoke(
+        &self,
+        _request: GrpcRequest<pb::LeaseRevokeRequest>,
+    ) -> Result<GrpcResponse<pb::LeaseRevokeResponse>, Status> {
+        Err(Status::unimplemented(NO_LEASES))
+    }
+
+    type LeaseKeepAliveStream = std::pin::Pin<
+        Box<dyn futures_core::Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>,
+    >;
+
+    async fn lease_keep_alive(
+        &self,
+        _request: GrpcRequest<tonic::Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<GrpcResponse<Self::LeaseKeepAliveStream>, Status> {
+        Err(Status::unimplemented(NO_LEASES))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        _request: GrpcRequest<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<GrpcResponse<pb::LeaseTimeToLiveResponse>, Status> {
+        Err(Status::unimplemented(NO_LEASES))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: GrpcRequest<pb::LeaseLeasesRequest>,
+    ) -> Result<GrpcResponse<pb::LeaseLeasesResponse>, Status> {
+        Err(Status::unimplemented(NO_LEASES))
+    }
+}
+
+/// What etcd's user and role calls answer: access is by certificate.
+const NO_AUTH: &str = "etcd users, passwords and roles are not used by raft-kv: access is decided by the \
+                       client certificate's role (admin, readwrite, readonly; `raft-cli certs client --role`)";
+
+/// Implements every call of an Auth-like service as `Unimplemented` with
+/// [`NO_AUTH`].
+macro_rules! refuse_auth {
+    ($($call:ident($request:ident) -> $response:ident),* $(,)?) => {
+        #[tonic::async_trait]
+        impl Auth for EtcdApi {
+            $(
+                async fn $call(
+                    &self,
+                    _request: GrpcRequest<pb::$request>,
+                ) -> Result<GrpcResponse<pb::$response>, Status> {
+                    Err(Status::unimplemented(NO_AUTH))
+                }
+            )*
+        }
+    };
+}
+
+refuse_auth! {
+    auth_enable(AuthEnableRequest) -> AuthEnableResponse,
+    auth_disable(AuthDisableRequest) -> AuthDisableResponse,
+    auth_status(AuthStatusRequest) -> AuthStatusResponse,
+    authenticate(AuthenticateRequest) -> AuthenticateResponse,
+    user_add(AuthUserAddRequest) -> AuthUserAddResponse,
+    user_get(AuthUserGetRequest) -> AuthUserGetResponse,
+    user_list(AuthUserListRequest) -> AuthUserListResponse,
+    user_delete(AuthUserDeleteRequest) -> AuthUserDeleteResponse,
+    user_change_password(AuthUserChangePasswordRequest) -> AuthUserChangePasswordResponse,
+    user_grant_role(AuthUserGrantRoleRequest) -> AuthUserGrantRoleResponse,
+    user_revoke_role(AuthUserRevokeRoleRequest) -> AuthUserRevokeRoleResponse,
+    role_add(AuthRoleAddRequest) -> AuthRoleAddResponse,
+    role_get(AuthRoleGetRequest) -> AuthRoleGetResponse,
+    role_list(AuthRoleListRequest) -> AuthRoleListResponse,
+    role_delete(AuthRoleDeleteRequest) -> AuthRoleDeleteResponse,
+    role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse,
+    role_revoke_permission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse,
 }

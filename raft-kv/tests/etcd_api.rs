@@ -425,6 +425,18 @@ async fn etcdctl_puts_gets_deletes_and_reads_the_cluster() {
         "warm\n\n"
     );
 
+    // What is not served says so.
+    let lease = run(all.clone(), "admin", vec!["lease", "grant", "10"])
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(lease.contains("leases are not supported"), "{lease}");
+    let users = run(all.clone(), "admin", vec!["user", "list"])
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(users.contains("client certificate"), "{users}");
+
     // Tooling calls that have nothing to do here succeed.
     assert_eq!(
         ok(run(all.clone(), "admin", vec!["compaction", "3"])
