@@ -4,6 +4,8 @@
 
 mod common;
 
+use raft_transport_quic::Role;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -55,7 +57,15 @@ async fn a_flood_of_requests_does_not_starve_ticks() {
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for i in 0..128u64 {
-        let client = cluster.client_of(vec![leader.clone()]).await;
+        // Four client identities of 32 connections each: one identity may
+        // hold at most 128 connections to a node.
+        let client = cluster
+            .client_with_role(
+                &format!("flood-{}", i % 4),
+                Role::ReadWrite,
+                vec![leader.clone()],
+            )
+            .await;
         let (stop, done) = (stop.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
