@@ -52,6 +52,11 @@ pub(crate) fn node_alive(pid: u32, config: &Path) -> bool {
         return false;
     }
     match cmdline(pid) {
+        // A process on its way out has an empty command line while it still
+        // exists (and holds the node's port and data directory): still
+        // alive if its name says raft-kv.
+        Some(cmd) if cmd.is_empty() => std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim() == "raft-kv"),
         Some(cmd) => {
             let name = config
                 .file_name()
