@@ -533,7 +533,13 @@ impl Calls {
             id,
         };
         if stream.requests.send(frame.freeze()).is_err() {
-            return Err(ClientError::NoResponse);
+            // The stream failed between being looked up and taking the
+            // request, its waiters already answered: most often because the
+            // connection closed, so say why it did.
+            return Err(self
+                .connection
+                .close_reason()
+                .map_or(ClientError::NoResponse, connection_error));
         }
         answered.await.unwrap_or(Err(ClientError::NoResponse))
     }
