@@ -79,9 +79,7 @@ fn assert_all_present(cluster: &Cluster, ids: &[u64], prefix: &str, keys: &[Stri
             }
             match page.kvs.last() {
                 Some(last) if page.more => {
-                    let mut next = last.key.to_vec();
-                    next.push(0);
-                    start = Bytes::from(next);
+                    start = raft_kv::protocol::key_after(&last.key);
                 }
                 _ => break,
             }

@@ -592,10 +592,7 @@ impl Client {
             let Some(last) = result.kvs.last() else {
                 return Ok(result);
             };
-            let mut next = Vec::with_capacity(last.key.len() + 1);
-            next.extend_from_slice(&last.key);
-            next.push(0);
-            start = Bytes::from(next);
+            start = crate::protocol::key_after(&last.key);
         }
     }
 

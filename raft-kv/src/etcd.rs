@@ -36,7 +36,7 @@ use raft_transport_quic::{Caller, DenyList, Fingerprint};
 use crate::protocol::{
     AdminOp, AdminResult, Compare, CompareResult, CompareTarget, Consistency, EventKind, KeyRange,
     KeyValue, KvError, ReadOp, ReadResult, Request, Response, Selector, Session, Txn, TxnOp,
-    TxnOpResult, WatchEvent, WatchMessage, WriteOp, WriteResult,
+    TxnOpResult, WatchEvent, WatchMessage, WriteOp, WriteResult, etcd_range_end, key_after,
 };
 use crate::service::KvService;
 
@@ -241,16 +241,6 @@ fn to_pb(kv: KeyValue, keys_only: bool) -> mvccpb::KeyValue {
     }
 }
 
-/// etcd's `range_end`: empty for one key, `"\0"` for every key from `key`
-/// on, else the key after the last.
-fn range_end(end: &[u8]) -> Option<Option<Bytes>> {
-    match end {
-        [] => None,
-        [0] => Some(None),
-        end => Some(Some(Bytes::copy_from_slice(end))),
-    }
-}
-
 /// Who sent a gRPC request: the holder of the client certificate it came
 /// with (refused if the deny list names it).
 fn caller_of<T>(
@@ -278,11 +268,15 @@ impl EtcdApi {
     }
 
     fn header(&self, service: &KvService, revision: u64) -> pb::ResponseHeader {
+        self.header_with_term(revision, service.view().term)
+    }
+
+    fn header_with_term(&self, revision: u64, raft_term: u64) -> pb::ResponseHeader {
         pb::ResponseHeader {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
             revision: revision as i64,
-            raft_term: service.view().term,
+            raft_term,
         }
     }
 
@@ -417,7 +411,7 @@ impl Kv for EtcdApi {
         let limit = usize::try_from(r.limit)
             .map_err(|_| Status::invalid_argument("a limit is never negative"))?;
         let key = Bytes::from(r.key);
-        let (mut kvs, more, at) = match range_end(&r.range_end) {
+        let (mut kvs, more, at) = match etcd_range_end(&r.range_end) {
             None if revision == 0 => {
                 let result = self
                     .read(&service, &caller, ReadOp::Get { key }, consistency)
@@ -426,11 +420,7 @@ impl Kv for EtcdApi {
             }
             end => {
                 // One key at a revision is a range of one key.
-                let end = end.unwrap_or_else(|| {
-                    let mut next = key.to_vec();
-                    next.push(0);
-                    Some(Bytes::from(next))
-                });
+                let end = end.unwrap_or_else(|| Some(key_after(&key)));
                 self.scan(&service, &caller, key, end, limit, consistency, revision)
                     .await?
             }
@@ -660,9 +650,7 @@ impl EtcdApi {
             let Some(last) = kvs.last() else {
                 return Ok((kvs, false, at));
             };
-            let mut next = last.key.to_vec();
-            next.push(0);
-            start = Bytes::from(next);
+            start = key_after(&last.key);
         }
     }
 }
@@ -920,7 +908,7 @@ const WATCH_RESPONSES: usize = 16;
 /// What a watch selects, from etcd's key and range end.
 fn selector(key: Vec<u8>, end: &[u8]) -> Selector {
     let key = Bytes::from(key);
-    match range_end(end) {
+    match etcd_range_end(end) {
         None => Selector::Key(key),
         Some(None) => Selector::Range {
             start: key,
@@ -1067,14 +1055,10 @@ impl EtcdApi {
                 }
                 Err(e) => return refuse(cancel(e.to_string(), 0)),
             };
+        // The watch's task outlives this call: its headers carry no term.
         let header = {
             let api = self.clone();
-            move |revision: u64| pb::ResponseHeader {
-                cluster_id: api.cluster_id,
-                member_id: api.member_id,
-                revision: revision as i64,
-                raft_term: 0,
-            }
+            move |revision: u64| api.header_with_term(revision, 0)
         };
         let task = tokio::spawn(async move {
             while let Some(message) = watcher.next().await {

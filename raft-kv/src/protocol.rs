@@ -107,12 +107,28 @@ pub struct KeyRange {
 impl KeyRange {
     /// The `start..end` of a scan, or `None` for the one key.
     pub fn bounds(&self) -> Option<(Bytes, Option<Bytes>)> {
-        match self.range_end.as_ref() {
-            [] => None,
-            [0] => Some((self.key.clone(), None)),
-            end => Some((self.key.clone(), Some(Bytes::copy_from_slice(end)))),
-        }
+        etcd_range_end(&self.range_end).map(|end| (self.key.clone(), end))
     }
+}
+
+/// What etcd's `range_end` says: `None` for the key alone (empty),
+/// `Some(None)` for every key from it on (`"\0"`), else `Some(Some(end))`,
+/// the key after the last.
+pub fn etcd_range_end(end: &[u8]) -> Option<Option<Bytes>> {
+    match end {
+        [] => None,
+        [0] => Some(None),
+        end => Some(Some(Bytes::copy_from_slice(end))),
+    }
+}
+
+/// The smallest key greater than `key`: where a scan goes on after it, and
+/// the end of a range of `key` alone.
+pub fn key_after(key: &[u8]) -> Bytes {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    Bytes::from(next)
 }
 
 /// One comparison of a [`Txn`]: every key of `keys` (a missing one counts

@@ -610,9 +610,10 @@ impl KvStateMachine {
                 }
                 TxnOp::Range { keys, limit } => {
                     let (start, end) = keys.bounds().unwrap_or_else(|| {
-                        let mut next = keys.key.to_vec();
-                        next.push(0);
-                        (keys.key.clone(), Some(Bytes::from(next)))
+                        (
+                            keys.key.clone(),
+                            Some(crate::protocol::key_after(&keys.key)),
+                        )
                     });
                     let limit = if limit == 0 { MAX_SCAN_LIMIT } else { limit };
                     let (kvs, more) = if read_budget > 0 {
@@ -1289,9 +1290,7 @@ mod tests {
             assert!(crate::protocol::encode(&page).len() < 16 << 20);
             pages.push(page.kvs.len());
             let Some(last) = page.kvs.last() else { break };
-            let mut next = last.key.to_vec();
-            next.push(0);
-            start = Bytes::from(next);
+            start = crate::protocol::key_after(&last.key);
             if !page.more {
                 break;
             }

@@ -22,16 +22,12 @@ fn free_tcp_address() -> SocketAddr {
         .unwrap()
 }
 
-/// Runs `etcdctl` (v3 API) against `endpoints` with the certificate
-/// `name` in `dir`; its stdout, or its stderr as the error.
-fn etcdctl(
-    dir: &Path,
-    endpoints: &[SocketAddr],
-    name: &str,
-    args: &[&str],
-) -> Result<String, String> {
+/// `etcdctl` (v3 API) for `endpoints`, with the cluster CA and the
+/// certificate `name` in `dir`.
+fn etcdctl_command(dir: &Path, endpoints: &[SocketAddr], name: &str) -> Command {
     let endpoints: Vec<String> = endpoints.iter().map(|a| format!("https://{a}")).collect();
-    let out = Command::new("etcdctl")
+    let mut command = Command::new("etcdctl");
+    command
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={}", endpoints.join(",")))
         .arg(format!("--cacert={}", dir.join("ca.pem").display()))
@@ -42,7 +38,19 @@ fn etcdctl(
         .arg(format!(
             "--key={}",
             dir.join(format!("{name}.key")).display()
-        ))
+        ));
+    command
+}
+
+/// Runs `etcdctl` against `endpoints` with the certificate `name` in
+/// `dir`; its stdout, or its stderr as the error.
+fn etcdctl(
+    dir: &Path,
+    endpoints: &[SocketAddr],
+    name: &str,
+    args: &[&str],
+) -> Result<String, String> {
+    let out = etcdctl_command(dir, endpoints, name)
         .arg("--dial-timeout=10s")
         .arg("--command-timeout=20s")
         .args(args)
@@ -60,13 +68,7 @@ fn etcdctl(
 /// the failure operations, a blank line).
 fn txn(dir: &Path, endpoints: &[SocketAddr], input: &str) -> String {
     use std::io::Write;
-    let endpoints: Vec<String> = endpoints.iter().map(|a| format!("https://{a}")).collect();
-    let mut child = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", endpoints.join(",")))
-        .arg(format!("--cacert={}", dir.join("ca.pem").display()))
-        .arg(format!("--cert={}", dir.join("admin.pem").display()))
-        .arg(format!("--key={}", dir.join("admin.key").display()))
+    let mut child = etcdctl_command(dir, endpoints, "admin")
         .arg("txn")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -112,13 +114,7 @@ struct Watching {
 }
 
 fn watch(dir: &Path, endpoints: &[SocketAddr], args: &[&str]) -> Watching {
-    let endpoints: Vec<String> = endpoints.iter().map(|a| format!("https://{a}")).collect();
-    let mut child = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", endpoints.join(",")))
-        .arg(format!("--cacert={}", dir.join("ca.pem").display()))
-        .arg(format!("--cert={}", dir.join("admin.pem").display()))
-        .arg(format!("--key={}", dir.join("admin.key").display()))
+    let mut child = etcdctl_command(dir, endpoints, "admin")
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

@@ -141,16 +141,9 @@ async fn a_scan_larger_than_a_reply_pages_at_one_revision() {
         client.put("p/23", "new").await.unwrap();
         client.delete("p/22").await.unwrap();
         client.put("p/225", "new").await.unwrap();
-        let mut after = first.kvs.last().unwrap().key.to_vec();
-        after.push(0);
+        let after = raft_kv::protocol::key_after(&first.kvs.last().unwrap().key);
         let rest = reader
-            .scan(
-                Bytes::from(after),
-                end.clone(),
-                1000,
-                Consistency::Linearizable,
-                at,
-            )
+            .scan(after, end.clone(), 1000, Consistency::Linearizable, at)
             .await
             .unwrap();
         assert_eq!(rest.revision, at);

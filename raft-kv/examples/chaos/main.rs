@@ -2243,11 +2243,7 @@ async fn scan_all(
         revision = revision.max(result.revision);
         let more = result.more;
         for kv in result.kvs {
-            start = {
-                let mut next = kv.key.to_vec();
-                next.push(0);
-                next.into()
-            };
+            start = raft_kv::protocol::key_after(&kv.key);
             out.push((kv.key, kv.value, kv.mod_revision));
         }
         if !more {
