@@ -10,7 +10,7 @@
 //! commands into outputs, `snapshot`/`restore` let a lagging node catch up.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
     let ca = CertificateAuthority::generate("counter example CA")?;
     let mut members = Vec::new();
     for id in 1..=3 {
-        let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = raft_transport_quic::free_loopback_port()?;
         members.push((id, SocketAddr::from(([127, 0, 0, 1], port))));
     }
     let mut nodes = Vec::new();

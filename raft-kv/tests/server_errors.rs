@@ -18,10 +18,10 @@ use raft_transport_quic::CertificateAuthority;
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn free_address() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    SocketAddr::from((
+        [127, 0, 0, 1],
+        raft_transport_quic::free_loopback_port().unwrap(),
+    ))
 }
 
 /// A directory with a CA and certificates for nodes 1 and 2.

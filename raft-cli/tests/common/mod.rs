@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -46,10 +46,11 @@ pub fn raft_kv() -> PathBuf {
     path
 }
 
-/// A free UDP port on loopback (bound, then released).
+/// A free loopback address whose port no client is given meanwhile (outside
+/// the ephemeral range), so a node restarted on it finds it free.
 pub fn free_address() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port on loopback");
-    socket.local_addr().expect("local address")
+    let port = raft_transport_quic::free_loopback_port().expect("a free port on loopback");
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// Node settings a test may change.

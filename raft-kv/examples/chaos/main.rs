@@ -20,7 +20,7 @@ mod checker;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -382,9 +382,15 @@ chunk_size = 4096
             }
         }
         for (id, status) in exited {
+            // The log's last lines say why; a CI run keeps only what was
+            // printed.
+            let log = &self.nodes[&id].log;
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(5)..].join("\n    ");
             let problem = format!(
-                "node {id} exited by itself ({status}); see {}",
-                self.nodes[&id].log.display()
+                "node {id} exited by itself ({status}); see {}; its log ends:\n    {tail}",
+                log.display()
             );
             history.event(problem.clone());
             self.problems.push(problem);
@@ -406,14 +412,16 @@ chunk_size = 4096
     }
 }
 
+/// Loopback addresses outside the ephemeral range: a node added or restarted
+/// late in the run must still find its port free, though clients have bound
+/// thousands of ephemeral ports meanwhile.
 fn free_ports(n: u64) -> Result<Vec<SocketAddr>> {
-    let sockets: Vec<UdpSocket> = (0..n)
-        .map(|_| UdpSocket::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()?;
-    Ok(sockets
-        .iter()
-        .map(|s| s.local_addr())
-        .collect::<Result<_, _>>()?)
+    (0..n)
+        .map(|_| {
+            let port = raft_transport_quic::free_loopback_port()?;
+            Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+        })
+        .collect()
 }
 
 fn client_config(identity: &TlsIdentity, endpoints: Vec<String>) -> ClientConfig {

@@ -3,19 +3,17 @@
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
 
 use raft_kv::config::{LogFormat, NodeConfig, RaftSettings, SnapshotSettings, TlsFiles};
 use raft_kv::{Client, ClientConfig, Server};
 use raft_transport_quic::{CertificateAuthority, Role, TlsIdentity};
 
+/// A free loopback port that no client is given meanwhile (outside the
+/// ephemeral range), so a node restarted on it finds it free.
 pub fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    raft_transport_quic::free_loopback_port().unwrap()
 }
 
 pub fn node_config(dir: &Path, id: u64, addresses: &[(u64, SocketAddr)]) -> NodeConfig {

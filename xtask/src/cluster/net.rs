@@ -16,39 +16,68 @@ pub(crate) struct Ports {
     pub etcd: SocketAddr,
 }
 
-/// Picks `count` pairs of free loopback ports: binds them all to
-/// 127.0.0.1:0 at once (so no two are the same), reads them, releases them.
+/// Picks ports for `count` nodes: distinct loopback ports below the kernel's
+/// ephemeral range, free now for UDP and TCP. Ports from `127.0.0.1:0` would
+/// come from the range every client endpoint and outgoing connection draws
+/// from, and a node restarted later could find its port taken by a client
+/// ("address in use").
 pub(crate) fn free_ports(count: usize) -> Result<Vec<Ports>> {
-    let mut udp = Vec::new();
-    let mut tcp = Vec::new();
-    let tcp_socket =
-        || TcpListener::bind("127.0.0.1:0").context("cannot bind a TCP socket on 127.0.0.1");
-    for _ in 0..count {
-        udp.push(UdpSocket::bind("127.0.0.1:0").context("cannot bind a UDP socket on 127.0.0.1")?);
-        tcp.push((tcp_socket()?, tcp_socket()?));
-    }
-    udp.iter()
-        .zip(&tcp)
-        .map(|(u, (t, e))| {
-            Ok(Ports {
-                listen: u.local_addr()?,
-                metrics: t.local_addr()?,
-                etcd: e.local_addr()?,
-            })
+    let mut picked = loopback_ports(3 * count)?.into_iter();
+    let mut next = || SocketAddr::from(([127, 0, 0, 1], picked.next().unwrap_or_default()));
+    Ok((0..count)
+        .map(|_| Ports {
+            listen: next(),
+            metrics: next(),
+            etcd: next(),
         })
-        .collect()
+        .collect())
 }
 
-/// `count` distinct free TCP ports on loopback (bound at once, read,
-/// released).
+/// `count` distinct free TCP ports on loopback (below the ephemeral range).
 pub(crate) fn free_tcp_ports(count: usize) -> Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").context("cannot bind a TCP socket on 127.0.0.1"))
-        .collect::<Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+    loopback_ports(count)
+}
+
+/// `count` distinct loopback ports, each free for UDP and TCP, from a random
+/// start below the ephemeral range (or, with no room there, from the kernel).
+fn loopback_ports(count: usize) -> Result<Vec<u16>> {
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let mut ports = Vec::with_capacity(count);
+    if ephemeral_low > LOWEST + 1_000 {
+        let span = ephemeral_low - LOWEST;
+        // A start that differs between runs and processes.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+            .wrapping_add(std::process::id().wrapping_mul(7_919))
+            % span;
+        for step in 0..span {
+            if ports.len() == count {
+                break;
+            }
+            let port = (LOWEST + (start + step) % span) as u16;
+            let free = UdpSocket::bind(("127.0.0.1", port)).is_ok()
+                && TcpListener::bind(("127.0.0.1", port)).is_ok();
+            if free {
+                ports.push(port);
+            }
+        }
+    }
+    // No room below the ephemeral range: the kernel's ports, held at once
+    // so none repeats.
+    let mut held = Vec::new();
+    while ports.len() < count {
+        let socket =
+            TcpListener::bind("127.0.0.1:0").context("cannot bind a TCP socket on 127.0.0.1")?;
+        ports.push(socket.local_addr()?.port());
+        held.push(socket);
+    }
+    Ok(ports)
 }
 
 /// What `GET /health` answered.
@@ -136,14 +165,22 @@ mod tests {
         let ports = free_ports(5).unwrap();
         let mut all: Vec<u16> = ports
             .iter()
-            .flat_map(|p| [p.listen.port(), p.metrics.port()])
+            .flat_map(|p| [p.listen.port(), p.metrics.port(), p.etcd.port()])
             .collect();
         all.sort();
         all.dedup();
-        // UDP and TCP ports live in different spaces, but five of each
-        // must be distinct among themselves.
-        assert!(all.len() >= 5, "{ports:?}");
+        assert_eq!(all.len(), 15, "{ports:?}");
         assert!(ports.iter().all(|p| p.listen.ip().is_loopback()));
+        let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32_768);
+        if ephemeral_low > 11_000 {
+            assert!(
+                all.iter().all(|p| *p < ephemeral_low),
+                "{all:?} reach into the ephemeral range"
+            );
+        }
     }
 
     #[test]
