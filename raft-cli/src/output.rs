@@ -174,6 +174,7 @@ mod tests {
             create_revision: 3,
             mod_revision: 7,
             version: 2,
+            lease: 0,
         }
     }
 

@@ -35,8 +35,9 @@ use raft_transport_quic::{Caller, DenyList, Fingerprint};
 
 use crate::protocol::{
     AdminOp, AdminResult, Compare, CompareResult, CompareTarget, Consistency, EventKind, KeyRange,
-    KeyValue, KvError, ReadOp, ReadResult, Request, Response, Selector, Session, Txn, TxnOp,
-    TxnOpResult, WatchEvent, WatchMessage, WriteOp, WriteResult, etcd_range_end, key_after,
+    KeyValue, KvError, LeaseAnswer, LeaseOp, ReadOp, ReadResult, Request, Response, Selector,
+    Session, Txn, TxnOp, TxnOpResult, WatchEvent, WatchMessage, WriteOp, WriteResult,
+    etcd_range_end, key_after,
 };
 use crate::service::KvService;
 
@@ -199,9 +200,15 @@ fn status(e: KvError) -> Status {
         KvError::PermissionDenied { .. } | KvError::Forbidden(_) => {
             Status::permission_denied(message)
         }
-        KvError::Compacted { .. } => Status::out_of_range(format!(
-            "etcdserver: mvcc: required revision has been compacted ({message})"
-        )),
+        // etcd's own messages: client libraries match them exactly to
+        // give their typed errors (Go's rpctypes.ErrCompacted...).
+        KvError::Compacted { .. } => {
+            Status::out_of_range("etcdserver: mvcc: required revision has been compacted")
+        }
+        KvError::LeaseNotFound { .. } => Status::not_found("etcdserver: requested lease not found"),
+        KvError::LeaseExists { .. } => {
+            Status::failed_precondition("etcdserver: lease already exists")
+        }
         KvError::LimitReached(_) => Status::resource_exhausted(message),
         KvError::Internal(_) => Status::internal(message),
         KvError::SessionExpired => Status::aborted(message),
@@ -237,7 +244,7 @@ fn to_pb(kv: KeyValue, keys_only: bool) -> mvccpb::KeyValue {
         } else {
             kv.value.to_vec()
         },
-        lease: 0,
+        lease: kv.lease as i64,
     }
 }
 
@@ -447,13 +454,32 @@ impl Kv for EtcdApi {
         let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
         let service = self.service()?;
         let r = request.into_inner();
-        if r.lease != 0 {
-            return Err(Status::unimplemented("leases are not supported yet"));
-        }
         if r.ignore_value || r.ignore_lease {
             return Err(Status::unimplemented(
                 "ignore_value and ignore_lease are not supported",
             ));
+        }
+        if r.lease != 0 {
+            // A put that names a lease checks that the lease exists when it
+            // applies: a one-operation transaction does.
+            let prev_kv = r.prev_kv;
+            let txn = Txn {
+                success: vec![put_op(r)?],
+                ..Txn::default()
+            };
+            let result = self
+                .write(&service, &caller, WriteOp::Txn(txn), false)
+                .await?;
+            let header = self.header(&service, result.revision);
+            return match result.responses.into_iter().next() {
+                Some(TxnOpResult::Put { previous }) => Ok(GrpcResponse::new(pb::PutResponse {
+                    header: Some(header),
+                    prev_kv: previous.filter(|_| prev_kv).map(|kv| to_pb(kv, false)),
+                })),
+                other => Err(Status::internal(format!(
+                    "unexpected transaction answer from the node: {other:?}"
+                ))),
+            };
         }
         let op = WriteOp::Put {
             key: Bytes::from(r.key),
@@ -554,12 +580,17 @@ impl Kv for EtcdApi {
                         kvs: kvs.into_iter().map(|kv| to_pb(kv, false)).collect(),
                         more,
                     }),
+                    TxnOpResult::LeaseGranted { .. } => {
+                        return Err(Status::internal(
+                            "unexpected lease grant in a transaction's answer",
+                        ));
+                    }
                 };
-                pb::ResponseOp {
+                Ok(pb::ResponseOp {
                     response: Some(response),
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, Status>>()?;
         Ok(GrpcResponse::new(pb::TxnResponse {
             header: Some(header),
             succeeded: result.succeeded,
@@ -784,7 +815,7 @@ impl Cluster for EtcdApi {
         let members = self
             .admin(&service, &caller, AdminOp::Remove { id })
             .await?;
-        let revision = service.view().applied;
+        let revision = service.revision();
         Ok(GrpcResponse::new(pb::MemberRemoveResponse {
             header: Some(self.header(&service, revision)),
             members,
@@ -801,7 +832,7 @@ impl Cluster for EtcdApi {
         let members = self
             .admin(&service, &caller, AdminOp::Promote { id })
             .await?;
-        let revision = service.view().applied;
+        let revision = service.revision();
         Ok(GrpcResponse::new(pb::MemberPromoteResponse {
             header: Some(self.header(&service, revision)),
             members,
@@ -895,7 +926,7 @@ impl Maintenance for EtcdApi {
         let to = request.into_inner().target_id;
         self.admin(&service, &caller, AdminOp::TransferLeader { to: Some(to) })
             .await?;
-        let revision = service.view().applied;
+        let revision = service.revision();
         Ok(GrpcResponse::new(pb::MoveLeaderResponse {
             header: Some(self.header(&service, revision)),
         }))
@@ -978,7 +1009,7 @@ impl Watch for EtcdApi {
                             task.abort();
                         }
                         let response = pb::WatchResponse {
-                            header: Some(api.header(&service, service.view().applied)),
+                            header: Some(api.header(&service, service.revision())),
                             watch_id: cancel.watch_id,
                             canceled: true,
                             ..Default::default()
@@ -1021,7 +1052,7 @@ impl EtcdApi {
     ) -> Option<tokio::task::AbortHandle> {
         use pb::watch_create_request::FilterType;
         let cancel = |reason: String, compact_revision: i64| pb::WatchResponse {
-            header: Some(self.header(service, service.view().applied)),
+            header: Some(self.header(service, service.revision())),
             watch_id: id,
             created: true,
             canceled: true,
@@ -1115,6 +1146,21 @@ impl EtcdApi {
     }
 }
 
+/// A transaction's put, from etcd's.
+fn put_op(put: pb::PutRequest) -> Result<TxnOp, Status> {
+    Ok(TxnOp::Put {
+        key: Bytes::from(put.key),
+        value: Bytes::from(put.value),
+        prev_kv: put.prev_kv,
+        lease: lease_id(put.lease)?,
+    })
+}
+
+/// A lease id from etcd's `int64` (never negative).
+fn lease_id(id: i64) -> Result<u64, Status> {
+    u64::try_from(id).map_err(|_| Status::invalid_argument("lease ids are never negative"))
+}
+
 fn delete_op(r: pb::DeleteRangeRequest) -> TxnOp {
     TxnOp::Delete {
         keys: KeyRange {
@@ -1130,16 +1176,12 @@ fn op_of(op: pb::RequestOp) -> Result<TxnOp, Status> {
     use pb::request_op::Request as Op;
     match op.request {
         Some(Op::RequestPut(put)) => {
-            if put.lease != 0 || put.ignore_value || put.ignore_lease {
+            if put.ignore_value || put.ignore_lease {
                 return Err(Status::unimplemented(
-                    "leases, ignore_value and ignore_lease are not supported yet",
+                    "ignore_value and ignore_lease are not supported",
                 ));
             }
-            Ok(TxnOp::Put {
-                key: Bytes::from(put.key),
-                value: Bytes::from(put.value),
-                prev_kv: put.prev_kv,
-            })
+            put_op(put)
         }
         Some(Op::RequestDeleteRange(delete)) => Ok(delete_op(delete)),
         Some(Op::RequestRange(range)) => {
@@ -1199,48 +1241,181 @@ fn compare_of(compare: pb::Compare) -> Result<Compare, Status> {
     })
 }
 
-/// What a lease call answers for now.
-const NO_LEASES: &str = "leases are not supported by raft-kv yet; keys live until deleted";
+impl EtcdApi {
+    /// Asks the leader about leases for `caller`.
+    async fn lease_question(
+        &self,
+        service: &KvService,
+        caller: &Caller,
+        op: LeaseOp,
+    ) -> Result<LeaseAnswer, Status> {
+        match service
+            .serve_request(
+                caller,
+                Request::Lease {
+                    op,
+                    forwarded: false,
+                },
+            )
+            .await
+        {
+            Response::Lease(answer) => Ok(answer),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+type KeepAliveResponses = std::pin::Pin<
+    Box<dyn futures_core::Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>,
+>;
 
 #[tonic::async_trait]
 impl Lease for EtcdApi {
     async fn lease_grant(
         &self,
-        _request: GrpcRequest<pb::LeaseGrantRequest>,
+        request: GrpcRequest<pb::LeaseGrantRequest>,
     ) -> Result<GrpcResponse<pb::LeaseGrantResponse>, Status> {
-        Err(Status::unimplemented(NO_LEASES))
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let r = request.into_inner();
+        let op = WriteOp::LeaseGrant {
+            id: lease_id(r.id)?,
+            // etcd raises a TTL below its minimum (zero included) to it.
+            ttl: u64::try_from(r.ttl).unwrap_or(0),
+        };
+        let result = self.write(&service, &caller, op, false).await?;
+        match result.responses.first() {
+            Some(TxnOpResult::LeaseGranted { id, ttl }) => {
+                Ok(GrpcResponse::new(pb::LeaseGrantResponse {
+                    header: Some(self.header(&service, result.revision)),
+                    id: *id as i64,
+                    ttl: *ttl as i64,
+                    error: String::new(),
+                }))
+            }
+            other => Err(Status::internal(format!(
+                "unexpected answer to a lease grant from the node: {other:?}"
+            ))),
+        }
     }
 
     async fn lease_revoke(
         &self,
-        _request: GrpcRequest<pb::LeaseRevokeRequest>,
+        request: GrpcRequest<pb::LeaseRevokeRequest>,
     ) -> Result<GrpcResponse<pb::LeaseRevokeResponse>, Status> {
-        Err(Status::unimplemented(NO_LEASES))
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let id = lease_id(request.into_inner().id)?;
+        let result = self
+            .write(&service, &caller, WriteOp::LeaseRevoke { id }, false)
+            .await?;
+        Ok(GrpcResponse::new(pb::LeaseRevokeResponse {
+            header: Some(self.header(&service, result.revision)),
+        }))
     }
 
-    type LeaseKeepAliveStream = std::pin::Pin<
-        Box<dyn futures_core::Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>,
-    >;
+    type LeaseKeepAliveStream = KeepAliveResponses;
 
     async fn lease_keep_alive(
         &self,
-        _request: GrpcRequest<tonic::Streaming<pb::LeaseKeepAliveRequest>>,
+        request: GrpcRequest<tonic::Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<GrpcResponse<Self::LeaseKeepAliveStream>, Status> {
-        Err(Status::unimplemented(NO_LEASES))
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let mut requests = request.into_inner();
+        // One answer waits per request: a client that sends keep-alives and
+        // never reads them is held back by HTTP/2 flow control.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let api = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let request = tokio::select! {
+                    request = requests.message() => request,
+                    _ = tx.closed() => break,
+                };
+                let Ok(Some(request)) = request else { break };
+                let answer = match lease_id(request.id) {
+                    Ok(id) => {
+                        api.lease_question(&service, &caller, LeaseOp::KeepAlive { id })
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                // A lease that is gone answers TTL 0, as etcd does; other
+                // errors end the stream.
+                let response = match answer {
+                    Ok(LeaseAnswer::KeptAlive { id, ttl }) => Ok(pb::LeaseKeepAliveResponse {
+                        header: Some(api.header(&service, service.revision())),
+                        id: id as i64,
+                        ttl: ttl as i64,
+                    }),
+                    Ok(other) => Err(Status::internal(format!(
+                        "unexpected answer to a keep-alive from the node: {other:?}"
+                    ))),
+                    Err(e) => Err(e),
+                };
+                let failed = response.is_err();
+                if tx.send(response).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(GrpcResponse::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn lease_time_to_live(
         &self,
-        _request: GrpcRequest<pb::LeaseTimeToLiveRequest>,
+        request: GrpcRequest<pb::LeaseTimeToLiveRequest>,
     ) -> Result<GrpcResponse<pb::LeaseTimeToLiveResponse>, Status> {
-        Err(Status::unimplemented(NO_LEASES))
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        let r = request.into_inner();
+        let op = LeaseOp::TimeToLive {
+            id: lease_id(r.id)?,
+            keys: r.keys,
+        };
+        match self.lease_question(&service, &caller, op).await? {
+            LeaseAnswer::TimeToLive {
+                id,
+                remaining,
+                granted,
+                keys,
+            } => Ok(GrpcResponse::new(pb::LeaseTimeToLiveResponse {
+                header: Some(self.header(&service, service.revision())),
+                id: id as i64,
+                ttl: remaining,
+                granted_ttl: granted as i64,
+                keys: keys.into_iter().map(|key| key.to_vec()).collect(),
+            })),
+            other => Err(Status::internal(format!(
+                "unexpected answer to a lease question from the node: {other:?}"
+            ))),
+        }
     }
 
     async fn lease_leases(
         &self,
-        _request: GrpcRequest<pb::LeaseLeasesRequest>,
+        request: GrpcRequest<pb::LeaseLeasesRequest>,
     ) -> Result<GrpcResponse<pb::LeaseLeasesResponse>, Status> {
-        Err(Status::unimplemented(NO_LEASES))
+        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
+        let service = self.service()?;
+        match self
+            .lease_question(&service, &caller, LeaseOp::List)
+            .await?
+        {
+            LeaseAnswer::List(ids) => Ok(GrpcResponse::new(pb::LeaseLeasesResponse {
+                header: Some(self.header(&service, service.revision())),
+                leases: ids
+                    .into_iter()
+                    .map(|id| pb::LeaseStatus { id: id as i64 })
+                    .collect(),
+            })),
+            other => Err(Status::internal(format!(
+                "unexpected answer to a lease question from the node: {other:?}"
+            ))),
+        }
     }
 }
 

@@ -10,6 +10,8 @@
 //!   compare-and-swap, scans; revisions; exactly-once client sessions).
 //! - [`watch`]: change notifications in commit order, resumable from a
 //!   revision.
+//! - [`lease`]: lease deadlines, kept by the leader, which writes each
+//!   lease's expiry to the log.
 //! - [`protocol`]: what clients and nodes send each other, and the typed
 //!   errors clients act on.
 //! - [`service`]: serves client requests on a node and forwards writes and
@@ -41,6 +43,8 @@ pub mod config;
 pub mod driver;
 #[cfg(feature = "server")]
 mod etcd;
+#[cfg(feature = "server")]
+pub mod lease;
 #[cfg(feature = "server")]
 pub mod metrics;
 pub mod protocol;

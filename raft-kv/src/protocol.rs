@@ -74,7 +74,41 @@ pub enum WriteOp {
     OpenSession,
     /// An etcd-style transaction, applied atomically as one log entry.
     Txn(Txn),
+    /// Grants a lease of `ttl` seconds: keys put with it are deleted when
+    /// it expires or is revoked. `id` 0 lets the store choose one. The
+    /// result's [`WriteResult::responses`] holds one
+    /// [`TxnOpResult::LeaseGranted`].
+    LeaseGrant {
+        /// The lease id wanted (0: any).
+        id: u64,
+        /// Its time to live, in seconds (at least [`MIN_LEASE_TTL`], at most
+        /// [`MAX_LEASE_TTL`]).
+        ttl: u64,
+    },
+    /// Revokes a lease, deleting every key put with it.
+    LeaseRevoke {
+        /// The lease.
+        id: u64,
+    },
+    /// The leader found the lease past its deadline: revoked as by
+    /// [`WriteOp::LeaseRevoke`], answering `succeeded: false` when it is gone
+    /// already. Written by the leader only, in no session; not a write a
+    /// client can send.
+    LeaseExpire {
+        /// The lease.
+        id: u64,
+    },
 }
+
+/// The shortest lease granted, in seconds (a shorter one is raised to it, as
+/// etcd raises a TTL below its minimum): it must outlast an election, or a
+/// leader change would expire leases whose holders did nothing wrong.
+pub const MIN_LEASE_TTL: u64 = 2;
+/// The longest lease, in seconds (etcd's limit).
+pub const MAX_LEASE_TTL: u64 = 9_000_000_000;
+/// The most leases the store holds at once; a grant beyond is refused with
+/// [`KvError::LimitReached`].
+pub const MAX_LEASES: usize = 100_000;
 
 /// The most comparisons, and operations per branch, in a [`Txn`] (etcd's
 /// default `--max-txn-ops`).
@@ -155,7 +189,7 @@ pub enum CompareTarget {
     CreateRevision(u64),
     /// The revision that last changed the key.
     ModRevision(u64),
-    /// The lease (raft-kv has none: every key's is 0).
+    /// The lease the key was put with (0: none).
     Lease(u64),
 }
 
@@ -183,6 +217,8 @@ pub enum TxnOp {
         value: Bytes,
         /// Return the key as it was.
         prev_kv: bool,
+        /// The lease the key lives by (0: none; it lives until deleted).
+        lease: u64,
     },
     /// Remove the keys of a range.
     Delete {
@@ -222,6 +258,14 @@ pub enum TxnOpResult {
         /// Whether more were left.
         more: bool,
     },
+    /// The answer to a [`WriteOp::LeaseGrant`] (not an operation of a
+    /// transaction).
+    LeaseGranted {
+        /// The lease's id.
+        id: u64,
+        /// Its time to live, in seconds.
+        ttl: u64,
+    },
 }
 
 impl WriteOp {
@@ -230,7 +274,11 @@ impl WriteOp {
         static NONE: Bytes = Bytes::from_static(b"");
         match self {
             WriteOp::Put { key, .. } | WriteOp::Delete { key } | WriteOp::Cas { key, .. } => key,
-            WriteOp::OpenSession | WriteOp::Txn(_) => &NONE,
+            WriteOp::OpenSession
+            | WriteOp::Txn(_)
+            | WriteOp::LeaseGrant { .. }
+            | WriteOp::LeaseRevoke { .. }
+            | WriteOp::LeaseExpire { .. } => &NONE,
         }
     }
 }
@@ -406,6 +454,14 @@ pub enum Request {
         /// The first revision wanted (0: only future changes).
         start_revision: u64,
     },
+    /// A question about leases, answered by the leader (which alone keeps
+    /// their deadlines).
+    Lease {
+        /// The question.
+        op: LeaseOp,
+        /// Set when already forwarded once.
+        forwarded: bool,
+    },
     /// Cluster administration (forwarded to the leader).
     Admin {
         /// The operation.
@@ -437,12 +493,63 @@ impl Request {
     /// transfer and fault injection `admin`; everything else `readonly`.
     pub fn needs(&self) -> Role {
         match self {
-            Request::Write { .. } | Request::OpenSession { .. } => Role::ReadWrite,
+            Request::Write { .. }
+            | Request::OpenSession { .. }
+            | Request::Lease {
+                op: LeaseOp::KeepAlive { .. },
+                ..
+            } => Role::ReadWrite,
+            Request::Lease { .. } => Role::ReadOnly,
             Request::Admin { .. } | Request::SetFaults { .. } => Role::Admin,
             Request::Read { .. } | Request::Watch { .. } | Request::Status => Role::ReadOnly,
             Request::Forwarded { request, .. } => request.needs(),
         }
     }
+}
+
+/// What a [`Request::Lease`] asks the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseOp {
+    /// Start the lease's time to live over.
+    KeepAlive {
+        /// The lease.
+        id: u64,
+    },
+    /// How long the lease has left, and (with `keys`) the keys put with it.
+    TimeToLive {
+        /// The lease.
+        id: u64,
+        /// Whether to list its keys.
+        keys: bool,
+    },
+    /// The ids of every lease.
+    List,
+}
+
+/// The leader's answer to a [`Request::Lease`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseAnswer {
+    /// The lease's time to live started over; `ttl` 0 when it is gone
+    /// (expired or revoked).
+    KeptAlive {
+        /// The lease.
+        id: u64,
+        /// Its time to live, in seconds (0: gone).
+        ttl: u64,
+    },
+    /// What is left of a lease; `remaining` -1 when it is gone.
+    TimeToLive {
+        /// The lease.
+        id: u64,
+        /// Whole seconds left (-1: gone).
+        remaining: i64,
+        /// The time to live it was granted, in seconds.
+        granted: u64,
+        /// Its keys, if asked.
+        keys: Vec<Bytes>,
+    },
+    /// The ids of every lease.
+    List(Vec<u64>),
 }
 
 /// A key and its value, with its history counters (etcd's shape).
@@ -458,6 +565,8 @@ pub struct KeyValue {
     pub mod_revision: u64,
     /// How many times it was written since it was created.
     pub version: u64,
+    /// The lease the key lives by (0: none).
+    pub lease: u64,
 }
 
 /// The result of a write.
@@ -601,6 +710,8 @@ pub enum Response {
     Read(ReadResult),
     /// An admin operation completed.
     Admin(AdminResult),
+    /// The leader answered a lease question.
+    Lease(LeaseAnswer),
     /// A node's status.
     Status(Box<NodeStatus>),
     /// Fault rules were set.
@@ -723,6 +834,20 @@ pub enum KvError {
     /// says which and what to do.
     #[error("limit reached: {0}")]
     LimitReached(String),
+    /// The lease does not exist (it expired, was revoked, or never was).
+    #[error("lease {id:x} not found (it expired, was revoked, or never existed); grant a new one")]
+    LeaseNotFound {
+        /// The lease.
+        id: u64,
+    },
+    /// A lease with the requested id exists already.
+    #[error(
+        "lease {id:x} exists already; grant with another id, or with 0 to let the cluster choose"
+    )]
+    LeaseExists {
+        /// The lease.
+        id: u64,
+    },
 }
 
 /// Whom a request acts for: the client whose certificate presented it, or
@@ -768,10 +893,30 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, KvError> {
 
 /// Checks a write's sizes.
 pub fn validate_write(op: &WriteOp) -> Result<(), KvError> {
-    if matches!(op, WriteOp::OpenSession) {
-        return Err(KvError::InvalidRequest(
-            "a session is opened with Request::OpenSession, not written".into(),
-        ));
+    match op {
+        WriteOp::OpenSession => {
+            return Err(KvError::InvalidRequest(
+                "a session is opened with Request::OpenSession, not written".into(),
+            ));
+        }
+        WriteOp::LeaseExpire { .. } => {
+            return Err(KvError::InvalidRequest(
+                "leases expire by the leader's clock; revoke one with LeaseRevoke".into(),
+            ));
+        }
+        WriteOp::LeaseGrant { ttl, .. } if *ttl > MAX_LEASE_TTL => {
+            return Err(KvError::InvalidRequest(format!(
+                "a lease lives at most {MAX_LEASE_TTL} seconds, {ttl} were asked"
+            )));
+        }
+        WriteOp::LeaseGrant { id, .. } | WriteOp::LeaseRevoke { id } if *id > i64::MAX as u64 => {
+            return Err(KvError::InvalidRequest(format!(
+                "lease ids are at most {} (etcd's are int64)",
+                i64::MAX
+            )));
+        }
+        WriteOp::LeaseGrant { .. } | WriteOp::LeaseRevoke { .. } => return Ok(()),
+        _ => {}
     }
     if let WriteOp::Txn(txn) = op {
         return validate_txn(txn);
@@ -790,7 +935,11 @@ pub fn validate_write(op: &WriteOp) -> Result<(), KvError> {
             .as_ref()
             .map_or(0, Bytes::len)
             .max(new.as_ref().map_or(0, Bytes::len)),
-        WriteOp::OpenSession | WriteOp::Txn(_) => 0,
+        WriteOp::OpenSession
+        | WriteOp::Txn(_)
+        | WriteOp::LeaseGrant { .. }
+        | WriteOp::LeaseRevoke { .. }
+        | WriteOp::LeaseExpire { .. } => 0,
     };
     if value_len > MAX_VALUE_LEN {
         return Err(KvError::InvalidRequest(format!(

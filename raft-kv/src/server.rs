@@ -137,6 +137,8 @@ pub struct Server {
     _deny_reload: Option<AbortOnDrop>,
     /// The etcd v3 API, if served.
     _etcd: Option<AbortOnDrop>,
+    /// The leader's lease expiry loop.
+    _lease_expiry: AbortOnDrop,
 }
 
 /// Stops a task when dropped.
@@ -378,6 +380,13 @@ impl Server {
                     .await;
             });
         }
+        let lease_expiry = AbortOnDrop(
+            tokio::spawn(crate::lease::expire_leases(
+                driver.handle(),
+                service.lessor(),
+            ))
+            .abort_handle(),
+        );
         let _ = handler.0.set(Arc::new(service));
         let etcd = match config.etcd_listen {
             Some(address) => {
@@ -432,6 +441,7 @@ impl Server {
             local,
             _deny_reload: deny_reload,
             _etcd: etcd,
+            _lease_expiry: lease_expiry,
         })
     }
 

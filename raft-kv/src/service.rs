@@ -18,9 +18,10 @@ use raft_transport_quic::{
 };
 
 use crate::driver::{DriverHandle, DriverRequest};
+use crate::lease::Lessor;
 use crate::protocol::{
-    self, AdminOp, AdminResult, Consistency, KvError, Member, NodeStatus, Principal, Request,
-    Response, WatchMessage,
+    self, AdminOp, AdminResult, Consistency, KvError, LeaseAnswer, LeaseOp, Member, NodeStatus,
+    Principal, Request, Response, WatchMessage,
 };
 use crate::state_machine::{Command, KvStateMachine};
 use crate::watch::WatchHub;
@@ -37,6 +38,8 @@ pub struct KvService {
     stale_linearizable_reads: bool,
     /// When the node's certificate expires (Unix seconds), for the status.
     certificate_expires: Option<i64>,
+    /// Lease deadlines, while this node leads.
+    lessor: Arc<Lessor>,
 }
 
 impl KvService {
@@ -59,7 +62,14 @@ impl KvService {
             timeout,
             stale_linearizable_reads: false,
             certificate_expires: None,
+            lessor: Arc::new(Lessor::default()),
         }
+    }
+
+    /// The lease deadlines this service answers keep-alives with: the
+    /// node's expiry loop ([`crate::lease::expire_leases`]) shares them.
+    pub fn lessor(&self) -> Arc<Lessor> {
+        self.lessor.clone()
     }
 
     /// Reports `at` (Unix seconds) as when the node's certificate expires.
@@ -179,6 +189,21 @@ impl KvService {
                     Err(e) => Response::Error(e),
                 }
             }
+            Request::Lease { op, forwarded } => match self.lease(op.clone()).await {
+                Err(KvError::NotLeader { address, .. }) if !forwarded => {
+                    self.forward(
+                        &address,
+                        principal,
+                        Request::Lease {
+                            op,
+                            forwarded: true,
+                        },
+                    )
+                    .await
+                }
+                Ok(answer) => Response::Lease(answer),
+                Err(e) => Response::Error(e),
+            },
             Request::Admin { op, forwarded } => match self.admin(op.clone()).await {
                 Err(KvError::NotLeader { address, .. }) if !forwarded => {
                     self.forward(
@@ -304,6 +329,11 @@ impl KvService {
             .subscribe(selector, start_revision, &principal.name)
     }
 
+    /// The store's revision on this node, as of its last applied write.
+    pub(crate) fn revision(&self) -> u64 {
+        self.watch.revision()
+    }
+
     /// The node's view of the cluster (leader, term, members).
     pub(crate) fn view(&self) -> crate::driver::NodeView {
         self.driver.view()
@@ -321,6 +351,65 @@ impl KvService {
             cpu_seconds: crate::metrics::process_cpu_seconds(),
             certificate_expires: self.certificate_expires,
         })
+    }
+
+    /// Answers a lease question as the leader (a ReadIndex read confirms
+    /// leadership and sees every committed grant and revoke); a follower
+    /// answers `NotLeader`, and the request is forwarded.
+    async fn lease(&self, op: LeaseOp) -> Result<LeaseAnswer, KvError> {
+        // Deadlines live at the leader: a follower (whose ReadIndex reads
+        // would succeed) sends the question there.
+        let view = self.driver.view();
+        if !view.is_leader {
+            return Err(match view.leader {
+                Some(leader) => KvError::NotLeader {
+                    leader,
+                    address: view.addresses.get(&leader).cloned().unwrap_or_default(),
+                },
+                None => KvError::NoLeader,
+            });
+        }
+        let lessor = self.lessor.clone();
+        let policy = Some(ReadPolicy::ReadIndex);
+        let answer = self
+            .with_timeout(self.driver.read(policy, move |sm| {
+                let now = Instant::now();
+                match op {
+                    LeaseOp::KeepAlive { id } => {
+                        let ttl = sm.lease(id).map_or(0, |(ttl, _)| ttl);
+                        if ttl > 0 {
+                            lessor.keep_alive(id, ttl, now);
+                        }
+                        LeaseAnswer::KeptAlive { id, ttl }
+                    }
+                    LeaseOp::TimeToLive { id, keys } => match sm.lease(id) {
+                        Some((ttl, lease_keys)) => LeaseAnswer::TimeToLive {
+                            id,
+                            remaining: lessor.remaining(id, ttl, now),
+                            granted: ttl,
+                            keys: if keys { lease_keys } else { Vec::new() },
+                        },
+                        None => LeaseAnswer::TimeToLive {
+                            id,
+                            remaining: -1,
+                            granted: 0,
+                            keys: Vec::new(),
+                        },
+                    },
+                    LeaseOp::List => {
+                        LeaseAnswer::List(sm.leases().into_iter().map(|(id, _)| id).collect())
+                    }
+                }
+            }))
+            .await?;
+        // Still the leader of the same term: the deadlines used are the ones
+        // in force (a keep-alive noted by a deposed leader is lost with its
+        // deadlines, and the client retries).
+        let now = self.driver.view();
+        if !now.is_leader || now.term != view.term {
+            return Err(KvError::LeadershipLost);
+        }
+        Ok(answer)
     }
 
     async fn admin(&self, op: AdminOp) -> Result<AdminResult, KvError> {
@@ -463,6 +552,7 @@ impl ClientHandler for KvService {
             Request::Read { .. } => "read",
             Request::Watch { .. } => "watch",
             Request::Admin { .. } => "admin",
+            Request::Lease { .. } => "lease",
             Request::Status => "status",
             Request::SetFaults { .. } => "faults",
             Request::Forwarded { .. } => "forwarded",

@@ -17,8 +17,9 @@ use raft_core::adapters::{SnapshotBuilder, StateMachine, StateMachineError};
 use raft_core::{Entry, EntryPayload, Index, LogId, SnapshotMeta};
 
 use crate::protocol::{
-    EventKind, KeyValue, KvError, MAX_KEY_LEN, MAX_SCAN_BYTES, MAX_SCAN_LIMIT, MAX_VALUE_LEN,
-    ReadOp, ReadResult, SCAN_ENTRY_OVERHEAD, Session, WatchEvent, WriteOp, WriteResult,
+    EventKind, KeyValue, KvError, MAX_KEY_LEN, MAX_LEASE_TTL, MAX_LEASES, MAX_SCAN_BYTES,
+    MAX_SCAN_LIMIT, MAX_VALUE_LEN, MIN_LEASE_TTL, ReadOp, ReadResult, SCAN_ENTRY_OVERHEAD, Session,
+    TxnOpResult, WatchEvent, WriteOp, WriteResult,
 };
 use crate::watch::WatchHub;
 
@@ -96,10 +97,20 @@ struct SessionState {
     owner: String,
 }
 
+/// A lease: its time to live and the keys put with it. Its deadline is not
+/// here: only the leader keeps deadlines (see [`crate::lease`]), and a
+/// lease ends for every replica when the leader's expiry is applied.
+#[derive(Clone, Debug, Default)]
+struct LeaseState {
+    /// Seconds granted.
+    ttl: u64,
+    /// The keys that live by it.
+    keys: imbl::OrdSet<Bytes>,
+}
+
 /// The bytes a kept result is counted as: the previous key-value it carries
 /// and a fixed part.
 fn result_bytes(result: &WriteResult) -> u64 {
-    use crate::protocol::TxnOpResult;
     let kv_bytes = |kv: &KeyValue| (kv.key.len() + kv.value.len()) as u64 + 24;
     let responses: u64 = result
         .responses
@@ -109,6 +120,7 @@ fn result_bytes(result: &WriteResult) -> u64 {
                 TxnOpResult::Put { previous } => previous.as_ref().map_or(0, kv_bytes),
                 TxnOpResult::Delete { previous, .. } => previous.iter().map(kv_bytes).sum(),
                 TxnOpResult::Range { kvs, .. } => kvs.iter().map(kv_bytes).sum(),
+                TxnOpResult::LeaseGranted { .. } => 0,
             }
         })
         .sum();
@@ -119,6 +131,8 @@ fn result_bytes(result: &WriteResult) -> u64 {
 #[derive(Clone)]
 pub struct KvStateMachine {
     data: OrdMap<Bytes, KeyValue>,
+    /// Leases by id.
+    leases: OrdMap<u64, LeaseState>,
     sessions: OrdMap<u64, SessionState>,
     /// The sessions by the index of their last write, least recent first:
     /// eviction takes the first in O(log n).
@@ -143,6 +157,9 @@ struct SnapshotData {
     revision: u64,
     data: Vec<KeyValue>,
     sessions: Vec<(u64, SessionState)>,
+    /// Leases as (id, seconds granted); their keys are the keys whose
+    /// `lease` names them.
+    leases: Vec<(u64, u64)>,
 }
 
 /// [`SnapshotData`] as encoded from the live maps (the same encoding).
@@ -152,6 +169,7 @@ struct SnapshotView<'a> {
     revision: u64,
     data: Seq<'a, Bytes, KeyValue>,
     sessions: Seq<'a, u64, SessionState>,
+    leases: Seq<'a, u64, LeaseState>,
 }
 
 /// A map encoded as the sequence of its values (`data`) or of its pairs
@@ -167,6 +185,13 @@ impl Serialize for Seq<'_, Bytes, KeyValue> {
 impl Serialize for Seq<'_, u64, SessionState> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(ExactLen(self.0.len(), self.0.iter()))
+    }
+}
+
+impl Serialize for Seq<'_, u64, LeaseState> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let pairs = self.0.iter().map(|(id, lease)| (*id, lease.ttl));
+        serializer.collect_seq(ExactLen(self.0.len(), pairs))
     }
 }
 
@@ -196,6 +221,23 @@ impl SnapshotData {
             return Err(format!(
                 "revision {} is above the highest possible ({MAX_REVISION})",
                 self.revision
+            ));
+        }
+        let leases: std::collections::BTreeSet<u64> =
+            self.leases.iter().map(|(id, _)| *id).collect();
+        if let Some((id, ttl)) = self.leases.iter().find(|(id, ttl)| {
+            *id == 0 || *id > i64::MAX as u64 || *ttl == 0 || *ttl > MAX_LEASE_TTL
+        }) {
+            return Err(format!("lease {id} has time to live {ttl}"));
+        }
+        if let Some(kv) = self
+            .data
+            .iter()
+            .find(|kv| kv.lease != 0 && !leases.contains(&kv.lease))
+        {
+            return Err(format!(
+                "key {:?} names lease {}, which does not exist",
+                kv.key, kv.lease
             ));
         }
         for kv in &self.data {
@@ -333,6 +375,7 @@ impl KvStateMachine {
     pub fn new(watch: Arc<WatchHub>) -> Self {
         Self {
             data: OrdMap::new(),
+            leases: OrdMap::new(),
             sessions: OrdMap::new(),
             by_last_write: imbl::OrdSet::new(),
             sessions_bytes: 0,
@@ -417,8 +460,28 @@ impl KvStateMachine {
             k.hash(&mut h);
             kv.value.hash(&mut h);
             kv.mod_revision.hash(&mut h);
+            kv.lease.hash(&mut h);
+        }
+        for (id, lease) in &self.leases {
+            id.hash(&mut h);
+            lease.ttl.hash(&mut h);
         }
         h.finish()
+    }
+
+    /// Every lease, as (id, seconds granted), in id order.
+    pub fn leases(&self) -> Vec<(u64, u64)> {
+        self.leases
+            .iter()
+            .map(|(id, lease)| (*id, lease.ttl))
+            .collect()
+    }
+
+    /// A lease's seconds granted and its keys, if it exists.
+    pub fn lease(&self, id: u64) -> Option<(u64, Vec<Bytes>)> {
+        self.leases
+            .get(&id)
+            .map(|lease| (lease.ttl, lease.keys.iter().cloned().collect()))
     }
 
     fn apply_command(
@@ -441,6 +504,19 @@ impl KvStateMachine {
                 succeeded: true,
                 previous: None,
                 responses: Vec::new(),
+            });
+        }
+        if let WriteOp::LeaseExpire { id } = command.op {
+            // The leader's decision, in no session: applying it twice (two
+            // expiries proposed before the first applied) finds it gone.
+            return Ok(match self.revoke(id, events) {
+                Ok(result) => result,
+                Err(_) => WriteResult {
+                    revision: self.revision,
+                    succeeded: false,
+                    previous: None,
+                    responses: Vec::new(),
+                },
             });
         }
         let session = command.session;
@@ -474,14 +550,16 @@ impl KvStateMachine {
             Err(KvError::SessionExpired)
         } else {
             let before = self.revision;
-            let result = self.execute(command.op, command.prev_kv, events);
+            let leases_before = self.leases.len();
+            let result = self.execute(command.op, command.prev_kv, index, events);
             // A write that changed nothing (a CAS that did not swap, a
             // delete of a missing key, an error) is not kept: a retry
             // evaluates it again, which is safe because the first evaluation
             // had no effect; so a failed CAS keeps no copy of the current
-            // value it answers with.
+            // value it answers with. A lease granted or revoked changed the
+            // store though no revision was taken.
             if let Ok(result) = &result
-                && self.revision != before
+                && (self.revision != before || self.leases.len() != leases_before)
             {
                 state.bytes += result_bytes(result);
                 state.results.insert(session.sequence, result.clone());
@@ -524,6 +602,7 @@ impl KvStateMachine {
         &mut self,
         op: WriteOp,
         prev_kv: bool,
+        index: Index,
         events: &mut Vec<WatchEvent>,
     ) -> Result<WriteResult, KvError> {
         if self.revision >= MAX_REVISION {
@@ -534,7 +613,7 @@ impl KvStateMachine {
             )));
         }
         let mut result = match op {
-            WriteOp::Put { key, value } => self.put(key, value, events),
+            WriteOp::Put { key, value } => self.put(key, value, 0, events),
             WriteOp::Delete { key } => self.delete(key, events),
             WriteOp::Cas { key, expected, new } => {
                 let current = self.data.get(&key).cloned();
@@ -547,7 +626,7 @@ impl KvStateMachine {
                     });
                 }
                 match new {
-                    Some(value) => self.put(key, value, events),
+                    Some(value) => self.put(key, value, 0, events),
                     // The comparison held, so the CAS succeeded even when it
                     // deleted a key that was already absent.
                     None => WriteResult {
@@ -556,9 +635,11 @@ impl KvStateMachine {
                     },
                 }
             }
-            WriteOp::Txn(txn) => return Ok(self.transaction(txn, events)),
+            WriteOp::Txn(txn) => return self.transaction(txn, events),
+            WriteOp::LeaseGrant { id, ttl } => return self.grant(id, ttl, index),
+            WriteOp::LeaseRevoke { id } => return self.revoke(id, events),
             // Handled before a session is looked up.
-            WriteOp::OpenSession => WriteResult {
+            WriteOp::OpenSession | WriteOp::LeaseExpire { .. } => WriteResult {
                 revision: self.revision,
                 succeeded: true,
                 previous: None,
@@ -576,10 +657,20 @@ impl KvStateMachine {
         &mut self,
         txn: crate::protocol::Txn,
         events: &mut Vec<WatchEvent>,
-    ) -> WriteResult {
-        use crate::protocol::{TxnOp, TxnOpResult};
+    ) -> Result<WriteResult, KvError> {
+        use crate::protocol::TxnOp;
         let holds = txn.compares.iter().all(|c| self.compare(c));
         let branch = if holds { txn.success } else { txn.failure };
+        // A put with a lease that does not exist fails the whole
+        // transaction before anything is changed (as in etcd).
+        for op in &branch {
+            if let TxnOp::Put { lease, .. } = op
+                && *lease != 0
+                && !self.leases.contains_key(lease)
+            {
+                return Err(KvError::LeaseNotFound { id: *lease });
+            }
+        }
         let mut responses = Vec::with_capacity(branch.len());
         // The reads of one transaction hold one reply's worth together.
         let mut read_budget = MAX_SCAN_BYTES;
@@ -589,8 +680,9 @@ impl KvStateMachine {
                     key,
                     value,
                     prev_kv,
+                    lease,
                 } => {
-                    let previous = self.put(key, value, events).previous;
+                    let previous = self.put(key, value, lease, events).previous;
                     TxnOpResult::Put {
                         previous: previous.filter(|_| prev_kv),
                     }
@@ -636,11 +728,79 @@ impl KvStateMachine {
                 }
             });
         }
-        WriteResult {
+        Ok(WriteResult {
             revision: self.revision,
             succeeded: holds,
             previous: None,
             responses,
+        })
+    }
+
+    /// Grants a lease; `id` 0 takes the log index of the grant (or the next
+    /// free id above it), so every replica chooses the same.
+    fn grant(&mut self, id: u64, ttl: u64, index: Index) -> Result<WriteResult, KvError> {
+        if self.leases.len() >= MAX_LEASES {
+            return Err(KvError::LimitReached(format!(
+                "the cluster holds {MAX_LEASES} leases, its most; revoke leases no longer used"
+            )));
+        }
+        let id = if id == 0 {
+            let mut id = index.max(1);
+            while self.leases.contains_key(&id) {
+                id += 1;
+            }
+            id
+        } else if self.leases.contains_key(&id) {
+            return Err(KvError::LeaseExists { id });
+        } else {
+            id
+        };
+        let ttl = ttl.clamp(MIN_LEASE_TTL, MAX_LEASE_TTL);
+        self.leases.insert(
+            id,
+            LeaseState {
+                ttl,
+                keys: imbl::OrdSet::new(),
+            },
+        );
+        Ok(WriteResult {
+            revision: self.revision,
+            succeeded: true,
+            previous: None,
+            responses: vec![TxnOpResult::LeaseGranted { id, ttl }],
+        })
+    }
+
+    /// Ends a lease, deleting its keys (each delete its own revision).
+    fn revoke(&mut self, id: u64, events: &mut Vec<WatchEvent>) -> Result<WriteResult, KvError> {
+        let Some(lease) = self.leases.remove(&id) else {
+            return Err(KvError::LeaseNotFound { id });
+        };
+        for key in lease.keys {
+            self.delete(key, events);
+        }
+        Ok(WriteResult {
+            revision: self.revision,
+            succeeded: true,
+            previous: None,
+            responses: Vec::new(),
+        })
+    }
+
+    /// Moves `key` from the lease it lived by to `lease` (either may be 0).
+    fn attach(&mut self, key: &Bytes, from: u64, to: u64) {
+        if from == to {
+            return;
+        }
+        if from != 0
+            && let Some(lease) = self.leases.get_mut(&from)
+        {
+            lease.keys.remove(key);
+        }
+        if to != 0
+            && let Some(lease) = self.leases.get_mut(&to)
+        {
+            lease.keys.insert(key.clone());
         }
     }
 
@@ -672,7 +832,7 @@ impl KvStateMachine {
                     kv.map_or(0, |kv| kv.create_revision).cmp(r)
                 }
                 (CompareTarget::ModRevision(r), kv) => kv.map_or(0, |kv| kv.mod_revision).cmp(r),
-                (CompareTarget::Lease(lease), _) => 0.cmp(lease),
+                (CompareTarget::Lease(lease), kv) => kv.map_or(0, |kv| kv.lease).cmp(lease),
             };
             match compare.result {
                 CompareResult::Equal => ordering == Ordering::Equal,
@@ -693,9 +853,18 @@ impl KvStateMachine {
         }
     }
 
-    fn put(&mut self, key: Bytes, value: Bytes, events: &mut Vec<WatchEvent>) -> WriteResult {
+    /// Sets `key`, living by `lease` (0: none; the caller checked that it
+    /// exists).
+    fn put(
+        &mut self,
+        key: Bytes,
+        value: Bytes,
+        lease: u64,
+        events: &mut Vec<WatchEvent>,
+    ) -> WriteResult {
         self.revision += 1;
         let previous = self.data.get(&key).cloned();
+        self.attach(&key, previous.as_ref().map_or(0, |p| p.lease), lease);
         self.written += VIEW_WRITE_COST
             + previous
                 .as_ref()
@@ -708,6 +877,7 @@ impl KvStateMachine {
                 .map_or(self.revision, |p| p.create_revision),
             mod_revision: self.revision,
             version: previous.as_ref().map_or(1, |p| p.version + 1),
+            lease,
         };
         events.push(WatchEvent {
             revision: self.revision,
@@ -732,6 +902,7 @@ impl KvStateMachine {
                 responses: Vec::new(),
             };
         };
+        self.attach(&key, previous.lease, 0);
         self.revision += 1;
         self.written += VIEW_WRITE_COST + (previous.key.len() + previous.value.len()) as u64;
         events.push(WatchEvent {
@@ -743,6 +914,7 @@ impl KvStateMachine {
                 create_revision: 0,
                 mod_revision: self.revision,
                 version: 0,
+                lease: 0,
             },
         });
         WriteResult {
@@ -784,9 +956,10 @@ impl StateMachine for KvStateMachine {
     }
 
     fn snapshot(&self) -> SnapshotBuilder {
-        let (data, sessions, revision, applied, sessions_bytes) = (
+        let (data, sessions, leases, revision, applied, sessions_bytes) = (
             self.data.clone(),
             self.sessions.clone(),
+            self.leases.clone(),
             self.revision,
             self.applied,
             self.sessions_bytes,
@@ -800,12 +973,14 @@ impl StateMachine for KvStateMachine {
                 revision,
                 data: Seq(&data),
                 sessions: Seq(&sessions),
+                leases: Seq(&leases),
             };
             let estimate = data
                 .values()
                 .map(|kv| kv.key.len() + kv.value.len() + 40)
                 .sum::<usize>()
                 + sessions_bytes as usize
+                + leases.len() * 20
                 + 64;
             postcard::to_extend(&snapshot, Vec::with_capacity(estimate))
                 .map(Bytes::from)
@@ -829,6 +1004,22 @@ impl StateMachine for KvStateMachine {
                 meta.last.index
             ))
         })?;
+        self.leases = snapshot
+            .leases
+            .iter()
+            .map(|(id, ttl)| {
+                let lease = LeaseState {
+                    ttl: *ttl,
+                    keys: imbl::OrdSet::new(),
+                };
+                (*id, lease)
+            })
+            .collect();
+        for kv in &snapshot.data {
+            if let Some(lease) = self.leases.get_mut(&kv.lease) {
+                lease.keys.insert(kv.key.clone());
+            }
+        }
         self.data = snapshot
             .data
             .into_iter()
@@ -965,6 +1156,7 @@ mod tests {
                     key: Bytes::from_static(b"a/3"),
                     value: Bytes::from_static(b"y"),
                     prev_kv: false,
+                    lease: 0,
                 },
                 TxnOp::Range {
                     keys: range_of("a/", b"a0"),
@@ -979,6 +1171,7 @@ mod tests {
                 key: Bytes::from_static(b"failed"),
                 value: Bytes::from_static(b"1"),
                 prev_kv: false,
+                lease: 0,
             }],
         };
         let first = result_of(sm.apply(&[entry(3, 7, 3, WriteOp::Txn(txn.clone()))]));
@@ -1049,6 +1242,7 @@ mod tests {
             key: Bytes::from_static(b"w"),
             value: Bytes::from_static(b"1"),
             prev_kv: false,
+            lease: 0,
         };
         let mut txn = txn;
         txn.success.push(write);
@@ -1137,6 +1331,222 @@ mod tests {
         assert!(scan.more);
     }
 
+    fn leased_put(key: &str, lease: u64) -> WriteOp {
+        WriteOp::Txn(crate::protocol::Txn {
+            success: vec![crate::protocol::TxnOp::Put {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::from_static(b"v"),
+                prev_kv: false,
+                lease,
+            }],
+            ..crate::protocol::Txn::default()
+        })
+    }
+
+    fn granted(result: &WriteResult) -> (u64, u64) {
+        match result.responses.as_slice() {
+            [TxnOpResult::LeaseGranted { id, ttl }] => (*id, *ttl),
+            other => panic!("not a grant: {other:?}"),
+        }
+    }
+
+    fn keys_of_lease(sm: &KvStateMachine, id: u64) -> Vec<String> {
+        let mut keys: Vec<String> = sm
+            .lease(id)
+            .expect("the lease exists")
+            .1
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Leases as etcd has them: a grant takes no revision; keys put with a
+    /// lease live by it; a put without one, or a delete, detaches the key;
+    /// a revoke deletes the keys still attached, each a delete event; a put
+    /// naming a missing lease changes nothing.
+    #[test]
+    fn leases_are_granted_hold_keys_and_take_them_when_revoked() {
+        let mut sm = store();
+        let hub = sm.watch.clone();
+        let mut watcher = hub
+            .subscribe(crate::protocol::Selector::Prefix(Bytes::new()), 0, "t")
+            .unwrap();
+        let grant = result_of(sm.apply(&[entry(1, 1, 1, WriteOp::LeaseGrant { id: 0, ttl: 1 })]));
+        // The store chose the grant's log index, and raised the TTL.
+        assert_eq!(granted(&grant), (OFFSET + 1, MIN_LEASE_TTL));
+        assert_eq!(grant.revision, 0, "a grant takes no revision");
+        let lease = OFFSET + 1;
+        for (i, key) in ["a", "b", "c", "d"].iter().enumerate() {
+            let i = i as u64;
+            result_of(sm.apply(&[entry(2 + i, 1, 2 + i, leased_put(key, lease))]));
+        }
+        assert_eq!(keys_of_lease(&sm, lease), ["a", "b", "c", "d"]);
+        let kv = sm
+            .read(&ReadOp::Get {
+                key: Bytes::from_static(b"a"),
+            })
+            .unwrap();
+        assert_eq!(kv.kvs[0].lease, lease);
+        // "b" is put again without the lease, "c" deleted: both detached.
+        result_of(sm.apply(&[entry(6, 1, 6, put("b", "kept"))]));
+        result_of(sm.apply(&[entry(
+            7,
+            1,
+            7,
+            WriteOp::Delete {
+                key: Bytes::from_static(b"c"),
+            },
+        )]));
+        assert_eq!(keys_of_lease(&sm, lease), ["a", "d"]);
+        // A put naming a lease that does not exist fails, changing nothing.
+        let before = (sm.revision(), sm.digest());
+        let out = sm.apply(&[entry(8, 1, 8, leased_put("x", 999))]);
+        assert_eq!(out[0].1, Err(KvError::LeaseNotFound { id: 999 }));
+        assert_eq!((sm.revision(), sm.digest()), before);
+        // Granting an id in use is refused.
+        let out = sm.apply(&[entry(9, 1, 9, WriteOp::LeaseGrant { id: lease, ttl: 5 })]);
+        assert_eq!(out[0].1, Err(KvError::LeaseExists { id: lease }));
+        // Revoked: "a" and "d" go, each with a delete event; "b" stays.
+        while watcher.try_next().is_some() {}
+        let revision = sm.revision();
+        let revoke = result_of(sm.apply(&[entry(10, 1, 10, WriteOp::LeaseRevoke { id: lease })]));
+        assert_eq!(revoke.revision, revision + 2);
+        assert!(sm.lease(lease).is_none());
+        assert!(sm.leases().is_empty());
+        let mut deleted = Vec::new();
+        while let Some(message) = watcher.try_next() {
+            if let crate::protocol::WatchMessage::Events(events) = message {
+                for event in events {
+                    assert_eq!(event.kind, EventKind::Delete);
+                    deleted.push(event.kv.key);
+                }
+            }
+        }
+        assert_eq!(
+            deleted,
+            [Bytes::from_static(b"a"), Bytes::from_static(b"d")]
+        );
+        let get = |key: &'static [u8]| {
+            sm.read(&ReadOp::Get {
+                key: Bytes::from_static(key),
+            })
+            .unwrap()
+            .kvs
+        };
+        assert!(get(b"a").is_empty());
+        assert_eq!(get(b"b")[0].value, Bytes::from_static(b"kept"));
+        // Revoking it again: not found.
+        let out = sm.apply(&[entry(11, 1, 11, WriteOp::LeaseRevoke { id: lease })]);
+        assert_eq!(out[0].1, Err(KvError::LeaseNotFound { id: lease }));
+    }
+
+    /// A grant retried in its session answers the first grant's lease: one
+    /// lease, not two.
+    #[test]
+    fn a_retried_grant_grants_once() {
+        let mut sm = store();
+        let first = result_of(sm.apply(&[entry(1, 1, 1, WriteOp::LeaseGrant { id: 0, ttl: 30 })]));
+        let again = result_of(sm.apply(&[entry(2, 1, 1, WriteOp::LeaseGrant { id: 0, ttl: 30 })]));
+        assert_eq!(granted(&first), granted(&again));
+        assert_eq!(sm.leases(), vec![(OFFSET + 1, 30)]);
+    }
+
+    /// The leader's expiry is applied in no session, and applying it twice
+    /// (two expiries written before the first applied) is harmless.
+    #[test]
+    fn an_expiry_needs_no_session_and_applies_once() {
+        let mut sm = store();
+        result_of(sm.apply(&[entry(1, 1, 1, WriteOp::LeaseGrant { id: 42, ttl: 10 })]));
+        result_of(sm.apply(&[entry(2, 1, 2, leased_put("k", 42))]));
+        let expire = |index| Entry {
+            term: 1,
+            index: OFFSET + index,
+            payload: EntryPayload::Command(
+                Command {
+                    session: Session {
+                        client_id: 0,
+                        sequence: 0,
+                        first_outstanding: 0,
+                    },
+                    op: WriteOp::LeaseExpire { id: 42 },
+                    prev_kv: false,
+                    owner: "node 1".into(),
+                }
+                .encode(),
+            ),
+        };
+        let first = result_of(sm.apply(&[expire(3)]));
+        assert!(first.succeeded);
+        assert!(sm.is_empty() && sm.leases().is_empty());
+        let revision = sm.revision();
+        let second = result_of(sm.apply(&[expire(4)]));
+        assert!(!second.succeeded);
+        assert_eq!(sm.revision(), revision);
+        // Clients cannot write an expiry.
+        assert!(crate::protocol::validate_write(&WriteOp::LeaseExpire { id: 42 }).is_err());
+    }
+
+    /// Leases and the keys attached to them come back from a snapshot; a
+    /// snapshot whose key names a missing lease is refused.
+    #[test]
+    fn leases_survive_a_snapshot() {
+        let mut sm = store();
+        result_of(sm.apply(&[entry(1, 1, 1, WriteOp::LeaseGrant { id: 9, ttl: 60 })]));
+        result_of(sm.apply(&[entry(2, 1, 2, leased_put("a", 9))]));
+        result_of(sm.apply(&[entry(3, 1, 3, put("b", "v"))]));
+        let data = (sm.snapshot())().unwrap();
+        let meta = SnapshotMeta {
+            last: LogId::new(1, OFFSET + 3),
+            ..SnapshotMeta::default()
+        };
+        let mut restored = KvStateMachine::new(Arc::new(WatchHub::new(100)));
+        restored.restore(&meta, &data).unwrap();
+        assert_eq!(restored.digest(), sm.digest());
+        assert_eq!(restored.leases(), vec![(9, 60)]);
+        assert_eq!(keys_of_lease(&restored, 9), ["a"]);
+        // Revoking on the restored store deletes the key.
+        restored.apply(&[open_session(OFFSET + 4)]);
+        let revoke = Entry {
+            term: 1,
+            index: OFFSET + 5,
+            payload: EntryPayload::Command(
+                Command {
+                    session: Session {
+                        client_id: OFFSET + 4,
+                        sequence: 1,
+                        first_outstanding: 1,
+                    },
+                    op: WriteOp::LeaseRevoke { id: 9 },
+                    prev_kv: false,
+                    owner: "tester".into(),
+                }
+                .encode(),
+            ),
+        };
+        result_of(restored.apply(&[revoke]));
+        assert_eq!(restored.len(), 1);
+
+        let orphan = SnapshotData {
+            applied: meta.last,
+            revision: 1,
+            data: vec![KeyValue {
+                key: Bytes::from_static(b"a"),
+                value: Bytes::from_static(b"v"),
+                create_revision: 1,
+                mod_revision: 1,
+                version: 1,
+                lease: 5,
+            }],
+            sessions: Vec::new(),
+            leases: Vec::new(),
+        };
+        let bytes = postcard::to_stdvec(&orphan).unwrap();
+        let mut refused = KvStateMachine::new(Arc::new(WatchHub::new(100)));
+        assert!(refused.restore(&meta, &bytes).is_err());
+    }
+
     /// The snapshot is encoded straight from the maps; it must be exactly
     /// the encoding of [`SnapshotData`] that restore decodes, sessions
     /// included.
@@ -1184,6 +1594,7 @@ mod tests {
                         ..SessionState::default()
                     },
                 )],
+                leases: Vec::new(),
             })
             .unwrap()
         };
@@ -1193,6 +1604,7 @@ mod tests {
             create_revision: create,
             mod_revision: modified,
             version,
+            lease: 0,
         };
         for data in [
             corrupt(u64::MAX, Vec::new()),

@@ -287,6 +287,11 @@ impl WatchHub {
         });
     }
 
+    /// The store's revision as of the last batch published (or reset).
+    pub fn revision(&self) -> u64 {
+        self.lock().revision
+    }
+
     /// The number of live watchers (past their replay).
     pub fn watchers(&self) -> usize {
         self.lock().subscribers.len()
@@ -422,6 +427,7 @@ mod tests {
                 create_revision: revision,
                 mod_revision: revision,
                 version: 1,
+                lease: 0,
             },
         }
     }

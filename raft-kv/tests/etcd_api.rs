@@ -1,7 +1,8 @@
 //! etcd's v3 API as a second front door, driven by the real `etcdctl`
 //! (Debian's `etcd-client`, 3.4): put, get (prefix, keys only, JSON), del,
-//! endpoint status and member list against three nodes, through a follower
-//! too, with roles from the client certificates. Without `etcdctl` on the
+//! txn, watch, leases, endpoint status, member list/add/remove,
+//! move-leader and compaction against three nodes, through a follower too,
+//! with roles from the client certificates. Without `etcdctl` on the
 //! machine the test says so and checks nothing (`cargo xtask test` installs
 //! it where it can).
 
@@ -160,15 +161,22 @@ impl Drop for Watching {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn etcdctl_puts_gets_deletes_and_reads_the_cluster() {
+/// Whether `etcdctl` is here; if not, says why the test checks nothing.
+fn have_etcdctl() -> bool {
     if Command::new("etcdctl").arg("version").output().is_err() {
         eprintln!(
             "SKIPPED: etcdctl is not installed (Debian: apt-get install etcd-client); \
              the etcd API is not checked against it here"
         );
-        return;
+        return false;
     }
+    true
+}
+
+/// Three nodes serving the etcd API, a leader elected, and `admin` and
+/// `reader` client certificates in the cluster's directory; with the etcd
+/// endpoints.
+async fn etcd_cluster() -> (common::TestCluster, Vec<SocketAddr>) {
     let etcd: Mutex<Vec<SocketAddr>> = Mutex::new(Vec::new());
     let cluster = common::TestCluster::start(3, |c| {
         let address = free_tcp_address();
@@ -191,6 +199,16 @@ async fn etcdctl_puts_gets_deletes_and_reads_the_cluster() {
             )
             .unwrap();
     }
+    (cluster, endpoints)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcdctl_puts_gets_deletes_and_reads_the_cluster() {
+    if !have_etcdctl() {
+        return;
+    }
+    let (cluster, endpoints) = etcd_cluster().await;
+    let dir = dir_of(&cluster);
     let run = move |endpoints: Vec<SocketAddr>, name: &'static str, args: Vec<&'static str>| {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || etcdctl(&dir, &endpoints, name, &args))
@@ -422,11 +440,6 @@ async fn etcdctl_puts_gets_deletes_and_reads_the_cluster() {
     );
 
     // What is not served says so.
-    let lease = run(all.clone(), "admin", vec!["lease", "grant", "10"])
-        .await
-        .unwrap()
-        .unwrap_err();
-    assert!(lease.contains("leases are not supported"), "{lease}");
     let users = run(all.clone(), "admin", vec!["user", "list"])
         .await
         .unwrap()
@@ -448,5 +461,119 @@ async fn etcdctl_puts_gets_deletes_and_reads_the_cluster() {
     );
     let defrag = ok(run(all, "admin", vec!["defrag"]).await.unwrap());
     assert!(defrag.contains("Finished defragmenting"), "{defrag}");
+    cluster.shutdown().await;
+}
+
+/// `etcdctl lease ...` and `put --lease`: a key put with a lease lives while
+/// `lease keep-alive` renews it and is deleted once it stops (the leader
+/// writes the expiry); a revoked lease takes its keys at once; a new leader
+/// starts every lease's time over; a put naming a missing lease is refused
+/// with etcd's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcdctl_leases_keep_keys_until_they_expire_or_are_revoked() {
+    if !have_etcdctl() {
+        return;
+    }
+    let (cluster, endpoints) = etcd_cluster().await;
+    let dir = dir_of(&cluster);
+    let run = {
+        let (dir, endpoints) = (dir.clone(), endpoints.clone());
+        move |name: &'static str, args: Vec<String>| {
+            let (dir, endpoints) = (dir.clone(), endpoints.clone());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    etcdctl(&dir, &endpoints, name, &args)
+                })
+                .await
+                .unwrap()
+            }
+        }
+    };
+    let ok = |out: Result<String, String>| out.unwrap_or_else(|e| panic!("etcdctl failed: {e}"));
+    let args = |text: &str| text.split(' ').map(String::from).collect::<Vec<_>>();
+    // "lease 00000000000000ab granted with TTL(5s)"
+    let grant = |out: String| -> String {
+        let mut words = out.split_whitespace();
+        assert_eq!(words.next(), Some("lease"), "{out}");
+        let id = words.next().unwrap().to_string();
+        assert!(out.contains("granted with TTL("), "{out}");
+        id
+    };
+
+    // A lease renewed by `lease keep-alive` keeps its keys past its TTL.
+    let kept = grant(ok(run("admin", args("lease grant 5")).await));
+    for key in ["eph/1", "eph/2"] {
+        let put = format!("put --lease={kept} {key} x");
+        assert_eq!(ok(run("admin", args(&put)).await), "OK\n");
+    }
+    let ttl = ok(run("reader", args(&format!("lease timetolive {kept} --keys"))).await);
+    assert!(
+        ttl.contains("granted with TTL(5s)") && ttl.contains("attached keys([eph/1 eph/2])"),
+        "{ttl}"
+    );
+    let listed = ok(run("reader", args("lease list")).await);
+    assert!(listed.contains(&kept), "{listed}");
+    let mut renewing = watch(&dir, &endpoints, &["lease", "keep-alive", &kept]);
+    renewing.wait_for(&[&format!("lease {kept} keepalived with TTL(5)")], 1);
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    assert_eq!(
+        ok(run("reader", args("get --prefix eph/ --keys-only")).await),
+        "eph/1\n\neph/2\n\n",
+        "the keys of a lease kept alive are still there after longer than its TTL"
+    );
+    // The renewals stop: the keys go within the TTL (and the leader's
+    // check), generously waited for.
+    drop(renewing);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = ok(run("reader", args("get --prefix eph/ --keys-only")).await);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the keys of an expired lease are still there: {left}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let gone = ok(run("reader", args(&format!("lease timetolive {kept}"))).await);
+    assert!(gone.contains("already expired"), "{gone}");
+
+    // Revoked: its key goes at once.
+    let revoked = grant(ok(run("admin", args("lease grant 600")).await));
+    ok(run("admin", args(&format!("put --lease={revoked} doomed x"))).await);
+    let out = ok(run("admin", args(&format!("lease revoke {revoked}"))).await);
+    assert_eq!(out, format!("lease {revoked} revoked\n"));
+    assert_eq!(ok(run("reader", args("get doomed")).await), "");
+
+    // A new leader starts the lease's time over (etcd does the same).
+    let long = grant(ok(run("admin", args("lease grant 8")).await));
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let status = json(&ok(run("reader", args("endpoint status -w json")).await));
+    let leader = status[0]["Status"]["leader"].as_u64().unwrap();
+    let target = if leader == 1 { "2" } else { "1" };
+    ok(run("admin", args(&format!("move-leader {target}"))).await);
+    let ttl = ok(run("reader", args(&format!("lease timetolive {long}"))).await);
+    let remaining: u64 = ttl
+        .split("remaining(")
+        .nth(1)
+        .and_then(|rest| rest.split('s').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no remaining time in {ttl}"));
+    assert!(
+        remaining >= 6,
+        "4 s into an 8 s lease a new leader gives it its full time again: {ttl}"
+    );
+
+    // Errors, as etcd words them; a reader may not renew.
+    let missing = run("admin", args("put --lease=1234abcd k v"))
+        .await
+        .unwrap_err();
+    assert!(missing.contains("requested lease not found"), "{missing}");
+    let refused = run("reader", args(&format!("lease keep-alive --once {long}")))
+        .await
+        .unwrap_err();
+    assert!(refused.contains("permission denied"), "{refused}");
     cluster.shutdown().await;
 }

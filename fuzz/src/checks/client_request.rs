@@ -96,6 +96,15 @@ pub fn check(data: &[u8]) {
             faults.heal_between(1, 2);
             faults.heal();
         }
+        Request::Lease { op, .. } => match op {
+            protocol::LeaseOp::KeepAlive { id } | protocol::LeaseOp::TimeToLive { id, .. } => {
+                if let Some((ttl, keys)) = sm.lease(id) {
+                    assert!(ttl >= protocol::MIN_LEASE_TTL);
+                    assert!(keys.len() <= sm.len());
+                }
+            }
+            protocol::LeaseOp::List => assert!(sm.leases().len() <= protocol::MAX_LEASES),
+        },
         Request::Admin { .. } | Request::Status | Request::Forwarded { .. } => {}
     }
 }
@@ -109,20 +118,40 @@ fn seed_store(sm: &mut KvStateMachine) {
         index: 1,
         payload: EntryPayload::Command(open.encode()),
     }]);
-    let entries: Vec<Entry> = [&b"a"[..], b"k", b"key", b"\xff"]
-        .iter()
+    // Lease 5, which key "k" lives by.
+    let lease = |key: &[u8]| {
+        WriteOp::Txn(protocol::Txn {
+            success: vec![protocol::TxnOp::Put {
+                key: Bytes::copy_from_slice(key),
+                value: Bytes::from_static(b"v"),
+                prev_kv: false,
+                lease: 5,
+            }],
+            ..protocol::Txn::default()
+        })
+    };
+    let put = |key: &[u8]| WriteOp::Put {
+        key: Bytes::copy_from_slice(key),
+        value: Bytes::from_static(b"v"),
+    };
+    let writes = [
+        WriteOp::LeaseGrant { id: 5, ttl: 10 },
+        put(b"a"),
+        lease(b"k"),
+        put(b"key"),
+        put(b"\xff"),
+    ];
+    let entries: Vec<Entry> = writes
+        .into_iter()
         .enumerate()
-        .map(|(i, key)| {
+        .map(|(i, op)| {
             let command = Command {
                 session: Session {
                     client_id: 1,
                     sequence: i as u64 + 1,
                     first_outstanding: i as u64 + 1,
                 },
-                op: WriteOp::Put {
-                    key: Bytes::copy_from_slice(key),
-                    value: Bytes::from_static(b"v"),
-                },
+                op,
                 prev_kv: false,
                 owner: "fuzz".into(),
             };

@@ -1,0 +1,198 @@
+//! Lease deadlines. Which leases exist, their time to live and their keys
+//! are replicated state ([`crate::state_machine`]); when each one runs out is
+//! not: only the leader keeps deadlines, on its own monotonic clock, and
+//! when one passes it writes the lease's expiry to the log
+//! ([`WriteOp::LeaseExpire`]), so every replica deletes the same keys at the
+//! same revision. A keep-alive starts a lease's time over at the leader. A
+//! new leader starts every lease's time over when it takes office (as etcd
+//! does): it cannot know how long the old leader had left, and expiring a
+//! lease early would take keys from a holder that did nothing wrong.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::driver::DriverHandle;
+use crate::protocol::{Session, WriteOp};
+use crate::state_machine::{Command, KvStateMachine};
+
+/// How often the leader looks for leases past their deadline.
+pub const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long the leader waits for an expiry it wrote to apply before it
+/// writes it again (the first may have been lost with a leader change).
+const EXPIRY_RETRY: Duration = Duration::from_secs(3);
+
+/// The leader's deadlines for the leases it knows.
+#[derive(Debug, Default)]
+pub struct Lessor {
+    state: Mutex<Deadlines>,
+}
+
+#[derive(Debug, Default)]
+struct Deadlines {
+    /// The term the deadlines were set in, while this node leads it.
+    term: Option<u64>,
+    /// When each lease runs out.
+    at: HashMap<u64, Instant>,
+    /// Leases whose expiry was written, and when.
+    expiring: HashMap<u64, Instant>,
+}
+
+impl Lessor {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Deadlines> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Brings the deadlines in line with the leases that exist (`(id,
+    /// seconds granted)`), as leader of `term` (`None`: not leading, so no
+    /// deadlines are kept). A lease not seen before, and every lease when
+    /// the term is new, runs out `ttl` from `now`. Returns the leases past
+    /// their deadline whose expiry should be written now.
+    pub fn sync(&self, term: Option<u64>, leases: &[(u64, u64)], now: Instant) -> Vec<u64> {
+        let mut state = self.lock();
+        let Some(term) = term else {
+            *state = Deadlines::default();
+            return Vec::new();
+        };
+        if state.term != Some(term) {
+            *state = Deadlines {
+                term: Some(term),
+                ..Deadlines::default()
+            };
+        }
+        let live: HashMap<u64, u64> = leases.iter().copied().collect();
+        state.at.retain(|id, _| live.contains_key(id));
+        state.expiring.retain(|id, _| live.contains_key(id));
+        let mut expired = Vec::new();
+        for (id, ttl) in leases {
+            let deadline = *state
+                .at
+                .entry(*id)
+                .or_insert_with(|| now + Duration::from_secs(*ttl));
+            let written = state.expiring.get(id).copied();
+            if deadline <= now && written.is_none_or(|at| now.duration_since(at) >= EXPIRY_RETRY) {
+                state.expiring.insert(*id, now);
+                expired.push(*id);
+            }
+        }
+        expired
+    }
+
+    /// Starts lease `id`'s time over: it runs out `ttl` seconds from `now`.
+    /// The caller, the leader, has checked that the lease exists.
+    pub fn keep_alive(&self, id: u64, ttl: u64, now: Instant) {
+        let mut state = self.lock();
+        state.at.insert(id, now + Duration::from_secs(ttl));
+        state.expiring.remove(&id);
+    }
+
+    /// Whole seconds lease `id` has left (rounded up, as etcd reports),
+    /// or `ttl` when no deadline is set yet.
+    pub fn remaining(&self, id: u64, ttl: u64, now: Instant) -> i64 {
+        match self.lock().at.get(&id) {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(now);
+                (left.as_millis().div_ceil(1000)) as i64
+            }
+            None => ttl as i64,
+        }
+    }
+}
+
+/// The leader's expiry loop for one node: every [`EXPIRY_CHECK_INTERVAL`]
+/// it syncs the deadlines with the leases this node has applied and writes
+/// the expiry of each lease past its deadline. Runs until the driver stops.
+pub async fn expire_leases(driver: DriverHandle<KvStateMachine>, lessor: std::sync::Arc<Lessor>) {
+    let mut interval = tokio::time::interval(EXPIRY_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if driver.is_shutting_down() {
+            return;
+        }
+        let view = driver.view();
+        let term = view.is_leader.then_some(view.term);
+        let leases = match term {
+            Some(_) => match driver.read(None, |sm| sm.leases()).await {
+                Ok(leases) => leases,
+                Err(_) => continue,
+            },
+            None => Vec::new(),
+        };
+        for id in lessor.sync(term, &leases, Instant::now()) {
+            tracing::info!(lease = id, "lease expired: writing its expiry");
+            let command = Command {
+                session: Session {
+                    client_id: 0,
+                    sequence: 0,
+                    first_outstanding: 0,
+                },
+                op: WriteOp::LeaseExpire { id },
+                prev_kv: false,
+                owner: format!("node {}", view.id),
+            };
+            let driver = driver.clone();
+            tokio::spawn(async move {
+                if let Err(e) = driver.propose(command.encode()).await {
+                    tracing::debug!(lease = id, error = %e, "writing a lease expiry failed; retried later");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_lease_expires_its_ttl_after_it_is_first_seen_and_is_written_once() {
+        let lessor = Lessor::default();
+        let t0 = Instant::now();
+        assert!(lessor.sync(Some(1), &[(7, 2)], t0).is_empty());
+        assert!(lessor.sync(Some(1), &[(7, 2)], t0 + SECOND).is_empty());
+        assert_eq!(lessor.remaining(7, 2, t0 + SECOND), 1);
+        assert_eq!(lessor.sync(Some(1), &[(7, 2)], t0 + 2 * SECOND), vec![7]);
+        // Written: not again while it applies...
+        assert!(lessor.sync(Some(1), &[(7, 2)], t0 + 3 * SECOND).is_empty());
+        // ...but again if it did not apply in time.
+        assert_eq!(lessor.sync(Some(1), &[(7, 2)], t0 + 5 * SECOND), vec![7]);
+    }
+
+    #[test]
+    fn a_keep_alive_starts_the_time_over() {
+        let lessor = Lessor::default();
+        let t0 = Instant::now();
+        lessor.sync(Some(1), &[(7, 2)], t0);
+        lessor.keep_alive(7, 2, t0 + SECOND);
+        assert!(lessor.sync(Some(1), &[(7, 2)], t0 + 2 * SECOND).is_empty());
+        assert_eq!(lessor.sync(Some(1), &[(7, 2)], t0 + 3 * SECOND), vec![7]);
+    }
+
+    #[test]
+    fn a_new_term_starts_every_lease_over_and_followers_keep_no_deadlines() {
+        let lessor = Lessor::default();
+        let t0 = Instant::now();
+        lessor.sync(Some(1), &[(7, 2)], t0);
+        // Leadership changes hands and comes back in a later term just
+        // before the old deadline: the lease gets its full time again.
+        assert!(lessor.sync(Some(3), &[(7, 2)], t0 + 2 * SECOND).is_empty());
+        assert!(lessor.sync(Some(3), &[(7, 2)], t0 + 3 * SECOND).is_empty());
+        assert_eq!(lessor.sync(Some(3), &[(7, 2)], t0 + 4 * SECOND), vec![7]);
+        // Not leading: nothing expires, nothing is remembered.
+        assert!(lessor.sync(None, &[(7, 2)], t0 + 9 * SECOND).is_empty());
+        assert_eq!(lessor.remaining(7, 2, t0 + 9 * SECOND), 2);
+    }
+
+    #[test]
+    fn revoked_leases_are_forgotten() {
+        let lessor = Lessor::default();
+        let t0 = Instant::now();
+        lessor.sync(Some(1), &[(7, 2), (8, 2)], t0);
+        assert_eq!(lessor.sync(Some(1), &[(8, 2)], t0 + 2 * SECOND), vec![8]);
+        assert_eq!(lessor.remaining(7, 5, t0), 5);
+    }
+}
