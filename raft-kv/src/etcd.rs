@@ -137,12 +137,109 @@ pub(crate) struct EtcdOptions {
     pub deny: Option<DenyList>,
 }
 
-/// Serves etcd's API until the returned task is aborted; `service` gives
+/// The etcd front door while it runs: dropping it stops it, and closes
+/// every connection it has open (watch and keep-alive streams included), so
+/// clients go to other nodes at once rather than wait on a node that no
+/// longer serves.
+pub(crate) struct EtcdServer {
+    task: tokio::task::AbortHandle,
+    close: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.close.send_replace(true);
+    }
+}
+
+/// A client connection the node can close whatever its streams are doing:
+/// once the front door closes, reads end and writes fail, and hyper drops
+/// the connection (aborting the task that accepts connections does not stop
+/// the ones already open).
+struct Closable {
+    io: tokio::net::TcpStream,
+    closed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    is_closed: bool,
+}
+
+impl Closable {
+    fn new(io: tokio::net::TcpStream, mut close: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self {
+            io,
+            closed: Box::pin(async move {
+                let _ = close.wait_for(|closed| *closed).await;
+            }),
+            is_closed: false,
+        }
+    }
+
+    fn closed(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        if !self.is_closed && self.closed.as_mut().poll(cx).is_ready() {
+            self.is_closed = true;
+        }
+        self.is_closed
+    }
+}
+
+impl tokio::io::AsyncRead for Closable {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.closed(cx) {
+            // End of stream.
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Closable {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.closed(cx) {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the node stopped serving the etcd API",
+            )));
+        }
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Closable {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+/// Serves etcd's API until the returned handle is dropped; `service` gives
 /// the node's request path once it is up.
 pub(crate) async fn serve(
     options: EtcdOptions,
     service: Arc<dyn Fn() -> Option<Arc<KvService>> + Send + Sync>,
-) -> Result<tokio::task::JoinHandle<()>, String> {
+) -> Result<EtcdServer, String> {
     let EtcdOptions {
         address,
         ca,
@@ -176,12 +273,21 @@ pub(crate) async fn serve(
         .add_service(LeaseServer::new(api.clone()))
         .add_service(AuthServer::new(api.clone()))
         .add_service(MaintenanceServer::new(api));
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    Ok(tokio::spawn(async move {
+    let (close, closed) = tokio::sync::watch::channel(false);
+    let incoming = {
+        use tokio_stream::StreamExt;
+        tonic::transport::server::TcpIncoming::from(listener)
+            .map(move |accepted| accepted.map(|io| Closable::new(io, closed.clone())))
+    };
+    let task = tokio::spawn(async move {
         if let Err(e) = router.serve_with_incoming(incoming).await {
             tracing::error!("the etcd API stopped: {e}");
         }
-    }))
+    });
+    Ok(EtcdServer {
+        task: task.abort_handle(),
+        close,
+    })
 }
 
 /// etcd's cluster ids are numbers; ours is a name: a stable hash of it.

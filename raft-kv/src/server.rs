@@ -136,7 +136,7 @@ pub struct Server {
     /// Rereads the deny-list file while the node runs.
     _deny_reload: Option<AbortOnDrop>,
     /// The etcd v3 API, if served.
-    _etcd: Option<AbortOnDrop>,
+    etcd: Option<crate::etcd::EtcdServer>,
     /// The leader's lease expiry loop.
     _lease_expiry: AbortOnDrop,
 }
@@ -415,7 +415,7 @@ impl Server {
                         message,
                     })?;
                 tracing::info!(node = config.node_id, %address, "serving the etcd v3 API");
-                Some(AbortOnDrop(task.abort_handle()))
+                Some(task)
             }
             None => None,
         };
@@ -440,7 +440,7 @@ impl Server {
             metrics,
             local,
             _deny_reload: deny_reload,
-            _etcd: etcd,
+            etcd,
             _lease_expiry: lease_expiry,
         })
     }
@@ -485,6 +485,9 @@ impl Server {
     /// the driver stops after making queued writes durable, the network
     /// closes and the database is closed cleanly.
     pub async fn shutdown(mut self) -> Result<(), String> {
+        // etcd clients are cut off first, as native clients are when the
+        // transport stops: they go on with other nodes.
+        drop(self.etcd.take());
         let handle = self.driver.handle();
         if handle.view().is_leader && handle.view().voters.len() > 1 {
             let (reply, rx) = tokio::sync::oneshot::channel();

@@ -271,6 +271,7 @@ fn client_without_rocksdb() -> Result<()> {
 
 fn test(no_lint: bool) -> Result<()> {
     system::ready_to_build()?;
+    system::ensure(system::TEST_PACKAGES)?;
     // etcdctl checks the etcd API; its test says so and skips without it.
     if let Err(e) = system::ensure(&["etcd-client"]) {
         eprintln!("xtask: etcdctl is not available, the etcd API test will skip it: {e:#}");

@@ -1,6 +1,6 @@
 //! System packages from Debian: clang and libclang-dev to build RocksDB's
-//! bindings (every build), and what `cargo xtask bench` adds (etcd, protoc,
-//! a font).
+//! bindings (every build), what the tests add (protoc for etcd-client), and
+//! what `cargo xtask bench` adds (etcd, protoc, a font).
 
 use std::process::Command;
 
@@ -8,6 +8,10 @@ use anyhow::{Result, bail};
 
 /// Debian packages the build and the tests need.
 pub(crate) const PACKAGES: &[&str] = &["clang", "libclang-dev"];
+
+/// What the tests add: `protoc` and protobuf's well-known types, for the
+/// etcd-client crate the test-only member `etcd-client-tests` builds.
+pub(crate) const TEST_PACKAGES: &[&str] = &["protobuf-compiler", "libprotobuf-dev"];
 
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
