@@ -1,5 +1,6 @@
 //! The Rust `etcd-client` crate against three raft-kv nodes serving etcd's
-//! v3 API over mutual TLS: put, get, txn, watch and leases, then the
+//! v3 API over mutual TLS: put, get, txn, watch (with progress requests and
+//! prev_kv) and leases, then the
 //! lease-based lock recipe (as etcd's `concurrency.Mutex` builds it: a key
 //! per contender under a prefix, put with the contender's lease; the lowest
 //! create revision holds the lock; the others wait for the key just before
@@ -246,7 +247,53 @@ async fn etcd_client_puts_watches_leases_and_locks_while_the_leader_stops() {
             (EventType::Delete, b"w/a".to_vec())
         ]
     );
-    drop(stream);
+    // Progress requests (Kubernetes' way to know its watch cache is fresh):
+    // each answer (watch id -1, as etcd's) names a revision through which
+    // the stream has sent every event; asked again, it reaches the revision
+    // of a write acknowledged meanwhile (the watch may be on a follower that
+    // applies it a moment later).
+    let written = client.put("elsewhere", "x", None).await.unwrap();
+    let written = written.header().unwrap().revision();
+    let mut reached = 0;
+    let deadline = Instant::now() + PATIENCE;
+    while reached < written {
+        assert!(Instant::now() < deadline, "progress stuck at {reached}");
+        stream.request_progress().await.unwrap();
+        let progress = tokio::time::timeout(PATIENCE, stream.message())
+            .await
+            .expect("a progress answer in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(progress.watch_id(), -1);
+        assert!(progress.events().is_empty());
+        let revision = progress.header().unwrap().revision();
+        assert!(
+            revision >= reached,
+            "progress went back from {reached} to {revision}"
+        );
+        reached = revision;
+    }
+    // With prev_kv, each event carries the key as it was.
+    let mut previous = client
+        .watch("pv", Some(WatchOptions::new().with_prev_key()))
+        .await
+        .unwrap();
+    assert!(previous.message().await.unwrap().unwrap().created());
+    client.put("pv", "1", None).await.unwrap();
+    client.put("pv", "2", None).await.unwrap();
+    let mut prevs = Vec::new();
+    while prevs.len() < 2 {
+        let answer = tokio::time::timeout(PATIENCE, previous.message())
+            .await
+            .expect("watch events in time")
+            .unwrap()
+            .unwrap();
+        for event in answer.events() {
+            prevs.push(event.prev_kv().map(|kv| kv.value().to_vec()));
+        }
+    }
+    assert_eq!(prevs, [None, Some(b"1".to_vec())]);
+    drop((stream, previous));
 
     // Leases: a key put with one is listed with it, and goes when it is
     // revoked.

@@ -172,6 +172,18 @@ fn write_ops() -> Vec<WriteOp> {
             expected: Some(b("v1")),
             new: None,
         },
+        WriteOp::LeaseGrant { id: 0, ttl: 10 },
+        WriteOp::LeaseGrant { id: 5, ttl: 1 },
+        WriteOp::Txn(crate::protocol::Txn {
+            success: vec![crate::protocol::TxnOp::Put {
+                key: b("held"),
+                value: b("v"),
+                prev_kv: true,
+                lease: 5,
+            }],
+            ..crate::protocol::Txn::default()
+        }),
+        WriteOp::LeaseRevoke { id: 5 },
     ]
 }
 
@@ -182,6 +194,7 @@ fn kv(key: &str, value: &str, revision: u64) -> KeyValue {
         create_revision: revision,
         mod_revision: revision,
         version: 1,
+        lease: 0,
     }
 }
 
@@ -204,6 +217,8 @@ fn kv_errors() -> Vec<KvError> {
             oldest: 9,
         },
         KvError::SessionExpired,
+        KvError::LeaseNotFound { id: 5 },
+        KvError::LeaseExists { id: 5 },
     ]
 }
 
@@ -301,6 +316,18 @@ pub fn all() -> Vec<Seed> {
             op: AdminOp::TransferLeader { to: Some(3) },
             forwarded: false,
         },
+        Request::Lease {
+            op: crate::protocol::LeaseOp::KeepAlive { id: 5 },
+            forwarded: false,
+        },
+        Request::Lease {
+            op: crate::protocol::LeaseOp::TimeToLive { id: 5, keys: true },
+            forwarded: true,
+        },
+        Request::Lease {
+            op: crate::protocol::LeaseOp::List,
+            forwarded: false,
+        },
         Request::Status,
         Request::SetFaults {
             rules: vec![
@@ -353,6 +380,13 @@ pub fn all() -> Vec<Seed> {
             certificate_expires: Some(1_900_000_000),
         })),
         Response::FaultsSet,
+        Response::Lease(crate::protocol::LeaseAnswer::TimeToLive {
+            id: 5,
+            remaining: 3,
+            granted: 10,
+            keys: vec![b("held")],
+        }),
+        Response::Lease(crate::protocol::LeaseAnswer::List(vec![5, 7])),
         Response::Forwarded {
             leader: "127.0.0.1:7002".into(),
             response: Box::new(Response::Write(WriteResult {
@@ -376,11 +410,13 @@ pub fn all() -> Vec<Seed> {
                 revision: 4,
                 kind: EventKind::Put,
                 kv: kv("k", "v", 4),
+                prev: Some(kv("k", "u", 3)),
             },
             WatchEvent {
                 revision: 5,
                 kind: EventKind::Delete,
                 kv: kv("k", "", 5),
+                prev: Some(kv("k", "v", 4)),
             },
         ]),
         WatchMessage::Compacted { revision: 9 },

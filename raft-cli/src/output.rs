@@ -239,6 +239,7 @@ mod tests {
             revision: 7,
             kind: EventKind::Put,
             kv: kv("w/1", b"v"),
+            prev: None,
         };
         assert_eq!(event_line(&put), "7 PUT w/1 v");
         assert_eq!(event_json(&put)["kind"], "put");
@@ -246,6 +247,7 @@ mod tests {
             revision: 8,
             kind: EventKind::Delete,
             kv: kv("w/1", b""),
+            prev: Some(kv("w/1", b"v")),
         };
         assert_eq!(event_line(&delete), "8 DELETE w/1");
         assert_eq!(event_json(&delete)["kind"], "delete");

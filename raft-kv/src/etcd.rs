@@ -14,10 +14,11 @@
 //! and reads, in one log entry), `KV.Compact`, `Cluster`'s
 //! `MemberList`, `MemberAdd` (as a learner), `MemberPromote` and
 //! `MemberRemove`, and `Maintenance`'s `Status`, `MoveLeader`, `Alarm`
-//! (none) and `Defragment` (nothing to do), and `Watch` (keys, ranges and
-//! prefixes, from a revision, with filters; a watch whose history is gone
-//! is canceled with its compact revision). Every other call answers
-//! `Unimplemented`.
+//! (none) and `Defragment` (nothing to do), `Watch` (keys, ranges and
+//! prefixes, from a revision, with filters and `prev_kv`; progress requests
+//! and `progress_notify`; a watch whose history is gone is canceled with its
+//! compact revision), and `Lease` (grant, revoke, keep-alive, time to live,
+//! list). Auth answers `Unimplemented`.
 //!
 //! Writes need a session for exactly-once application: the front door keeps
 //! one per client identity and numbers its writes. Like etcd, a write a
@@ -470,17 +471,41 @@ impl EtcdApi {
                 },
             )
         };
-        let answer = service
-            .serve_request(
-                caller,
-                Request::Write {
-                    session,
-                    op,
-                    prev_kv,
-                    forwarded: false,
-                },
-            )
-            .await;
+        // While there is no leader to take it (an election, a transfer, a
+        // leader that stepped down with it pending), the write is sent again
+        // in the same session and sequence, so it applies once however many
+        // times it is sent; the etcd client gets an answer rather than an
+        // error it could not tell from a lost write.
+        let deadline = std::time::Instant::now() + service.timeout();
+        let mut pause = std::time::Duration::from_millis(20);
+        let answer = loop {
+            let answer = service
+                .serve_request(
+                    caller,
+                    Request::Write {
+                        session,
+                        op: op.clone(),
+                        prev_kv,
+                        forwarded: false,
+                    },
+                )
+                .await;
+            let again = matches!(
+                answer,
+                Response::Error(
+                    KvError::NoLeader
+                        | KvError::NotLeader { .. }
+                        | KvError::TransferInProgress
+                        | KvError::LeadershipLost
+                        | KvError::Unavailable(_)
+                )
+            );
+            if !again || std::time::Instant::now() + pause > deadline {
+                break answer;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(200));
+        };
         match answer {
             Response::Write(result) => Ok(result),
             Response::Error(KvError::SessionExpired) => {
@@ -1042,6 +1067,52 @@ impl Maintenance for EtcdApi {
 /// Responses waiting for a watch stream's client, across its watches.
 const WATCH_RESPONSES: usize = 16;
 
+/// How often a watch created with `progress_notify` is told the revision it
+/// has reached when it had no events meanwhile (etcd's default).
+const PROGRESS_NOTIFY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How long a progress request waits for the stream's watches to have sent
+/// every event up to a revision before it gives up (etcd, too, answers a
+/// progress request only when its watches are synced).
+const PROGRESS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A running watch of a stream: its task, and where to ask it how far it
+/// has sent (it answers between two of its messages).
+struct RunningWatch {
+    task: tokio::task::AbortHandle,
+    progress: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Option<u64>>>,
+}
+
+/// The revision through which every watch in `watches` has sent all its
+/// events (`fallback` when there is none), once they all have, asking
+/// again for up to [`PROGRESS_WAIT`]; `None` if they did not get there.
+async fn synced_through(
+    watches: Vec<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Option<u64>>>>,
+    fallback: u64,
+) -> Option<u64> {
+    let deadline = std::time::Instant::now() + PROGRESS_WAIT;
+    loop {
+        let mut through = Some(fallback);
+        for watch in &watches {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            // A watch that ended sends nothing more: it does not hold the
+            // others back.
+            if watch.send(reply).await.is_err() {
+                continue;
+            }
+            match answer.await {
+                Ok(Some(revision)) => through = through.map(|t| t.min(revision)),
+                Ok(None) => through = None,
+                Err(_) => {}
+            }
+        }
+        if through.is_some() || std::time::Instant::now() > deadline {
+            return through;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// What a watch selects, from etcd's key and range end.
 fn selector(key: Vec<u8>, end: &[u8]) -> Selector {
     let key = Bytes::from(key);
@@ -1058,14 +1129,15 @@ fn selector(key: Vec<u8>, end: &[u8]) -> Selector {
     }
 }
 
-fn event_to_pb(event: WatchEvent) -> mvccpb::Event {
+/// An event as etcd sends it; with `prev_kv`, the key as it was before.
+fn event_to_pb(event: WatchEvent, prev_kv: bool) -> mvccpb::Event {
     mvccpb::Event {
         r#type: match event.kind {
             EventKind::Put => mvccpb::event::EventType::Put,
             EventKind::Delete => mvccpb::event::EventType::Delete,
         } as i32,
         kv: Some(to_pb(event.kv, false)),
-        prev_kv: None,
+        prev_kv: event.prev.filter(|_| prev_kv).map(|kv| to_pb(kv, false)),
     }
 }
 
@@ -1086,7 +1158,7 @@ impl Watch for EtcdApi {
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_RESPONSES);
         let api = self.clone();
         tokio::spawn(async move {
-            let mut watches: HashMap<i64, tokio::task::AbortHandle> = HashMap::new();
+            let mut watches: HashMap<i64, RunningWatch> = HashMap::new();
             let mut next_id = 0;
             loop {
                 let request = tokio::select! {
@@ -1105,14 +1177,14 @@ impl Watch for EtcdApi {
                             }
                             next_id
                         };
-                        let task = api.start_watch(&service, &caller, id, create, tx.clone());
-                        if let Some(task) = task {
-                            watches.insert(id, task);
+                        let watch = api.start_watch(&service, &caller, id, create, tx.clone());
+                        if let Some(watch) = watch {
+                            watches.insert(id, watch);
                         }
                     }
                     Some(RequestUnion::CancelRequest(cancel)) => {
-                        if let Some(task) = watches.remove(&cancel.watch_id) {
-                            task.abort();
+                        if let Some(watch) = watches.remove(&cancel.watch_id) {
+                            watch.task.abort();
                         }
                         let response = pb::WatchResponse {
                             header: Some(api.header(&service, service.revision())),
@@ -1125,18 +1197,28 @@ impl Watch for EtcdApi {
                         }
                     }
                     Some(RequestUnion::ProgressRequest(_)) => {
-                        let _ = tx
-                            .send(Err(Status::unimplemented(
-                                "watch progress requests are not supported yet",
-                            )))
-                            .await;
-                        break;
+                        // Answered (watch id -1, as etcd does) once every
+                        // watch of the stream has sent all its events up to
+                        // the revision it names; meanwhile the stream goes
+                        // on.
+                        let asks = watches.values().map(|w| w.progress.clone()).collect();
+                        let (tx, api, service) = (tx.clone(), api.clone(), service.clone());
+                        tokio::spawn(async move {
+                            if let Some(revision) = synced_through(asks, service.revision()).await {
+                                let response = pb::WatchResponse {
+                                    header: Some(api.header(&service, revision)),
+                                    watch_id: -1,
+                                    ..Default::default()
+                                };
+                                let _ = tx.send(Ok(response)).await;
+                            }
+                        });
                     }
                     None => {}
                 }
             }
-            for task in watches.values() {
-                task.abort();
+            for watch in watches.values() {
+                watch.task.abort();
             }
         });
         Ok(GrpcResponse::new(Box::pin(
@@ -1155,7 +1237,7 @@ impl EtcdApi {
         id: i64,
         create: pb::WatchCreateRequest,
         tx: tokio::sync::mpsc::Sender<Result<pb::WatchResponse, Status>>,
-    ) -> Option<tokio::task::AbortHandle> {
+    ) -> Option<RunningWatch> {
         use pb::watch_create_request::FilterType;
         let cancel = |reason: String, compact_revision: i64| pb::WatchResponse {
             header: Some(self.header(service, service.revision())),
@@ -1173,9 +1255,6 @@ impl EtcdApi {
             });
             None
         };
-        if create.prev_kv {
-            return refuse(cancel("prev_kv is not supported on watches yet".into(), 0));
-        }
         let Ok(start) = u64::try_from(create.start_revision) else {
             return refuse(cancel("a start revision is never negative".into(), 0));
         };
@@ -1197,8 +1276,40 @@ impl EtcdApi {
             let api = self.clone();
             move |revision: u64| api.header_with_term(revision, 0)
         };
+        let (progress, mut asked) =
+            tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Option<u64>>>(1);
+        let notify_progress = create.progress_notify;
         let task = tokio::spawn(async move {
-            while let Some(message) = watcher.next().await {
+            let mut notify = tokio::time::interval_at(
+                tokio::time::Instant::now() + PROGRESS_NOTIFY_INTERVAL,
+                PROGRESS_NOTIFY_INTERVAL,
+            );
+            let mut quiet = true;
+            loop {
+                let message = tokio::select! {
+                    message = watcher.next() => message,
+                    Some(reply) = asked.recv() => {
+                        // Between two messages: everything taken is sent.
+                        let _ = reply.send(watcher.synced_through());
+                        continue;
+                    }
+                    _ = notify.tick(), if notify_progress => {
+                        let idle = std::mem::replace(&mut quiet, true);
+                        if let (true, Some(revision)) = (idle, watcher.synced_through()) {
+                            let response = pb::WatchResponse {
+                                header: Some(header(revision)),
+                                watch_id: id,
+                                ..Default::default()
+                            };
+                            if tx.send(Ok(response)).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                };
+                let Some(message) = message else { break };
+                quiet = false;
                 let response = match message {
                     WatchMessage::Started { revision } => pb::WatchResponse {
                         header: Some(header(revision)),
@@ -1214,7 +1325,7 @@ impl EtcdApi {
                                 EventKind::Put => !no_put,
                                 EventKind::Delete => !no_delete,
                             })
-                            .map(event_to_pb)
+                            .map(|event| event_to_pb(event, create.prev_kv))
                             .collect();
                         if events.is_empty() {
                             continue;
@@ -1248,7 +1359,10 @@ impl EtcdApi {
                 }
             }
         });
-        Some(task.abort_handle())
+        Some(RunningWatch {
+            task: task.abort_handle(),
+            progress,
+        })
     }
 }
 

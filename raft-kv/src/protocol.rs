@@ -617,6 +617,9 @@ pub struct WatchEvent {
     /// The key-value after the write (for a delete: the key, an empty value
     /// and the delete's revision).
     pub kv: KeyValue,
+    /// The key-value before the write (`None` for a key it created): etcd's
+    /// `prev_kv`. Its value is shared with what the store held, not copied.
+    pub prev: Option<KeyValue>,
 }
 
 /// One frame of a watch stream.

@@ -329,6 +329,11 @@ impl KvService {
             .subscribe(selector, start_revision, &principal.name)
     }
 
+    /// How long a request may take on this node (`request_timeout_ms`).
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The store's revision on this node, as of its last applied write.
     pub(crate) fn revision(&self) -> u64 {
         self.watch.revision()

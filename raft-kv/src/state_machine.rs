@@ -883,6 +883,7 @@ impl KvStateMachine {
             revision: self.revision,
             kind: EventKind::Put,
             kv: kv.clone(),
+            prev: previous.clone(),
         });
         self.data.insert(key, kv);
         WriteResult {
@@ -916,6 +917,7 @@ impl KvStateMachine {
                 version: 0,
                 lease: 0,
             },
+            prev: Some(previous.clone()),
         });
         WriteResult {
             revision: self.revision,
@@ -1440,6 +1442,46 @@ mod tests {
         // Revoking it again: not found.
         let out = sm.apply(&[entry(11, 1, 11, WriteOp::LeaseRevoke { id: lease })]);
         assert_eq!(out[0].1, Err(KvError::LeaseNotFound { id: lease }));
+    }
+
+    /// Every event carries the key as it was before the write (etcd's
+    /// `prev_kv` on watches): none for a key created, the old value for an
+    /// overwrite, the deleted key-value for a delete.
+    #[test]
+    fn events_carry_the_key_as_it_was() {
+        let mut sm = store();
+        let mut watcher = sm
+            .watch
+            .subscribe(crate::protocol::Selector::Prefix(Bytes::new()), 0, "t")
+            .unwrap();
+        sm.apply(&[entry(1, 1, 1, put("k", "a"))]);
+        sm.apply(&[entry(2, 1, 2, put("k", "b"))]);
+        sm.apply(&[entry(
+            3,
+            1,
+            3,
+            WriteOp::Delete {
+                key: Bytes::from_static(b"k"),
+            },
+        )]);
+        let mut prevs = Vec::new();
+        while let Some(message) = watcher.try_next() {
+            if let crate::protocol::WatchMessage::Events(events) = message {
+                prevs.extend(
+                    events
+                        .into_iter()
+                        .map(|e| e.prev.map(|p| (p.value, p.mod_revision))),
+                );
+            }
+        }
+        assert_eq!(
+            prevs,
+            [
+                None,
+                Some((Bytes::from_static(b"a"), 1)),
+                Some((Bytes::from_static(b"b"), 2))
+            ]
+        );
     }
 
     /// A grant retried in its session answers the first grant's lease: one

@@ -45,7 +45,11 @@ const REPLAY_STEP: usize = 4096;
 /// What an event counts for against the byte bounds: its key, its value and
 /// a fixed part (revisions, kind, lengths).
 pub fn event_bytes(event: &WatchEvent) -> u64 {
-    (event.kv.key.len() + event.kv.value.len()) as u64 + 48
+    let prev = event
+        .prev
+        .as_ref()
+        .map_or(0, |p| p.key.len() + p.value.len() + 48);
+    (event.kv.key.len() + event.kv.value.len() + prev) as u64 + 48
 }
 
 fn message_bytes(message: &WatchMessage) -> u64 {
@@ -62,6 +66,9 @@ struct Queue {
     bytes: AtomicU64,
     /// Set when the hub cut the watcher off for falling behind.
     cut_off: AtomicBool,
+    /// The store's revision through which the hub has queued every event
+    /// for this watcher (set after the events themselves).
+    through: AtomicU64,
 }
 
 struct Subscriber {
@@ -217,6 +224,7 @@ impl WatchHub {
         // follow without a gap or a duplicate.
         let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
         let queue = Arc::new(Queue::default());
+        queue.through.store(inner.revision, Ordering::Release);
         inner.subscribers.push(Subscriber {
             selector: selector.clone(),
             tx,
@@ -248,10 +256,13 @@ impl WatchHub {
                 message.push(event.clone());
             }
             sub.next = revision.saturating_add(1);
-            if message.is_empty() {
-                return !sub.tx.is_closed();
-            }
-            sub.send(WatchMessage::Events(message))
+            let kept = if message.is_empty() {
+                !sub.tx.is_closed()
+            } else {
+                sub.send(WatchMessage::Events(message))
+            };
+            sub.queue.through.store(revision, Ordering::Release);
+            kept
         });
         for event in events {
             inner.history_bytes += event_bytes(&event);
@@ -282,6 +293,7 @@ impl WatchHub {
                 });
                 false
             } else {
+                sub.queue.through.store(revision, Ordering::Release);
                 true
             }
         });
@@ -341,6 +353,21 @@ impl Watcher {
             Err(mpsc::error::TryRecvError::Empty) => None,
             Err(mpsc::error::TryRecvError::Disconnected) => self.taken(None),
         }
+    }
+
+    /// The revision through which every event of this watch has been taken
+    /// from it (etcd's watch progress): `Some` once it is live with nothing
+    /// waiting to be taken, `None` while it replays, has events queued, or
+    /// has ended.
+    pub fn synced_through(&self) -> Option<u64> {
+        if self.ended || self.started.is_some() {
+            return None;
+        }
+        let (rx, queue) = self.live.as_ref()?;
+        // Read before looking at the queue: events queued up to it are
+        // already in the queue then.
+        let through = queue.through.load(Ordering::Acquire);
+        rx.is_empty().then_some(through)
     }
 
     /// Everything up to the live queue: `Some(answer)` when it decides the
@@ -429,6 +456,7 @@ mod tests {
                 version: 1,
                 lease: 0,
             },
+            prev: None,
         }
     }
 
@@ -464,6 +492,35 @@ mod tests {
             }
         }
         (revisions, None)
+    }
+
+    /// Watch progress (etcd's progress requests and notifications): a
+    /// watcher is synced through a revision only once it has taken every
+    /// event up to it; writes to keys it does not watch move it on too.
+    #[test]
+    fn a_watcher_is_synced_only_once_it_took_everything() {
+        let hub = Arc::new(WatchHub::new(1_000));
+        publish(&hub, "a", 3, 10);
+        let mut watcher = hub
+            .subscribe(Selector::Prefix(Bytes::from_static(b"b")), 1, "c")
+            .unwrap();
+        // Not started, not replayed: not synced.
+        assert_eq!(watcher.synced_through(), None);
+        assert!(matches!(
+            watcher.try_next(),
+            Some(WatchMessage::Started { .. })
+        ));
+        // The replay finds nothing for "b" and goes live at revision 3.
+        assert!(watcher.try_next().is_none());
+        assert_eq!(watcher.synced_through(), Some(3));
+        // Writes elsewhere move it on; a write it watches is waiting until
+        // taken.
+        publish(&hub, "a", 2, 10);
+        assert_eq!(watcher.synced_through(), Some(5));
+        publish(&hub, "b", 1, 10);
+        assert_eq!(watcher.synced_through(), None);
+        assert_eq!(drain(&mut watcher).0, [6]);
+        assert_eq!(watcher.synced_through(), Some(6));
     }
 
     /// Review finding: the history was capped in events, not bytes

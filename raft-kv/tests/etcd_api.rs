@@ -393,7 +393,25 @@ async fn etcdctl_puts_gets_deletes_and_reads_the_cluster() {
         &["watch", "--rev", "1", "k2"],
     );
     replay.wait_for(&["PUT", "k2", "v"], 3);
-    drop((live, replay));
+    // With --prev-kv each event shows the key as it was first (none for a
+    // key created; etcdctl prints a deleted key with an empty value).
+    let mut previous = watch(
+        &dir_of(&cluster),
+        &endpoints,
+        &["watch", "--prev-kv", "pv", &from],
+    );
+    for args in [
+        vec!["put", "pv", "a"],
+        vec!["put", "pv", "b"],
+        vec!["del", "pv"],
+    ] {
+        ok(run(all.clone(), "admin", args).await.unwrap());
+    }
+    let expected = [
+        "PUT", "pv", "a", "PUT", "pv", "a", "pv", "b", "DELETE", "pv", "b", "pv", "",
+    ];
+    previous.wait_for(&expected, expected.len());
+    drop((live, replay, previous));
 
     // Transactions: the comparison picks the branch, applied as one entry.
     let dir = dir_of(&cluster);

@@ -43,6 +43,10 @@ pub(crate) struct ChaosArgs {
     /// lists each combination that ran.
     #[arg(long)]
     pub(crate) overlap: bool,
+    /// How the clients reach the cluster: `native` (raft-kv's client) or
+    /// `etcd` (the etcd-client crate through the nodes' etcd v3 API).
+    #[arg(long, default_value = "native")]
+    pub(crate) api: String,
 }
 
 impl ChaosArgs {
@@ -59,7 +63,14 @@ impl ChaosArgs {
             expect_violation: false,
             reads: reads.into(),
             overlap,
+            api: "native".into(),
         }
+    }
+
+    /// The same run, its clients going through `api`.
+    pub(crate) fn through(mut self, api: &str) -> Self {
+        self.api = api.into();
+        self
     }
 }
 
@@ -82,6 +93,7 @@ fn target_dir() -> PathBuf {
 pub(crate) fn run(args: &ChaosArgs, build: bool) -> Result<()> {
     if build {
         crate::system::ready_to_build()?;
+        crate::system::ensure(crate::system::TEST_PACKAGES)?;
         let mut cmd = crate::cargo();
         cmd.args(["build", "--workspace", "--all-targets", "--all-features"]);
         crate::step("cargo build", cmd)?;
@@ -116,7 +128,7 @@ pub(crate) fn run(args: &ChaosArgs, build: bool) -> Result<()> {
     if args.expect_violation {
         cmd.arg("--expect-violation");
     }
-    cmd.args(["--reads", &args.reads]);
+    cmd.args(["--reads", &args.reads, "--api", &args.api]);
     if args.overlap {
         cmd.arg("--overlap");
     }

@@ -302,9 +302,15 @@ fn test(no_lint: bool) -> Result<()> {
     step("cargo test", test)?;
     eprintln!("xtask: mutation tests (cargo xtask mutants)");
     mutants::run(&mutants::MutantsArgs::default())?;
-    // cargo test built the chaos program and the raft-kv binary. Both runs
+    // cargo test built the chaos program and the raft-kv binary. The runs
     // let faults overlap (one fault at a time remains `cargo xtask chaos`
     // without --overlap, and cargo test's broken-mode chaos run).
     chaos::run(&chaos::ChaosArgs::for_ci("linearizable", true), false)?;
-    chaos::run(&chaos::ChaosArgs::for_ci("lease", true), false)
+    chaos::run(&chaos::ChaosArgs::for_ci("lease", true), false)?;
+    // The etcd front door under the same faults, its clients the
+    // etcd-client crate.
+    chaos::run(
+        &chaos::ChaosArgs::for_ci("linearizable", true).through("etcd"),
+        false,
+    )
 }

@@ -37,6 +37,8 @@ use raft_transport_quic::{CertificateAuthority, Fault, FaultRule, TlsIdentity};
 
 use checker::{CasOp, CasRegister, CasRet, Operation, Rng, Verdict};
 
+mod etcd;
+
 const CLUSTER: &str = "chaos";
 /// Contended keys per epoch; a new set of keys every epoch keeps each key's
 /// history small enough for stateright's tester.
@@ -88,6 +90,12 @@ struct Args {
     /// report lists each combination that ran.
     #[arg(long)]
     overlap: bool,
+    /// How the clients reach the cluster: `native` (raft-kv's client
+    /// library, exactly-once sessions) or `etcd` (the nodes serve etcd's v3
+    /// API and the clients use the etcd-client crate through it; the
+    /// nemesis still uses the native admin port).
+    #[arg(long, value_enum, default_value_t = Api::Native)]
+    api: Api,
     /// stateright's time budget per key.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     stateright_budget: Duration,
@@ -96,6 +104,13 @@ struct Args {
     /// process, so that a search over its budget can be stopped.
     #[arg(long, hide = true)]
     stateright_file: Option<PathBuf>,
+}
+
+/// How the chaos clients talk to the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Api {
+    Native,
+    Etcd,
 }
 
 /// How the chaos clients read.
@@ -200,6 +215,8 @@ impl History {
 struct NodeProc {
     id: u64,
     addr: SocketAddr,
+    /// Where it serves etcd's API (with `--api etcd`).
+    etcd: SocketAddr,
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -221,6 +238,7 @@ struct Cluster {
     bin: PathBuf,
     broken: Option<String>,
     reads: ReadMode,
+    api: Api,
     nodes: BTreeMap<u64, NodeProc>,
     ca_pem: String,
     ca: CertificateAuthority,
@@ -256,11 +274,15 @@ impl Cluster {
             ),
             None => "join = true".to_string(),
         };
+        let etcd = match self.api {
+            Api::Etcd => format!("etcd_listen = \"{}\"\n", node.etcd),
+            Api::Native => String::new(),
+        };
         let text = format!(
             r#"node_id = {id}
 cluster_id = "{CLUSTER}"
 listen = "{addr}"
-data_dir = {data:?}
+{etcd}data_dir = {data:?}
 {start}
 enable_fault_injection = true
 request_timeout_ms = 3000
@@ -455,6 +477,17 @@ struct Shared {
     consistency: Consistency,
     /// The members' addresses, and how many times the nemesis changed them.
     members: Mutex<(u64, Vec<String>)>,
+    /// With `--api etcd`: each node's etcd address by its native address,
+    /// and what an etcd client presents.
+    etcd: Option<(BTreeMap<String, SocketAddr>, etcd::EtcdTls)>,
+}
+
+/// A chaos client's connection: raft-kv's client, or an etcd client (one
+/// per chaos client: their sizes do not matter).
+#[allow(clippy::large_enum_variant)]
+enum Conn {
+    Native(Client),
+    Etcd(etcd_client::Client),
 }
 
 /// A client doing `get`, `put` and compare-and-swap until told to stop.
@@ -470,15 +503,30 @@ async fn run_client(index: u64, config: ClientConfig, shared: Arc<Shared>, mut r
     let mut counter = 0u64;
     // The last value this client saw per key (for compare-and-swap).
     let mut seen: BTreeMap<String, Option<String>> = BTreeMap::new();
-    let mut client: Option<(u64, Client)> = None;
+    let mut client: Option<(u64, Conn)> = None;
     while !shared.stop.load(Ordering::Relaxed) {
         let (generation, mut endpoints) = shared.members.lock().unwrap().clone();
         if client.as_ref().is_none_or(|(g, _)| *g != generation) {
             let first = (index - 1) as usize % endpoints.len().max(1);
             endpoints.rotate_left(first);
-            let mut config = config.clone();
-            config.endpoints = endpoints;
-            match Client::connect(config).await {
+            let connected = match &shared.etcd {
+                Some((etcd_of, tls)) => {
+                    let etcd: Vec<SocketAddr> = endpoints
+                        .iter()
+                        .filter_map(|a| etcd_of.get(a).copied())
+                        .collect();
+                    etcd::connect(tls, &etcd).await.map(Conn::Etcd)
+                }
+                None => {
+                    let mut config = config.clone();
+                    config.endpoints = endpoints;
+                    Client::connect(config)
+                        .await
+                        .map(Conn::Native)
+                        .map_err(|e| e.to_string())
+                }
+            };
+            match connected {
                 Ok(c) => client = Some((generation, c)),
                 Err(e) => {
                     shared
@@ -489,7 +537,7 @@ async fn run_client(index: u64, config: ClientConfig, shared: Arc<Shared>, mut r
                 }
             }
         }
-        let client = &client.as_ref().expect("connected").1;
+        let conn = &client.as_ref().expect("connected").1;
         let epoch = shared.history.start.elapsed().as_millis() as u64 / EPOCH.as_millis() as u64;
         let key = format!("e{epoch:03}-k{}", rng.below(KEYS_PER_EPOCH));
         counter += 1;
@@ -507,7 +555,11 @@ async fn run_client(index: u64, config: ClientConfig, shared: Arc<Shared>, mut r
         };
         let invoke_us = shared.history.now_us();
         let call = async {
-            match &op {
+            let client = match conn {
+                Conn::Native(client) => client,
+                Conn::Etcd(client) => return etcd::perform(client, &op, &key).await,
+            };
+            let answer = match &op {
                 Op::Get => client
                     .read(
                         ReadOp::Get {
@@ -540,30 +592,31 @@ async fn run_client(index: u64, config: ClientConfig, shared: Arc<Shared>, mut r
                                 + "\u{0}false"
                         })
                     }),
-            }
-        };
-        let result = tokio::time::timeout(Duration::from_secs(6), call).await;
-        let complete_us = shared.history.now_us();
-        let (outcome, result, error) = match result {
-            Ok(Ok(r)) => (Outcome::Ok, r, None),
-            Ok(Err(e)) => {
-                // A read that failed had no effect; a write that failed may
-                // have (unless the request was refused as invalid).
+            };
+            // A read that failed had no effect; a write that failed may
+            // have (unless the request was refused as invalid).
+            answer.map_err(|e| {
                 let definite = matches!(op, Op::Get)
                     || matches!(
                         e,
                         ClientError::Kv(raft_kv::protocol::KvError::InvalidRequest(_))
                     );
-                (
-                    if definite {
-                        Outcome::Fail
-                    } else {
-                        Outcome::Unknown
-                    },
-                    None,
-                    Some(e.to_string()),
-                )
-            }
+                (definite, e.to_string())
+            })
+        };
+        let result = tokio::time::timeout(Duration::from_secs(6), call).await;
+        let complete_us = shared.history.now_us();
+        let (outcome, result, error) = match result {
+            Ok(Ok(r)) => (Outcome::Ok, r, None),
+            Ok(Err((definite, e))) => (
+                if definite {
+                    Outcome::Fail
+                } else {
+                    Outcome::Unknown
+                },
+                None,
+                Some(e),
+            ),
             Err(_) => (
                 if matches!(op, Op::Get) {
                     Outcome::Fail
@@ -2301,6 +2354,9 @@ fn rerun_command(args: &Args, seed: u64) -> String {
     if args.overlap {
         cmd.push_str(" --overlap");
     }
+    if args.api == Api::Etcd {
+        cmd.push_str(" --api etcd");
+    }
     cmd
 }
 
@@ -2346,15 +2402,16 @@ async fn run(args: Args) -> Result<bool> {
     ca.save(&dir.join("ca.pem"), &dir.join("ca.key"))?;
     let ca_pem = ca.cert_pem().to_string();
     let total = args.nodes + SPARES;
-    let ports = free_ports(total)?;
+    let ports = free_ports(2 * total)?;
     let mut nodes = BTreeMap::new();
-    for (i, addr) in ports.iter().enumerate() {
+    for (i, pair) in ports.chunks(2).enumerate() {
         let id = i as u64 + 1;
         nodes.insert(
             id,
             NodeProc {
                 id,
-                addr: *addr,
+                addr: pair[0],
+                etcd: pair[1],
                 config: dir.join(format!("node-{id}.toml")),
                 log: dir.join(format!("node-{id}.log")),
                 child: None,
@@ -2372,6 +2429,7 @@ async fn run(args: Args) -> Result<bool> {
         bin,
         broken: args.broken.clone(),
         reads: args.reads,
+        api: args.api,
         nodes,
         ca_pem,
         ca,
@@ -2449,6 +2507,27 @@ async fn drive(args: &Args, seed: u64, dir: &Path, cluster: &mut Cluster) -> Res
             ReadMode::Lease => Consistency::Lease,
         },
         members: Mutex::new((0, initial_addresses.clone())),
+        etcd: match args.api {
+            Api::Native => None,
+            Api::Etcd => {
+                let issued = cluster.ca.issue_client(
+                    CLUSTER,
+                    "chaos-etcd",
+                    raft_transport_quic::Role::ReadWrite,
+                )?;
+                let etcd_of = cluster
+                    .nodes
+                    .values()
+                    .map(|n| (n.addr.to_string(), n.etcd))
+                    .collect();
+                let tls = etcd::EtcdTls {
+                    ca_pem: cluster.ca_pem.clone(),
+                    cert_pem: issued.cert_pem().to_string(),
+                    key_pem: issued.key_pem().to_string(),
+                };
+                Some((etcd_of, tls))
+            }
+        },
     });
     shared
         .history
@@ -2567,6 +2646,21 @@ async fn drive(args: &Args, seed: u64, dir: &Path, cluster: &mut Cluster) -> Res
         keys.len(),
         finals.len()
     );
+    // Why writes ended unknown, most frequent first: each one widens what
+    // the checker must consider.
+    let mut why: BTreeMap<String, usize> = BTreeMap::new();
+    for record in records
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Unknown))
+    {
+        let error = record.error.as_deref().unwrap_or("?");
+        *why.entry(error.chars().take(120).collect()).or_default() += 1;
+    }
+    let mut why: Vec<(String, usize)> = why.into_iter().collect();
+    why.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+    for (error, count) in why.iter().take(5) {
+        let _ = writeln!(report, "  unknown x{count}: {error}");
+    }
     let _ = writeln!(
         report,
         "nemesis ({}): attempted {:?}",
