@@ -378,6 +378,7 @@ pub fn all() -> Vec<Seed> {
             raft: status(),
             cpu_seconds: Some(12.5),
             certificate_expires: Some(1_900_000_000),
+            data_bytes: Some(1 << 20),
         })),
         Response::FaultsSet,
         Response::Lease(crate::protocol::LeaseAnswer::TimeToLive {

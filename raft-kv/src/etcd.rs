@@ -1009,13 +1009,13 @@ impl Maintenance for EtcdApi {
         Ok(GrpcResponse::new(pb::StatusResponse {
             header: Some(self.header(&service, status.revision)),
             version: format!("raft-kv {}", env!("CARGO_PKG_VERSION")),
-            db_size: 0,
+            db_size: status.data_bytes.unwrap_or(0) as i64,
             leader: status.raft.leader.unwrap_or(0),
             raft_index: status.raft.commit,
             raft_term: status.raft.term,
             raft_applied_index: status.raft.applied,
             errors: Vec::new(),
-            db_size_in_use: 0,
+            db_size_in_use: status.data_bytes.unwrap_or(0) as i64,
             is_learner: !status.raft.is_voter,
         }))
     }

@@ -680,6 +680,9 @@ pub struct NodeStatus {
     /// When the node's certificate expires, in seconds since the Unix
     /// epoch (`raft-cli status` warns [`CERTIFICATE_WARNING_DAYS`] ahead).
     pub certificate_expires: Option<i64>,
+    /// What the node's data directory holds on disk, in bytes (the log,
+    /// its state and snapshots; etcd's `dbSize`), where it could be read.
+    pub data_bytes: Option<u64>,
 }
 
 /// How many days before a node's certificate expires the node and

@@ -354,7 +354,8 @@ impl Server {
             faults,
             Duration::from_millis(config.request_timeout_ms),
         )
-        .with_certificate_expiry(certificate_expires);
+        .with_certificate_expiry(certificate_expires)
+        .with_data_dir(config.data_dir.clone());
         if config.enable_fault_injection
             && std::env::var(BROKEN_MODE_ENV).as_deref() == Ok("stale-reads")
         {

@@ -26,6 +26,25 @@ use crate::protocol::{
 use crate::state_machine::{Command, KvStateMachine};
 use crate::watch::WatchHub;
 
+/// The bytes of the files under `dir` (what can be read of them).
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => dirs.push(entry.path()),
+                Ok(meta) => total += meta.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
 /// Serves clients on one node.
 pub struct KvService {
     driver: DriverHandle<KvStateMachine>,
@@ -40,6 +59,8 @@ pub struct KvService {
     certificate_expires: Option<i64>,
     /// Lease deadlines, while this node leads.
     lessor: Arc<Lessor>,
+    /// The node's data directory, whose size the status reports.
+    data_dir: Option<std::path::PathBuf>,
 }
 
 impl KvService {
@@ -63,7 +84,14 @@ impl KvService {
             stale_linearizable_reads: false,
             certificate_expires: None,
             lessor: Arc::new(Lessor::default()),
+            data_dir: None,
         }
+    }
+
+    /// Reports the size of `dir`, the node's data directory, in the status.
+    pub fn with_data_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.data_dir = Some(dir);
+        self
     }
 
     /// The lease deadlines this service answers keep-alives with: the
@@ -355,6 +383,12 @@ impl KvService {
             raft,
             cpu_seconds: crate::metrics::process_cpu_seconds(),
             certificate_expires: self.certificate_expires,
+            data_bytes: match self.data_dir.clone() {
+                Some(dir) => tokio::task::spawn_blocking(move || bytes_under(&dir))
+                    .await
+                    .ok(),
+                None => None,
+            },
         })
     }
 

@@ -296,6 +296,32 @@ async fn etcdctl_puts_gets_deletes_and_reads_the_cluster() {
     .unwrap()));
     let status = status.as_array().unwrap();
     assert_eq!(status.len(), 3);
+    // The table etcd users read: a row per endpoint, one of them the leader.
+    let table = ok(run(
+        all.clone(),
+        "reader",
+        vec!["endpoint", "status", "-w", "table"],
+    )
+    .await
+    .unwrap());
+    assert!(
+        table.contains("ENDPOINT") && table.contains("IS LEADER") && table.contains("RAFT TERM"),
+        "{table}"
+    );
+    let rows: Vec<&str> = table.lines().filter(|l| l.contains("https://")).collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert_eq!(
+        rows.iter().filter(|r| r.contains(" true |")).count(),
+        1,
+        "one leader: {table}"
+    );
+    // The data directory's size: the log is on disk by now.
+    assert!(
+        status
+            .iter()
+            .all(|s| s["Status"]["dbSize"].as_u64().unwrap_or(0) > 0),
+        "{status:?}"
+    );
     let leaders: Vec<&Value> = status.iter().map(|s| &s["Status"]["leader"]).collect();
     assert!(leaders.iter().all(|l| *l == leaders[0]), "{leaders:?}");
     let members = json(&ok(run(

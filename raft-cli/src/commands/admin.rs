@@ -557,6 +557,7 @@ mod tests {
             },
             cpu_seconds: Some(1.5),
             certificate_expires: Some(NOW + 700 * DAY),
+            data_bytes: Some(4096),
         }
     }
 
