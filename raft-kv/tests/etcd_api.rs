@@ -546,21 +546,23 @@ async fn etcdctl_leases_keep_keys_until_they_expire_or_are_revoked() {
     };
 
     // A lease renewed by `lease keep-alive` keeps its keys past its TTL.
-    let kept = grant(ok(run("admin", args("lease grant 5")).await));
+    // TTL 10: etcdctl renews every TTL/3, leaving a busy machine seconds of
+    // slack.
+    let kept = grant(ok(run("admin", args("lease grant 10")).await));
     for key in ["eph/1", "eph/2"] {
         let put = format!("put --lease={kept} {key} x");
         assert_eq!(ok(run("admin", args(&put)).await), "OK\n");
     }
     let ttl = ok(run("reader", args(&format!("lease timetolive {kept} --keys"))).await);
     assert!(
-        ttl.contains("granted with TTL(5s)") && ttl.contains("attached keys([eph/1 eph/2])"),
+        ttl.contains("granted with TTL(10s)") && ttl.contains("attached keys([eph/1 eph/2])"),
         "{ttl}"
     );
     let listed = ok(run("reader", args("lease list")).await);
     assert!(listed.contains(&kept), "{listed}");
     let mut renewing = watch(&dir, &endpoints, &["lease", "keep-alive", &kept]);
-    renewing.wait_for(&[&format!("lease {kept} keepalived with TTL(5)")], 1);
-    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    renewing.wait_for(&[&format!("lease {kept} keepalived with TTL(10)")], 1);
+    tokio::time::sleep(std::time::Duration::from_secs(15)).await;
     assert_eq!(
         ok(run("reader", args("get --prefix eph/ --keys-only")).await),
         "eph/1\n\neph/2\n\n",

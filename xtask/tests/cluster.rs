@@ -59,6 +59,23 @@ fn raft_cli(dir: &Path, args: &str) -> Output {
         .expect("run sh")
 }
 
+/// `etcdctl ARGS` in a shell that sourced cli.env, as the README's "Using
+/// etcd tools" says; `None` (with the reason printed) without etcdctl.
+fn etcdctl(dir: &Path, args: &str) -> Option<Output> {
+    if Command::new("etcdctl").arg("version").output().is_err() {
+        eprintln!("SKIPPED: etcdctl is not installed (Debian: apt-get install etcd-client)");
+        return None;
+    }
+    let env = dir.join("cli.env");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(". '{}' && etcdctl {args}", env.display()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sh");
+    Some(out)
+}
+
 /// Stops the cluster even when an assertion fails, so no process leaks.
 struct StopOnDrop(PathBuf);
 
@@ -297,6 +314,26 @@ fn local_cluster_starts_serves_grows_and_stops() {
     eprintln!("{status}");
 
     outside_client_project_talks_to_the_cluster(tmp.path(), &dir);
+
+    // etcd tools work against it with nothing but cli.env.
+    if let Some(put) = etcdctl(&dir, "put from-etcdctl yes") {
+        assert!(put.status.success(), "{}", show("etcdctl put", &put));
+        let get = etcdctl(&dir, "get from-etcdctl").unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&get.stdout),
+            "from-etcdctl\nyes\n",
+            "{}",
+            show("etcdctl get", &get)
+        );
+        let status = etcdctl(&dir, "endpoint status -w table").unwrap();
+        let table = String::from_utf8_lossy(&status.stdout);
+        assert_eq!(
+            table.lines().filter(|l| l.contains("https://")).count(),
+            3,
+            "{}",
+            show("etcdctl endpoint status", &status)
+        );
+    }
 
     // One more node, added with the command spawn prints.
     let spawn = xtask(&["cluster", "spawn", "4"], &dir);
