@@ -267,23 +267,77 @@ fn scan(
     limit: u32,
     max_bytes: usize,
 ) -> (Vec<KeyValue>, bool) {
+    page(
+        data.range(start.clone()..).map(|(_, kv)| kv),
+        end,
+        limit,
+        max_bytes,
+    )
+}
+
+/// [`scan`] of the state at a past revision: `data` (the state now) with
+/// the keys in `then` as they were at that revision (`None`: absent then).
+fn scan_as_of(
+    data: &OrdMap<Bytes, KeyValue>,
+    then: &BTreeMap<Bytes, Option<KeyValue>>,
+    start: &Bytes,
+    end: Option<&Bytes>,
+    limit: u32,
+    max_bytes: usize,
+) -> (Vec<KeyValue>, bool) {
+    let mut now = data.range(start.clone()..).peekable();
+    let mut past = then.range(start.clone()..).peekable();
+    // The two in key order; a key in `then` is taken from there.
+    let merged = std::iter::from_fn(move || {
+        loop {
+            let (from_past, same) = match (now.peek(), past.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => (false, false),
+                (None, Some(_)) => (true, false),
+                (Some((a, _)), Some((b, _))) => (b <= a, a == b),
+            };
+            if same {
+                // The key as it was replaces it as it is.
+                now.next();
+            }
+            if from_past {
+                if let Some((_, Some(kv))) = past.next() {
+                    return Some(kv);
+                }
+            } else {
+                return now.next().map(|(_, kv)| kv);
+            }
+        }
+    });
+    page(merged, end, limit, max_bytes)
+}
+
+/// The key-values of `kvs` (in key order) before `end`, at most `limit` of
+/// them and `max_bytes` together (but always one), and whether more follow.
+fn page<'a>(
+    kvs: impl Iterator<Item = &'a KeyValue>,
+    end: Option<&Bytes>,
+    limit: u32,
+    max_bytes: usize,
+) -> (Vec<KeyValue>, bool) {
     let limit = limit.clamp(1, MAX_SCAN_LIMIT) as usize;
-    let mut kvs = Vec::new();
+    let mut kvs_out = Vec::new();
     let mut bytes = 0;
-    for (key, kv) in data.range(start.clone()..) {
+    for kv in kvs {
+        let key = &kv.key;
         if end.is_some_and(|end| key >= end) {
             break;
         }
         // At least one key-value, however large (a value fits a reply);
         // beyond that, the count and the bytes bound it.
         let size = kv.key.len() + kv.value.len() + SCAN_ENTRY_OVERHEAD;
-        if kvs.len() == limit || (!kvs.is_empty() && bytes + size > max_bytes) {
-            return (kvs, true);
+        if kvs_out.len() == limit || (!kvs_out.is_empty() && bytes + size > max_bytes) {
+            return (kvs_out, true);
         }
         bytes += size;
-        kvs.push(kv.clone());
+        kvs_out.push(kv.clone());
     }
-    (kvs, false)
+    (kvs_out, false)
 }
 
 /// The most past states a node keeps for scans that page at one revision;
@@ -439,8 +493,28 @@ impl KvStateMachine {
                         self.revision
                     )));
                 }
-                match self.views.get(*revision) {
-                    Some(data) => Ok(page(&data, *revision)),
+                if let Some(data) = self.views.get(*revision) {
+                    return Ok(page(&data, *revision));
+                }
+                // Not kept: the state then is the state now with the
+                // changes since undone, if the watch history still holds
+                // them all.
+                match self.watch.as_of(*revision, start, end.as_deref()) {
+                    Some(then) => {
+                        let (kvs, more) = scan_as_of(
+                            &self.data,
+                            &then,
+                            start,
+                            end.as_ref(),
+                            *limit,
+                            MAX_SCAN_BYTES,
+                        );
+                        Ok(ReadResult {
+                            revision: *revision,
+                            kvs,
+                            more,
+                        })
+                    }
                     None => Err(KvError::Compacted {
                         requested: *revision,
                         oldest: self.revision,
@@ -1442,6 +1516,76 @@ mod tests {
         // Revoking it again: not found.
         let out = sm.apply(&[entry(11, 1, 11, WriteOp::LeaseRevoke { id: lease })]);
         assert_eq!(out[0].1, Err(KvError::LeaseNotFound { id: lease }));
+    }
+
+    /// A scan at a past revision that no paged scan kept is read from the
+    /// watch history (etcd's `get --rev`): keys changed since as they were,
+    /// keys created since absent, keys deleted since present, paged at that
+    /// revision; once the history no longer reaches back, `Compacted`.
+    #[test]
+    fn a_scan_reads_a_past_revision_from_the_history() {
+        let mut sm = KvStateMachine::new(Arc::new(WatchHub::new(8)));
+        sm.apply(&[open_session(1)]);
+        let mut index = 0;
+        let mut write = |sm: &mut KvStateMachine, op: WriteOp| {
+            index += 1;
+            result_of(sm.apply(&[entry(index, 1, index, op)]));
+        };
+        for key in ["a", "b", "c"] {
+            write(&mut sm, put(key, "1"));
+        }
+        let del = |key: &'static str| WriteOp::Delete {
+            key: Bytes::from_static(key.as_bytes()),
+        };
+        // Revisions 4 to 8.
+        write(&mut sm, put("b", "2"));
+        write(&mut sm, del("c"));
+        write(&mut sm, put("d", "1"));
+        write(&mut sm, put("a", "2"));
+        write(&mut sm, put("a", "3"));
+        let at = |sm: &KvStateMachine, revision: u64, start: &str, limit: u32| {
+            sm.read(&ReadOp::Scan {
+                start: Bytes::copy_from_slice(start.as_bytes()),
+                end: None,
+                limit,
+                revision,
+            })
+            .map(|r| {
+                assert_eq!(r.revision, revision);
+                let kvs: Vec<String> = r
+                    .kvs
+                    .iter()
+                    .map(|kv| {
+                        format!(
+                            "{}={}@{}",
+                            String::from_utf8_lossy(&kv.key),
+                            String::from_utf8_lossy(&kv.value),
+                            kv.mod_revision
+                        )
+                    })
+                    .collect();
+                (kvs, r.more)
+            })
+        };
+        assert_eq!(at(&sm, 3, "", 10).unwrap().0, ["a=1@1", "b=1@2", "c=1@3"]);
+        assert_eq!(at(&sm, 5, "", 10).unwrap().0, ["a=1@1", "b=2@4"]);
+        assert_eq!(at(&sm, 7, "", 10).unwrap().0, ["a=2@7", "b=2@4", "d=1@6"]);
+        assert_eq!(at(&sm, 8, "", 10).unwrap().0, ["a=3@8", "b=2@4", "d=1@6"]);
+        // Paged at the past revision.
+        assert_eq!(
+            at(&sm, 3, "", 2).unwrap(),
+            (vec!["a=1@1".into(), "b=1@2".into()], true)
+        );
+        assert_eq!(at(&sm, 3, "b\0", 2).unwrap(), (vec!["c=1@3".into()], false));
+        // The history (8 events) moves past revision 4: revision 3 is gone.
+        for _ in 0..8 {
+            write(&mut sm, put("e", "x"));
+        }
+        assert!(matches!(
+            at(&sm, 3, "", 10),
+            Err(KvError::Compacted { requested: 3, .. })
+        ));
+        assert_eq!(at(&sm, 8, "", 10).unwrap().0, ["a=3@8", "b=2@4", "d=1@6"]);
     }
 
     /// Every event carries the key as it was before the write (etcd's

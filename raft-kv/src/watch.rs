@@ -15,14 +15,20 @@
 //! ([`WATCH_MESSAGE_BYTES`]) and the watches of one client
 //! ([`MAX_WATCHES_PER_CLIENT`]). A replay is read from the history a message
 //! at a time as the watcher takes them, never queued whole.
+//!
+//! The history also serves reads at a past revision ([`WatchHub::as_of`]):
+//! every event carries the key as it was before, so the state at a revision
+//! the history still reaches back to is the state now with the changes
+//! since undone.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::protocol::{KvError, Selector, WatchEvent, WatchMessage};
+use crate::protocol::{KeyValue, KvError, Selector, WatchEvent, WatchMessage};
 
 /// The most bytes of events a node keeps for replay (each event counted by
 /// [`event_bytes`]); beyond it, or beyond the hub's event capacity, the
@@ -297,6 +303,36 @@ impl WatchHub {
                 true
             }
         });
+    }
+
+    /// What the keys of `start..end` (`end` `None`: to the last key) that
+    /// changed after `revision` held at `revision`, from the history: each
+    /// such key with its key-value then (`None`: it did not exist). Keys
+    /// not in the answer are as they are now. `None` when the history no
+    /// longer holds every change after `revision` (it is bounded): that
+    /// revision can no longer be read here.
+    pub fn as_of(
+        &self,
+        revision: u64,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Option<BTreeMap<Bytes, Option<KeyValue>>> {
+        let inner = self.lock();
+        if revision.saturating_add(1) < inner.floor || revision > inner.revision {
+            return None;
+        }
+        let from = inner.history.partition_point(|e| e.revision <= revision);
+        let mut then = BTreeMap::new();
+        for event in inner.history.iter().skip(from) {
+            let key = &event.kv.key;
+            if key.as_ref() < start || end.is_some_and(|end| key.as_ref() >= end) {
+                continue;
+            }
+            // The first change after `revision` knows what was there.
+            then.entry(key.clone())
+                .or_insert_with(|| event.prev.clone());
+        }
+        Some(then)
     }
 
     /// The store's revision as of the last batch published (or reset).

@@ -482,6 +482,17 @@ async fn etcdctl_puts_gets_deletes_and_reads_the_cluster() {
         .unwrap()),
         "warm\n\n"
     );
+    // A past revision reads the keys as they were then (k2 before the swap,
+    // k3 and k4 before the delete), from the watch history.
+    let then: &'static str = Box::leak(format!("--rev={now}").into_boxed_str());
+    assert_eq!(
+        ok(
+            run(all.clone(), "reader", vec!["get", "--prefix", "k", then])
+                .await
+                .unwrap()
+        ),
+        "k2\nv\nk3\nv\nk4\nv\n"
+    );
 
     // What is not served says so.
     let users = run(all.clone(), "admin", vec!["user", "list"])
