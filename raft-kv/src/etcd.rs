@@ -381,16 +381,19 @@ impl EtcdApi {
         (self.service)().ok_or_else(|| Status::unavailable("the node is starting"))
     }
 
-    fn header(&self, service: &KvService, revision: u64) -> pb::ResponseHeader {
-        self.header_with_term(revision, service.view().term)
+    /// Who sent `request`, and the node's request path: how every call
+    /// begins.
+    fn begin<T>(&self, request: &GrpcRequest<T>) -> Result<(Caller, Arc<KvService>), Status> {
+        let caller = caller_of(request, &self.cluster, self.deny.as_ref())?;
+        Ok((caller, self.service()?))
     }
 
-    fn header_with_term(&self, revision: u64, raft_term: u64) -> pb::ResponseHeader {
+    fn header(&self, service: &KvService, revision: u64) -> pb::ResponseHeader {
         pb::ResponseHeader {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
             revision: revision as i64,
-            raft_term,
+            raft_term: service.view().term,
         }
     }
 
@@ -527,8 +530,7 @@ impl Kv for EtcdApi {
         &self,
         request: GrpcRequest<pb::RangeRequest>,
     ) -> Result<GrpcResponse<pb::RangeResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let r = request.into_inner();
         if r.min_mod_revision != 0
             || r.max_mod_revision != 0
@@ -582,8 +584,7 @@ impl Kv for EtcdApi {
         &self,
         request: GrpcRequest<pb::PutRequest>,
     ) -> Result<GrpcResponse<pb::PutResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let r = request.into_inner();
         if r.ignore_value || r.ignore_lease {
             return Err(Status::unimplemented(
@@ -627,8 +628,7 @@ impl Kv for EtcdApi {
         &self,
         request: GrpcRequest<pb::DeleteRangeRequest>,
     ) -> Result<GrpcResponse<pb::DeleteRangeResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let r = request.into_inner();
         if r.range_end.is_empty() {
             let op = WriteOp::Delete {
@@ -672,8 +672,7 @@ impl Kv for EtcdApi {
         &self,
         request: GrpcRequest<pb::TxnRequest>,
     ) -> Result<GrpcResponse<pb::TxnResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let r = request.into_inner();
         let txn = Txn {
             compares: r
@@ -736,8 +735,7 @@ impl Kv for EtcdApi {
         &self,
         request: GrpcRequest<pb::CompactionRequest>,
     ) -> Result<GrpcResponse<pb::CompactionResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let r = request.into_inner();
         // A linearizable read of the revision also checks the caller's role
         // (compaction changes nothing: readwrite is not needed).
@@ -907,8 +905,7 @@ impl Cluster for EtcdApi {
         &self,
         request: GrpcRequest<pb::MemberAddRequest>,
     ) -> Result<GrpcResponse<pb::MemberAddResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let r = request.into_inner();
         let [url] = r.peer_ur_ls.as_slice() else {
             return Err(Status::invalid_argument(
@@ -940,8 +937,7 @@ impl Cluster for EtcdApi {
         &self,
         request: GrpcRequest<pb::MemberRemoveRequest>,
     ) -> Result<GrpcResponse<pb::MemberRemoveResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let id = request.into_inner().id;
         let members = self
             .admin(&service, &caller, AdminOp::Remove { id })
@@ -957,8 +953,7 @@ impl Cluster for EtcdApi {
         &self,
         request: GrpcRequest<pb::MemberPromoteRequest>,
     ) -> Result<GrpcResponse<pb::MemberPromoteResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let id = request.into_inner().id;
         let members = self
             .admin(&service, &caller, AdminOp::Promote { id })
@@ -974,8 +969,7 @@ impl Cluster for EtcdApi {
         &self,
         request: GrpcRequest<pb::MemberListRequest>,
     ) -> Result<GrpcResponse<pb::MemberListResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         // A status read checks the caller's role like any other.
         let revision = self.node_status(&service, &caller).await?.revision;
         let view = service.view();
@@ -1003,8 +997,7 @@ impl Maintenance for EtcdApi {
         &self,
         request: GrpcRequest<pb::StatusRequest>,
     ) -> Result<GrpcResponse<pb::StatusResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let status = self.node_status(&service, &caller).await?;
         Ok(GrpcResponse::new(pb::StatusResponse {
             header: Some(self.header(&service, status.revision)),
@@ -1026,8 +1019,7 @@ impl Maintenance for EtcdApi {
         &self,
         request: GrpcRequest<pb::AlarmRequest>,
     ) -> Result<GrpcResponse<pb::AlarmResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let status = self.node_status(&service, &caller).await?;
         Ok(GrpcResponse::new(pb::AlarmResponse {
             header: Some(self.header(&service, status.revision)),
@@ -1040,8 +1032,7 @@ impl Maintenance for EtcdApi {
         &self,
         request: GrpcRequest<pb::DefragmentRequest>,
     ) -> Result<GrpcResponse<pb::DefragmentResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let status = self.node_status(&service, &caller).await?;
         Ok(GrpcResponse::new(pb::DefragmentResponse {
             header: Some(self.header(&service, status.revision)),
@@ -1052,8 +1043,7 @@ impl Maintenance for EtcdApi {
         &self,
         request: GrpcRequest<pb::MoveLeaderRequest>,
     ) -> Result<GrpcResponse<pb::MoveLeaderResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let to = request.into_inner().target_id;
         self.admin(&service, &caller, AdminOp::TransferLeader { to: Some(to) })
             .await?;
@@ -1152,8 +1142,7 @@ impl Watch for EtcdApi {
         &self,
         request: GrpcRequest<tonic::Streaming<pb::WatchRequest>>,
     ) -> Result<GrpcResponse<Self::WatchStream>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let mut requests = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_RESPONSES);
         let api = self.clone();
@@ -1232,7 +1221,7 @@ impl EtcdApi {
     /// was refused (the refusal is sent as a canceled watch).
     fn start_watch(
         &self,
-        service: &KvService,
+        service: &Arc<KvService>,
         caller: &Caller,
         id: i64,
         create: pb::WatchCreateRequest,
@@ -1271,10 +1260,9 @@ impl EtcdApi {
                 }
                 Err(e) => return refuse(cancel(e.to_string(), 0)),
             };
-        // The watch's task outlives this call: its headers carry no term.
         let header = {
-            let api = self.clone();
-            move |revision: u64| api.header_with_term(revision, 0)
+            let (api, service) = (self.clone(), service.clone());
+            move |revision: u64| api.header(&service, revision)
         };
         let (progress, mut asked) =
             tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Option<u64>>>(1);
@@ -1495,8 +1483,7 @@ impl Lease for EtcdApi {
         &self,
         request: GrpcRequest<pb::LeaseGrantRequest>,
     ) -> Result<GrpcResponse<pb::LeaseGrantResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let r = request.into_inner();
         let op = WriteOp::LeaseGrant {
             id: lease_id(r.id)?,
@@ -1523,8 +1510,7 @@ impl Lease for EtcdApi {
         &self,
         request: GrpcRequest<pb::LeaseRevokeRequest>,
     ) -> Result<GrpcResponse<pb::LeaseRevokeResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let id = lease_id(request.into_inner().id)?;
         let result = self
             .write(&service, &caller, WriteOp::LeaseRevoke { id }, false)
@@ -1540,8 +1526,7 @@ impl Lease for EtcdApi {
         &self,
         request: GrpcRequest<tonic::Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<GrpcResponse<Self::LeaseKeepAliveStream>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let mut requests = request.into_inner();
         // One answer waits per request: a client that sends keep-alives and
         // never reads them is held back by HTTP/2 flow control.
@@ -1589,8 +1574,7 @@ impl Lease for EtcdApi {
         &self,
         request: GrpcRequest<pb::LeaseTimeToLiveRequest>,
     ) -> Result<GrpcResponse<pb::LeaseTimeToLiveResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         let r = request.into_inner();
         let op = LeaseOp::TimeToLive {
             id: lease_id(r.id)?,
@@ -1619,8 +1603,7 @@ impl Lease for EtcdApi {
         &self,
         request: GrpcRequest<pb::LeaseLeasesRequest>,
     ) -> Result<GrpcResponse<pb::LeaseLeasesResponse>, Status> {
-        let caller = caller_of(&request, &self.cluster, self.deny.as_ref())?;
-        let service = self.service()?;
+        let (caller, service) = self.begin(&request)?;
         match self
             .lease_question(&service, &caller, LeaseOp::List)
             .await?
