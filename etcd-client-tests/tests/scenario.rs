@@ -4,7 +4,7 @@
 //! lease-based lock recipe (as etcd's `concurrency.Mutex` builds it: a key
 //! per contender under a prefix, put with the contender's lease; the lowest
 //! create revision holds the lock; the others wait for the key just before
-//! theirs to go) with contenders while the leader node stops.
+//! theirs to go) with contenders while the leader's node crashes.
 
 #[path = "../../raft-kv/tests/common/mod.rs"]
 mod common;
@@ -186,7 +186,7 @@ async fn release(client: &Client, claim: &Claim) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn etcd_client_puts_watches_leases_and_locks_while_the_leader_stops() {
+async fn etcd_client_puts_watches_leases_and_locks_while_the_leader_crashes() {
     let etcd: Mutex<Vec<SocketAddr>> = Mutex::new(Vec::new());
     let mut cluster = common::TestCluster::start(3, |c| {
         let address = free_tcp_address();
@@ -332,9 +332,10 @@ async fn etcd_client_puts_watches_leases_and_locks_while_the_leader_stops() {
         }
     });
 
-    // The leader's node stops. A's lease is renewed through the new leader
-    // (which starts every lease's time over), so A holds on, well past its
-    // TTL, and B keeps waiting.
+    // The leader's node crashes (no hand-over: the others elect a new leader
+    // after the election timeout). A's lease is renewed through the new
+    // leader (which starts every lease's time over), so A holds on, well
+    // past its TTL, and B keeps waiting.
     let mut leader = None;
     for (i, endpoint) in cluster.endpoints.iter().enumerate() {
         let status = raft_client.status_of(endpoint).await.unwrap();
@@ -346,9 +347,9 @@ async fn etcd_client_puts_watches_leases_and_locks_while_the_leader_stops() {
     cluster
         .servers
         .remove(leader)
-        .shutdown()
+        .crash()
         .await
-        .expect("the leader stops");
+        .expect("the leader crashes");
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(!waiting_b.is_finished(), "B took the lock while A held it");
     let holders = retry("reading the holder", || {

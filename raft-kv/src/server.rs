@@ -510,17 +510,35 @@ impl Server {
                 }
             }
         }
-        let stopped = tokio::task::spawn_blocking(move || {
-            let result = self.driver.stop();
-            (self, result)
-        })
-        .await
-        .map_err(|e| format!("stopping the driver: {e}"))?;
-        let (server, result) = stopped;
+        let (server, result) = self.stop_driver().await?;
         server.transport.shutdown().await;
         drop(server.store);
         tracing::info!("node stopped");
         result
+    }
+
+    /// Stops at once, as a crash looks to peers and clients: no hand-over
+    /// of leadership, the network closed first (every connection, the etcd
+    /// API's included), then the driver, which still makes the writes it
+    /// already queued durable (as the disk would hold them). For tests of
+    /// what a cluster does when a node dies.
+    pub async fn crash(mut self) -> Result<(), String> {
+        drop(self.etcd.take());
+        self.transport.shutdown().await;
+        let (server, result) = self.stop_driver().await?;
+        drop(server.store);
+        tracing::warn!("node crashed (Server::crash)");
+        result
+    }
+
+    /// Stops the driver (a blocking join) off the async threads.
+    async fn stop_driver(mut self) -> Result<(Self, Result<(), String>), String> {
+        tokio::task::spawn_blocking(move || {
+            let result = self.driver.stop();
+            (self, result)
+        })
+        .await
+        .map_err(|e| format!("stopping the driver: {e}"))
     }
 }
 
