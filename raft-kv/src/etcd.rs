@@ -586,11 +586,7 @@ impl Kv for EtcdApi {
     ) -> Result<GrpcResponse<pb::PutResponse>, Status> {
         let (caller, service) = self.begin(&request)?;
         let r = request.into_inner();
-        if r.ignore_value || r.ignore_lease {
-            return Err(Status::unimplemented(
-                "ignore_value and ignore_lease are not supported",
-            ));
-        }
+        supported_put(&r)?;
         if r.lease != 0 {
             // A put that names a lease checks that the lease exists when it
             // applies: a one-operation transaction does.
@@ -1354,6 +1350,16 @@ impl EtcdApi {
     }
 }
 
+/// Refuses what a put may ask that raft-kv does not do.
+fn supported_put(put: &pb::PutRequest) -> Result<(), Status> {
+    if put.ignore_value || put.ignore_lease {
+        return Err(Status::unimplemented(
+            "ignore_value and ignore_lease are not supported",
+        ));
+    }
+    Ok(())
+}
+
 /// A transaction's put, from etcd's.
 fn put_op(put: pb::PutRequest) -> Result<TxnOp, Status> {
     Ok(TxnOp::Put {
@@ -1384,11 +1390,7 @@ fn op_of(op: pb::RequestOp) -> Result<TxnOp, Status> {
     use pb::request_op::Request as Op;
     match op.request {
         Some(Op::RequestPut(put)) => {
-            if put.ignore_value || put.ignore_lease {
-                return Err(Status::unimplemented(
-                    "ignore_value and ignore_lease are not supported",
-                ));
-            }
+            supported_put(&put)?;
             put_op(put)
         }
         Some(Op::RequestDeleteRange(delete)) => Ok(delete_op(delete)),

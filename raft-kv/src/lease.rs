@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::driver::DriverHandle;
-use crate::protocol::{Session, WriteOp};
+use crate::protocol::WriteOp;
 use crate::state_machine::{Command, KvStateMachine};
 
 /// How often the leader looks for leases past their deadline.
@@ -122,16 +122,8 @@ pub async fn expire_leases(driver: DriverHandle<KvStateMachine>, lessor: std::sy
         };
         for id in lessor.sync(term, &leases, Instant::now()) {
             tracing::info!(lease = id, "lease expired: writing its expiry");
-            let command = Command {
-                session: Session {
-                    client_id: 0,
-                    sequence: 0,
-                    first_outstanding: 0,
-                },
-                op: WriteOp::LeaseExpire { id },
-                prev_kv: false,
-                owner: format!("node {}", view.id),
-            };
+            let command =
+                Command::outside_sessions(WriteOp::LeaseExpire { id }, format!("node {}", view.id));
             let driver = driver.clone();
             tokio::spawn(async move {
                 if let Err(e) = driver.propose(command.encode()).await {

@@ -64,13 +64,19 @@ impl Command {
     /// The command that opens a client session for `owner` (its id becomes
     /// the index of the entry that carries it).
     pub fn open_session(owner: String) -> Self {
+        Self::outside_sessions(WriteOp::OpenSession, owner)
+    }
+
+    /// A command applied in no session (opening one, or the leader's lease
+    /// expiry): never answered from a kept result, written by `owner`.
+    pub fn outside_sessions(op: WriteOp, owner: String) -> Self {
         Self {
             session: Session {
                 client_id: 0,
                 sequence: 0,
                 first_outstanding: 0,
             },
-            op: WriteOp::OpenSession,
+            op,
             prev_kv: false,
             owner,
         }
@@ -573,25 +579,14 @@ impl KvStateMachine {
                 ..SessionState::default()
             };
             self.touch_session(index, state, index);
-            return Ok(WriteResult {
-                revision: self.revision,
-                succeeded: true,
-                previous: None,
-                responses: Vec::new(),
-            });
+            return Ok(self.bare_result(true));
         }
         if let WriteOp::LeaseExpire { id } = command.op {
             // The leader's decision, in no session: applying it twice (two
             // expiries proposed before the first applied) finds it gone.
-            return Ok(match self.revoke(id, events) {
-                Ok(result) => result,
-                Err(_) => WriteResult {
-                    revision: self.revision,
-                    succeeded: false,
-                    previous: None,
-                    responses: Vec::new(),
-                },
-            });
+            return Ok(self
+                .revoke(id, events)
+                .unwrap_or_else(|_| self.bare_result(false)));
         }
         let session = command.session;
         if let Some(state) = self.sessions.get(&session.client_id)
@@ -670,6 +665,17 @@ impl KvStateMachine {
         }
     }
 
+    /// A result that carries nothing but the store's revision and whether
+    /// the write took effect.
+    fn bare_result(&self, succeeded: bool) -> WriteResult {
+        WriteResult {
+            revision: self.revision,
+            succeeded,
+            previous: None,
+            responses: Vec::new(),
+        }
+    }
+
     /// Applies one write; `previous` is kept in the result only with
     /// `prev_kv` (and for a CAS that did not swap).
     fn execute(
@@ -713,12 +719,7 @@ impl KvStateMachine {
             WriteOp::LeaseGrant { id, ttl } => return self.grant(id, ttl, index),
             WriteOp::LeaseRevoke { id } => return self.revoke(id, events),
             // Handled before a session is looked up.
-            WriteOp::OpenSession | WriteOp::LeaseExpire { .. } => WriteResult {
-                revision: self.revision,
-                succeeded: true,
-                previous: None,
-                responses: Vec::new(),
-            },
+            WriteOp::OpenSession | WriteOp::LeaseExpire { .. } => self.bare_result(true),
         };
         if !prev_kv {
             result.previous = None;
@@ -853,12 +854,7 @@ impl KvStateMachine {
         for key in lease.keys {
             self.delete(key, events);
         }
-        Ok(WriteResult {
-            revision: self.revision,
-            succeeded: true,
-            previous: None,
-            responses: Vec::new(),
-        })
+        Ok(self.bare_result(true))
     }
 
     /// Moves `key` from the lease it lived by to `lease` (either may be 0).
@@ -970,12 +966,7 @@ impl KvStateMachine {
 
     fn delete(&mut self, key: Bytes, events: &mut Vec<WatchEvent>) -> WriteResult {
         let Some(previous) = self.data.remove(&key) else {
-            return WriteResult {
-                revision: self.revision,
-                succeeded: false,
-                previous: None,
-                responses: Vec::new(),
-            };
+            return self.bare_result(false);
         };
         self.attach(&key, previous.lease, 0);
         self.revision += 1;
@@ -1650,17 +1641,8 @@ mod tests {
             term: 1,
             index: OFFSET + index,
             payload: EntryPayload::Command(
-                Command {
-                    session: Session {
-                        client_id: 0,
-                        sequence: 0,
-                        first_outstanding: 0,
-                    },
-                    op: WriteOp::LeaseExpire { id: 42 },
-                    prev_kv: false,
-                    owner: "node 1".into(),
-                }
-                .encode(),
+                Command::outside_sessions(WriteOp::LeaseExpire { id: 42 }, "node 1".into())
+                    .encode(),
             ),
         };
         let first = result_of(sm.apply(&[expire(3)]));

@@ -49,13 +49,11 @@ const WATCHER_BUFFER: usize = 1024;
 const REPLAY_STEP: usize = 4096;
 
 /// What an event counts for against the byte bounds: its key, its value and
-/// a fixed part (revisions, kind, lengths).
+/// a fixed part (revisions, kind, lengths), and the same again for the
+/// key-value as it was, when it carries one.
 pub fn event_bytes(event: &WatchEvent) -> u64 {
-    let prev = event
-        .prev
-        .as_ref()
-        .map_or(0, |p| p.key.len() + p.value.len() + 48);
-    (event.kv.key.len() + event.kv.value.len() + prev) as u64 + 48
+    let kv_bytes = |kv: &KeyValue| (kv.key.len() + kv.value.len()) as u64 + 48;
+    kv_bytes(&event.kv) + event.prev.as_ref().map_or(0, kv_bytes)
 }
 
 fn message_bytes(message: &WatchMessage) -> u64 {
