@@ -112,9 +112,18 @@
 //!   only means rediscovering it after a restart.
 //! - Compaction ([`LogWrite::compact_to`]) may be lost in a crash; it is
 //!   repeated or superseded.
+//! - A batch's persisted messages rest on its own write and every earlier
+//!   one. A host that pipelines batches may send them once the batch's own
+//!   write is durable (writes reach storage in batch order), and at once
+//!   for a batch with an empty write: the node hands out persisted messages
+//!   with an empty write only when every earlier batch was acknowledged,
+//!   and otherwise writes the hard state again with
+//!   [`LogWrite::must_sync`] (a vote granted again, a duplicate
+//!   AppendEntries answered, while the write they promise is in flight).
 //!
 //! The simulator checks this contract: it crashes nodes at random moments and
-//! throws away every write not yet acknowledged as durable.
+//! throws away every write not yet acknowledged as durable; some of its hosts
+//! pipeline batches as far as the contract allows.
 //!
 //! # Membership changes
 //!

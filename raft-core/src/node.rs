@@ -511,10 +511,19 @@ impl<S: LogRead> Node<S> {
         if message.to != self.id || message.from == self.id {
             return Ok(());
         }
-        let malformed = match &message.body {
-            MessageBody::Append(req) => replication::malformed_append(message.term, req),
-            MessageBody::Snapshot(chunk) => Self::malformed_chunk(message.term, chunk),
-            _ => None,
+        let malformed = if message.term == Term::MAX {
+            // No term can follow it: adopting it would end elections for
+            // good (the next campaign's term cannot be counted).
+            Some(format!(
+                "term {} cannot be followed by another",
+                message.term
+            ))
+        } else {
+            match &message.body {
+                MessageBody::Append(req) => replication::malformed_append(message.term, req),
+                MessageBody::Snapshot(chunk) => Self::malformed_chunk(message.term, chunk),
+                _ => None,
+            }
         };
         if self
             .committed_membership()
@@ -531,6 +540,13 @@ impl<S: LogRead> Node<S> {
                 kind = ?message.kind(),
                 "dropped a message from a removed node"
             );
+            if malformed.is_none() && message.term < self.term {
+                // But a removed node that still leads an older term (it
+                // removed itself and missed the commit) is told the newer
+                // term, as any stale leader is, so that it steps down: with
+                // CheckQuorum off nothing else would ever stop it leading.
+                self.answer_stale_leader(&message);
+            }
             return Ok(());
         }
         if let Some(problem) = malformed {
@@ -620,10 +636,19 @@ impl<S: LogRead> Node<S> {
     /// Takes the next output batch. The host must perform it as the crate
     /// documentation describes and acknowledge it with
     /// [`Node::on_persisted`].
+    ///
+    /// A storage error (reading committed entries) is returned before
+    /// anything is taken: the writes, messages and the batch number stay in
+    /// the node for the next call. (A host should still stop a node whose
+    /// storage fails, see [`Error::Storage`].)
     pub fn ready(&mut self) -> Result<Ready, Error> {
         if self.role == Role::Leader {
             self.flush_leader()?;
         }
+        // The one read that can fail comes before anything is taken: a
+        // storage error then leaves every write in the node, to be handed
+        // out by the next call, rather than lost between the two.
+        let committed_entries = self.log.next_to_apply(self.config.max_apply_bytes)?;
         self.ready_number += 1;
         let number = self.ready_number;
 
@@ -631,17 +656,27 @@ impl<S: LogRead> Node<S> {
         let install_snapshot = self.log.take_snapshot_to_install();
         let entries = self.log.take_unpersisted();
         let hard_state = self.hard_state();
+        // Persisted messages may rest on an earlier batch's write (a vote
+        // granted again, a duplicate append acknowledged): while one is not
+        // acknowledged durable, the batch writes the hard state again and
+        // syncs, so that its own write being durable means every earlier
+        // one is (writes reach storage in batch order) and a host may send
+        // its persisted messages as soon as its own write is durable.
+        let behind_earlier_write =
+            !self.persisted_messages.is_empty() && !self.pending_persists.is_empty();
         let must_sync = !snapshot_chunks.is_empty()
             || install_snapshot.is_some()
             || !entries.is_empty()
-            || self.hard_state_must_sync();
+            || self.hard_state_must_sync()
+            || behind_earlier_write;
         // A commit-only change rides along with the next synced write.
-        let hard_state = if hard_state != self.emitted_hard_state && must_sync {
-            self.emitted_hard_state = hard_state;
-            Some(hard_state)
-        } else {
-            None
-        };
+        let hard_state =
+            if must_sync && (hard_state != self.emitted_hard_state || behind_earlier_write) {
+                self.emitted_hard_state = hard_state;
+                Some(hard_state)
+            } else {
+                None
+            };
         let compact_to = self.snapshots.take_compaction();
         let write = LogWrite {
             snapshot_chunks,
@@ -660,7 +695,6 @@ impl<S: LogRead> Node<S> {
             });
         }
 
-        let committed_entries = self.log.next_to_apply(self.config.max_apply_bytes)?;
         self.snapshots
             .count_applying(committed_entries.iter().map(Entry::budget_size).sum());
         self.reads

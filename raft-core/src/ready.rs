@@ -22,8 +22,34 @@ use crate::types::{Entry, Index};
 ///    background) and report it with [`crate::Node::on_snapshot_built`].
 ///
 /// Steps 2–5 of consecutive batches may be pipelined as long as writes reach
-/// storage in batch order and every batch's persisted messages leave only
-/// after its write is durable.
+/// storage in batch order (a write durable means every earlier batch's write
+/// is durable too) and every batch's persisted messages leave only after its
+/// write is durable. A batch with an empty write may send its persisted
+/// messages at once: the node hands one out only when every earlier batch
+/// was acknowledged with [`crate::Node::on_persisted`]. Persisted messages
+/// that rest on a write not yet acknowledged (a vote granted again, a
+/// duplicate AppendEntries answered) come with a write of the hard state
+/// again and [`LogWrite::must_sync`], so they wait for it.
+///
+/// ```
+/// use raft_core::{Config, MemLog, Message, MessageBody, Node, VoteRequest, LogId};
+///
+/// let mut node = Node::new(Config::new(2), MemLog::new()).unwrap();
+/// let request = Message {
+///     from: 1,
+///     to: 2,
+///     term: 1,
+///     body: MessageBody::Vote(VoteRequest { last_log: LogId::default(), transfer: false }),
+/// };
+/// node.step(request.clone()).unwrap();
+/// let first = node.ready().unwrap(); // writes the vote; not yet durable
+/// node.step(request).unwrap(); // the candidate asks again
+/// let second = node.ready().unwrap();
+/// // The vote is granted again, but only behind a synced write of its own.
+/// assert_eq!(second.persisted_messages.len(), 1);
+/// assert!(second.write.must_sync && second.write.hard_state.is_some());
+/// # let _ = first;
+/// ```
 #[derive(Debug, Default)]
 #[must_use = "a Ready must be performed and acknowledged"]
 pub struct Ready {

@@ -59,27 +59,44 @@ impl<S: LogRead> Node<S> {
         }
         if m.term < self.term {
             match &m.body {
-                Append(_) | Heartbeat(_) | Snapshot(_) => {
-                    // A stale leader: tell it about the newer term so it steps
-                    // down instead of disrupting us forever (needed with
-                    // PreVote/CheckQuorum, which keep our term from rising).
-                    self.send(
-                        m.from,
-                        AppendResponse(crate::message::AppendResponse::Rejected {
-                            rejected: 0,
-                            hint: Default::default(),
-                        }),
-                    );
-                }
+                Append(_) | Heartbeat(_) | Snapshot(_) => self.answer_stale_leader(m),
                 PreVote(_) => self.send(
                     m.from,
                     PreVoteResponse(crate::message::VoteResponse { granted: false }),
+                ),
+                // A candidate of an older term is refused in our term, so
+                // that it catches up (Raft paper, Figure 2: the answer
+                // carries the current term "for the candidate to update
+                // itself"). Silence let a candidate stay terms behind a
+                // voter whose term a disruptive node kept raising, and
+                // never win its vote.
+                Vote(_) => self.send_after_persist(
+                    m.from,
+                    VoteResponse(crate::message::VoteResponse { granted: false }),
                 ),
                 _ => {}
             }
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// Answers a leader of an older term (an AppendEntries, heartbeat or
+    /// snapshot chunk of a term below ours) with a rejection in our term, so
+    /// that it steps down instead of disrupting us forever (needed with
+    /// PreVote/CheckQuorum, which keep our term from rising, and for a
+    /// removed leader, which nothing else tells).
+    pub(super) fn answer_stale_leader(&mut self, m: &Message) {
+        use MessageBody::*;
+        if m.term < self.term && matches!(m.body, Append(_) | Heartbeat(_) | Snapshot(_)) {
+            self.send(
+                m.from,
+                AppendResponse(crate::message::AppendResponse::Rejected {
+                    rejected: 0,
+                    hint: Default::default(),
+                }),
+            );
+        }
     }
 
     /// Whether this node would give `from` its vote for `term` now: the one
@@ -146,7 +163,7 @@ impl<S: LogRead> Node<S> {
         if self.role != expected {
             return Ok(());
         }
-        if pre_vote && term != self.term + 1 && granted {
+        if pre_vote && Some(term) != self.term.checked_add(1) && granted {
             return Ok(());
         }
         self.votes.entry(from).or_insert(granted);
@@ -201,13 +218,23 @@ impl<S: LogRead> Node<S> {
         if !self.promotable() {
             return Ok(());
         }
+        // The campaign's term must be one a message may carry (below
+        // `Term::MAX`, see `Node::step`): a node cannot campaign past it.
+        let Some(next_term) = self.term.checked_add(1).filter(|&t| t < Term::MAX) else {
+            tracing::error!(
+                id = self.id,
+                term = self.term,
+                "no term left to campaign in"
+            );
+            return Ok(());
+        };
         let term = if pre_vote {
             let term = self.term;
             self.reset(term);
             self.role = Role::PreCandidate;
-            term + 1
+            next_term
         } else {
-            let term = self.term + 1;
+            let term = next_term;
             self.reset(term);
             self.role = Role::Candidate;
             self.vote = Some(self.id);

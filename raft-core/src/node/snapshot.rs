@@ -21,8 +21,22 @@ pub fn next_snapshot_threshold(initial: u64, remaining: u64) -> u64 {
 /// A snapshot being received from the leader.
 #[derive(Clone, Debug)]
 struct Incoming {
+    /// Whose snapshot it is: the sender and its term, the snapshot's last
+    /// entry and size. Two leaders may each send a snapshot ending at one
+    /// position, with different bytes (another serialization of the same
+    /// state): a transfer resumes only with chunks of the very same
+    /// snapshot, so bytes of two snapshots are never stitched together.
+    from: NodeId,
+    term: Term,
     last: LogId,
+    size: u64,
     next_offset: u64,
+}
+
+impl Incoming {
+    fn is_of(&self, from: NodeId, term: Term, meta: &SnapshotMeta) -> bool {
+        self.from == from && self.term == term && self.last == meta.last && self.size == meta.size
+    }
 }
 
 #[derive(Clone)]
@@ -246,8 +260,9 @@ impl<S: LogRead> Node<S> {
             // a new transfer starts. The leader resends after a pause.
             return Ok(());
         }
+        let term = self.term;
         let expected = match &self.snapshots.incoming {
-            Some(inc) if inc.last == last => inc.next_offset,
+            Some(inc) if inc.is_of(from, term, &chunk.meta) => inc.next_offset,
             _ => 0,
         };
         if chunk.offset != expected && chunk.offset != 0 {
@@ -262,7 +277,13 @@ impl<S: LogRead> Node<S> {
             self.install_snapshot(meta);
             respond(self, next_offset, false, true);
         } else {
-            self.snapshots.incoming = Some(Incoming { last, next_offset });
+            self.snapshots.incoming = Some(Incoming {
+                from,
+                term,
+                last,
+                size: chunk.meta.size,
+                next_offset,
+            });
             self.pending_chunks.push(chunk);
             respond(self, next_offset, false, false);
         }
@@ -278,6 +299,10 @@ impl<S: LogRead> Node<S> {
         );
         self.counters.snapshots_installed += 1;
         self.reset_configs(meta.membership_index, meta.membership.clone());
+        // A snapshot the host may be building now is older than this one:
+        // its build ends in `SnapshotObsolete` and is never reported, so the
+        // request ends here (else the node would never ask again).
+        self.snapshots.requested = false;
         self.snapshots.on_installed(meta.last.index, meta.size);
         self.log.restore(meta);
     }
