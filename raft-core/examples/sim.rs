@@ -21,6 +21,9 @@ enum Mix {
     Lease,
     /// `SimConfig::membership_focus`.
     Membership,
+    /// `SimConfig::varied`: PreVote and CheckQuorum each on or off, election
+    /// and heartbeat ticks varied, pipelining hosts.
+    Varied,
 }
 
 impl Mix {
@@ -30,6 +33,7 @@ impl Mix {
             Mix::Mixed => SimConfig::with_shape(seed, Shape::mixed(seed)),
             Mix::Lease => SimConfig::lease_focus(seed),
             Mix::Membership => SimConfig::membership_focus(seed),
+            Mix::Varied => SimConfig::varied(seed),
         }
     }
 }
@@ -44,7 +48,7 @@ fn main() -> ExitCode {
     let mut events = false;
     let mut first_failure = false;
     let mut args = std::env::args().skip(1);
-    let usage = "usage: sim --seeds N [--start S] [--nodes K|grown|mix|lease|membership] [--jobs J] [--verbose] [--events] [--first-failure]";
+    let usage = "usage: sim --seeds N [--start S] [--nodes K|grown|mix|lease|membership|varied] [--jobs J] [--verbose] [--events] [--first-failure]";
     while let Some(arg) = args.next() {
         let mut value = |name: &str| -> String {
             args.next().unwrap_or_else(|| {
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
                     "mix" => Mix::Mixed,
                     "lease" => Mix::Lease,
                     "membership" => Mix::Membership,
+                    "varied" => Mix::Varied,
                     n => match n.parse::<usize>() {
                         Ok(k) if k >= 1 => Mix::One(Shape::Voters(k)),
                         _ => {
@@ -106,7 +111,11 @@ fn main() -> ExitCode {
                     if first_failure && !failures.lock().expect("no panics").is_empty() {
                         break;
                     }
-                    let mut sim = Sim::new(mix.config(seed));
+                    let config = mix.config(seed);
+                    if events {
+                        eprintln!("seed {seed}: {config:?}");
+                    }
+                    let mut sim = Sim::new(config);
                     if events {
                         sim = sim.print_events();
                     }

@@ -2,8 +2,9 @@
 //! A failure prints the seed and the command that replays it.
 //!
 //! The default run: 2,000 seeds of 5 and 3 voters, 1,000 of the mixed
-//! shapes (1, 2, 3, 5 and 7 voters, and clusters grown from one node), and
-//! 500 each of the fault mixes aimed at leases and at membership changes.
+//! shapes (1, 2, 3, 5 and 7 voters, and clusters grown from one node),
+//! 500 each of the fault mixes aimed at leases and at membership changes,
+//! and 1,000 of the varied configuration space (`SimConfig::varied`).
 //! `cargo xtask mutants` shows that each safety rule, broken on purpose, is
 //! caught within such seeds.
 
@@ -92,6 +93,29 @@ fn membership_focus_seeds_0_to_500() {
         // Clients are mostly quiet in this mix.
         1,
     );
+}
+
+/// The widest configuration space (`SimConfig::varied`): PreVote or
+/// CheckQuorum off, election timeouts of 4 to 10 ticks with heartbeats of 1,
+/// 2 or `election − 1` ticks, hosts that pipeline batches, forged messages
+/// of term `u64::MAX`. Seed 6,725 is the first where a removed leader that
+/// missed its removal would lead its old term for ever (issue 24, finding 2).
+#[test]
+fn varied_seeds_0_to_1000() {
+    run_configs(
+        "varied, seeds 0..1000",
+        (0..1000).map(SimConfig::varied),
+        5,
+    );
+}
+
+#[test]
+fn varied_regression_seeds() {
+    for seed in [6725, 7635, 13176] {
+        if let Err(failure) = Sim::new(SimConfig::varied(seed)).run() {
+            panic!("{failure}");
+        }
+    }
 }
 
 /// The same seed gives the same event trace, bit for bit.
