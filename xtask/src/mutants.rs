@@ -169,6 +169,51 @@ pub(crate) const MUTANTS: &[Mutant] = &[
         start: 0,
         seeds: 2000,
     },
+    Mutant {
+        name: "persisted-message-ahead-of-its-write",
+        rule: "persisted messages resting on a write not yet acknowledged come with a synced write of their own",
+        patches: &[(
+            "node.rs",
+            "|| behind_earlier_write;",
+            "|| (behind_earlier_write && !crate::mutant_on(\"persisted-message-ahead-of-its-write\"));",
+        )],
+        nodes: "varied",
+        start: 0,
+        // Caught first at seed 94 (a duplicate AppendEntries acknowledged
+        // ahead of the write holding its entries: a commit not durable on a
+        // majority).
+        seeds: 500,
+    },
+    Mutant {
+        name: "removed-leader-not-told",
+        rule: "a removed node leading an older term is told the newer term (with CheckQuorum off nothing else stops it)",
+        patches: &[(
+            "node.rs",
+            "if malformed.is_none() && message.term < self.term {",
+            "if malformed.is_none() && message.term < self.term && !crate::mutant_on(\"removed-leader-not-told\") {",
+        )],
+        nodes: "varied",
+        // Rare: it takes CheckQuorum off, a leader that removes itself and
+        // is cut off before it hears the change commit. Seed 6,725 is the
+        // first of the mix that reaches it (node 4 leads term 5 with the
+        // one-voter view {1} while node 1 leads term 8).
+        start: 6000,
+        seeds: 1000,
+    },
+    Mutant {
+        name: "last-term-adopted",
+        rule: "a term no term can follow (u64::MAX) is malformed: dropped and counted",
+        patches: &[(
+            "node.rs",
+            "let malformed = if message.term == Term::MAX {",
+            "let malformed = if message.term == Term::MAX && !crate::mutant_on(\"last-term-adopted\") {",
+        )],
+        nodes: "varied",
+        start: 0,
+        // Forged messages of term u64::MAX (SimConfig::forge_max_term):
+        // caught first at seed 15, every node stuck at the last term.
+        seeds: 500,
+    },
 ];
 
 /// Arguments of `cargo xtask mutants`.
