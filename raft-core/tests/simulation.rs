@@ -102,16 +102,16 @@ fn membership_focus_seeds_0_to_500() {
 /// missed its removal would lead its old term for ever (issue 24, finding 2).
 #[test]
 fn varied_seeds_0_to_1000() {
-    run_configs(
-        "varied, seeds 0..1000",
-        (0..1000).map(SimConfig::varied),
-        5,
-    );
+    run_configs("varied, seeds 0..1000", (0..1000).map(SimConfig::varied), 5);
 }
 
+/// Seed 6,725 reaches a removed leader that missed its removal, with
+/// CheckQuorum off (the mutant `removed-leader-not-told` fails there). (Seeds
+/// 7,635 and 13,176 failed under an earlier draw of this mix, whose schedule
+/// no longer exists; `second_review.rs` keeps what they showed.)
 #[test]
 fn varied_regression_seeds() {
-    for seed in [6725, 7635, 13176] {
+    for seed in [6725] {
         if let Err(failure) = Sim::new(SimConfig::varied(seed)).run() {
             panic!("{failure}");
         }
