@@ -535,3 +535,54 @@ fn a_candidate_of_an_older_term_is_refused_in_the_newer_term() {
     assert_eq!(refusal.len(), 1, "the candidate is answered");
     assert_eq!(refusal[0].term, term);
 }
+
+/// Found by the simulator in the new configuration space (seed 300,606 of
+/// the varied mix: PreVote off, election timeout 4 ticks). A node removed by
+/// a change not yet committed, which does not know it, campaigned again and
+/// again; every vote request restarted each voter's election timer, so it
+/// always asked first and took, term after term, the vote of a new voter
+/// that the rightful candidate needed. A refused vote request moves the
+/// term on but leaves the election timer running (Raft paper, Figure 2: the
+/// timer restarts on a leader's AppendEntries or a granted vote).
+#[test]
+fn a_refused_vote_request_does_not_restart_the_election_timer() {
+    let mut c = Cluster::with_config(3, no_pre_vote_no_check_quorum);
+    c.elect(1);
+    c.propose_committed(b"x");
+    let base = c.node(3).clone();
+    let ticks_to_campaign = |mut node: Node<MemLog>, vote_at: Option<u64>| -> u64 {
+        for t in 1..1000 {
+            if vote_at == Some(t) {
+                let term = node.term() + 5;
+                node.step(Message {
+                    from: 2,
+                    to: 3,
+                    term,
+                    body: MessageBody::Vote(VoteRequest {
+                        last_log: LogId::default(),
+                        transfer: false,
+                    }),
+                })
+                .unwrap();
+                assert_eq!(node.term(), term, "the term moves on");
+                assert_eq!(
+                    node.hard_state().vote,
+                    None,
+                    "a candidate behind is refused"
+                );
+            }
+            node.tick().unwrap();
+            if node.role() == Role::Candidate {
+                return t;
+            }
+        }
+        panic!("node 3 never campaigned");
+    };
+    let undisturbed = ticks_to_campaign(base.clone(), None);
+    assert!(undisturbed > 1);
+    let disturbed = ticks_to_campaign(base, Some(undisturbed - 1));
+    assert_eq!(
+        disturbed, undisturbed,
+        "the refused request restarted the election timer"
+    );
+}

@@ -50,6 +50,20 @@ impl<S: LogRead> Node<S> {
                     // node): ignore it while a leader is known to be alive.
                     return Ok(false);
                 }
+                Vote(_) => {
+                    // The term moves on, but the election timer restarts
+                    // only on a leader's message or a granted vote (Raft
+                    // paper, Figure 2): a candidate that cannot win (a
+                    // removed node that does not know it, with PreVote off)
+                    // would otherwise restart every voter's timer with each
+                    // campaign and always ask first, taking for ever a vote
+                    // that a rightful candidate needs (varied seed 300,606).
+                    let (elapsed, timeout) =
+                        (self.election_elapsed, self.randomized_election_timeout);
+                    self.become_follower(m.term, None);
+                    self.election_elapsed = elapsed;
+                    self.randomized_election_timeout = timeout;
+                }
                 Append(_) | Heartbeat(_) | Snapshot(_) => {
                     self.become_follower(m.term, Some(m.from))
                 }
