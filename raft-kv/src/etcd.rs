@@ -24,6 +24,9 @@
 //! one per client identity and numbers its writes. Like etcd, a write a
 //! client sends again is a new write.
 
+mod budget;
+mod listener;
+
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +35,7 @@ use bytes::Bytes;
 use tokio::sync::Mutex;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
-use raft_transport_quic::{Caller, DenyList, Fingerprint};
+use raft_transport_quic::{Caller, DenyList};
 
 use crate::protocol::{
     AdminOp, AdminResult, Compare, CompareResult, CompareTarget, Consistency, EventKind, KeyRange,
@@ -69,13 +72,36 @@ use pb::watch_server::{Watch, WatchServer};
 /// (etcd's clients accept 2 GiB; a larger range says `more`).
 const MAX_RANGE_BYTES: usize = 64 << 20;
 
+/// HTTP/2 streams one connection may have open (etcd's clients multiplex
+/// every call and watch of a client over one connection).
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// Header bytes of one call.
+const MAX_HEADER_BYTES: u32 = 16 << 10;
+
+/// The largest request message: a transaction of puts, each value up to
+/// the value limit, and keys (the native port's frame limit).
+const MAX_REQUEST_MESSAGE: usize = 16 << 20;
+
+/// The largest request of the services whose requests carry no values.
+const MAX_SMALL_MESSAGE: usize = 64 << 10;
+
+/// A gRPC service with its request message limit; its answers are bounded
+/// by the calls themselves (a range gathers at most [`MAX_RANGE_BYTES`]).
+macro_rules! limited {
+    ($service:expr, $max:expr) => {
+        $service
+            .max_decoding_message_size($max)
+            .max_encoding_message_size(MAX_RANGE_BYTES + (1 << 20))
+    };
+}
+
 /// The front door of one node.
 #[derive(Clone)]
 struct EtcdApi {
     service: Arc<dyn Fn() -> Option<Arc<KvService>> + Send + Sync>,
     cluster_id: u64,
     member_id: u64,
-    cluster: String,
     sessions: Arc<Sessions>,
     deny: Option<DenyList>,
 }
@@ -99,6 +125,11 @@ struct SessionSlot {
 struct OwnedSession {
     client_id: Option<u64>,
     next: u64,
+}
+
+/// A write refused because its session was forgotten.
+struct Expired {
+    sent_once: bool,
 }
 
 /// A write waiting for its answer; it stops counting as outstanding when
@@ -154,87 +185,6 @@ impl Drop for EtcdServer {
     }
 }
 
-/// A client connection the node can close whatever its streams are doing:
-/// once the front door closes, reads end and writes fail, and hyper drops
-/// the connection (aborting the task that accepts connections does not stop
-/// the ones already open).
-struct Closable {
-    io: tokio::net::TcpStream,
-    closed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
-    is_closed: bool,
-}
-
-impl Closable {
-    fn new(io: tokio::net::TcpStream, mut close: tokio::sync::watch::Receiver<bool>) -> Self {
-        Self {
-            io,
-            closed: Box::pin(async move {
-                let _ = close.wait_for(|closed| *closed).await;
-            }),
-            is_closed: false,
-        }
-    }
-
-    fn closed(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        if !self.is_closed && self.closed.as_mut().poll(cx).is_ready() {
-            self.is_closed = true;
-        }
-        self.is_closed
-    }
-}
-
-impl tokio::io::AsyncRead for Closable {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.closed(cx) {
-            // End of stream.
-            return std::task::Poll::Ready(Ok(()));
-        }
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Closable {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.closed(cx) {
-            return std::task::Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "the node stopped serving the etcd API",
-            )));
-        }
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-impl tonic::transport::server::Connected for Closable {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
-    }
-}
-
 /// Serves etcd's API until the returned handle is dropped; `service` gives
 /// the node's request path once it is up.
 pub(crate) async fn serve(
@@ -250,36 +200,44 @@ pub(crate) async fn serve(
         member_id,
         deny,
     } = options;
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(cert, key))
-        .client_ca_root(tonic::transport::Certificate::from_pem(ca))
-        .client_auth_optional(false);
+    let identity = raft_transport_quic::TlsIdentity::from_pem(&ca, &cert, &key)
+        .map_err(|e| format!("cannot load the TLS files for the etcd API: {e}"))?;
+    let tls = listener::tls_config(&identity, deny.clone())
+        .map_err(|e| format!("cannot set up TLS for the etcd API: {e}"))?;
     let api = EtcdApi {
         service,
         cluster_id: cluster_hash(&cluster),
         member_id,
-        cluster,
         sessions: Arc::new(Sessions::default()),
-        deny,
+        deny: deny.clone(),
     };
-    let listener = tokio::net::TcpListener::bind(address)
+    let tcp = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| format!("cannot listen on {address} for the etcd API: {e}"))?;
     let router = tonic::transport::Server::builder()
-        .tls_config(tls)
-        .map_err(|e| format!("cannot set up TLS for the etcd API: {e}"))?
-        .add_service(KvServer::new(api.clone()))
-        .add_service(ClusterServer::new(api.clone()))
-        .add_service(WatchServer::new(api.clone()))
-        .add_service(LeaseServer::new(api.clone()))
-        .add_service(AuthServer::new(api.clone()))
-        .add_service(MaintenanceServer::new(api));
+        // HTTP/2's own limits: streams per connection, header bytes, and
+        // pings to find connections whose client is gone.
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(MAX_HEADER_BYTES)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .layer(budget::GuardLayer)
+        .add_service(limited!(KvServer::new(api.clone()), MAX_REQUEST_MESSAGE))
+        .add_service(limited!(ClusterServer::new(api.clone()), MAX_SMALL_MESSAGE))
+        .add_service(limited!(WatchServer::new(api.clone()), MAX_SMALL_MESSAGE))
+        .add_service(limited!(LeaseServer::new(api.clone()), MAX_SMALL_MESSAGE))
+        .add_service(limited!(AuthServer::new(api.clone()), MAX_SMALL_MESSAGE))
+        .add_service(limited!(MaintenanceServer::new(api), MAX_SMALL_MESSAGE));
     let (close, closed) = tokio::sync::watch::channel(false);
-    let incoming = {
-        use tokio_stream::StreamExt;
-        tonic::transport::server::TcpIncoming::from(listener)
-            .map(move |accepted| accepted.map(|io| Closable::new(io, closed.clone())))
-    };
+    let incoming = listener::accept(listener::Listener {
+        listener: tcp,
+        tls: Arc::new(tls),
+        limits: listener::fd_budget(listener::Limits::default()),
+        cluster,
+        deny,
+        identities: Arc::new(listener::Identities::default()),
+        close: closed,
+    });
     let task = tokio::spawn(async move {
         if let Err(e) = router.serve_with_incoming(incoming).await {
             tracing::error!("the etcd API stopped: {e}");
@@ -355,25 +313,23 @@ fn to_pb(kv: KeyValue, keys_only: bool) -> mvccpb::KeyValue {
     }
 }
 
-/// Who sent a gRPC request: the holder of the client certificate it came
-/// with (refused if the deny list names it).
-fn caller_of<T>(
-    request: &GrpcRequest<T>,
-    cluster: &str,
-    deny: Option<&DenyList>,
-) -> Result<Caller, Status> {
-    let certificates = request.peer_certs().ok_or_else(|| {
-        Status::unauthenticated("a client certificate from the cluster's CA is required")
-    })?;
-    let first = certificates.first().ok_or_else(|| {
-        Status::unauthenticated("a client certificate from the cluster's CA is required")
-    })?;
-    if deny.is_some_and(|list| list.contains(&Fingerprint::of_der(first.as_ref()))) {
+/// Who sent a gRPC request: the holder of the client certificate its
+/// connection was made with (refused if the deny list names it now), and
+/// the budgets of its identity.
+fn peer_of<T>(request: &GrpcRequest<T>, deny: Option<&DenyList>) -> Result<listener::Peer, Status> {
+    let peer = request
+        .extensions()
+        .get::<listener::Peer>()
+        .cloned()
+        .ok_or_else(|| {
+            Status::unauthenticated("a client certificate from the cluster's CA is required")
+        })?;
+    if deny.is_some_and(|list| list.contains(&peer.fingerprint)) {
         return Err(Status::permission_denied(
             "this certificate is revoked (on the node's deny list); use another one",
         ));
     }
-    Caller::from_certificate(first, cluster).map_err(Status::permission_denied)
+    Ok(peer)
 }
 
 impl EtcdApi {
@@ -384,8 +340,18 @@ impl EtcdApi {
     /// Who sent `request`, and the node's request path: how every call
     /// begins.
     fn begin<T>(&self, request: &GrpcRequest<T>) -> Result<(Caller, Arc<KvService>), Status> {
-        let caller = caller_of(request, &self.cluster, self.deny.as_ref())?;
-        Ok((caller, self.service()?))
+        let peer = peer_of(request, self.deny.as_ref())?;
+        Ok((peer.caller, self.service()?))
+    }
+
+    /// [`begin`](Self::begin), with the budgets of the caller's identity
+    /// (for calls that build large answers).
+    fn begin_metered<T>(
+        &self,
+        request: &GrpcRequest<T>,
+    ) -> Result<(Caller, Arc<budget::Identity>, Arc<KvService>), Status> {
+        let peer = peer_of(request, self.deny.as_ref())?;
+        Ok((peer.caller, peer.identity, self.service()?))
     }
 
     fn header(&self, service: &KvService, revision: u64) -> pb::ResponseHeader {
@@ -421,7 +387,10 @@ impl EtcdApi {
     }
 
     /// Applies `op` in the session of `caller`'s identity, opening it first
-    /// if need be.
+    /// if need be. A write sent once and refused because its session was
+    /// forgotten (evicted, or its results pushed out by the identity's other
+    /// writes) was not applied: it is sent again in a fresh session, so the
+    /// client never hears "session expired" for a write that did nothing.
     async fn write(
         &self,
         service: &KvService,
@@ -429,6 +398,29 @@ impl EtcdApi {
         op: WriteOp,
         prev_kv: bool,
     ) -> Result<WriteResult, Status> {
+        match self
+            .write_in_session(service, caller, op.clone(), prev_kv)
+            .await
+        {
+            Err(Expired { sent_once: true }) => self
+                .write_in_session(service, caller, op, prev_kv)
+                .await
+                .unwrap_or_else(|_| Err(status(KvError::SessionExpired))),
+            Err(Expired { sent_once: false }) => Err(status(KvError::SessionExpired)),
+            Ok(answer) => answer,
+        }
+    }
+
+    /// One try of [`write`](Self::write): `Err` when the session was
+    /// forgotten (the next write opens a new one), saying whether the write
+    /// was sent only once (then it was certainly not applied).
+    async fn write_in_session(
+        &self,
+        service: &KvService,
+        caller: &Caller,
+        op: WriteOp,
+        prev_kv: bool,
+    ) -> Result<Result<WriteResult, Status>, Expired> {
         let owner = crate::protocol::Principal::of(caller).name;
         let slot = self
             .sessions
@@ -448,7 +440,7 @@ impl EtcdApi {
                         .await
                     {
                         Response::SessionOpened { client_id } => client_id,
-                        other => return Err(unexpected(other)),
+                        other => return Ok(Err(unexpected(other))),
                     };
                     session.client_id = Some(id);
                     session.next = 1;
@@ -481,7 +473,9 @@ impl EtcdApi {
         // error it could not tell from a lost write.
         let deadline = std::time::Instant::now() + service.timeout();
         let mut pause = std::time::Duration::from_millis(20);
+        let mut sent = 0;
         let answer = loop {
+            sent += 1;
             let answer = service
                 .serve_request(
                     caller,
@@ -510,16 +504,18 @@ impl EtcdApi {
             pause = (pause * 2).min(std::time::Duration::from_millis(200));
         };
         match answer {
-            Response::Write(result) => Ok(result),
+            Response::Write(result) => Ok(Ok(result)),
             Response::Error(KvError::SessionExpired) => {
                 // The next write opens a new session.
                 let mut owned = slot.session.lock().await;
                 if owned.client_id == Some(session.client_id) {
                     *owned = OwnedSession::default();
                 }
-                Err(status(KvError::SessionExpired))
+                Err(Expired {
+                    sent_once: sent == 1,
+                })
             }
-            other => Err(unexpected(other)),
+            other => Ok(Err(unexpected(other))),
         }
     }
 }
@@ -530,54 +526,73 @@ impl Kv for EtcdApi {
         &self,
         request: GrpcRequest<pb::RangeRequest>,
     ) -> Result<GrpcResponse<pb::RangeResponse>, Status> {
-        let (caller, service) = self.begin(&request)?;
+        let (caller, identity, service) = self.begin_metered(&request)?;
         let r = request.into_inner();
-        if r.min_mod_revision != 0
-            || r.max_mod_revision != 0
-            || r.min_create_revision != 0
-            || r.max_create_revision != 0
-        {
-            return Err(Status::unimplemented(
-                "filters on mod or create revision are not supported",
-            ));
+        if r.key.is_empty() {
+            return Err(Status::invalid_argument("etcdserver: key is not provided"));
         }
         let consistency = if r.serializable {
             Consistency::Stale
         } else {
             Consistency::Linearizable
         };
-        let revision = u64::try_from(r.revision)
-            .map_err(|_| Status::invalid_argument("a revision is never negative"))?;
-        let limit = usize::try_from(r.limit)
-            .map_err(|_| Status::invalid_argument("a limit is never negative"))?;
-        let key = Bytes::from(r.key);
-        let (mut kvs, more, at) = match etcd_range_end(&r.range_end) {
+        // As etcd: a revision or limit of 0 or less means the latest and
+        // no limit.
+        let revision = u64::try_from(r.revision).unwrap_or(0);
+        let key = Bytes::from(r.key.clone());
+        let gathered = match etcd_range_end(&r.range_end) {
             None if revision == 0 => {
                 let result = self
                     .read(&service, &caller, ReadOp::Get { key }, consistency)
                     .await?;
-                (result.kvs, false, result.revision)
+                let count = result.kvs.len() as i64;
+                let kvs = if r.count_only { Vec::new() } else { result.kvs };
+                Gathered {
+                    kvs,
+                    count,
+                    more: false,
+                    at: result.revision,
+                }
             }
             end => {
                 // One key at a revision is a range of one key.
                 let end = end.unwrap_or_else(|| Some(key_after(&key)));
-                self.scan(&service, &caller, key, end, limit, consistency, revision)
-                    .await?
+                let asked = RangeAsked::of(&r);
+                match self
+                    .gather(&service, &caller, key, end, &asked, consistency, revision)
+                    .await
+                {
+                    Ok(gathered) => gathered,
+                    Err(_) if revision > service.revision() => {
+                        return Err(Status::out_of_range(
+                            "etcdserver: mvcc: required revision is a future revision",
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
-        let count = kvs.len() as i64;
-        sort(&mut kvs, r.sort_order, r.sort_target);
-        let header = self.header(&service, at);
-        Ok(GrpcResponse::new(pb::RangeResponse {
+        // etcd's header carries the store's revision, also for a read at a
+        // past revision.
+        let header = self.header(&service, gathered.at.max(service.revision()));
+        // The answer is counted against the caller's budget before it is
+        // built: a client that does not read its answers waits here.
+        let answer_bytes = gathered
+            .kvs
+            .iter()
+            .map(|kv| kv.key.len() + if r.keys_only { 0 } else { kv.value.len() } + 48)
+            .sum();
+        let reservation = identity.reserve_answer(answer_bytes).await;
+        Ok(reservation.attach(GrpcResponse::new(pb::RangeResponse {
             header: Some(header),
-            kvs: if r.count_only {
-                Vec::new()
-            } else {
-                kvs.into_iter().map(|kv| to_pb(kv, r.keys_only)).collect()
-            },
-            more,
-            count,
-        }))
+            kvs: gathered
+                .kvs
+                .into_iter()
+                .map(|kv| to_pb(kv, r.keys_only))
+                .collect(),
+            more: gathered.more,
+            count: gathered.count,
+        })))
     }
 
     async fn put(
@@ -668,7 +683,7 @@ impl Kv for EtcdApi {
         &self,
         request: GrpcRequest<pb::TxnRequest>,
     ) -> Result<GrpcResponse<pb::TxnResponse>, Status> {
-        let (caller, service) = self.begin(&request)?;
+        let (caller, identity, service) = self.begin_metered(&request)?;
         let r = request.into_inner();
         let txn = Txn {
             compares: r
@@ -683,6 +698,18 @@ impl Kv for EtcdApi {
             .write(&service, &caller, WriteOp::Txn(txn), false)
             .await?;
         let header = self.header(&service, result.revision);
+        let kv_bytes = |kv: &KeyValue| kv.key.len() + kv.value.len() + 48;
+        let answer_bytes = result
+            .responses
+            .iter()
+            .map(|response| match response {
+                TxnOpResult::Put { previous } => previous.iter().map(kv_bytes).sum(),
+                TxnOpResult::Delete { previous, .. } => previous.iter().map(kv_bytes).sum(),
+                TxnOpResult::Range { kvs, .. } => kvs.iter().map(kv_bytes).sum::<usize>(),
+                TxnOpResult::LeaseGranted { .. } => 0,
+            })
+            .sum();
+        let reservation = identity.reserve_answer(answer_bytes).await;
         let responses = result
             .responses
             .into_iter()
@@ -717,11 +744,11 @@ impl Kv for EtcdApi {
                 })
             })
             .collect::<Result<_, Status>>()?;
-        Ok(GrpcResponse::new(pb::TxnResponse {
+        Ok(reservation.attach(GrpcResponse::new(pb::TxnResponse {
             header: Some(header),
             succeeded: result.succeeded,
             responses,
-        }))
+        })))
     }
 
     /// raft-kv keeps no past revisions beyond the watch history and the
@@ -732,9 +759,8 @@ impl Kv for EtcdApi {
         request: GrpcRequest<pb::CompactionRequest>,
     ) -> Result<GrpcResponse<pb::CompactionResponse>, Status> {
         let (caller, service) = self.begin(&request)?;
+        admin_only(&caller, "compact")?;
         let r = request.into_inner();
-        // A linearizable read of the revision also checks the caller's role
-        // (compaction changes nothing: readwrite is not needed).
         let current = self
             .read(
                 &service,
@@ -759,26 +785,42 @@ impl EtcdApi {
     /// Up to `limit` (0: all) key-values of `start..end`, paged at one
     /// revision; whether more are left; the revision read.
     #[allow(clippy::too_many_arguments)]
-    async fn scan(
+    /// Reads a range as etcd answers it: every key of the range is counted;
+    /// the ones kept pass the revision filters; with a sort order (or a
+    /// filter) the whole range is sorted before the limit applies, keeping
+    /// only the best `limit` while paging through it; without one, the
+    /// first `limit` in key order. What is kept is bounded by
+    /// [`MAX_RANGE_BYTES`]: an unsorted range beyond it says `more`, a
+    /// sorted one is refused (it cannot be sorted in part).
+    #[allow(clippy::too_many_arguments)]
+    async fn gather(
         &self,
         service: &KvService,
         caller: &Caller,
         start: Bytes,
         end: Option<Bytes>,
-        limit: usize,
+        asked: &RangeAsked,
         consistency: Consistency,
         revision: u64,
-    ) -> Result<(Vec<KeyValue>, bool, u64), Status> {
-        let mut kvs: Vec<KeyValue> = Vec::new();
-        let mut bytes = 0;
+    ) -> Result<Gathered, Status> {
+        let fetch_all = asked.order != Order::None || asked.filtered();
+        // etcd's store returns one more than the limit, to know `more`.
+        let keep = if asked.count_only {
+            0
+        } else if fetch_all || asked.limit == 0 {
+            usize::MAX
+        } else {
+            asked.limit + 1
+        };
+        let order = asked.effective_order();
+        let mut kept: Vec<KeyValue> = Vec::new();
+        let mut kept_bytes = 0;
+        let mut over = false;
+        let mut count = 0i64;
+        let mut matched = 0usize;
         let mut start = start;
         let mut at = revision;
         loop {
-            let left = if limit == 0 {
-                usize::MAX
-            } else {
-                limit - kvs.len()
-            };
             let page = self
                 .read(
                     service,
@@ -786,48 +828,156 @@ impl EtcdApi {
                     ReadOp::Scan {
                         start,
                         end: end.clone(),
-                        limit: left.min(crate::protocol::MAX_SCAN_LIMIT as usize) as u32,
+                        limit: crate::protocol::MAX_SCAN_LIMIT,
                         revision: at,
                     },
                     consistency,
                 )
                 .await?;
             at = page.revision;
-            bytes += page
-                .kvs
-                .iter()
-                .map(|kv| kv.key.len() + kv.value.len())
-                .sum::<usize>();
-            kvs.extend(page.kvs);
-            let full = limit != 0 && kvs.len() >= limit;
-            if !page.more || full || bytes >= MAX_RANGE_BYTES {
-                return Ok((kvs, page.more, at));
+            let last = page.kvs.last().map(|kv| kv.key.clone());
+            for kv in page.kvs {
+                count += 1;
+                if !asked.passes(&kv) {
+                    continue;
+                }
+                matched += 1;
+                if kept.len() >= keep {
+                    continue;
+                }
+                let bytes = kv.key.len() + kv.value.len();
+                if kept_bytes + bytes > MAX_RANGE_BYTES {
+                    over = true;
+                    continue;
+                }
+                kept_bytes += bytes;
+                kept.push(kv);
+                // Sorted with a limit: only the best `limit` can be answered.
+                if fetch_all && asked.limit > 0 && kept.len() >= 2 * asked.limit.max(64) {
+                    sort(&mut kept, order, asked.target);
+                    kept.truncate(asked.limit);
+                    kept_bytes = kept.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+                }
             }
-            let Some(last) = kvs.last() else {
-                return Ok((kvs, false, at));
-            };
-            start = key_after(&last.key);
+            match last {
+                Some(last) if page.more => start = key_after(&last),
+                _ => break,
+            }
+        }
+        if over && fetch_all {
+            return Err(Status::resource_exhausted(format!(
+                "the range holds more than {} MiB of key-values to sort or filter: narrow it, or \
+                 lower the limit",
+                MAX_RANGE_BYTES >> 20
+            )));
+        }
+        sort(&mut kept, order, asked.target);
+        let more = if asked.count_only {
+            false
+        } else if asked.limit > 0 && kept.len() > asked.limit {
+            kept.truncate(asked.limit);
+            true
+        } else if asked.limit > 0 && fetch_all {
+            matched > asked.limit
+        } else {
+            over
+        };
+        Ok(Gathered {
+            kvs: kept,
+            count,
+            more,
+            at,
+        })
+    }
+}
+
+/// A range's answer before it is etcd's message.
+struct Gathered {
+    kvs: Vec<KeyValue>,
+    /// Keys in the range (etcd's `count`: before filters and the limit).
+    count: i64,
+    more: bool,
+    /// The revision read at.
+    at: u64,
+}
+
+/// How a `Range` asks its keys to be ordered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    None,
+    Ascend,
+    Descend,
+}
+
+/// What a `Range` asks beyond its keys.
+struct RangeAsked {
+    limit: usize,
+    order: Order,
+    target: pb::range_request::SortTarget,
+    count_only: bool,
+    min_mod: i64,
+    max_mod: i64,
+    min_create: i64,
+    max_create: i64,
+}
+
+impl RangeAsked {
+    fn of(r: &pb::RangeRequest) -> Self {
+        use pb::range_request::{SortOrder, SortTarget};
+        Self {
+            limit: usize::try_from(r.limit).unwrap_or(0),
+            order: match SortOrder::try_from(r.sort_order).unwrap_or(SortOrder::None) {
+                SortOrder::None => Order::None,
+                SortOrder::Ascend => Order::Ascend,
+                SortOrder::Descend => Order::Descend,
+            },
+            target: SortTarget::try_from(r.sort_target).unwrap_or(SortTarget::Key),
+            count_only: r.count_only,
+            min_mod: r.min_mod_revision,
+            max_mod: r.max_mod_revision,
+            min_create: r.min_create_revision,
+            max_create: r.max_create_revision,
+        }
+    }
+
+    fn filtered(&self) -> bool {
+        self.min_mod != 0 || self.max_mod != 0 || self.min_create != 0 || self.max_create != 0
+    }
+
+    /// etcd's filters: a bound of 0 is no bound.
+    fn passes(&self, kv: &KeyValue) -> bool {
+        let (m, c) = (kv.mod_revision as i64, kv.create_revision as i64);
+        !((self.max_mod != 0 && m > self.max_mod)
+            || (self.min_mod != 0 && m < self.min_mod)
+            || (self.max_create != 0 && c > self.max_create)
+            || (self.min_create != 0 && c < self.min_create))
+    }
+
+    /// etcd sorts ascending by a target other than the key even when no
+    /// order is asked (keys come in key order anyway).
+    fn effective_order(&self) -> Order {
+        match self.order {
+            Order::None if self.target != pb::range_request::SortTarget::Key => Order::Ascend,
+            order => order,
         }
     }
 }
 
-/// Orders `kvs` as a `Range` asked (they come in key order).
-fn sort(kvs: &mut [KeyValue], order: i32, target: i32) {
-    use pb::range_request::{SortOrder, SortTarget};
-    let order = SortOrder::try_from(order).unwrap_or(SortOrder::None);
-    let target = SortTarget::try_from(target).unwrap_or(SortTarget::Key);
-    if order == SortOrder::None {
-        return;
-    }
-    kvs.sort_by(|a, b| match target {
+/// Orders `kvs` (in key order) by `target`; ties keep key order, as etcd's
+/// sort does for the ranges clients sort.
+fn sort(kvs: &mut [KeyValue], order: Order, target: pb::range_request::SortTarget) {
+    use pb::range_request::SortTarget;
+    let compare = |a: &KeyValue, b: &KeyValue| match target {
         SortTarget::Key => a.key.cmp(&b.key),
         SortTarget::Version => a.version.cmp(&b.version),
         SortTarget::Create => a.create_revision.cmp(&b.create_revision),
         SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
         SortTarget::Value => a.value.cmp(&b.value),
-    });
-    if order == SortOrder::Descend {
-        kvs.reverse();
+    };
+    match order {
+        Order::None => {}
+        Order::Ascend => kvs.sort_by(compare),
+        Order::Descend => kvs.sort_by(|a, b| compare(b, a)),
     }
 }
 
@@ -1016,6 +1166,9 @@ impl Maintenance for EtcdApi {
         request: GrpcRequest<pb::AlarmRequest>,
     ) -> Result<GrpcResponse<pb::AlarmResponse>, Status> {
         let (caller, service) = self.begin(&request)?;
+        if request.get_ref().action != pb::alarm_request::AlarmAction::Get as i32 {
+            admin_only(&caller, "activate or deactivate alarms")?;
+        }
         let status = self.node_status(&service, &caller).await?;
         Ok(GrpcResponse::new(pb::AlarmResponse {
             header: Some(self.header(&service, status.revision)),
@@ -1029,6 +1182,7 @@ impl Maintenance for EtcdApi {
         request: GrpcRequest<pb::DefragmentRequest>,
     ) -> Result<GrpcResponse<pb::DefragmentResponse>, Status> {
         let (caller, service) = self.begin(&request)?;
+        admin_only(&caller, "defragment")?;
         let status = self.node_status(&service, &caller).await?;
         Ok(GrpcResponse::new(pb::DefragmentResponse {
             header: Some(self.header(&service, status.revision)),
@@ -1127,6 +1281,42 @@ fn event_to_pb(event: WatchEvent, prev_kv: bool) -> mvccpb::Event {
     }
 }
 
+/// A message on its way to a watch stream. Events wait as they are, their
+/// values shared with the store; etcd's message (a copy of every value) is
+/// built only when the stream is ready to send it, and the answer budget
+/// of the client decides when that is ([`budget`]).
+enum Outgoing {
+    Ready(pb::WatchResponse),
+    Events {
+        header: pb::ResponseHeader,
+        watch_id: i64,
+        events: Vec<WatchEvent>,
+        prev_kv: bool,
+    },
+}
+
+impl Outgoing {
+    fn into_pb(self) -> pb::WatchResponse {
+        match self {
+            Outgoing::Ready(response) => response,
+            Outgoing::Events {
+                header,
+                watch_id,
+                events,
+                prev_kv,
+            } => pb::WatchResponse {
+                header: Some(header),
+                watch_id,
+                events: events
+                    .into_iter()
+                    .map(|event| event_to_pb(event, prev_kv))
+                    .collect(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
 type WatchResponses =
     std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
@@ -1150,17 +1340,55 @@ impl Watch for EtcdApi {
                     request = requests.message() => request,
                     _ = tx.closed() => break,
                 };
-                let Ok(Some(request)) = request else { break };
+                let request = match request {
+                    Ok(Some(request)) => request,
+                    Ok(None) => break,
+                    Err(status) => {
+                        // A request that does not decode ends the stream
+                        // with its error (etcd's gRPC does the same).
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
                 use pb::watch_request::RequestUnion;
                 match request.request_union {
                     Some(RequestUnion::CreateRequest(create)) => {
+                        // As etcd: an id asked for that is in use, or a
+                        // range that selects nothing, is refused as watch
+                        // -1; ids chosen here are never given twice.
+                        let refused =
+                            if create.watch_id != 0 && watches.contains_key(&create.watch_id) {
+                                Some("mvcc: duplicate watch ID provided on the WatchStream")
+                            } else if !create.range_end.is_empty()
+                                && create.range_end != [0]
+                                && create.key >= create.range_end
+                            {
+                                Some("mvcc: watcher range is empty")
+                            } else {
+                                None
+                            };
+                        if let Some(reason) = refused {
+                            let response = pb::WatchResponse {
+                                header: Some(api.header(&service, service.revision())),
+                                watch_id: -1,
+                                created: true,
+                                canceled: true,
+                                cancel_reason: reason.into(),
+                                ..Default::default()
+                            };
+                            if tx.send(Ok(Outgoing::Ready(response))).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
                         let id = if create.watch_id != 0 {
                             create.watch_id
                         } else {
                             while watches.contains_key(&next_id) {
                                 next_id += 1;
                             }
-                            next_id
+                            next_id += 1;
+                            next_id - 1
                         };
                         let watch = api.start_watch(&service, &caller, id, create, tx.clone());
                         if let Some(watch) = watch {
@@ -1168,16 +1396,19 @@ impl Watch for EtcdApi {
                         }
                     }
                     Some(RequestUnion::CancelRequest(cancel)) => {
-                        if let Some(watch) = watches.remove(&cancel.watch_id) {
-                            watch.task.abort();
-                        }
+                        // A cancel of a watch the stream does not have is
+                        // ignored, as etcd does.
+                        let Some(watch) = watches.remove(&cancel.watch_id) else {
+                            continue;
+                        };
+                        watch.task.abort();
                         let response = pb::WatchResponse {
                             header: Some(api.header(&service, service.revision())),
                             watch_id: cancel.watch_id,
                             canceled: true,
                             ..Default::default()
                         };
-                        if tx.send(Ok(response)).await.is_err() {
+                        if tx.send(Ok(Outgoing::Ready(response))).await.is_err() {
                             break;
                         }
                     }
@@ -1195,7 +1426,7 @@ impl Watch for EtcdApi {
                                     watch_id: -1,
                                     ..Default::default()
                                 };
-                                let _ = tx.send(Ok(response)).await;
+                                let _ = tx.send(Ok(Outgoing::Ready(response))).await;
                             }
                         });
                     }
@@ -1206,9 +1437,12 @@ impl Watch for EtcdApi {
                 watch.task.abort();
             }
         });
-        Ok(GrpcResponse::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let responses = {
+            use tokio_stream::StreamExt;
+            tokio_stream::wrappers::ReceiverStream::new(rx)
+                .map(|message| message.map(Outgoing::into_pb))
+        };
+        Ok(GrpcResponse::new(Box::pin(responses)))
     }
 }
 
@@ -1221,7 +1455,7 @@ impl EtcdApi {
         caller: &Caller,
         id: i64,
         create: pb::WatchCreateRequest,
-        tx: tokio::sync::mpsc::Sender<Result<pb::WatchResponse, Status>>,
+        tx: tokio::sync::mpsc::Sender<Result<Outgoing, Status>>,
     ) -> Option<RunningWatch> {
         use pb::watch_create_request::FilterType;
         let cancel = |reason: String, compact_revision: i64| pb::WatchResponse {
@@ -1236,7 +1470,7 @@ impl EtcdApi {
         let refuse = |response: pb::WatchResponse| {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let _ = tx.send(Ok(response)).await;
+                let _ = tx.send(Ok(Outgoing::Ready(response))).await;
             });
             None
         };
@@ -1285,7 +1519,7 @@ impl EtcdApi {
                                 watch_id: id,
                                 ..Default::default()
                             };
-                            if tx.send(Ok(response)).await.is_err() {
+                            if tx.send(Ok(Outgoing::Ready(response))).await.is_err() {
                                 return;
                             }
                         }
@@ -1301,25 +1535,28 @@ impl EtcdApi {
                         created: true,
                         ..Default::default()
                     },
-                    WatchMessage::Events(events) => {
+                    WatchMessage::Events(mut events) => {
                         let revision = events.last().map_or(0, |e| e.revision);
-                        let events: Vec<mvccpb::Event> = events
-                            .into_iter()
-                            .filter(|e| match e.kind {
-                                EventKind::Put => !no_put,
-                                EventKind::Delete => !no_delete,
-                            })
-                            .map(|event| event_to_pb(event, create.prev_kv))
-                            .collect();
+                        events.retain(|e| match e.kind {
+                            EventKind::Put => !no_put,
+                            EventKind::Delete => !no_delete,
+                        });
                         if events.is_empty() {
                             continue;
                         }
-                        pb::WatchResponse {
-                            header: Some(header(revision)),
+                        // Sent as they are (values shared with the store);
+                        // etcd's message is built only when the stream
+                        // takes it.
+                        let events = Outgoing::Events {
+                            header: header(revision),
                             watch_id: id,
                             events,
-                            ..Default::default()
+                            prev_kv: create.prev_kv,
+                        };
+                        if tx.send(Ok(events)).await.is_err() {
+                            return;
                         }
+                        continue;
                     }
                     WatchMessage::Compacted { revision } => pb::WatchResponse {
                         header: Some(header(revision)),
@@ -1338,7 +1575,7 @@ impl EtcdApi {
                         ..Default::default()
                     },
                 };
-                if tx.send(Ok(response)).await.is_err() {
+                if tx.send(Ok(Outgoing::Ready(response))).await.is_err() {
                     return;
                 }
             }
@@ -1348,6 +1585,20 @@ impl EtcdApi {
             progress,
         })
     }
+}
+
+/// Refuses a call that only administrators may make (as etcd refuses it
+/// to users without the root role).
+fn admin_only(caller: &Caller, what: &str) -> Result<(), Status> {
+    let role = crate::protocol::Principal::of(caller).role;
+    if role < raft_transport_quic::Role::Admin {
+        return Err(Status::permission_denied(format!(
+            "only an administrator may {what}; this certificate's role is {}: use an admin \
+             certificate (raft-cli certs client --role admin)",
+            role.as_str()
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses what a put may ask that raft-kv does not do.
@@ -1487,6 +1738,9 @@ impl Lease for EtcdApi {
     ) -> Result<GrpcResponse<pb::LeaseGrantResponse>, Status> {
         let (caller, service) = self.begin(&request)?;
         let r = request.into_inner();
+        if r.ttl > crate::protocol::MAX_LEASE_TTL as i64 {
+            return Err(Status::out_of_range("etcdserver: too large lease TTL"));
+        }
         let op = WriteOp::LeaseGrant {
             id: lease_id(r.id)?,
             // etcd raises a TTL below its minimum (zero included) to it.

@@ -109,6 +109,10 @@ pub const MAX_LEASE_TTL: u64 = 9_000_000_000;
 /// The most leases the store holds at once; a grant beyond is refused with
 /// [`KvError::LimitReached`].
 pub const MAX_LEASES: usize = 100_000;
+/// The most leases one client identity holds at once (a tenth of the
+/// cluster's), so that one client cannot take every lease; a grant beyond
+/// is refused with [`KvError::LimitReached`].
+pub const MAX_LEASES_PER_CLIENT: usize = 10_000;
 
 /// The most comparisons, and operations per branch, in a [`Txn`] (etcd's
 /// default `--max-txn-ops`).

@@ -14,14 +14,14 @@ use tokio::sync::{Mutex, oneshot};
 use raft_core::{ConfChange, ReadPolicy};
 use raft_transport_quic::{
     Caller, ClientConnection, ClientConnector, ClientHandler, ClientRequest, FaultInjector,
-    Response as Reply, push_channel,
+    Response as Reply, Role, push_channel,
 };
 
 use crate::driver::{DriverHandle, DriverRequest};
 use crate::lease::Lessor;
 use crate::protocol::{
     self, AdminOp, AdminResult, Consistency, KvError, LeaseAnswer, LeaseOp, Member, NodeStatus,
-    Principal, Request, Response, WatchMessage,
+    Principal, Request, Response, WatchMessage, WriteOp,
 };
 use crate::state_machine::{Command, KvStateMachine};
 use crate::watch::WatchHub;
@@ -140,6 +140,11 @@ impl KvService {
                 if let Err(e) = protocol::validate_write(&op) {
                     return Response::Error(e);
                 }
+                if let WriteOp::LeaseRevoke { id } = op
+                    && let Err(e) = self.check_lease_owner(id, principal).await
+                {
+                    return Response::Error(e);
+                }
                 let data = Command {
                     session,
                     op: op.clone(),
@@ -217,7 +222,7 @@ impl KvService {
                     Err(e) => Response::Error(e),
                 }
             }
-            Request::Lease { op, forwarded } => match self.lease(op.clone()).await {
+            Request::Lease { op, forwarded } => match self.lease(op.clone(), principal).await {
                 Err(KvError::NotLeader { address, .. }) if !forwarded => {
                     self.forward(
                         &address,
@@ -395,7 +400,7 @@ impl KvService {
     /// Answers a lease question as the leader (a ReadIndex read confirms
     /// leadership and sees every committed grant and revoke); a follower
     /// answers `NotLeader`, and the request is forwarded.
-    async fn lease(&self, op: LeaseOp) -> Result<LeaseAnswer, KvError> {
+    async fn lease(&self, op: LeaseOp, principal: &Principal) -> Result<LeaseAnswer, KvError> {
         // Deadlines live at the leader: a follower (whose ReadIndex reads
         // would succeed) sends the question there.
         let view = self.driver.view();
@@ -409,19 +414,24 @@ impl KvService {
             });
         }
         let lessor = self.lessor.clone();
+        let principal = principal.clone();
         let policy = Some(ReadPolicy::ReadIndex);
         let answer = self
             .with_timeout(self.driver.read(policy, move |sm| {
                 let now = Instant::now();
                 match op {
                     LeaseOp::KeepAlive { id } => {
-                        let ttl = sm.lease(id).map_or(0, |(ttl, _)| ttl);
-                        if ttl > 0 {
-                            lessor.keep_alive(id, ttl, now);
+                        if let Some(owner) = sm.lease_owner(id) {
+                            lease_owner_only(id, owner, &principal)?;
                         }
-                        LeaseAnswer::KeptAlive { id, ttl }
+                        // A lease being expired answers as one that is gone.
+                        let ttl = match sm.lease(id) {
+                            Some((ttl, _)) if lessor.keep_alive(id, ttl, now) => ttl,
+                            _ => 0,
+                        };
+                        Ok(LeaseAnswer::KeptAlive { id, ttl })
                     }
-                    LeaseOp::TimeToLive { id, keys } => match sm.lease(id) {
+                    LeaseOp::TimeToLive { id, keys } => Ok(match sm.lease(id) {
                         Some((ttl, lease_keys)) => LeaseAnswer::TimeToLive {
                             id,
                             remaining: lessor.remaining(id, ttl, now),
@@ -434,13 +444,13 @@ impl KvService {
                             granted: 0,
                             keys: Vec::new(),
                         },
-                    },
-                    LeaseOp::List => {
-                        LeaseAnswer::List(sm.leases().into_iter().map(|(id, _)| id).collect())
-                    }
+                    }),
+                    LeaseOp::List => Ok(LeaseAnswer::List(
+                        sm.leases().into_iter().map(|(id, _)| id).collect(),
+                    )),
                 }
             }))
-            .await?;
+            .await??;
         // Still the leader of the same term: the deadlines used are the ones
         // in force (a keep-alive noted by a deposed leader is lost with its
         // deadlines, and the client retries).
@@ -449,6 +459,23 @@ impl KvService {
             return Err(KvError::LeadershipLost);
         }
         Ok(answer)
+    }
+
+    /// Refuses a revoke of another client's lease unless `principal` is an
+    /// administrator (read as of now: a lease's owner never changes).
+    async fn check_lease_owner(&self, id: u64, principal: &Principal) -> Result<(), KvError> {
+        if principal.role >= Role::Admin {
+            return Ok(());
+        }
+        let owner = self
+            .with_timeout(self.driver.read(Some(ReadPolicy::ReadIndex), move |sm| {
+                sm.lease_owner(id).map(str::to_owned)
+            }))
+            .await?;
+        match owner {
+            Some(owner) => lease_owner_only(id, &owner, principal),
+            None => Ok(()),
+        }
     }
 
     async fn admin(&self, op: AdminOp) -> Result<AdminResult, KvError> {
@@ -682,4 +709,15 @@ impl Forwarder {
         }
         Err(KvError::NoLeader)
     }
+}
+
+/// Only a lease's owner, or an administrator, keeps it alive or revokes it.
+fn lease_owner_only(id: u64, owner: &str, principal: &Principal) -> Result<(), KvError> {
+    if owner == principal.name || principal.role >= Role::Admin {
+        return Ok(());
+    }
+    Err(KvError::Forbidden(format!(
+        "lease {id} was granted by client {owner}: only it or an administrator may keep it \
+         alive or revoke it"
+    )))
 }

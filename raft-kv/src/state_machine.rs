@@ -17,9 +17,9 @@ use raft_core::adapters::{SnapshotBuilder, StateMachine, StateMachineError};
 use raft_core::{Entry, EntryPayload, Index, LogId, SnapshotMeta};
 
 use crate::protocol::{
-    EventKind, KeyValue, KvError, MAX_KEY_LEN, MAX_LEASE_TTL, MAX_LEASES, MAX_SCAN_BYTES,
-    MAX_SCAN_LIMIT, MAX_VALUE_LEN, MIN_LEASE_TTL, ReadOp, ReadResult, SCAN_ENTRY_OVERHEAD, Session,
-    TxnOpResult, WatchEvent, WriteOp, WriteResult,
+    EventKind, KeyValue, KvError, MAX_KEY_LEN, MAX_LEASE_TTL, MAX_LEASES, MAX_LEASES_PER_CLIENT,
+    MAX_SCAN_BYTES, MAX_SCAN_LIMIT, MAX_VALUE_LEN, MIN_LEASE_TTL, ReadOp, ReadResult,
+    SCAN_ENTRY_OVERHEAD, Session, TxnOpResult, WatchEvent, WriteOp, WriteResult,
 };
 use crate::watch::WatchHub;
 
@@ -112,6 +112,9 @@ struct LeaseState {
     ttl: u64,
     /// The keys that live by it.
     keys: imbl::OrdSet<Bytes>,
+    /// Who granted it ([`Command::owner`]): only it, or an administrator,
+    /// may keep it alive or revoke it; leases are counted per owner.
+    owner: String,
 }
 
 /// The bytes a kept result is counted as: the previous key-value it carries
@@ -163,9 +166,9 @@ struct SnapshotData {
     revision: u64,
     data: Vec<KeyValue>,
     sessions: Vec<(u64, SessionState)>,
-    /// Leases as (id, seconds granted); their keys are the keys whose
-    /// `lease` names them.
-    leases: Vec<(u64, u64)>,
+    /// Leases as (id, seconds granted, owner); their keys are the keys
+    /// whose `lease` names them.
+    leases: Vec<(u64, u64, String)>,
 }
 
 /// [`SnapshotData`] as encoded from the live maps (the same encoding).
@@ -196,7 +199,10 @@ impl Serialize for Seq<'_, u64, SessionState> {
 
 impl Serialize for Seq<'_, u64, LeaseState> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let pairs = self.0.iter().map(|(id, lease)| (*id, lease.ttl));
+        let pairs = self
+            .0
+            .iter()
+            .map(|(id, lease)| (*id, lease.ttl, &lease.owner));
         serializer.collect_seq(ExactLen(self.0.len(), pairs))
     }
 }
@@ -230,8 +236,8 @@ impl SnapshotData {
             ));
         }
         let leases: std::collections::BTreeSet<u64> =
-            self.leases.iter().map(|(id, _)| *id).collect();
-        if let Some((id, ttl)) = self.leases.iter().find(|(id, ttl)| {
+            self.leases.iter().map(|(id, _, _)| *id).collect();
+        if let Some((id, ttl, _)) = self.leases.iter().find(|(id, ttl, _)| {
             *id == 0 || *id > i64::MAX as u64 || *ttl == 0 || *ttl > MAX_LEASE_TTL
         }) {
             return Err(format!("lease {id} has time to live {ttl}"));
@@ -545,6 +551,7 @@ impl KvStateMachine {
         for (id, lease) in &self.leases {
             id.hash(&mut h);
             lease.ttl.hash(&mut h);
+            lease.owner.hash(&mut h);
         }
         h.finish()
     }
@@ -555,6 +562,11 @@ impl KvStateMachine {
             .iter()
             .map(|(id, lease)| (*id, lease.ttl))
             .collect()
+    }
+
+    /// Who granted lease `id`, if it exists.
+    pub fn lease_owner(&self, id: u64) -> Option<&str> {
+        self.leases.get(&id).map(|lease| lease.owner.as_str())
     }
 
     /// A lease's seconds granted and its keys, if it exists.
@@ -620,7 +632,7 @@ impl KvStateMachine {
         } else {
             let before = self.revision;
             let leases_before = self.leases.len();
-            let result = self.execute(command.op, command.prev_kv, index, events);
+            let result = self.execute(command.op, command.prev_kv, index, &command.owner, events);
             // A write that changed nothing (a CAS that did not swap, a
             // delete of a missing key, an error) is not kept: a retry
             // evaluates it again, which is safe because the first evaluation
@@ -683,6 +695,7 @@ impl KvStateMachine {
         op: WriteOp,
         prev_kv: bool,
         index: Index,
+        owner: &str,
         events: &mut Vec<WatchEvent>,
     ) -> Result<WriteResult, KvError> {
         if self.revision >= MAX_REVISION {
@@ -716,7 +729,7 @@ impl KvStateMachine {
                 }
             }
             WriteOp::Txn(txn) => return self.transaction(txn, events),
-            WriteOp::LeaseGrant { id, ttl } => return self.grant(id, ttl, index),
+            WriteOp::LeaseGrant { id, ttl } => return self.grant(id, ttl, index, owner),
             WriteOp::LeaseRevoke { id } => return self.revoke(id, events),
             // Handled before a session is looked up.
             WriteOp::OpenSession | WriteOp::LeaseExpire { .. } => self.bare_result(true),
@@ -813,10 +826,23 @@ impl KvStateMachine {
 
     /// Grants a lease; `id` 0 takes the log index of the grant (or the next
     /// free id above it), so every replica chooses the same.
-    fn grant(&mut self, id: u64, ttl: u64, index: Index) -> Result<WriteResult, KvError> {
+    fn grant(
+        &mut self,
+        id: u64,
+        ttl: u64,
+        index: Index,
+        owner: &str,
+    ) -> Result<WriteResult, KvError> {
         if self.leases.len() >= MAX_LEASES {
             return Err(KvError::LimitReached(format!(
                 "the cluster holds {MAX_LEASES} leases, its most; revoke leases no longer used"
+            )));
+        }
+        let owned = self.leases.values().filter(|l| l.owner == owner).count();
+        if owned >= MAX_LEASES_PER_CLIENT {
+            return Err(KvError::LimitReached(format!(
+                "client {owner} holds {MAX_LEASES_PER_CLIENT} leases, the most one client may; \
+                 revoke leases it no longer uses"
             )));
         }
         let id = if id == 0 {
@@ -836,6 +862,7 @@ impl KvStateMachine {
             LeaseState {
                 ttl,
                 keys: imbl::OrdSet::new(),
+                owner: owner.to_owned(),
             },
         );
         Ok(WriteResult {
@@ -1074,10 +1101,11 @@ impl StateMachine for KvStateMachine {
         self.leases = snapshot
             .leases
             .iter()
-            .map(|(id, ttl)| {
+            .map(|(id, ttl, owner)| {
                 let lease = LeaseState {
                     ttl: *ttl,
                     keys: imbl::OrdSet::new(),
+                    owner: owner.clone(),
                 };
                 (*id, lease)
             })
@@ -1433,6 +1461,66 @@ mod tests {
     /// lease live by it; a put without one, or a delete, detaches the key;
     /// a revoke deletes the keys still attached, each a delete event; a put
     /// naming a missing lease changes nothing.
+    /// One client identity holds at most [`MAX_LEASES_PER_CLIENT`] leases
+    /// (an outside review: one identity took all 100,000 and every other
+    /// identity's grant was refused); another identity still gets one, and
+    /// a lease remembers its owner, in snapshots too.
+    #[test]
+    fn leases_are_counted_per_owner() {
+        let mut sm = KvStateMachine::new(Arc::new(WatchHub::new(100)));
+        let open = |index: Index, owner: &str| Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Command(Command::open_session(owner.into()).encode()),
+        };
+        let grant = |index: Index, session: Index, seq: u64, owner: &str| Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Command(
+                Command {
+                    session: Session {
+                        client_id: session,
+                        sequence: seq,
+                        first_outstanding: seq,
+                    },
+                    op: WriteOp::LeaseGrant { id: 0, ttl: 60 },
+                    prev_kv: false,
+                    owner: owner.into(),
+                }
+                .encode(),
+            ),
+        };
+        sm.apply(&[open(1, "greedy"), open(2, "other")]);
+        let mut index = 3;
+        let entries: Vec<Entry> = (1..=MAX_LEASES_PER_CLIENT as u64 + 1)
+            .map(|seq| {
+                index += 1;
+                grant(index, 1, seq, "greedy")
+            })
+            .collect();
+        let out = sm.apply(&entries);
+        assert!(out[..MAX_LEASES_PER_CLIENT].iter().all(|(_, r)| r.is_ok()));
+        match &out[MAX_LEASES_PER_CLIENT].1 {
+            Err(KvError::LimitReached(message)) => {
+                assert!(message.contains("client greedy holds"), "{message}")
+            }
+            other => panic!("a grant past the per-client limit: {other:?}"),
+        }
+        assert_eq!(sm.leases().len(), MAX_LEASES_PER_CLIENT);
+        let out = sm.apply(&[grant(index + 1, 2, 1, "other")]);
+        let id = granted(out[0].1.as_ref().unwrap()).0;
+        assert_eq!(sm.lease_owner(id), Some("other"));
+        let data = (sm.snapshot())().unwrap();
+        let meta = SnapshotMeta {
+            last: LogId::new(1, index + 1),
+            ..SnapshotMeta::default()
+        };
+        let mut restored = KvStateMachine::new(Arc::new(WatchHub::new(100)));
+        restored.restore(&meta, &data).unwrap();
+        assert_eq!(restored.lease_owner(id), Some("other"));
+        assert_eq!(restored.digest(), sm.digest());
+    }
+
     #[test]
     fn leases_are_granted_hold_keys_and_take_them_when_revoked() {
         let mut sm = store();

@@ -330,8 +330,10 @@ impl DenyList {
             .clone()
     }
 
-    /// A receiver that sees every later replacement.
-    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+    /// A receiver that sees every later replacement (its value counts
+    /// them): whoever holds connections of its own (another front door of
+    /// the node) waits on it to close those of newly denied certificates.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.version.subscribe()
     }
 }
