@@ -261,6 +261,10 @@ fn cluster_hash(name: &str) -> u64 {
 fn status(e: KvError) -> Status {
     let message = e.to_string();
     match e {
+        // Refusals that are etcd's own carry etcd's exact message.
+        KvError::InvalidRequest(etcd) if etcd.starts_with("etcdserver: ") => {
+            Status::invalid_argument(etcd)
+        }
         KvError::InvalidRequest(_) => Status::invalid_argument(message),
         KvError::PermissionDenied { .. } | KvError::Forbidden(_) => {
             Status::permission_denied(message)
@@ -698,6 +702,20 @@ impl Kv for EtcdApi {
             .write(&service, &caller, WriteOp::Txn(txn), false)
             .await?;
         let header = self.header(&service, result.revision);
+        // A transaction takes one revision, with its first change: as in
+        // etcd, what its operations answer before that change carries the
+        // revision before the transaction.
+        let changes = |response: &TxnOpResult| match response {
+            TxnOpResult::Put { .. } => true,
+            TxnOpResult::Delete { deleted, .. } => *deleted > 0,
+            TxnOpResult::Range { .. } | TxnOpResult::LeaseGranted { .. } => false,
+        };
+        let before = if result.responses.iter().any(changes) {
+            self.header(&service, result.revision - 1)
+        } else {
+            header
+        };
+        let mut changed = false;
         let kv_bytes = |kv: &KeyValue| kv.key.len() + kv.value.len() + 48;
         let answer_bytes = result
             .responses
@@ -715,6 +733,8 @@ impl Kv for EtcdApi {
             .into_iter()
             .map(|response| {
                 use pb::response_op::Response as Op;
+                changed |= changes(&response);
+                let header = if changed { header } else { before };
                 let response = match response {
                     TxnOpResult::Put { previous } => Op::ResponsePut(pb::PutResponse {
                         header: Some(header),
@@ -1221,6 +1241,9 @@ const PROGRESS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 struct RunningWatch {
     task: tokio::task::AbortHandle,
     progress: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Option<u64>>>,
+    /// Fires once the watch's "created" answer is on its way: the stream
+    /// takes its next request only then, so answers come in etcd's order.
+    created: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// The revision through which every watch in `watches` has sent all its
@@ -1391,7 +1414,8 @@ impl Watch for EtcdApi {
                             next_id - 1
                         };
                         let watch = api.start_watch(&service, &caller, id, create, tx.clone());
-                        if let Some(watch) = watch {
+                        if let Some(mut watch) = watch {
+                            let _ = (&mut watch.created).await;
                             watches.insert(id, watch);
                         }
                     }
@@ -1497,6 +1521,8 @@ impl EtcdApi {
         let (progress, mut asked) =
             tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Option<u64>>>(1);
         let notify_progress = create.progress_notify;
+        let (created, created_rx) = tokio::sync::oneshot::channel();
+        let mut created = Some(created);
         let task = tokio::spawn(async move {
             let mut notify = tokio::time::interval_at(
                 tokio::time::Instant::now() + PROGRESS_NOTIFY_INTERVAL,
@@ -1529,12 +1555,21 @@ impl EtcdApi {
                 let Some(message) = message else { break };
                 quiet = false;
                 let response = match message {
-                    WatchMessage::Started { revision } => pb::WatchResponse {
-                        header: Some(header(revision)),
-                        watch_id: id,
-                        created: true,
-                        ..Default::default()
-                    },
+                    WatchMessage::Started { revision } => {
+                        let response = pb::WatchResponse {
+                            header: Some(header(revision)),
+                            watch_id: id,
+                            created: true,
+                            ..Default::default()
+                        };
+                        if tx.send(Ok(Outgoing::Ready(response))).await.is_err() {
+                            return;
+                        }
+                        if let Some(created) = created.take() {
+                            let _ = created.send(());
+                        }
+                        continue;
+                    }
                     WatchMessage::Events(mut events) => {
                         let revision = events.last().map_or(0, |e| e.revision);
                         events.retain(|e| match e.kind {
@@ -1583,6 +1618,7 @@ impl EtcdApi {
         Some(RunningWatch {
             task: task.abort_handle(),
             progress,
+            created: created_rx,
         })
     }
 }

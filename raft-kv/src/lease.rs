@@ -95,13 +95,13 @@ impl Lessor {
         true
     }
 
-    /// Whole seconds lease `id` has left (rounded up, as etcd reports),
-    /// or `ttl` when no deadline is set yet.
+    /// Whole seconds lease `id` has left (rounded down, as etcd reports:
+    /// 599 just after a 600 s grant), or `ttl` when no deadline is set yet.
     pub fn remaining(&self, id: u64, ttl: u64, now: Instant) -> i64 {
         match self.lock().at.get(&id) {
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(now);
-                (left.as_millis().div_ceil(1000)) as i64
+                left.as_secs() as i64
             }
             None => ttl as i64,
         }

@@ -147,6 +147,14 @@ impl KeyRange {
     pub fn bounds(&self) -> Option<(Bytes, Option<Bytes>)> {
         etcd_range_end(&self.range_end).map(|end| (self.key.clone(), end))
     }
+
+    /// Whether `key` is one of these keys.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match self.bounds() {
+            None => self.key == key,
+            Some((start, end)) => key >= &start[..] && end.is_none_or(|end| key < &end[..]),
+        }
+    }
 }
 
 /// What etcd's `range_end` says: `None` for the key alone (empty),
@@ -962,6 +970,9 @@ pub fn validate_write(op: &WriteOp) -> Result<(), KvError> {
 /// Checks a transaction's sizes: at most [`MAX_TXN_OPS`] comparisons and
 /// operations per branch, keys and values within their limits (an empty
 /// key only to start a range).
+/// etcd's answer to a transaction that changes one key twice.
+pub const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
+
 fn validate_txn(txn: &Txn) -> Result<(), KvError> {
     if txn.compares.len() > MAX_TXN_OPS
         || txn.success.len() > MAX_TXN_OPS
@@ -1014,5 +1025,69 @@ fn validate_txn(txn: &Txn) -> Result<(), KvError> {
             TxnOp::Delete { keys, .. } | TxnOp::Range { keys, .. } => check_range(keys)?,
         }
     }
+    // As etcd: a branch changes a key at most once (two puts of one key, or
+    // a put inside a range it deletes), so one revision holds one change of
+    // each key.
+    for branch in [&txn.success, &txn.failure] {
+        let mut puts = std::collections::BTreeSet::new();
+        for op in branch.iter() {
+            if let TxnOp::Put { key, .. } = op
+                && !puts.insert(key.clone())
+            {
+                return Err(KvError::InvalidRequest(DUPLICATE_KEY.into()));
+            }
+        }
+        for op in branch.iter() {
+            if let TxnOp::Delete { keys, .. } = op
+                && puts.iter().any(|key| keys.contains(key))
+            {
+                return Err(KvError::InvalidRequest(DUPLICATE_KEY.into()));
+            }
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &'static str) -> TxnOp {
+        TxnOp::Put {
+            key: Bytes::from_static(key.as_bytes()),
+            value: Bytes::from_static(b"v"),
+            prev_kv: false,
+            lease: 0,
+        }
+    }
+
+    fn delete(key: &'static str, range_end: &'static [u8]) -> TxnOp {
+        TxnOp::Delete {
+            keys: KeyRange {
+                key: Bytes::from_static(key.as_bytes()),
+                range_end: Bytes::from_static(range_end),
+            },
+            prev_kv: false,
+        }
+    }
+
+    /// etcd refuses a transaction whose branch changes one key twice (two
+    /// puts, or a put inside a range it deletes): one revision holds one
+    /// change of a key. The two branches are checked apart.
+    #[test]
+    fn a_transaction_that_changes_a_key_twice_is_refused_as_etcd_does() {
+        let refused = |success: Vec<TxnOp>| {
+            validate_write(&WriteOp::Txn(Txn {
+                compares: Vec::new(),
+                success,
+                failure: vec![put("a")],
+            }))
+        };
+        let duplicate = Err(KvError::InvalidRequest(DUPLICATE_KEY.into()));
+        assert_eq!(refused(vec![put("a"), put("a")]), duplicate);
+        assert_eq!(refused(vec![delete("a/", b"a0"), put("a/1")]), duplicate);
+        assert_eq!(refused(vec![put("k"), delete("k", b"")]), duplicate);
+        assert_eq!(refused(vec![put("a"), delete("b", b"")]), Ok(()));
+        assert_eq!(refused(vec![put("a/"), delete("a/1", b"a/9")]), Ok(()));
+    }
 }

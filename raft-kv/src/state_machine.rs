@@ -157,6 +157,10 @@ pub struct KvStateMachine {
     /// The cost of this batch's writes to kept states (see
     /// [`SCAN_VIEWS_PINNED_BYTES`]).
     written: u64,
+    /// The revision the write being applied took with its first change:
+    /// every change of one write (a transaction, a range delete, a lease's
+    /// keys) shares it, as in etcd.
+    write_revision: Option<u64>,
 }
 
 /// What a snapshot holds.
@@ -450,6 +454,7 @@ impl KvStateMachine {
             watch,
             views: ScanViews::default(),
             written: 0,
+            write_revision: None,
         }
     }
 
@@ -583,6 +588,8 @@ impl KvStateMachine {
         events: &mut Vec<WatchEvent>,
     ) -> Result<WriteResult, KvError> {
         let command: Command = crate::protocol::decode(data)?;
+        // Each write takes at most one new revision.
+        self.write_revision = None;
         if command.op == WriteOp::OpenSession {
             // The session's id is this entry's index: unique, and known to
             // every replica.
@@ -675,6 +682,16 @@ impl KvStateMachine {
                 self.sessions_bytes -= SESSION_OVERHEAD_BYTES + evicted.bytes;
             }
         }
+    }
+
+    /// The revision of a change of the write being applied: the next
+    /// revision for its first change, the same for the others.
+    fn change_revision(&mut self) -> u64 {
+        if self.write_revision.is_none() {
+            self.revision += 1;
+            self.write_revision = Some(self.revision);
+        }
+        self.revision
     }
 
     /// A result that carries nothing but the store's revision and whether
@@ -959,7 +976,7 @@ impl KvStateMachine {
         lease: u64,
         events: &mut Vec<WatchEvent>,
     ) -> WriteResult {
-        self.revision += 1;
+        self.change_revision();
         let previous = self.data.get(&key).cloned();
         self.attach(&key, previous.as_ref().map_or(0, |p| p.lease), lease);
         self.written += VIEW_WRITE_COST
@@ -996,7 +1013,7 @@ impl KvStateMachine {
             return self.bare_result(false);
         };
         self.attach(&key, previous.lease, 0);
-        self.revision += 1;
+        self.change_revision();
         self.written += VIEW_WRITE_COST + (previous.key.len() + previous.value.len()) as u64;
         events.push(WatchEvent {
             revision: self.revision,
@@ -1272,8 +1289,8 @@ mod tests {
         let first = result_of(sm.apply(&[entry(3, 7, 3, WriteOp::Txn(txn.clone()))]));
         assert!(first.succeeded);
         assert_eq!(
-            first.revision, 6,
-            "a put and three deletes, a revision each"
+            first.revision, 3,
+            "a put and three deletes: one revision, the transaction's (as etcd)"
         );
         let TxnOpResult::Range { kvs, more } = &first.responses[1] else {
             panic!()
@@ -1291,7 +1308,7 @@ mod tests {
         // The same entry again (a client retry): applied once, same answer.
         let again = result_of(sm.apply(&[entry(4, 7, 3, WriteOp::Txn(txn.clone()))]));
         assert_eq!(again, first);
-        assert_eq!(sm.revision(), 6);
+        assert_eq!(sm.revision(), 3);
         // Now a/1 is missing: its value comparison fails, the other branch runs.
         let second = result_of(sm.apply(&[entry(5, 7, 4, WriteOp::Txn(txn.clone()))]));
         assert!(!second.succeeded);
@@ -1461,6 +1478,128 @@ mod tests {
     /// lease live by it; a put without one, or a delete, detaches the key;
     /// a revoke deletes the keys still attached, each a delete event; a put
     /// naming a missing lease changes nothing.
+    /// Outside review (etcd exactness): a transaction, a range delete and a
+    /// lease revoke each took one revision per key they changed, so a read
+    /// at a revision in between showed a state that never existed. Now one
+    /// write takes one revision, as in etcd: every key it changes carries
+    /// it, and its watch events share it.
+    #[test]
+    fn one_write_takes_one_revision() {
+        use crate::protocol::{Txn, TxnOp};
+        let mut sm = store();
+        let hub = sm.watch.clone();
+        for (i, key) in ["a/1", "a/2", "a/3"].iter().enumerate() {
+            let i = i as u64;
+            result_of(sm.apply(&[entry(1 + i, 1, 1 + i, put(key, "v"))]));
+        }
+        assert_eq!(sm.revision(), 3);
+        let rename = Txn {
+            compares: Vec::new(),
+            success: vec![
+                TxnOp::Delete {
+                    keys: range_of("a/1", b""),
+                    prev_kv: false,
+                },
+                TxnOp::Put {
+                    key: Bytes::from_static(b"b"),
+                    value: Bytes::from_static(b"moved"),
+                    prev_kv: false,
+                    lease: 0,
+                },
+                TxnOp::Put {
+                    key: Bytes::from_static(b"c"),
+                    value: Bytes::from_static(b"new"),
+                    prev_kv: false,
+                    lease: 0,
+                },
+            ],
+            failure: Vec::new(),
+        };
+        let renamed = result_of(sm.apply(&[entry(4, 1, 4, WriteOp::Txn(rename))]));
+        assert_eq!(renamed.revision, 4, "one revision for the transaction");
+        let b = sm
+            .read(&ReadOp::Get {
+                key: Bytes::from_static(b"b"),
+            })
+            .unwrap();
+        let c = sm
+            .read(&ReadOp::Get {
+                key: Bytes::from_static(b"c"),
+            })
+            .unwrap();
+        assert_eq!((b.kvs[0].mod_revision, c.kvs[0].mod_revision), (4, 4));
+        assert_eq!((b.kvs[0].create_revision, b.kvs[0].version), (4, 1));
+        // The state at revision 3 is the one before the transaction: no
+        // revision shows half of it.
+        let before = sm
+            .read(&ReadOp::Scan {
+                start: Bytes::new(),
+                end: None,
+                limit: 100,
+                revision: 3,
+            })
+            .unwrap();
+        let keys: Vec<_> = before.kvs.iter().map(|kv| kv.key.clone()).collect();
+        assert_eq!(keys, ["a/1", "a/2", "a/3"]);
+        // Its events share its revision, and a watch from revision 4 sees
+        // them all.
+        let mut watcher = hub
+            .subscribe(crate::protocol::Selector::Prefix(Bytes::new()), 4, "t")
+            .unwrap();
+        let mut seen = Vec::new();
+        while let Some(message) = watcher.try_next() {
+            if let crate::protocol::WatchMessage::Events(events) = message {
+                seen.extend(events.into_iter().map(|e| (e.revision, e.kv.key)));
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                (4, Bytes::from_static(b"a/1")),
+                (4, Bytes::from_static(b"b")),
+                (4, Bytes::from_static(b"c"))
+            ]
+        );
+        // A range delete of two keys: one revision.
+        let deleted = result_of(sm.apply(&[entry(
+            5,
+            1,
+            5,
+            WriteOp::Txn(Txn {
+                compares: Vec::new(),
+                success: vec![TxnOp::Delete {
+                    keys: range_of("a/", b"a0"),
+                    prev_kv: false,
+                }],
+                failure: Vec::new(),
+            }),
+        )]));
+        assert_eq!(deleted.revision, 5);
+        // A lease revoked with two keys: one revision.
+        let lease = granted(&result_of(sm.apply(&[entry(
+            6,
+            1,
+            6,
+            WriteOp::LeaseGrant { id: 0, ttl: 60 },
+        )])))
+        .0;
+        result_of(sm.apply(&[entry(7, 1, 7, leased_put("l/1", lease))]));
+        result_of(sm.apply(&[entry(8, 1, 8, leased_put("l/2", lease))]));
+        assert_eq!(sm.revision(), 7);
+        let revoked = result_of(sm.apply(&[entry(9, 1, 9, WriteOp::LeaseRevoke { id: lease })]));
+        assert_eq!(revoked.revision, 8, "both keys deleted at one revision");
+        // A write that changes nothing takes no revision.
+        let nothing = sm.apply(&[entry(
+            10,
+            1,
+            10,
+            WriteOp::Delete {
+                key: Bytes::from_static(b"gone"),
+            },
+        )]);
+        assert_eq!(nothing[0].1.as_ref().unwrap().revision, 8);
+    }
+
     /// One client identity holds at most [`MAX_LEASES_PER_CLIENT`] leases
     /// (an outside review: one identity took all 100,000 and every other
     /// identity's grant was refused); another identity still gets one, and
@@ -1563,11 +1702,12 @@ mod tests {
         // Granting an id in use is refused.
         let out = sm.apply(&[entry(9, 1, 9, WriteOp::LeaseGrant { id: lease, ttl: 5 })]);
         assert_eq!(out[0].1, Err(KvError::LeaseExists { id: lease }));
-        // Revoked: "a" and "d" go, each with a delete event; "b" stays.
+        // Revoked: "a" and "d" go, each with a delete event, both at one
+        // revision (as etcd); "b" stays.
         while watcher.try_next().is_some() {}
         let revision = sm.revision();
         let revoke = result_of(sm.apply(&[entry(10, 1, 10, WriteOp::LeaseRevoke { id: lease })]));
-        assert_eq!(revoke.revision, revision + 2);
+        assert_eq!(revoke.revision, revision + 1);
         assert!(sm.lease(lease).is_none());
         assert!(sm.leases().is_empty());
         let mut deleted = Vec::new();

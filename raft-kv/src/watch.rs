@@ -211,14 +211,25 @@ impl WatchHub {
         let from = inner.history.partition_point(|e| e.revision < *next);
         let mut events = Vec::new();
         let mut bytes = 0;
-        for event in inner.history.iter().skip(from).take(REPLAY_STEP) {
+        let mut last: Option<u64> = None;
+        for (looked, event) in inner.history.iter().skip(from).enumerate() {
+            // One write's changes share a revision: a step ends only between
+            // revisions, so `next` never skips the rest of one.
+            let boundary = last.is_some_and(|revision| revision != event.revision);
+            if boundary && looked >= REPLAY_STEP {
+                break;
+            }
             if selector.matches(&event.kv.key) {
-                if !events.is_empty() && bytes + event_bytes(event) > WATCH_MESSAGE_BYTES {
+                if boundary
+                    && !events.is_empty()
+                    && bytes + event_bytes(event) > WATCH_MESSAGE_BYTES
+                {
                     return Replayed::Events(events);
                 }
                 bytes += event_bytes(event);
                 events.push(event.clone());
             }
+            last = Some(event.revision);
             *next = event.revision + 1;
         }
         if *next <= inner.revision {
@@ -501,6 +512,34 @@ mod tests {
             let revision = hub.lock().revision + 1;
             hub.publish(vec![event(revision, key, value_len)], revision);
         }
+    }
+
+    /// One write's changes share a revision (a range delete of thousands
+    /// of keys): a watcher replaying from it gets every one of them, though
+    /// they span more than one replay step (before, a step that ended
+    /// inside the revision skipped the rest of it).
+    #[test]
+    fn a_replay_never_splits_a_revision() {
+        let hub = Arc::new(WatchHub::new(10_000));
+        hub.publish(vec![event(1, "before", 1)], 1);
+        let many = REPLAY_STEP + 100;
+        let events: Vec<_> = (0..many)
+            .map(|i| event(2, &format!("k/{i:05}"), 1))
+            .collect();
+        hub.publish(events, 2);
+        hub.publish(vec![event(3, "after", 1)], 3);
+        let mut watcher = hub
+            .subscribe(Selector::Prefix(Bytes::new()), 2, "t")
+            .unwrap();
+        let mut seen = Vec::new();
+        while let Some(message) = watcher.try_next() {
+            if let WatchMessage::Events(events) = message {
+                seen.extend(events.into_iter().map(|e| e.revision));
+            }
+        }
+        assert_eq!(seen.len(), many + 1, "every change of revision 2, then 3");
+        assert_eq!(seen.iter().filter(|r| **r == 2).count(), many);
+        assert_eq!(seen.last(), Some(&3));
     }
 
     fn everything() -> Selector {
