@@ -352,12 +352,142 @@ pub fn serve(
                 "not found: try /metrics or /health\n".to_string(),
             )
         });
+    let listener = Bounded {
+        listener,
+        open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    };
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("the metrics endpoint stopped: {e}");
         }
     });
     Ok(bound)
+}
+
+/// Connections the metrics endpoint holds at once; one more is closed as
+/// soon as it is accepted.
+const MAX_METRICS_CONNECTIONS: usize = 256;
+
+/// How long a metrics connection may wait for the client's next bytes, and
+/// how long it may live: a scrape takes milliseconds.
+const METRICS_IDLE: std::time::Duration = std::time::Duration::from_secs(15);
+const METRICS_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The metrics port's listener: a stranger cannot hold more than
+/// [`MAX_METRICS_CONNECTIONS`] file descriptors with it, nor any for long.
+struct Bounded {
+    listener: tokio::net::TcpListener,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl axum::serve::Listener for Bounded {
+    type Io = BoundedIo;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (BoundedIo, SocketAddr) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let (io, address) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::debug!("metrics endpoint: cannot accept a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let taken = self
+                .open
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < MAX_METRICS_CONNECTIONS).then_some(n + 1)
+                })
+                .is_ok();
+            if !taken {
+                // Closed at once.
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            return (
+                BoundedIo {
+                    io,
+                    open: self.open.clone(),
+                    idle: Box::pin(tokio::time::sleep(METRICS_IDLE)),
+                    ends: Box::pin(tokio::time::sleep_until(now + METRICS_LIFETIME)),
+                },
+                address,
+            );
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A metrics connection: its reads end when the client is silent for
+/// [`METRICS_IDLE`] or the connection is [`METRICS_LIFETIME`] old; its
+/// place is given back when it is dropped.
+struct BoundedIo {
+    io: tokio::net::TcpStream,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+    ends: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Drop for BoundedIo {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl tokio::io::AsyncRead for BoundedIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                let deadline = tokio::time::Instant::now() + METRICS_IDLE;
+                this.idle.as_mut().reset(deadline);
+                Poll::Ready(result)
+            }
+            // Silent too long, or lived long enough: end of stream, and
+            // hyper closes the connection.
+            Poll::Pending
+                if this.idle.as_mut().poll(cx).is_ready()
+                    || this.ends.as_mut().poll(cx).is_ready() =>
+            {
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for BoundedIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 fn recorder() -> Result<PrometheusHandle, String> {
