@@ -36,6 +36,8 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+#[cfg(feature = "server")]
+mod budget;
 pub mod client;
 #[cfg(feature = "server")]
 pub mod config;

@@ -17,6 +17,7 @@ use raft_transport_quic::{
     Response as Reply, Role, push_channel,
 };
 
+use crate::budget::Budget;
 use crate::driver::{DriverHandle, DriverRequest};
 use crate::lease::Lessor;
 use crate::protocol::{
@@ -61,7 +62,16 @@ pub struct KvService {
     lessor: Arc<Lessor>,
     /// The node's data directory, whose size the status reports.
     data_dir: Option<std::path::PathBuf>,
+    /// Per client identity, the bytes of watch messages encoded and not
+    /// yet sent ([`MAX_WATCH_MESSAGE_BYTES`]).
+    watch_budgets: std::sync::Mutex<HashMap<String, std::sync::Weak<Budget>>>,
 }
+
+/// Bytes of encoded watch messages one client identity may have waiting
+/// for the network on a node, all its watches together; past it the next
+/// message is encoded only once some were sent (its events wait as they
+/// are, values shared with the store, in the watch's own bounded queue).
+pub const MAX_WATCH_MESSAGE_BYTES: usize = 64 << 20;
 
 impl KvService {
     /// A service over `driver`; `connector` is used to forward requests to the
@@ -85,6 +95,7 @@ impl KvService {
             certificate_expires: None,
             lessor: Arc::new(Lessor::default()),
             data_dir: None,
+            watch_budgets: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -561,12 +572,30 @@ impl KvService {
         }
     }
 
+    /// The watch-message budget of client identity `owner`.
+    fn watch_budget(&self, owner: &str) -> Arc<Budget> {
+        let mut budgets = self
+            .watch_budgets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(budget) = budgets.get(owner).and_then(std::sync::Weak::upgrade) {
+            return budget;
+        }
+        budgets.retain(|_, budget| budget.strong_count() > 0);
+        let budget = Arc::new(Budget::new(MAX_WATCH_MESSAGE_BYTES));
+        budgets.insert(owner.to_owned(), Arc::downgrade(&budget));
+        budget
+    }
+
     fn watch(&self, selector: protocol::Selector, start_revision: u64, owner: &str) -> Reply {
+        let budget = self.watch_budget(owner);
         match self.watch.subscribe(selector, start_revision, owner) {
             Ok(mut watcher) => {
-                // One encoded message waits here (and one in the task): a
-                // watcher that does not read holds its queue of shared
-                // events, not encoded copies of them.
+                // A message is encoded only while its identity holds less
+                // than its budget of encoded messages not yet sent, and is
+                // counted until the transport has sent it: a watcher that
+                // does not read holds its queue of shared events, not
+                // encoded copies of them (one copy per watch, 256 watches).
                 let (tx, stream) = push_channel(1);
                 tokio::spawn(async move {
                     loop {
@@ -575,7 +604,12 @@ impl KvService {
                                 // Ended without a last word: the node stopped.
                                 let message = message.unwrap_or(WatchMessage::Error(KvError::ShuttingDown));
                                 let end = matches!(message, WatchMessage::Compacted { .. } | WatchMessage::Error(_));
-                                if tx.send(protocol::encode(&message)).await.is_err() || end {
+                                tokio::select! {
+                                    _ = budget.below_limit() => {}
+                                    _ = tx.closed() => return,
+                                }
+                                let encoded = budget.hold(postcard::to_stdvec(&message).unwrap_or_default());
+                                if tx.send(encoded).await.is_err() || end {
                                     return;
                                 }
                             }

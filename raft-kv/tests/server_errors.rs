@@ -558,10 +558,10 @@ fn watchers_that_never_read_cost_the_node_bounded_memory() {
             "{WATCHERS} watchers that never read, {WRITES} MiB written: the node grew by {grown_mib} MiB"
         );
         // Measured on 2 CPUs: the writes alone grow the node by ~110 MiB
-        // (the state, RocksDB's memtable, the log); each watch that never
-        // reads adds ~9 MiB (encoded messages on their way to the network:
-        // in the watch's task, its channel, the stream being written, and
-        // the allocator's slack), ~690 MiB in all. The old code: ~5.9 GiB.
+        // (the state, RocksDB's memtable, the log); the watches' encoded
+        // messages on their way to the network are bounded per identity
+        // (64 MiB), ~350 MiB in all. With a copy per watch (~9 MiB each):
+        // ~690 MiB; the old code: ~5.9 GiB.
         assert!(
             grown_mib < 1536,
             "the node grew by {grown_mib} MiB for {WATCHERS} watchers that never read"

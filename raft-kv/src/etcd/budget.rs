@@ -23,10 +23,10 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame};
-use tokio::sync::Notify;
 use tonic::body::Body;
 
 use super::listener::Peer;
+use crate::budget::Budget;
 
 /// Calls (streams) one identity may have open at once on a node.
 pub(crate) const MAX_CALLS_PER_CLIENT: usize = 4096;
@@ -39,71 +39,6 @@ pub(crate) const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// The most bytes of an answer handed to HTTP/2 at a time.
 const PIECE: usize = 64 << 10;
-
-/// Bytes held against a limit, and a way to wait until they are below it.
-pub(crate) struct Budget {
-    used: AtomicUsize,
-    limit: usize,
-    freed: Notify,
-}
-
-impl Budget {
-    fn new(limit: usize) -> Self {
-        Self {
-            used: AtomicUsize::new(0),
-            limit,
-            freed: Notify::new(),
-        }
-    }
-
-    /// Takes `n` bytes if less than the limit is held now (so one item
-    /// larger than the limit still passes, alone).
-    fn try_take(&self, n: usize) -> bool {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                (used < self.limit).then_some(used + n)
-            })
-            .is_ok()
-    }
-
-    fn give(&self, n: usize) {
-        if n > 0 {
-            self.used.fetch_sub(n, Ordering::AcqRel);
-            self.freed.notify_waiters();
-        }
-    }
-
-    /// Takes `n` bytes once less than the limit is held.
-    async fn take(&self, n: usize) {
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if self.try_take(n) {
-                return;
-            }
-            freed.await;
-        }
-    }
-
-    /// Waits until less than the limit is held.
-    async fn below_limit(&self) {
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if self.used.load(Ordering::Acquire) < self.limit {
-                return;
-            }
-            freed.await;
-        }
-    }
-
-    /// Bytes held now.
-    pub(crate) fn used(&self) -> usize {
-        self.used.load(Ordering::Acquire)
-    }
-}
 
 /// One client identity's budgets on the etcd port of a node.
 pub(crate) struct Identity {
@@ -345,7 +280,7 @@ impl HttpBody for MeteredRequest {
                 this.waiting = None;
             }
             let identity = &this.held.identity;
-            if identity.requests.used() >= identity.requests.limit {
+            if identity.requests.is_full() {
                 let identity = identity.clone();
                 this.waiting = Some(Box::pin(async move {
                     identity.requests.below_limit().await;
@@ -359,11 +294,7 @@ impl HttpBody for MeteredRequest {
             && let Some(data) = frame.data_ref()
         {
             let n = data.len();
-            this.held
-                .identity
-                .requests
-                .used
-                .fetch_add(n, Ordering::AcqRel);
+            this.held.identity.requests.add(n);
             this.held.add(n);
             if this.streaming {
                 this.last = n;
@@ -436,9 +367,7 @@ impl HttpBody for MeteredAnswer {
             }
             // An answer reserved before it was built goes out without
             // waiting again; any other waits for the budget.
-            if this.reserved.is_none()
-                && this.identity.answers.used() >= this.identity.answers.limit
-            {
+            if this.reserved.is_none() && this.identity.answers.is_full() {
                 let identity = this.identity.clone();
                 this.waiting = Some(Box::pin(async move {
                     identity.answers.below_limit().await;
@@ -448,10 +377,7 @@ impl HttpBody for MeteredAnswer {
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
-                        this.identity
-                            .answers
-                            .used
-                            .fetch_add(data.len(), Ordering::AcqRel);
+                        this.identity.answers.add(data.len());
                         this.counted = data.len();
                         this.reserved = None;
                         this.pending = Some(data);
