@@ -190,6 +190,12 @@ async fn a_certificate_added_to_the_deny_list_is_shut_out_while_the_node_runs() 
     let mallory = connect(&mallory_cert).await.unwrap();
     mallory.put("k", "v").await.unwrap();
     let others = cluster.client().await;
+    // An open watch of the certificate ends with it (as on the etcd port,
+    // raft-kv/tests/port_abuse.rs).
+    let mut watching = mallory
+        .watch(raft_kv::protocol::Selector::Prefix("w/".into()), 0)
+        .await
+        .unwrap();
 
     let line =
         raft_transport_quic::certificate_fingerprint(mallory_cert.cert_pem().as_bytes()).unwrap();
@@ -206,6 +212,14 @@ async fn a_certificate_added_to_the_deny_list_is_shut_out_while_the_node_runs() 
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    others.put("w/after", "revoked").await.unwrap();
+    let watched = tokio::time::timeout(std::time::Duration::from_secs(30), watching.next())
+        .await
+        .expect("the revoked watch ends");
+    assert!(
+        watched.is_err(),
+        "a revoked certificate's watch still receives events: {watched:?}"
+    );
     // A new connection with the same certificate is refused too, saying so.
     let again = connect(&mallory_cert).await.unwrap();
     let refusal = again.put("k", "w").await.unwrap_err().to_string();
