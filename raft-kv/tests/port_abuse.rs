@@ -1047,3 +1047,64 @@ fn http_get(address: SocketAddr, path: &str) -> String {
         }
     }
 }
+
+/// Smaller findings: compaction, defragmentation and alarm changes
+/// succeeded for a read-only certificate (etcd refuses them to non-root
+/// users); a watch request that does not decode ended the stream with
+/// status OK.
+#[test]
+fn administration_needs_an_admin_and_a_malformed_watch_request_is_an_error() {
+    let setup = Setup::new();
+    let node = Node::start(&setup, None);
+    let reader = setup.client("reader", Role::ReadOnly);
+    runtime().block_on(async {
+        let mut client = etcd_client(node.etcd, &reader).await;
+        let compact = client.compact(1, None).await.unwrap_err().to_string();
+        assert!(compact.contains("only an administrator"), "{compact}");
+        let defrag = client.defragment().await.unwrap_err().to_string();
+        assert!(defrag.contains("only an administrator"), "{defrag}");
+        let activate = client
+            .alarm(
+                etcd_client::AlarmAction::Activate,
+                etcd_client::AlarmType::Nospace,
+                None,
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(activate.contains("only an administrator"), "{activate}");
+        client
+            .alarm(
+                etcd_client::AlarmAction::Get,
+                etcd_client::AlarmType::None,
+                None,
+            )
+            .await
+            .expect("a reader lists alarms");
+
+        // Bytes that are no protobuf, as a watch request.
+        let mut send = h2_connect(node.etcd, &tls_client(&reader)).await.unwrap();
+        let response = call_unread(&mut send, "/etcdserverpb.Watch/Watch", &[0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        let (head, mut body) = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .unwrap()
+            .unwrap()
+            .into_parts();
+        let status = match head.headers.get("grpc-status") {
+            Some(status) => status.to_str().unwrap().to_owned(),
+            None => {
+                while let Some(data) = body.data().await {
+                    let _ = data;
+                }
+                let trailers = body.trailers().await.unwrap().expect("trailers");
+                trailers["grpc-status"].to_str().unwrap().to_owned()
+            }
+        };
+        assert_ne!(
+            status, "0",
+            "a malformed watch request ended the stream as OK"
+        );
+    });
+}
