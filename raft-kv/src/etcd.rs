@@ -689,19 +689,41 @@ impl Kv for EtcdApi {
     ) -> Result<GrpcResponse<pb::TxnResponse>, Status> {
         let (caller, identity, service) = self.begin_metered(&request)?;
         let r = request.into_inner();
+        // What each read of either branch asked beyond its keys, applied to
+        // what the store answers.
+        let (success, success_reads): (Vec<_>, Vec<_>) = r
+            .success
+            .into_iter()
+            .map(op_of)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
+        let (failure, failure_reads): (Vec<_>, Vec<_>) = r
+            .failure
+            .into_iter()
+            .map(op_of)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
         let txn = Txn {
             compares: r
                 .compare
                 .into_iter()
                 .map(compare_of)
                 .collect::<Result<_, _>>()?,
-            success: r.success.into_iter().map(op_of).collect::<Result<_, _>>()?,
-            failure: r.failure.into_iter().map(op_of).collect::<Result<_, _>>()?,
+            success,
+            failure,
         };
         let result = self
             .write(&service, &caller, WriteOp::Txn(txn), false)
             .await?;
         let header = self.header(&service, result.revision);
+        let mut reads = if result.succeeded {
+            success_reads
+        } else {
+            failure_reads
+        }
+        .into_iter();
         // A transaction takes one revision, with its first change: as in
         // etcd, what its operations answer before that change carries the
         // revision before the transaction.
@@ -735,6 +757,9 @@ impl Kv for EtcdApi {
                 use pb::response_op::Response as Op;
                 changed |= changes(&response);
                 let header = if changed { header } else { before };
+                if !matches!(response, TxnOpResult::Range { .. }) {
+                    reads.next();
+                }
                 let response = match response {
                     TxnOpResult::Put { previous } => Op::ResponsePut(pb::PutResponse {
                         header: Some(header),
@@ -747,12 +772,19 @@ impl Kv for EtcdApi {
                             prev_kvs: previous.into_iter().map(|kv| to_pb(kv, false)).collect(),
                         })
                     }
-                    TxnOpResult::Range { kvs, more } => Op::ResponseRange(pb::RangeResponse {
-                        header: Some(header),
-                        count: kvs.len() as i64,
-                        kvs: kvs.into_iter().map(|kv| to_pb(kv, false)).collect(),
-                        more,
-                    }),
+                    TxnOpResult::Range { kvs, more } => {
+                        let asked = reads.next().flatten().unwrap_or_default();
+                        let (kvs, count, more) = asked.answer(kvs, more);
+                        Op::ResponseRange(pb::RangeResponse {
+                            header: Some(header),
+                            count,
+                            kvs: kvs
+                                .into_iter()
+                                .map(|kv| to_pb(kv, asked.keys_only))
+                                .collect(),
+                            more,
+                        })
+                    }
                     TxnOpResult::LeaseGranted { .. } => {
                         return Err(Status::internal(
                             "unexpected lease grant in a transaction's answer",
@@ -931,6 +963,7 @@ enum Order {
 
 /// What a `Range` asks beyond its keys.
 struct RangeAsked {
+    keys_only: bool,
     limit: usize,
     order: Order,
     target: pb::range_request::SortTarget,
@@ -941,10 +974,18 @@ struct RangeAsked {
     max_create: i64,
 }
 
+impl Default for RangeAsked {
+    /// All of the range, in key order.
+    fn default() -> Self {
+        Self::of(&pb::RangeRequest::default())
+    }
+}
+
 impl RangeAsked {
     fn of(r: &pb::RangeRequest) -> Self {
         use pb::range_request::{SortOrder, SortTarget};
         Self {
+            keys_only: r.keys_only,
             limit: usize::try_from(r.limit).unwrap_or(0),
             order: match SortOrder::try_from(r.sort_order).unwrap_or(SortOrder::None) {
                 SortOrder::None => Order::None,
@@ -958,6 +999,27 @@ impl RangeAsked {
             min_create: r.min_create_revision,
             max_create: r.max_create_revision,
         }
+    }
+
+    /// etcd's answer from every key-value of a range in key order (`more`:
+    /// the store read only part of it): the key-values, the count, `more`.
+    fn answer(&self, kvs: Vec<KeyValue>, more: bool) -> (Vec<KeyValue>, i64, bool) {
+        let count = kvs.len() as i64;
+        if self.count_only {
+            return (Vec::new(), count, false);
+        }
+        let mut kvs: Vec<KeyValue> = kvs.into_iter().filter(|kv| self.passes(kv)).collect();
+        if self.order == Order::None && !self.filtered() && self.limit > 0 {
+            // etcd's store stops one past the limit before it sorts.
+            kvs.truncate(self.limit + 1);
+        }
+        sort(&mut kvs, self.effective_order(), self.target);
+        let mut more = more;
+        if self.limit > 0 && kvs.len() > self.limit {
+            kvs.truncate(self.limit);
+            more = true;
+        }
+        (kvs, count, more)
     }
 
     fn filtered(&self) -> bool {
@@ -1673,27 +1735,38 @@ fn delete_op(r: pb::DeleteRangeRequest) -> TxnOp {
 }
 
 /// A transaction's operation, from etcd's.
-fn op_of(op: pb::RequestOp) -> Result<TxnOp, Status> {
+/// A transaction's operation, from etcd's; for a read, what it asks beyond
+/// its keys (answered from what the store reads: the whole range, up to a
+/// transaction's read budget).
+fn op_of(op: pb::RequestOp) -> Result<(TxnOp, Option<RangeAsked>), Status> {
     use pb::request_op::Request as Op;
     match op.request {
         Some(Op::RequestPut(put)) => {
             supported_put(&put)?;
-            put_op(put)
+            Ok((put_op(put)?, None))
         }
-        Some(Op::RequestDeleteRange(delete)) => Ok(delete_op(delete)),
+        Some(Op::RequestDeleteRange(delete)) => Ok((delete_op(delete), None)),
         Some(Op::RequestRange(range)) => {
-            if range.revision != 0 || range.count_only || range.keys_only || range.sort_order != 0 {
+            if range.revision > 0 {
                 return Err(Status::unimplemented(
-                    "a read inside a transaction reads the latest revision, whole key-values, in key order",
+                    "a read inside a transaction reads the latest revision: read at a past \
+                     revision outside the transaction",
                 ));
             }
-            Ok(TxnOp::Range {
-                keys: KeyRange {
-                    key: Bytes::from(range.key),
-                    range_end: Bytes::from(range.range_end),
+            let asked = RangeAsked::of(&range);
+            Ok((
+                TxnOp::Range {
+                    keys: KeyRange {
+                        key: Bytes::from(range.key),
+                        range_end: Bytes::from(range.range_end),
+                    },
+                    // The whole range (up to the transaction's read budget):
+                    // its count, sort, filters and limit are etcd's, applied
+                    // here.
+                    limit: 0,
                 },
-                limit: u32::try_from(range.limit.max(0)).unwrap_or(u32::MAX),
-            })
+                Some(asked),
+            ))
         }
         Some(Op::RequestTxn(_)) => Err(Status::unimplemented(
             "transactions inside transactions are not supported",

@@ -802,6 +802,50 @@ async fn the_etcd_api_answers_as_etcd_does() {
         other => panic!("{other:?}"),
     }
 
+    // Reads inside a transaction take etcd's options too (they refused the
+    // whole transaction): sort before limit, count of the range, keys only,
+    // count only.
+    for key in ["s/b", "s/a", "s/c"] {
+        client.put(key, "value", None).await.unwrap();
+    }
+    let inside = client
+        .txn(
+            Txn::new().and_then([
+                TxnOp::get(
+                    "s/",
+                    Some(
+                        GetOptions::new()
+                            .with_prefix()
+                            .with_sort(SortTarget::Create, SortOrder::Descend)
+                            .with_limit(1)
+                            .with_keys_only(),
+                    ),
+                ),
+                TxnOp::get(
+                    "s/",
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                ),
+            ]),
+        )
+        .await
+        .unwrap();
+    match &inside.op_responses()[..] {
+        [
+            etcd_client::TxnOpResponse::Get(sorted),
+            etcd_client::TxnOpResponse::Get(counted),
+        ] => {
+            assert_eq!(
+                sorted.kvs()[0].key(),
+                b"s/c",
+                "the newest by create revision"
+            );
+            assert!(sorted.kvs()[0].value().is_empty(), "keys only");
+            assert_eq!((sorted.count(), sorted.more()), (3, true));
+            assert_eq!((counted.count(), counted.kvs().len()), (3, 0));
+        }
+        other => panic!("{other:?}"),
+    }
+
     // Errors clients match on.
     let future = client
         .get(
