@@ -324,6 +324,7 @@ where
                     last_addresses: BTreeMap::new(),
                     last_removed: BTreeSet::new(),
                     snapshot_in_progress: false,
+                    snapshot_wanted: false,
                 };
                 let result = runtime.block_on(state.run(requests_rx, stop_rx, shutting_down));
                 ended_tx.send_replace(Some(result.clone()));
@@ -416,6 +417,10 @@ struct DriverState<L: LogStore + ?Sized, T: Transport + ?Sized, M: StateMachine>
     /// The removed ids last given to the transport.
     last_removed: BTreeSet<NodeId>,
     snapshot_in_progress: bool,
+    /// raft-core asked for a snapshot while a build was under way (one it
+    /// may find obsolete): build again once that one ends. raft-core asks
+    /// once per request.
+    snapshot_wanted: bool,
 }
 
 impl<L, T, M> DriverState<L, T, M>
@@ -703,17 +708,12 @@ where
                     }
                 }
             }
-            if ready.snapshot_due && !self.snapshot_in_progress {
-                self.snapshot_in_progress = true;
-                let index = self.sm.applied_index();
-                let build = self.sm.snapshot();
-                let tx = completions.clone();
-                std::thread::spawn(move || {
-                    let _ = tx.send(match build() {
-                        Ok(data) => Completion::SnapshotSerialized { index, data },
-                        Err(e) => Completion::Failed(format!("building a snapshot failed: {e}")),
-                    });
-                });
+            if ready.snapshot_due {
+                if self.snapshot_in_progress {
+                    self.snapshot_wanted = true;
+                } else {
+                    self.start_snapshot_build(completions);
+                }
             }
         }
         self.fail_pending_if_deposed();
@@ -784,6 +784,21 @@ where
         }
     }
 
+    /// Serialises the state machine in the background; its completion
+    /// comes back as `SnapshotSerialized`.
+    fn start_snapshot_build(&mut self, completions: &mpsc::UnboundedSender<Completion>) {
+        self.snapshot_in_progress = true;
+        let index = self.sm.applied_index();
+        let build = self.sm.snapshot();
+        let tx = completions.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(match build() {
+                Ok(data) => Completion::SnapshotSerialized { index, data },
+                Err(e) => Completion::Failed(format!("building a snapshot failed: {e}")),
+            });
+        });
+    }
+
     fn on_completion(
         &mut self,
         done: Completion,
@@ -810,6 +825,9 @@ where
                     Ok(meta) => meta,
                     Err(RaftError::SnapshotObsolete { .. }) => {
                         self.snapshot_in_progress = false;
+                        if std::mem::take(&mut self.snapshot_wanted) {
+                            self.start_snapshot_build(completions);
+                        }
                         return Ok(());
                     }
                     Err(e) => return Err(format!("snapshot metadata: {e}")),
@@ -836,7 +854,11 @@ where
                 tracing::info!(index = meta.last.index, size = meta.size, "snapshot saved");
                 self.node
                     .on_snapshot_built(&meta)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                if std::mem::take(&mut self.snapshot_wanted) {
+                    self.start_snapshot_build(completions);
+                }
+                Ok(())
             }
             Completion::Failed(e) => Err(e),
         }
