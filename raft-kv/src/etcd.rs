@@ -803,9 +803,8 @@ impl Kv for EtcdApi {
         })))
     }
 
-    /// raft-kv keeps no past revisions beyond the watch history and the
-    /// states of paged scans, both bounded on their own: there is nothing to
-    /// free, so a valid compaction succeeds at once.
+    /// etcd's compaction, replicated: revisions before the one named can no
+    /// longer be read or watched from, and the history they need is let go.
     async fn compact(
         &self,
         request: GrpcRequest<pb::CompactionRequest>,
@@ -827,16 +826,22 @@ impl Kv for EtcdApi {
                 "etcdserver: mvcc: required revision is a future revision",
             ));
         }
+        let revision = u64::try_from(r.revision)
+            .ok()
+            .filter(|revision| *revision > 0)
+            .ok_or_else(|| {
+                Status::out_of_range("etcdserver: mvcc: required revision has been compacted")
+            })?;
+        let result = self
+            .write(&service, &caller, WriteOp::Compact { revision }, false)
+            .await?;
         Ok(GrpcResponse::new(pb::CompactionResponse {
-            header: Some(self.header(&service, current)),
+            header: Some(self.header(&service, result.revision)),
         }))
     }
 }
 
 impl EtcdApi {
-    /// Up to `limit` (0: all) key-values of `start..end`, paged at one
-    /// revision; whether more are left; the revision read.
-    #[allow(clippy::too_many_arguments)]
     /// Reads a range as etcd answers it: every key of the range is counted;
     /// the ones kept pass the revision filters; with a sort order (or a
     /// filter) the whole range is sorted before the limit applies, keeping

@@ -98,6 +98,14 @@ pub enum WriteOp {
         /// The lease.
         id: u64,
     },
+    /// etcd's compaction: revisions before `revision` can no longer be read
+    /// or watched from (answered [`KvError::Compacted`]); the history they
+    /// need is let go. Refused below an earlier compaction or above the
+    /// store's revision. Administrators only.
+    Compact {
+        /// The oldest revision still readable.
+        revision: u64,
+    },
 }
 
 /// The shortest lease granted, in seconds (a shorter one is raised to it, as
@@ -290,7 +298,8 @@ impl WriteOp {
             | WriteOp::Txn(_)
             | WriteOp::LeaseGrant { .. }
             | WriteOp::LeaseRevoke { .. }
-            | WriteOp::LeaseExpire { .. } => &NONE,
+            | WriteOp::LeaseExpire { .. }
+            | WriteOp::Compact { .. } => &NONE,
         }
     }
 }
@@ -505,6 +514,10 @@ impl Request {
     /// transfer and fault injection `admin`; everything else `readonly`.
     pub fn needs(&self) -> Role {
         match self {
+            Request::Write {
+                op: WriteOp::Compact { .. },
+                ..
+            } => Role::Admin,
             Request::Write { .. }
             | Request::OpenSession { .. }
             | Request::Lease {
@@ -934,6 +947,13 @@ pub fn validate_write(op: &WriteOp) -> Result<(), KvError> {
             )));
         }
         WriteOp::LeaseGrant { .. } | WriteOp::LeaseRevoke { .. } => return Ok(()),
+        WriteOp::Compact { revision } if *revision == 0 || *revision > i64::MAX as u64 => {
+            return Err(KvError::InvalidRequest(format!(
+                "a compaction names a revision from 1 to {}, not {revision}",
+                i64::MAX
+            )));
+        }
+        WriteOp::Compact { .. } => return Ok(()),
         _ => {}
     }
     if let WriteOp::Txn(txn) = op {
@@ -957,7 +977,8 @@ pub fn validate_write(op: &WriteOp) -> Result<(), KvError> {
         | WriteOp::Txn(_)
         | WriteOp::LeaseGrant { .. }
         | WriteOp::LeaseRevoke { .. }
-        | WriteOp::LeaseExpire { .. } => 0,
+        | WriteOp::LeaseExpire { .. }
+        | WriteOp::Compact { .. } => 0,
     };
     if value_len > MAX_VALUE_LEN {
         return Err(KvError::InvalidRequest(format!(

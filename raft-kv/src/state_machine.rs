@@ -150,6 +150,9 @@ pub struct KvStateMachine {
     sessions_bytes: u64,
     /// The revision of the last write (0 before any).
     revision: u64,
+    /// The last compaction's revision (0: none): revisions before it are
+    /// no longer read or watched from ([`WriteOp::Compact`]).
+    compacted: u64,
     applied: LogId,
     watch: Arc<WatchHub>,
     /// Past states kept for scans paging at one revision.
@@ -173,6 +176,8 @@ struct SnapshotData {
     /// Leases as (id, seconds granted, owner); their keys are the keys
     /// whose `lease` names them.
     leases: Vec<(u64, u64, String)>,
+    /// The last compaction's revision.
+    compacted: u64,
 }
 
 /// [`SnapshotData`] as encoded from the live maps (the same encoding).
@@ -183,6 +188,7 @@ struct SnapshotView<'a> {
     data: Seq<'a, Bytes, KeyValue>,
     sessions: Seq<'a, u64, SessionState>,
     leases: Seq<'a, u64, LeaseState>,
+    compacted: u64,
 }
 
 /// A map encoded as the sequence of its values (`data`) or of its pairs
@@ -233,6 +239,12 @@ impl SnapshotData {
     /// store later: the revision leaves room for writes, and every key's
     /// revisions and version are consistent with it.
     fn validate(&self) -> Result<(), String> {
+        if self.compacted > self.revision {
+            return Err(format!(
+                "compacted at revision {} beyond its revision {}",
+                self.compacted, self.revision
+            ));
+        }
         if self.revision > MAX_REVISION {
             return Err(format!(
                 "revision {} is above the highest possible ({MAX_REVISION})",
@@ -450,6 +462,7 @@ impl KvStateMachine {
             by_last_write: imbl::OrdSet::new(),
             sessions_bytes: 0,
             revision: 0,
+            compacted: 0,
             applied: LogId::default(),
             watch,
             views: ScanViews::default(),
@@ -495,6 +508,12 @@ impl KvStateMachine {
                         more,
                     }
                 };
+                if *revision != 0 && *revision < self.compacted {
+                    return Err(KvError::Compacted {
+                        requested: *revision,
+                        oldest: self.compacted,
+                    });
+                }
                 if *revision == 0 || *revision == self.revision {
                     let result = page(&self.data, self.revision);
                     if result.more {
@@ -547,6 +566,7 @@ impl KvStateMachine {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.revision.hash(&mut h);
+        self.compacted.hash(&mut h);
         for (k, kv) in &self.data {
             k.hash(&mut h);
             kv.value.hash(&mut h);
@@ -639,6 +659,7 @@ impl KvStateMachine {
         } else {
             let before = self.revision;
             let leases_before = self.leases.len();
+            let compacted_before = self.compacted;
             let result = self.execute(command.op, command.prev_kv, index, &command.owner, events);
             // A write that changed nothing (a CAS that did not swap, a
             // delete of a missing key, an error) is not kept: a retry
@@ -647,7 +668,9 @@ impl KvStateMachine {
             // value it answers with. A lease granted or revoked changed the
             // store though no revision was taken.
             if let Ok(result) = &result
-                && (self.revision != before || self.leases.len() != leases_before)
+                && (self.revision != before
+                    || self.leases.len() != leases_before
+                    || self.compacted != compacted_before)
             {
                 state.bytes += result_bytes(result);
                 state.results.insert(session.sequence, result.clone());
@@ -748,6 +771,7 @@ impl KvStateMachine {
             WriteOp::Txn(txn) => return self.transaction(txn, events),
             WriteOp::LeaseGrant { id, ttl } => return self.grant(id, ttl, index, owner),
             WriteOp::LeaseRevoke { id } => return self.revoke(id, events),
+            WriteOp::Compact { revision } => return self.compact(revision),
             // Handled before a session is looked up.
             WriteOp::OpenSession | WriteOp::LeaseExpire { .. } => self.bare_result(true),
         };
@@ -888,6 +912,25 @@ impl KvStateMachine {
             previous: None,
             responses: vec![TxnOpResult::LeaseGranted { id, ttl }],
         })
+    }
+
+    /// etcd's compaction at `revision`: refused at or below an earlier one
+    /// (it is compacted already) and above the store's revision.
+    fn compact(&mut self, revision: u64) -> Result<WriteResult, KvError> {
+        if revision <= self.compacted {
+            return Err(KvError::Compacted {
+                requested: revision,
+                oldest: self.compacted,
+            });
+        }
+        if revision > self.revision {
+            return Err(KvError::InvalidRequest(
+                "etcdserver: mvcc: required revision is a future revision".into(),
+            ));
+        }
+        self.compacted = revision;
+        self.watch.compact(revision);
+        Ok(self.bare_result(true))
     }
 
     /// Ends a lease, deleting its keys (each delete its own revision).
@@ -1075,6 +1118,7 @@ impl StateMachine for KvStateMachine {
             self.applied,
             self.sessions_bytes,
         );
+        let compacted = self.compacted;
         Box::new(move || {
             // Encoded straight from the maps into a buffer sized up front:
             // no copy of the state and no regrowing (the buffer is as large
@@ -1085,6 +1129,7 @@ impl StateMachine for KvStateMachine {
                 data: Seq(&data),
                 sessions: Seq(&sessions),
                 leases: Seq(&leases),
+                compacted,
             };
             let estimate = data
                 .values()
@@ -1153,6 +1198,7 @@ impl StateMachine for KvStateMachine {
             })
             .collect();
         self.revision = snapshot.revision;
+        self.compacted = snapshot.compacted;
         self.applied = snapshot.applied;
         // Watchers must not be fed history they can no longer get in order.
         self.watch.reset(self.revision);
@@ -1937,6 +1983,7 @@ mod tests {
             }],
             sessions: Vec::new(),
             leases: Vec::new(),
+            compacted: 0,
         };
         let bytes = postcard::to_stdvec(&orphan).unwrap();
         let mut refused = KvStateMachine::new(Arc::new(WatchHub::new(100)));
@@ -1991,6 +2038,7 @@ mod tests {
                     },
                 )],
                 leases: Vec::new(),
+                compacted: 0,
             })
             .unwrap()
         };

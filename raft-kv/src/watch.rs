@@ -292,6 +292,22 @@ impl WatchHub {
         }
     }
 
+    /// etcd's compaction at `revision`: changes before it are let go, and a
+    /// watch from before it is answered `Compacted`.
+    pub fn compact(&self, revision: u64) {
+        let mut inner = self.lock();
+        while inner
+            .history
+            .front()
+            .is_some_and(|event| event.revision < revision)
+        {
+            if let Some(dropped) = inner.history.pop_front() {
+                inner.history_bytes -= event_bytes(&dropped);
+            }
+        }
+        inner.floor = inner.floor.max(revision);
+    }
+
     /// The state was replaced by a snapshot at `revision`: history is gone,
     /// and watchers that would miss changes are told so and dropped.
     pub fn reset(&self, revision: u64) {

@@ -862,6 +862,50 @@ async fn the_etcd_api_answers_as_etcd_does() {
     let empty = client.get("", None).await.unwrap_err().to_string();
     assert!(empty.contains("etcdserver: key is not provided"), "{empty}");
 
+    // Compaction compacts: reads and watches before it are refused with
+    // etcd's answers, reads at it still work, and compacting at or below
+    // it again is refused.
+    let now = client
+        .get("t", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client.compact(now - 1, None).await.unwrap();
+    let below = client
+        .get("t", Some(GetOptions::new().with_revision(now - 2)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        below.contains("required revision has been compacted"),
+        "{below}"
+    );
+    client
+        .get("t", Some(GetOptions::new().with_revision(now - 1)))
+        .await
+        .expect("the compaction's own revision is still read");
+    let again = client.compact(now - 2, None).await.unwrap_err().to_string();
+    assert!(
+        again.contains("required revision has been compacted"),
+        "{again}"
+    );
+    let mut old_watch = client
+        .watch(
+            "t",
+            Some(etcd_client::WatchOptions::new().with_start_revision(now - 2)),
+        )
+        .await
+        .unwrap();
+    let canceled = loop {
+        let message = old_watch.message().await.unwrap().unwrap();
+        if message.canceled() {
+            break message;
+        }
+    };
+    assert_eq!(canceled.compact_revision(), now - 1, "{canceled:?}");
+
     // Watch ids: one in use is refused (as watch -1), a cancel of an
     // unknown one ignored.
     let mut stream = client
