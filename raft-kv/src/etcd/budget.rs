@@ -161,6 +161,29 @@ impl Drop for Held {
 
 type Waiting = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// Ready once `identity` holds less than the limit of `budget` (one of its
+/// budgets); `waiting` keeps the wait between polls.
+fn poll_below(
+    waiting: &mut Option<Waiting>,
+    cx: &mut Context<'_>,
+    identity: &Arc<Identity>,
+    budget: fn(&Identity) -> &Budget,
+) -> Poll<()> {
+    loop {
+        if let Some(wait) = waiting {
+            ready!(wait.as_mut().poll(cx));
+            *waiting = None;
+        }
+        if !budget(identity).is_full() {
+            return Poll::Ready(());
+        }
+        let identity = identity.clone();
+        *waiting = Some(Box::pin(async move {
+            budget(&identity).below_limit().await;
+        }));
+    }
+}
+
 /// A trailers-only gRPC answer: the call refused before it began.
 fn refusal(code: tonic::Code, message: &str) -> http::Response<Body> {
     tonic::Status::new(code, message).into_http()
@@ -274,21 +297,12 @@ impl HttpBody for MeteredRequest {
             // The reader came back for more: it took the last frame.
             this.held.release(std::mem::take(&mut this.last));
         }
-        loop {
-            if let Some(waiting) = &mut this.waiting {
-                ready!(waiting.as_mut().poll(cx));
-                this.waiting = None;
-            }
-            let identity = &this.held.identity;
-            if identity.requests.is_full() {
-                let identity = identity.clone();
-                this.waiting = Some(Box::pin(async move {
-                    identity.requests.below_limit().await;
-                }));
-                continue;
-            }
-            break;
-        }
+        ready!(poll_below(
+            &mut this.waiting,
+            cx,
+            &this.held.identity,
+            |identity| &identity.requests
+        ));
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
@@ -361,18 +375,15 @@ impl HttpBody for MeteredAnswer {
                 }
                 return Poll::Ready(Some(Ok(Frame::data(piece))));
             }
-            if let Some(waiting) = &mut this.waiting {
-                ready!(waiting.as_mut().poll(cx));
-                this.waiting = None;
-            }
             // An answer reserved before it was built goes out without
             // waiting again; any other waits for the budget.
-            if this.reserved.is_none() && this.identity.answers.is_full() {
-                let identity = this.identity.clone();
-                this.waiting = Some(Box::pin(async move {
-                    identity.answers.below_limit().await;
-                }));
-                continue;
+            if this.reserved.is_none() {
+                ready!(poll_below(
+                    &mut this.waiting,
+                    cx,
+                    &this.identity,
+                    |identity| &identity.answers
+                ));
             }
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
