@@ -4,7 +4,9 @@
 //! (`etcd/budget.rs`), the native port for watch messages
 //! ([`crate::service`]).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -57,15 +59,7 @@ impl Budget {
 
     /// Waits until less than the limit is held.
     pub(crate) async fn below_limit(&self) {
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if self.used.load(Ordering::Acquire) < self.limit {
-                return;
-            }
-            freed.await;
-        }
+        self.take(0).await;
     }
 
     /// Bytes held now.
@@ -85,7 +79,7 @@ impl Budget {
 
     /// `bytes`, counted until the last copy of them is dropped (a transport
     /// that sends them drops them once they are sent).
-    pub(crate) fn hold(self: &std::sync::Arc<Self>, bytes: Vec<u8>) -> Bytes {
+    pub(crate) fn hold(self: &Arc<Self>, bytes: Vec<u8>) -> Bytes {
         self.add(bytes.len());
         Bytes::from_owner(Held {
             bytes,
@@ -97,7 +91,7 @@ impl Budget {
 /// Bytes counted against a budget until dropped.
 struct Held {
     bytes: Vec<u8>,
-    budget: std::sync::Arc<Budget>,
+    budget: Arc<Budget>,
 }
 
 impl AsRef<[u8]> for Held {
@@ -109,5 +103,37 @@ impl AsRef<[u8]> for Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.budget.give(self.bytes.len());
+    }
+}
+
+/// Something kept per client identity while anyone holds it: the first to
+/// ask for a name makes it, later ones share it, and it goes with the last
+/// holder.
+pub(crate) struct PerIdentity<T> {
+    by_name: Mutex<HashMap<String, Weak<T>>>,
+}
+
+impl<T> Default for PerIdentity<T> {
+    fn default() -> Self {
+        Self {
+            by_name: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T> PerIdentity<T> {
+    /// The one of `name`, made by `make` if nobody holds it.
+    pub(crate) fn get(&self, name: &str, make: impl FnOnce() -> T) -> Arc<T> {
+        let mut by_name = self
+            .by_name
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(held) = by_name.get(name).and_then(Weak::upgrade) {
+            return held;
+        }
+        by_name.retain(|_, held| held.strong_count() > 0);
+        let made = Arc::new(make());
+        by_name.insert(name.to_owned(), Arc::downgrade(&made));
+        made
     }
 }

@@ -17,7 +17,7 @@ use raft_transport_quic::{
     Response as Reply, Role, push_channel,
 };
 
-use crate::budget::Budget;
+use crate::budget::{Budget, PerIdentity};
 use crate::driver::{DriverHandle, DriverRequest};
 use crate::lease::Lessor;
 use crate::protocol::{
@@ -64,7 +64,7 @@ pub struct KvService {
     data_dir: Option<std::path::PathBuf>,
     /// Per client identity, the bytes of watch messages encoded and not
     /// yet sent ([`MAX_WATCH_MESSAGE_BYTES`]).
-    watch_budgets: std::sync::Mutex<HashMap<String, std::sync::Weak<Budget>>>,
+    watch_budgets: PerIdentity<Budget>,
 }
 
 /// Bytes of encoded watch messages one client identity may have waiting
@@ -95,7 +95,7 @@ impl KvService {
             certificate_expires: None,
             lessor: Arc::new(Lessor::default()),
             data_dir: None,
-            watch_budgets: std::sync::Mutex::new(HashMap::new()),
+            watch_budgets: PerIdentity::default(),
         }
     }
 
@@ -572,23 +572,10 @@ impl KvService {
         }
     }
 
-    /// The watch-message budget of client identity `owner`.
-    fn watch_budget(&self, owner: &str) -> Arc<Budget> {
-        let mut budgets = self
-            .watch_budgets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(budget) = budgets.get(owner).and_then(std::sync::Weak::upgrade) {
-            return budget;
-        }
-        budgets.retain(|_, budget| budget.strong_count() > 0);
-        let budget = Arc::new(Budget::new(MAX_WATCH_MESSAGE_BYTES));
-        budgets.insert(owner.to_owned(), Arc::downgrade(&budget));
-        budget
-    }
-
     fn watch(&self, selector: protocol::Selector, start_revision: u64, owner: &str) -> Reply {
-        let budget = self.watch_budget(owner);
+        let budget = self
+            .watch_budgets
+            .get(owner, || Budget::new(MAX_WATCH_MESSAGE_BYTES));
         match self.watch.subscribe(selector, start_revision, owner) {
             Ok(mut watcher) => {
                 // A message is encoded only while its identity holds less

@@ -217,26 +217,7 @@ pub(crate) struct Peer {
 }
 
 /// Identities by name, while any of their connections is open.
-#[derive(Default)]
-pub(crate) struct Identities {
-    by_name: Mutex<HashMap<String, std::sync::Weak<Identity>>>,
-}
-
-impl Identities {
-    pub(crate) fn get(&self, name: &str) -> Arc<Identity> {
-        let mut by_name = self
-            .by_name
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(identity) = by_name.get(name).and_then(std::sync::Weak::upgrade) {
-            return identity;
-        }
-        by_name.retain(|_, identity| identity.strong_count() > 0);
-        let identity = Arc::new(Identity::new(name.to_owned()));
-        by_name.insert(name.to_owned(), Arc::downgrade(&identity));
-        identity
-    }
-}
+pub(crate) type Identities = crate::budget::PerIdentity<Identity>;
 
 /// Counts of what the port holds now.
 #[derive(Default)]
@@ -494,7 +475,7 @@ async fn accept_loop(
                 }
             };
             let name = crate::protocol::Principal::of(&caller).name;
-            let identity = identities.get(&name);
+            let identity = identities.get(&name, || Identity::new(name.clone()));
             if !take(&counts.established, limits.max_connections) {
                 return;
             }
