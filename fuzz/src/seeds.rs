@@ -180,6 +180,8 @@ fn write_ops() -> Vec<WriteOp> {
                 value: b("v"),
                 prev_kv: true,
                 lease: 5,
+                ignore_value: false,
+                ignore_lease: false,
             }],
             ..crate::protocol::Txn::default()
         }),

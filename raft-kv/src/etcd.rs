@@ -274,6 +274,9 @@ fn status(e: KvError) -> Status {
         KvError::Compacted { .. } => {
             Status::out_of_range("etcdserver: mvcc: required revision has been compacted")
         }
+        KvError::FutureRevision { .. } => {
+            Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
+        }
         KvError::LeaseNotFound { .. } => Status::not_found("etcdserver: requested lease not found"),
         KvError::LeaseExists { .. } => {
             Status::failed_precondition("etcdserver: lease already exists")
@@ -535,26 +538,30 @@ impl Kv for EtcdApi {
         if r.key.is_empty() {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
         }
-        let consistency = if r.serializable {
+        // As etcd: a revision or limit of 0 or less means the latest and
+        // no limit.
+        let revision = u64::try_from(r.revision).unwrap_or(0);
+        // A serializable read at a revision this node has not applied yet
+        // (one a client was just given by another node: etcd's STM reads
+        // so) first catches up with the leader's commit, as a
+        // linearizable read does; a revision still ahead then is etcd's
+        // future-revision error.
+        let consistency = if r.serializable && revision <= service.revision() {
             Consistency::Stale
         } else {
             Consistency::Linearizable
         };
-        // As etcd: a revision or limit of 0 or less means the latest and
-        // no limit.
-        let revision = u64::try_from(r.revision).unwrap_or(0);
         let key = Bytes::from(r.key.clone());
         let gathered = match etcd_range_end(&r.range_end) {
             None if revision == 0 => {
                 let result = self
                     .read(&service, &caller, ReadOp::Get { key }, consistency)
                     .await?;
-                let count = result.kvs.len() as i64;
-                let kvs = if r.count_only { Vec::new() } else { result.kvs };
+                let (kvs, count, more) = RangeAsked::of(&r).answer(result.kvs, false);
                 Gathered {
                     kvs,
                     count,
-                    more: false,
+                    more,
                     at: result.revision,
                 }
             }
@@ -562,18 +569,8 @@ impl Kv for EtcdApi {
                 // One key at a revision is a range of one key.
                 let end = end.unwrap_or_else(|| Some(key_after(&key)));
                 let asked = RangeAsked::of(&r);
-                match self
-                    .gather(&service, &caller, key, end, &asked, consistency, revision)
-                    .await
-                {
-                    Ok(gathered) => gathered,
-                    Err(_) if revision > service.revision() => {
-                        return Err(Status::out_of_range(
-                            "etcdserver: mvcc: required revision is a future revision",
-                        ));
-                    }
-                    Err(e) => return Err(e),
-                }
+                self.gather(&service, &caller, key, end, &asked, consistency, revision)
+                    .await?
             }
         };
         // etcd's header carries the store's revision, also for a read at a
@@ -605,32 +602,22 @@ impl Kv for EtcdApi {
     ) -> Result<GrpcResponse<pb::PutResponse>, Status> {
         let (caller, service) = self.begin(&request)?;
         let r = request.into_inner();
-        supported_put(&r)?;
-        if r.lease != 0 {
-            // A put that names a lease checks that the lease exists when it
-            // applies: a one-operation transaction does.
-            let prev_kv = r.prev_kv;
-            let txn = Txn {
-                success: vec![put_op(r)?],
-                ..Txn::default()
-            };
-            let result = self
-                .write(&service, &caller, WriteOp::Txn(txn), false)
-                .await?;
-            let header = self.header(&service, result.revision);
-            return match result.responses.into_iter().next() {
-                Some(TxnOpResult::Put { previous }) => Ok(GrpcResponse::new(pb::PutResponse {
-                    header: Some(header),
-                    prev_kv: previous.filter(|_| prev_kv).map(|kv| to_pb(kv, false)),
-                })),
-                other => Err(Status::internal(format!(
-                    "unexpected transaction answer from the node: {other:?}"
-                ))),
-            };
+        if r.key.is_empty() {
+            return Err(Status::invalid_argument(crate::protocol::EMPTY_KEY));
         }
-        let op = WriteOp::Put {
-            key: Bytes::from(r.key),
-            value: Bytes::from(r.value),
+        let op = if r.lease != 0 || r.ignore_value || r.ignore_lease {
+            WriteOp::PutWith {
+                key: Bytes::from(r.key),
+                value: Bytes::from(r.value),
+                lease: lease_id(r.lease)?,
+                ignore_value: r.ignore_value,
+                ignore_lease: r.ignore_lease,
+            }
+        } else {
+            WriteOp::Put {
+                key: Bytes::from(r.key),
+                value: Bytes::from(r.value),
+            }
         };
         let result = self.write(&service, &caller, op, r.prev_kv).await?;
         Ok(GrpcResponse::new(pb::PutResponse {
@@ -645,6 +632,9 @@ impl Kv for EtcdApi {
     ) -> Result<GrpcResponse<pb::DeleteRangeResponse>, Status> {
         let (caller, service) = self.begin(&request)?;
         let r = request.into_inner();
+        if r.key.is_empty() {
+            return Err(Status::invalid_argument(crate::protocol::EMPTY_KEY));
+        }
         if r.range_end.is_empty() {
             let op = WriteOp::Delete {
                 key: Bytes::from(r.key),
@@ -688,114 +678,26 @@ impl Kv for EtcdApi {
         request: GrpcRequest<pb::TxnRequest>,
     ) -> Result<GrpcResponse<pb::TxnResponse>, Status> {
         let (caller, identity, service) = self.begin_metered(&request)?;
-        let r = request.into_inner();
-        // What each read of either branch asked beyond its keys, applied to
-        // what the store answers.
-        let (success, success_reads): (Vec<_>, Vec<_>) = r
-            .success
-            .into_iter()
-            .map(op_of)
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .unzip();
-        let (failure, failure_reads): (Vec<_>, Vec<_>) = r
-            .failure
-            .into_iter()
-            .map(op_of)
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .unzip();
-        let txn = Txn {
-            compares: r
-                .compare
-                .into_iter()
-                .map(compare_of)
-                .collect::<Result<_, _>>()?,
-            success,
-            failure,
-        };
+        let (txn, asked) = txn_of(request.into_inner())?;
         let result = self
             .write(&service, &caller, WriteOp::Txn(txn), false)
             .await?;
         let header = self.header(&service, result.revision);
-        let mut reads = if result.succeeded {
-            success_reads
-        } else {
-            failure_reads
+        let mut answer_bytes = 0;
+        for response in &result.responses {
+            response.for_each_kv(&mut |kv| answer_bytes += kv.key.len() + kv.value.len() + 48);
         }
-        .into_iter();
+        let reservation = identity.reserve_answer(answer_bytes).await;
         // A transaction takes one revision, with its first change: as in
         // etcd, what its operations answer before that change carries the
-        // revision before the transaction.
-        let changes = |response: &TxnOpResult| match response {
-            TxnOpResult::Put { .. } => true,
-            TxnOpResult::Delete { deleted, .. } => *deleted > 0,
-            TxnOpResult::Range { .. } | TxnOpResult::LeaseGranted { .. } => false,
+        // revision before the transaction; inner headers carry only it.
+        let changes = result.responses.iter().any(TxnOpResult::changes);
+        let mut answer = TxnAnswer {
+            before: result.revision - u64::from(changes),
+            after: result.revision,
+            changed: false,
         };
-        let before = if result.responses.iter().any(changes) {
-            self.header(&service, result.revision - 1)
-        } else {
-            header
-        };
-        let mut changed = false;
-        let kv_bytes = |kv: &KeyValue| kv.key.len() + kv.value.len() + 48;
-        let answer_bytes = result
-            .responses
-            .iter()
-            .map(|response| match response {
-                TxnOpResult::Put { previous } => previous.iter().map(kv_bytes).sum(),
-                TxnOpResult::Delete { previous, .. } => previous.iter().map(kv_bytes).sum(),
-                TxnOpResult::Range { kvs, .. } => kvs.iter().map(kv_bytes).sum::<usize>(),
-                TxnOpResult::LeaseGranted { .. } => 0,
-            })
-            .sum();
-        let reservation = identity.reserve_answer(answer_bytes).await;
-        let responses = result
-            .responses
-            .into_iter()
-            .map(|response| {
-                use pb::response_op::Response as Op;
-                changed |= changes(&response);
-                let header = if changed { header } else { before };
-                if !matches!(response, TxnOpResult::Range { .. }) {
-                    reads.next();
-                }
-                let response = match response {
-                    TxnOpResult::Put { previous } => Op::ResponsePut(pb::PutResponse {
-                        header: Some(header),
-                        prev_kv: previous.map(|kv| to_pb(kv, false)),
-                    }),
-                    TxnOpResult::Delete { deleted, previous } => {
-                        Op::ResponseDeleteRange(pb::DeleteRangeResponse {
-                            header: Some(header),
-                            deleted: deleted as i64,
-                            prev_kvs: previous.into_iter().map(|kv| to_pb(kv, false)).collect(),
-                        })
-                    }
-                    TxnOpResult::Range { kvs, more } => {
-                        let asked = reads.next().flatten().unwrap_or_default();
-                        let (kvs, count, more) = asked.answer(kvs, more);
-                        Op::ResponseRange(pb::RangeResponse {
-                            header: Some(header),
-                            count,
-                            kvs: kvs
-                                .into_iter()
-                                .map(|kv| to_pb(kv, asked.keys_only))
-                                .collect(),
-                            more,
-                        })
-                    }
-                    TxnOpResult::LeaseGranted { .. } => {
-                        return Err(Status::internal(
-                            "unexpected lease grant in a transaction's answer",
-                        ));
-                    }
-                };
-                Ok(pb::ResponseOp {
-                    response: Some(response),
-                })
-            })
-            .collect::<Result<_, Status>>()?;
+        let responses = answer.responses(result.succeeded, result.responses, asked)?;
         Ok(reservation.attach(GrpcResponse::new(pb::TxnResponse {
             header: Some(header),
             succeeded: result.succeeded,
@@ -812,26 +714,11 @@ impl Kv for EtcdApi {
         let (caller, service) = self.begin(&request)?;
         admin_only(&caller, "compact")?;
         let r = request.into_inner();
-        let current = self
-            .read(
-                &service,
-                &caller,
-                ReadOp::Get { key: Bytes::new() },
-                Consistency::Linearizable,
-            )
-            .await?
-            .revision;
-        if r.revision > current as i64 {
-            return Err(Status::out_of_range(
-                "etcdserver: mvcc: required revision is a future revision",
-            ));
-        }
-        let revision = u64::try_from(r.revision)
-            .ok()
-            .filter(|revision| *revision > 0)
-            .ok_or_else(|| {
-                Status::out_of_range("etcdserver: mvcc: required revision has been compacted")
-            })?;
+        // etcd's store starts compacted at -1: a negative revision is
+        // compacted already; 0 compacts (once).
+        let revision = u64::try_from(r.revision).map_err(|_| {
+            Status::out_of_range("etcdserver: mvcc: required revision has been compacted")
+        })?;
         let result = self
             .write(&service, &caller, WriteOp::Compact { revision }, false)
             .await?;
@@ -1446,17 +1333,18 @@ impl Watch for EtcdApi {
                         // As etcd: an id asked for that is in use, or a
                         // range that selects nothing, is refused as watch
                         // -1; ids chosen here are never given twice.
-                        let refused =
-                            if create.watch_id != 0 && watches.contains_key(&create.watch_id) {
-                                Some("mvcc: duplicate watch ID provided on the WatchStream")
-                            } else if !create.range_end.is_empty()
-                                && create.range_end != [0]
-                                && create.key >= create.range_end
-                            {
-                                Some("mvcc: watcher range is empty")
-                            } else {
-                                None
-                            };
+                        // In etcd's order: the range, then the id.
+                        let refused = if !create.range_end.is_empty()
+                            && create.range_end != [0]
+                            && create.key >= create.range_end
+                        {
+                            Some("mvcc: watcher range is empty")
+                        } else if create.watch_id != 0 && watches.contains_key(&create.watch_id)
+                        {
+                            Some("mvcc: duplicate watch ID provided on the WatchStream")
+                        } else {
+                            None
+                        };
                         if let Some(reason) = refused {
                             let response = pb::WatchResponse {
                                 header: Some(api.header(&service, service.revision())),
@@ -1573,11 +1461,40 @@ impl EtcdApi {
         let mut watcher =
             match service.subscribe(caller, selector(create.key, &create.range_end), start) {
                 Ok(watcher) => watcher,
+                // As etcd: the watch is created, then canceled with the
+                // compaction's revision (and no reason); its id stays taken
+                // until the client cancels it.
                 Err(KvError::Compacted { oldest, .. }) => {
-                    return refuse(cancel(
-                        "etcdserver: mvcc: required revision has been compacted".into(),
-                        oldest as i64,
-                    ));
+                    let header = Some(self.header(service, service.revision()));
+                    let created = pb::WatchResponse {
+                        header: header.clone(),
+                        watch_id: id,
+                        created: true,
+                        ..Default::default()
+                    };
+                    let canceled = pb::WatchResponse {
+                        header,
+                        watch_id: id,
+                        canceled: true,
+                        compact_revision: oldest as i64,
+                        ..Default::default()
+                    };
+                    let (sent, created_rx) = tokio::sync::oneshot::channel();
+                    let tx = tx.clone();
+                    let task = tokio::spawn(async move {
+                        if tx.send(Ok(Outgoing::Ready(created))).await.is_err() {
+                            return;
+                        }
+                        let _ = sent.send(());
+                        let _ = tx.send(Ok(Outgoing::Ready(canceled))).await;
+                    });
+                    // Ended: it holds no progress request back.
+                    let (progress, _) = tokio::sync::mpsc::channel(1);
+                    return Some(RunningWatch {
+                        task: task.abort_handle(),
+                        progress,
+                        created: created_rx,
+                    });
                 }
                 Err(e) => return refuse(cancel(e.to_string(), 0)),
             };
@@ -1660,13 +1577,13 @@ impl EtcdApi {
                         }
                         continue;
                     }
+                    // etcd's cancel of a watch whose history was compacted
+                    // away: the compaction's revision, no reason.
                     WatchMessage::Compacted { revision } => pb::WatchResponse {
                         header: Some(header(revision)),
                         watch_id: id,
                         canceled: true,
                         compact_revision: revision as i64,
-                        cancel_reason: "etcdserver: mvcc: required revision has been compacted"
-                            .into(),
                         ..Default::default()
                     },
                     WatchMessage::Error(e) => pb::WatchResponse {
@@ -1704,16 +1621,6 @@ fn admin_only(caller: &Caller, what: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// Refuses what a put may ask that raft-kv does not do.
-fn supported_put(put: &pb::PutRequest) -> Result<(), Status> {
-    if put.ignore_value || put.ignore_lease {
-        return Err(Status::unimplemented(
-            "ignore_value and ignore_lease are not supported",
-        ));
-    }
-    Ok(())
-}
-
 /// A transaction's put, from etcd's.
 fn put_op(put: pb::PutRequest) -> Result<TxnOp, Status> {
     Ok(TxnOp::Put {
@@ -1721,6 +1628,8 @@ fn put_op(put: pb::PutRequest) -> Result<TxnOp, Status> {
         value: Bytes::from(put.value),
         prev_kv: put.prev_kv,
         lease: lease_id(put.lease)?,
+        ignore_value: put.ignore_value,
+        ignore_lease: put.ignore_lease,
     })
 }
 
@@ -1739,25 +1648,57 @@ fn delete_op(r: pb::DeleteRangeRequest) -> TxnOp {
     }
 }
 
-/// A transaction's operation, from etcd's.
+/// What an etcd transaction's operation asks beyond what the store
+/// answers: how a read is cut, sorted and counted (applied here to the
+/// whole range the store reads), and the same for nested transactions.
+enum Asked {
+    Write,
+    Range(RangeAsked),
+    Txn {
+        success: Vec<Asked>,
+        failure: Vec<Asked>,
+    },
+}
+
+/// A transaction from etcd's, and what its operations ask.
+fn txn_of(r: pb::TxnRequest) -> Result<(Txn, Asked), Status> {
+    let branch = |ops: Vec<pb::RequestOp>| -> Result<(Vec<TxnOp>, Vec<Asked>), Status> {
+        Ok(ops
+            .into_iter()
+            .map(op_of)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip())
+    };
+    let (success, success_asked) = branch(r.success)?;
+    let (failure, failure_asked) = branch(r.failure)?;
+    let txn = Txn {
+        compares: r
+            .compare
+            .into_iter()
+            .map(compare_of)
+            .collect::<Result<_, _>>()?,
+        success,
+        failure,
+    };
+    Ok((
+        txn,
+        Asked::Txn {
+            success: success_asked,
+            failure: failure_asked,
+        },
+    ))
+}
+
 /// A transaction's operation, from etcd's; for a read, what it asks beyond
 /// its keys (answered from what the store reads: the whole range, up to a
 /// transaction's read budget).
-fn op_of(op: pb::RequestOp) -> Result<(TxnOp, Option<RangeAsked>), Status> {
+fn op_of(op: pb::RequestOp) -> Result<(TxnOp, Asked), Status> {
     use pb::request_op::Request as Op;
     match op.request {
-        Some(Op::RequestPut(put)) => {
-            supported_put(&put)?;
-            Ok((put_op(put)?, None))
-        }
-        Some(Op::RequestDeleteRange(delete)) => Ok((delete_op(delete), None)),
+        Some(Op::RequestPut(put)) => Ok((put_op(put)?, Asked::Write)),
+        Some(Op::RequestDeleteRange(delete)) => Ok((delete_op(delete), Asked::Write)),
         Some(Op::RequestRange(range)) => {
-            if range.revision > 0 {
-                return Err(Status::unimplemented(
-                    "a read inside a transaction reads the latest revision: read at a past \
-                     revision outside the transaction",
-                ));
-            }
             let asked = RangeAsked::of(&range);
             Ok((
                 TxnOp::Range {
@@ -1769,14 +1710,118 @@ fn op_of(op: pb::RequestOp) -> Result<(TxnOp, Option<RangeAsked>), Status> {
                     // its count, sort, filters and limit are etcd's, applied
                     // here.
                     limit: 0,
+                    revision: range.revision,
                 },
-                Some(asked),
+                Asked::Range(asked),
             ))
         }
-        Some(Op::RequestTxn(_)) => Err(Status::unimplemented(
-            "transactions inside transactions are not supported",
-        )),
-        None => Err(Status::invalid_argument("an empty transaction operation")),
+        Some(Op::RequestTxn(txn)) => {
+            let (txn, asked) = txn_of(txn)?;
+            Ok((
+                TxnOp::Txn(crate::protocol::NestedTxn(Box::new(txn))),
+                asked,
+            ))
+        }
+        // etcd's answer to an operation that names nothing.
+        None => Err(Status::invalid_argument(crate::protocol::KEY_NOT_FOUND)),
+    }
+}
+
+/// Builds etcd's answers to a transaction's operations.
+struct TxnAnswer {
+    /// The revision before the transaction.
+    before: u64,
+    /// The revision after it.
+    after: u64,
+    /// Whether an operation answered so far changed the store.
+    changed: bool,
+}
+
+impl TxnAnswer {
+    /// etcd's inner header: the revision alone.
+    fn header(&self) -> Option<pb::ResponseHeader> {
+        Some(pb::ResponseHeader {
+            revision: (if self.changed { self.after } else { self.before }) as i64,
+            ..Default::default()
+        })
+    }
+
+    /// The answers of the branch that ran (`succeeded`) of a transaction
+    /// that asked `asked`.
+    fn responses(
+        &mut self,
+        succeeded: bool,
+        results: Vec<TxnOpResult>,
+        asked: Asked,
+    ) -> Result<Vec<pb::ResponseOp>, Status> {
+        use pb::response_op::Response as Op;
+        let Asked::Txn { success, failure } = asked else {
+            return Err(Status::internal("a transaction's answer for another operation"));
+        };
+        let asked = if succeeded { success } else { failure };
+        if asked.len() != results.len() {
+            return Err(Status::internal(format!(
+                "the node answered {} operations of a branch of {}",
+                results.len(),
+                asked.len()
+            )));
+        }
+        results
+            .into_iter()
+            .zip(asked)
+            .map(|(result, asked)| {
+                // A nested transaction's operations count their own
+                // changes, in order.
+                if !matches!(result, TxnOpResult::Txn { .. }) {
+                    self.changed |= result.changes();
+                }
+                let response = match (result, asked) {
+                    (TxnOpResult::Put { previous }, _) => Op::ResponsePut(pb::PutResponse {
+                        header: self.header(),
+                        prev_kv: previous.map(|kv| to_pb(kv, false)),
+                    }),
+                    (TxnOpResult::Delete { deleted, previous }, _) => {
+                        Op::ResponseDeleteRange(pb::DeleteRangeResponse {
+                            header: self.header(),
+                            deleted: deleted as i64,
+                            prev_kvs: previous.into_iter().map(|kv| to_pb(kv, false)).collect(),
+                        })
+                    }
+                    (TxnOpResult::Range { kvs, more }, Asked::Range(asked)) => {
+                        let (kvs, count, more) = asked.answer(kvs, more);
+                        Op::ResponseRange(pb::RangeResponse {
+                            header: self.header(),
+                            count,
+                            kvs: kvs
+                                .into_iter()
+                                .map(|kv| to_pb(kv, asked.keys_only))
+                                .collect(),
+                            more,
+                        })
+                    }
+                    (
+                        TxnOpResult::Txn {
+                            succeeded,
+                            responses,
+                        },
+                        asked @ Asked::Txn { .. },
+                    ) => Op::ResponseTxn(pb::TxnResponse {
+                        // etcd leaves a nested transaction's header empty.
+                        header: Some(pb::ResponseHeader::default()),
+                        succeeded,
+                        responses: self.responses(succeeded, responses, asked)?,
+                    }),
+                    (other, _) => {
+                        return Err(Status::internal(format!(
+                            "unexpected transaction answer from the node: {other:?}"
+                        )));
+                    }
+                };
+                Ok(pb::ResponseOp {
+                    response: Some(response),
+                })
+            })
+            .collect()
     }
 }
 

@@ -96,14 +96,21 @@ impl Lessor {
     }
 
     /// Whole seconds lease `id` has left (rounded down, as etcd reports:
-    /// 599 just after a 600 s grant), or `ttl` when no deadline is set yet.
+    /// 599 just after a 600 s grant); `ttl` when not leading (no deadlines
+    /// are kept). A lease the expiry loop has not seen yet (granted less
+    /// than its interval ago) starts its time now, and has less than `ttl`
+    /// left: it was granted before this question.
     pub fn remaining(&self, id: u64, ttl: u64, now: Instant) -> i64 {
-        match self.lock().at.get(&id) {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(now);
-                left.as_secs() as i64
+        let mut state = self.lock();
+        if state.term.is_none() {
+            return ttl as i64;
+        }
+        match state.at.get(&id) {
+            Some(deadline) => deadline.saturating_duration_since(now).as_secs() as i64,
+            None => {
+                state.at.insert(id, now + Duration::from_secs(ttl));
+                ttl.saturating_sub(1) as i64
             }
-            None => ttl as i64,
         }
     }
 }
@@ -211,6 +218,10 @@ mod tests {
         let t0 = Instant::now();
         lessor.sync(Some(1), &[(7, 2), (8, 2)], t0);
         assert_eq!(lessor.sync(Some(1), &[(8, 2)], t0 + 2 * SECOND), vec![8]);
-        assert_eq!(lessor.remaining(7, 5, t0), 5);
+        // Asked about again (granted anew), 7 starts its time at the
+        // question, a moment after its grant.
+        assert_eq!(lessor.remaining(7, 5, t0 + 2 * SECOND), 4);
+        assert!(lessor.sync(Some(1), &[(7, 5)], t0 + 6 * SECOND).is_empty());
+        assert_eq!(lessor.sync(Some(1), &[(7, 5)], t0 + 7 * SECOND), vec![7]);
     }
 }

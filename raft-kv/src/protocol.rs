@@ -4,6 +4,8 @@
 //!
 //! Every error a client can act on is a typed [`KvError`].
 
+use std::collections::BTreeSet;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -106,6 +108,21 @@ pub enum WriteOp {
         /// The oldest revision still readable.
         revision: u64,
     },
+    /// etcd's put with its options: checked as etcd checks a put outside a
+    /// transaction (the lease must exist, then, to keep the value or the
+    /// lease, the key).
+    PutWith {
+        /// The key.
+        key: Bytes,
+        /// The new value (empty with `ignore_value`).
+        value: Bytes,
+        /// The lease the key lives by (0: none).
+        lease: u64,
+        /// Keep the key's value.
+        ignore_value: bool,
+        /// Keep the key's lease.
+        ignore_lease: bool,
+    },
 }
 
 /// The shortest lease granted, in seconds (a shorter one is raised to it, as
@@ -128,8 +145,9 @@ pub const MAX_TXN_OPS: usize = 128;
 
 /// An etcd-style transaction: if every comparison holds, the `success`
 /// operations run, else the `failure` ones, in order, each seeing the
-/// effects of the ones before; all in one log entry. Each change takes a
-/// revision of its own (etcd gives a transaction one revision).
+/// effects of the ones before; all in one log entry, and one revision for
+/// all its changes (as etcd's). The comparisons of nested transactions are
+/// evaluated first, on the store as it was before, as etcd does.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Txn {
     /// What must hold.
@@ -239,6 +257,12 @@ pub enum TxnOp {
         prev_kv: bool,
         /// The lease the key lives by (0: none; it lives until deleted).
         lease: u64,
+        /// Keep the key's value (etcd's `ignore_value`: `value` must be
+        /// empty, and the key must exist before the transaction).
+        ignore_value: bool,
+        /// Keep the key's lease (etcd's `ignore_lease`: `lease` must be 0,
+        /// and the key must exist before the transaction).
+        ignore_lease: bool,
     },
     /// Remove the keys of a range.
     Delete {
@@ -253,7 +277,52 @@ pub enum TxnOp {
         keys: KeyRange,
         /// The most to return (0: as many as a reply holds).
         limit: u32,
+        /// The revision read at (0 or less: the transaction's own view): a
+        /// past one reads the store as it was then. As etcd's (an `int64`):
+        /// below the last compaction (-1 before any) it is refused.
+        revision: i64,
     },
+    /// A transaction inside this one (etcd's nested `RequestTxn`): its
+    /// comparisons see the store as it was before the outer transaction,
+    /// as etcd's do; its operations run in order with the outer ones.
+    Txn(NestedTxn),
+}
+
+/// A transaction inside a transaction, at most [`MAX_TXN_DEPTH`] deep:
+/// decoding refuses deeper nesting before it could exhaust the stack.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct NestedTxn(pub Box<Txn>);
+
+/// The most transactions nested in one another (prost's decoding limit for
+/// etcd's protobuf messages is 100 levels of messages, two per level).
+pub const MAX_TXN_DEPTH: usize = 32;
+
+thread_local! {
+    /// How deep the [`NestedTxn`] being decoded on this thread is.
+    static DECODING_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl<'de> Deserialize<'de> for NestedTxn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let depth = DECODING_DEPTH.with(|d| {
+            d.set(d.get() + 1);
+            d.get()
+        });
+        struct Leave;
+        impl Drop for Leave {
+            fn drop(&mut self) {
+                DECODING_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+            }
+        }
+        let _leave = Leave;
+        if depth > MAX_TXN_DEPTH {
+            return Err(serde::de::Error::custom(format!(
+                "transactions are nested at most {MAX_TXN_DEPTH} deep"
+            )));
+        }
+        Txn::deserialize(deserializer).map(|txn| NestedTxn(Box::new(txn)))
+    }
 }
 
 /// What one [`TxnOp`] did.
@@ -278,6 +347,14 @@ pub enum TxnOpResult {
         /// Whether more were left.
         more: bool,
     },
+    /// A nested transaction: whether its comparisons held, and what the
+    /// operations of the branch they chose did.
+    Txn {
+        /// Whether every comparison held.
+        succeeded: bool,
+        /// One result per operation of the branch that ran.
+        responses: Vec<TxnOpResult>,
+    },
     /// The answer to a [`WriteOp::LeaseGrant`] (not an operation of a
     /// transaction).
     LeaseGranted {
@@ -288,12 +365,44 @@ pub enum TxnOpResult {
     },
 }
 
+impl TxnOpResult {
+    /// Whether the operation changed the store (a put, a delete of at
+    /// least one key, a nested transaction that did either).
+    pub fn changes(&self) -> bool {
+        match self {
+            TxnOpResult::Put { .. } => true,
+            TxnOpResult::Delete { deleted, .. } => *deleted > 0,
+            TxnOpResult::Txn { responses, .. } => responses.iter().any(Self::changes),
+            TxnOpResult::Range { .. } | TxnOpResult::LeaseGranted { .. } => false,
+        }
+    }
+
+    /// Calls `f` with every key-value the result carries (those of nested
+    /// transactions too).
+    pub fn for_each_kv(&self, f: &mut dyn FnMut(&KeyValue)) {
+        match self {
+            TxnOpResult::Put { previous } => previous.iter().for_each(f),
+            TxnOpResult::Delete { previous, .. } => previous.iter().for_each(f),
+            TxnOpResult::Range { kvs, .. } => kvs.iter().for_each(f),
+            TxnOpResult::Txn { responses, .. } => {
+                for response in responses {
+                    response.for_each_kv(f);
+                }
+            }
+            TxnOpResult::LeaseGranted { .. } => {}
+        }
+    }
+}
+
 impl WriteOp {
     /// The key written (empty for [`WriteOp::OpenSession`]).
     pub fn key(&self) -> &Bytes {
         static NONE: Bytes = Bytes::from_static(b"");
         match self {
-            WriteOp::Put { key, .. } | WriteOp::Delete { key } | WriteOp::Cas { key, .. } => key,
+            WriteOp::Put { key, .. }
+            | WriteOp::PutWith { key, .. }
+            | WriteOp::Delete { key }
+            | WriteOp::Cas { key, .. } => key,
             WriteOp::OpenSession
             | WriteOp::Txn(_)
             | WriteOp::LeaseGrant { .. }
@@ -879,6 +988,18 @@ pub enum KvError {
         /// The lease.
         id: u64,
     },
+    /// A read or compaction named a revision the store has not reached
+    /// (etcd's `ErrFutureRev`).
+    #[error(
+        "revision {requested} is ahead of the store's ({current}); read at revision 0 (the latest) \
+         or at one an answer reported"
+    )]
+    FutureRevision {
+        /// The revision asked for.
+        requested: u64,
+        /// The store's revision when it was asked.
+        current: u64,
+    },
 }
 
 /// Whom a request acts for: the client whose certificate presented it, or
@@ -947,13 +1068,35 @@ pub fn validate_write(op: &WriteOp) -> Result<(), KvError> {
             )));
         }
         WriteOp::LeaseGrant { .. } | WriteOp::LeaseRevoke { .. } => return Ok(()),
-        WriteOp::Compact { revision } if *revision == 0 || *revision > i64::MAX as u64 => {
+        WriteOp::Compact { revision } if *revision > i64::MAX as u64 => {
             return Err(KvError::InvalidRequest(format!(
-                "a compaction names a revision from 1 to {}, not {revision}",
+                "a compaction names a revision from 0 to {}, not {revision}",
                 i64::MAX
             )));
         }
         WriteOp::Compact { .. } => return Ok(()),
+        // etcd's checks of a put, in its order.
+        WriteOp::PutWith { key, .. } if key.is_empty() => {
+            return Err(KvError::InvalidRequest(EMPTY_KEY.into()));
+        }
+        WriteOp::PutWith {
+            value,
+            ignore_value: true,
+            ..
+        } if !value.is_empty() => {
+            return Err(KvError::InvalidRequest(
+                "etcdserver: value is provided".into(),
+            ));
+        }
+        WriteOp::PutWith {
+            lease,
+            ignore_lease: true,
+            ..
+        } if *lease != 0 => {
+            return Err(KvError::InvalidRequest(
+                "etcdserver: lease is provided".into(),
+            ));
+        }
         _ => {}
     }
     if let WriteOp::Txn(txn) = op {
@@ -967,7 +1110,7 @@ pub fn validate_write(op: &WriteOp) -> Result<(), KvError> {
         )));
     }
     let value_len = match op {
-        WriteOp::Put { value, .. } => value.len(),
+        WriteOp::Put { value, .. } | WriteOp::PutWith { value, .. } => value.len(),
         WriteOp::Delete { .. } => 0,
         WriteOp::Cas { expected, new, .. } => expected
             .as_ref()
@@ -988,23 +1131,45 @@ pub fn validate_write(op: &WriteOp) -> Result<(), KvError> {
     Ok(())
 }
 
-/// Checks a transaction's sizes: at most [`MAX_TXN_OPS`] comparisons and
-/// operations per branch, keys and values within their limits (an empty
-/// key only to start a range).
 /// etcd's answer to a transaction that changes one key twice.
 pub const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
+/// etcd's answer to a transaction with more than [`MAX_TXN_OPS`]
+/// comparisons or operations in a branch.
+pub const TOO_MANY_OPS: &str = "etcdserver: too many operations in txn request";
+/// etcd's answer to an operation with an empty key.
+pub const EMPTY_KEY: &str = "etcdserver: key is not provided";
+/// etcd's answer to a put with `ignore_value` or `ignore_lease` of a key
+/// that does not exist.
+pub const KEY_NOT_FOUND: &str = "etcdserver: key not found";
 
+/// Checks a transaction as etcd's front end does, in its order: at most
+/// [`MAX_TXN_OPS`] comparisons and operations per branch, no empty key, a
+/// put with `ignore_value` or `ignore_lease` gives no value or lease, the
+/// same for nested transactions (at most [`MAX_TXN_DEPTH`] deep); then no
+/// key changed twice (etcd's `checkIntervals`). Keys and values within
+/// raft-kv's size limits.
 fn validate_txn(txn: &Txn) -> Result<(), KvError> {
-    if txn.compares.len() > MAX_TXN_OPS
-        || txn.success.len() > MAX_TXN_OPS
-        || txn.failure.len() > MAX_TXN_OPS
-    {
+    check_txn(txn, 1)?;
+    check_intervals(&txn.success)?;
+    check_intervals(&txn.failure)?;
+    Ok(())
+}
+
+fn check_txn(txn: &Txn, depth: usize) -> Result<(), KvError> {
+    let etcd = |message: &str| Err(KvError::InvalidRequest(message.into()));
+    if txn.compares.len().max(txn.success.len()).max(txn.failure.len()) > MAX_TXN_OPS {
+        return etcd(TOO_MANY_OPS);
+    }
+    if depth > MAX_TXN_DEPTH {
         return Err(KvError::InvalidRequest(format!(
-            "a transaction has at most {MAX_TXN_OPS} comparisons and {MAX_TXN_OPS} operations per branch"
+            "transactions are nested at most {MAX_TXN_DEPTH} deep"
         )));
     }
-    let check_key = |key: &Bytes, ranged: bool| {
-        if (key.is_empty() && !ranged) || key.len() > MAX_KEY_LEN {
+    let check_key = |key: &Bytes| {
+        if key.is_empty() {
+            return etcd(EMPTY_KEY);
+        }
+        if key.len() > MAX_KEY_LEN {
             return Err(KvError::InvalidRequest(format!(
                 "keys must be 1 to {MAX_KEY_LEN} bytes, got {}",
                 key.len()
@@ -1013,7 +1178,7 @@ fn validate_txn(txn: &Txn) -> Result<(), KvError> {
         Ok(())
     };
     let check_range = |keys: &KeyRange| {
-        check_key(&keys.key, !keys.range_end.is_empty())?;
+        check_key(&keys.key)?;
         if keys.range_end.len() > MAX_KEY_LEN {
             return Err(KvError::InvalidRequest(format!(
                 "a range end is at most {MAX_KEY_LEN} bytes"
@@ -1021,52 +1186,96 @@ fn validate_txn(txn: &Txn) -> Result<(), KvError> {
         }
         Ok(())
     };
-    for compare in &txn.compares {
-        check_range(&compare.keys)?;
-        if let CompareTarget::Value(value) = &compare.target
-            && value.len() > MAX_VALUE_LEN
-        {
+    let check_value = |value: &Bytes| {
+        if value.len() > MAX_VALUE_LEN {
             return Err(KvError::InvalidRequest(format!(
                 "values may be at most {MAX_VALUE_LEN} bytes, got {}",
                 value.len()
             )));
         }
+        Ok(())
+    };
+    for compare in &txn.compares {
+        check_range(&compare.keys)?;
+        if let CompareTarget::Value(value) = &compare.target {
+            check_value(value)?;
+        }
     }
     for op in txn.success.iter().chain(&txn.failure) {
         match op {
-            TxnOp::Put { key, value, .. } => {
-                check_key(key, false)?;
-                if value.len() > MAX_VALUE_LEN {
-                    return Err(KvError::InvalidRequest(format!(
-                        "values may be at most {MAX_VALUE_LEN} bytes, got {}",
-                        value.len()
-                    )));
+            TxnOp::Put {
+                key,
+                value,
+                lease,
+                ignore_value,
+                ignore_lease,
+                ..
+            } => {
+                check_key(key)?;
+                if *ignore_value && !value.is_empty() {
+                    return etcd("etcdserver: value is provided");
                 }
+                if *ignore_lease && *lease != 0 {
+                    return etcd("etcdserver: lease is provided");
+                }
+                check_value(value)?;
             }
             TxnOp::Delete { keys, .. } | TxnOp::Range { keys, .. } => check_range(keys)?,
-        }
-    }
-    // As etcd: a branch changes a key at most once (two puts of one key, or
-    // a put inside a range it deletes), so one revision holds one change of
-    // each key.
-    for branch in [&txn.success, &txn.failure] {
-        let mut puts = std::collections::BTreeSet::new();
-        for op in branch.iter() {
-            if let TxnOp::Put { key, .. } = op
-                && !puts.insert(key.clone())
-            {
-                return Err(KvError::InvalidRequest(DUPLICATE_KEY.into()));
-            }
-        }
-        for op in branch.iter() {
-            if let TxnOp::Delete { keys, .. } = op
-                && puts.iter().any(|key| keys.contains(key))
-            {
-                return Err(KvError::InvalidRequest(DUPLICATE_KEY.into()));
-            }
+            TxnOp::Txn(nested) => check_txn(&nested.0, depth + 1)?,
         }
     }
     Ok(())
+}
+
+/// etcd's rule that one revision holds at most one change of a key: in a
+/// branch, no key is put twice nor put inside a range a delete of the
+/// branch (or of a transaction nested in it) names, where the two branches
+/// of a nested transaction may each put a key (only one runs). As etcd's
+/// interval check, a delete to the end of the key space (`range_end` of
+/// `[0]`) conflicts with no put. Returns the branch's puts and deletes.
+fn check_intervals(ops: &[TxnOp]) -> Result<(BTreeSet<Bytes>, Vec<KeyRange>), KvError> {
+    let duplicate = || Err(KvError::InvalidRequest(DUPLICATE_KEY.into()));
+    let hits = |deletes: &[KeyRange], key: &Bytes| {
+        deletes
+            .iter()
+            .any(|d| d.range_end.as_ref() != [0] && d.contains(key))
+    };
+    let mut deletes: Vec<KeyRange> = ops
+        .iter()
+        .filter_map(|op| match op {
+            TxnOp::Delete { keys, .. } => Some(keys.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut puts = BTreeSet::new();
+    for op in ops {
+        let TxnOp::Txn(nested) = op else { continue };
+        let (puts_then, deletes_then) = check_intervals(&nested.0.success)?;
+        let (puts_else, deletes_else) = check_intervals(&nested.0.failure)?;
+        for key in &puts_then {
+            if puts.contains(key) || hits(&deletes, key) {
+                return duplicate();
+            }
+            puts.insert(key.clone());
+        }
+        for key in puts_else {
+            if (puts.contains(&key) && !puts_then.contains(&key)) || hits(&deletes, &key) {
+                return duplicate();
+            }
+            puts.insert(key);
+        }
+        deletes.extend(deletes_then);
+        deletes.extend(deletes_else);
+    }
+    for op in ops {
+        if let TxnOp::Put { key, .. } = op {
+            if puts.contains(key) || hits(&deletes, key) {
+                return duplicate();
+            }
+            puts.insert(key.clone());
+        }
+    }
+    Ok((puts, deletes))
 }
 
 #[cfg(test)]
@@ -1079,6 +1288,8 @@ mod tests {
             value: Bytes::from_static(b"v"),
             prev_kv: false,
             lease: 0,
+            ignore_value: false,
+            ignore_lease: false,
         }
     }
 

@@ -125,12 +125,9 @@ fn result_bytes(result: &WriteResult) -> u64 {
         .responses
         .iter()
         .map(|response| {
-            16 + match response {
-                TxnOpResult::Put { previous } => previous.as_ref().map_or(0, kv_bytes),
-                TxnOpResult::Delete { previous, .. } => previous.iter().map(kv_bytes).sum(),
-                TxnOpResult::Range { kvs, .. } => kvs.iter().map(kv_bytes).sum(),
-                TxnOpResult::LeaseGranted { .. } => 0,
-            }
+            let mut bytes = 16;
+            response.for_each_kv(&mut |kv| bytes += kv_bytes(kv));
+            bytes
         })
         .sum();
     32 + result.previous.as_ref().map_or(0, kv_bytes) + responses
@@ -148,11 +145,12 @@ pub struct KvStateMachine {
     by_last_write: imbl::OrdSet<(Index, u64)>,
     /// What all sessions hold, counted against [`MAX_SESSIONS_BYTES`].
     sessions_bytes: u64,
-    /// The revision of the last write (0 before any).
+    /// The revision of the last write ([`FIRST_REVISION`] before any).
     revision: u64,
-    /// The last compaction's revision (0: none): revisions before it are
-    /// no longer read or watched from ([`WriteOp::Compact`]).
-    compacted: u64,
+    /// The last compaction's revision (`None`: none yet, where etcd's is
+    /// -1, so that it compacts at 0 once): revisions before it are no
+    /// longer read or watched from ([`WriteOp::Compact`]).
+    compacted: Option<u64>,
     applied: LogId,
     watch: Arc<WatchHub>,
     /// Past states kept for scans paging at one revision.
@@ -177,7 +175,7 @@ struct SnapshotData {
     /// whose `lease` names them.
     leases: Vec<(u64, u64, String)>,
     /// The last compaction's revision.
-    compacted: u64,
+    compacted: Option<u64>,
 }
 
 /// [`SnapshotData`] as encoded from the live maps (the same encoding).
@@ -188,7 +186,7 @@ struct SnapshotView<'a> {
     data: Seq<'a, Bytes, KeyValue>,
     sessions: Seq<'a, u64, SessionState>,
     leases: Seq<'a, u64, LeaseState>,
-    compacted: u64,
+    compacted: Option<u64>,
 }
 
 /// A map encoded as the sequence of its values (`data`) or of its pairs
@@ -239,10 +237,12 @@ impl SnapshotData {
     /// store later: the revision leaves room for writes, and every key's
     /// revisions and version are consistent with it.
     fn validate(&self) -> Result<(), String> {
-        if self.compacted > self.revision {
+        if let Some(compacted) = self.compacted
+            && compacted > self.revision
+        {
             return Err(format!(
-                "compacted at revision {} beyond its revision {}",
-                self.compacted, self.revision
+                "compacted at revision {compacted} beyond its revision {}",
+                self.revision
             ));
         }
         if self.revision > MAX_REVISION {
@@ -368,6 +368,9 @@ fn page<'a>(
     (kvs_out, false)
 }
 
+/// The revision of an empty store (etcd's: its first write takes 2).
+pub const FIRST_REVISION: u64 = 1;
+
 /// The most past states a node keeps for scans that page at one revision;
 /// beyond it the oldest is let go.
 pub const MAX_SCAN_VIEWS: usize = 64;
@@ -452,17 +455,33 @@ impl ScanViews {
     }
 }
 
+/// The branch a transaction takes, and those of the transactions nested
+/// in it (in order), decided before any of it runs.
+struct TxnPath {
+    holds: bool,
+    nested: Vec<TxnPath>,
+}
+
+/// The store as a transaction found it (an O(1) clone of the key map), for
+/// its reads at the revision before it.
+struct TxnBase {
+    data: OrdMap<Bytes, KeyValue>,
+    revision: u64,
+}
+
 impl KvStateMachine {
-    /// An empty store publishing changes to `watch`.
+    /// An empty store publishing changes to `watch`. As etcd's, it is at
+    /// revision 1 before its first write (which takes revision 2).
     pub fn new(watch: Arc<WatchHub>) -> Self {
+        watch.begin_at(FIRST_REVISION);
         Self {
             data: OrdMap::new(),
             leases: OrdMap::new(),
             sessions: OrdMap::new(),
             by_last_write: imbl::OrdSet::new(),
             sessions_bytes: 0,
-            revision: 0,
-            compacted: 0,
+            revision: FIRST_REVISION,
+            compacted: None,
             applied: LogId::default(),
             watch,
             views: ScanViews::default(),
@@ -508,12 +527,7 @@ impl KvStateMachine {
                         more,
                     }
                 };
-                if *revision != 0 && *revision < self.compacted {
-                    return Err(KvError::Compacted {
-                        requested: *revision,
-                        oldest: self.compacted,
-                    });
-                }
+                self.check_revision(*revision)?;
                 if *revision == 0 || *revision == self.revision {
                     let result = page(&self.data, self.revision);
                     if result.more {
@@ -522,40 +536,20 @@ impl KvStateMachine {
                     }
                     return Ok(result);
                 }
-                if *revision > self.revision {
-                    return Err(KvError::InvalidRequest(format!(
-                        "revision {revision} is ahead of this node's ({}); read with revision 0, \
-                         or from the leader",
-                        self.revision
-                    )));
-                }
-                if let Some(data) = self.views.get(*revision) {
-                    return Ok(page(&data, *revision));
-                }
-                // Not kept: the state then is the state now with the
-                // changes since undone, if the watch history still holds
-                // them all.
-                match self.watch.as_of(*revision, start, end.as_deref()) {
-                    Some(then) => {
-                        let (kvs, more) = scan_as_of(
-                            &self.data,
-                            &then,
-                            start,
-                            end.as_ref(),
-                            *limit,
-                            MAX_SCAN_BYTES,
-                        );
-                        Ok(ReadResult {
-                            revision: *revision,
-                            kvs,
-                            more,
-                        })
-                    }
-                    None => Err(KvError::Compacted {
-                        requested: *revision,
-                        oldest: self.revision,
-                    }),
-                }
+                let (kvs, more) = self.scan_past(
+                    &self.data,
+                    self.revision,
+                    *revision,
+                    start,
+                    end.as_ref(),
+                    *limit,
+                    MAX_SCAN_BYTES,
+                )?;
+                Ok(ReadResult {
+                    revision: *revision,
+                    kvs,
+                    more,
+                })
             }
         }
     }
@@ -768,6 +762,32 @@ impl KvStateMachine {
                     },
                 }
             }
+            WriteOp::PutWith {
+                key,
+                value,
+                lease,
+                ignore_value,
+                ignore_lease,
+            } => {
+                if lease != 0 && !self.leases.contains_key(&lease) {
+                    return Err(KvError::LeaseNotFound { id: lease });
+                }
+                let current = self.data.get(&key);
+                if (ignore_value || ignore_lease) && current.is_none() {
+                    return Err(KvError::InvalidRequest(
+                        crate::protocol::KEY_NOT_FOUND.into(),
+                    ));
+                }
+                let value = match current {
+                    Some(kv) if ignore_value => kv.value.clone(),
+                    _ => value,
+                };
+                let lease = match current {
+                    Some(kv) if ignore_lease => kv.lease,
+                    _ => lease,
+                };
+                self.put(key, value, lease, events)
+            }
             WriteOp::Txn(txn) => return self.transaction(txn, events),
             WriteOp::LeaseGrant { id, ttl } => return self.grant(id, ttl, index, owner),
             WriteOp::LeaseRevoke { id } => return self.revoke(id, events),
@@ -781,28 +801,170 @@ impl KvStateMachine {
         Ok(result)
     }
 
-    /// Runs a transaction: its comparisons, then the branch they choose.
+    /// Runs a transaction as etcd does: first the branch every
+    /// transaction (nested ones too) takes, from its comparisons on the
+    /// store as it is; then the checks of what will run (a put that keeps
+    /// the value or lease needs the key, a put's lease must exist; then a
+    /// read's revision must be neither compacted nor ahead), any failing
+    /// before anything changes; then the operations in order.
     fn transaction(
         &mut self,
         txn: crate::protocol::Txn,
         events: &mut Vec<WatchEvent>,
     ) -> Result<WriteResult, KvError> {
-        use crate::protocol::TxnOp;
-        let holds = txn.compares.iter().all(|c| self.compare(c));
-        let branch = if holds { txn.success } else { txn.failure };
-        // A put with a lease that does not exist fails the whole
-        // transaction before anything is changed (as in etcd).
-        for op in &branch {
-            if let TxnOp::Put { lease, .. } = op
-                && *lease != 0
-                && !self.leases.contains_key(lease)
-            {
-                return Err(KvError::LeaseNotFound { id: *lease });
-            }
-        }
-        let mut responses = Vec::with_capacity(branch.len());
+        let path = self.path(&txn);
+        self.check_puts(&txn, &path)?;
+        self.check_reads(&txn, &path)?;
+        let before = TxnBase {
+            data: self.data.clone(),
+            revision: self.revision,
+        };
         // The reads of one transaction hold one reply's worth together.
         let mut read_budget = MAX_SCAN_BYTES;
+        let first_event = events.len();
+        let responses = self.run_branch(txn, &path, &before, &mut read_budget, events)?;
+        // As etcd's: an event's previous key-value is the key as it was at
+        // the revision before (before the transaction, for a key it
+        // changes twice), and a put that creates the key has none.
+        for event in &mut events[first_event..] {
+            let creates = event.kind == EventKind::Put
+                && event.kv.create_revision == event.kv.mod_revision;
+            event.prev = if creates {
+                None
+            } else {
+                before.data.get(&event.kv.key).cloned()
+            };
+        }
+        Ok(WriteResult {
+            revision: self.revision,
+            succeeded: path.holds,
+            previous: None,
+            responses,
+        })
+    }
+
+    /// Which branch `txn` and the transactions nested in the branch it
+    /// takes run (etcd's `compareToPath`).
+    fn path(&self, txn: &crate::protocol::Txn) -> TxnPath {
+        let holds = txn.compares.iter().all(|c| self.compare(c));
+        let branch = if holds { &txn.success } else { &txn.failure };
+        TxnPath {
+            holds,
+            nested: branch
+                .iter()
+                .filter_map(|op| match op {
+                    crate::protocol::TxnOp::Txn(nested) => Some(self.path(&nested.0)),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+
+    /// The operations `path` runs, with the path of each nested
+    /// transaction among them.
+    fn each_op<'a>(
+        txn: &'a crate::protocol::Txn,
+        path: &'a TxnPath,
+        visit: &mut dyn FnMut(&'a crate::protocol::TxnOp) -> Result<(), KvError>,
+    ) -> Result<(), KvError> {
+        let branch = if path.holds { &txn.success } else { &txn.failure };
+        let mut nested = path.nested.iter();
+        for op in branch {
+            if let crate::protocol::TxnOp::Txn(inner) = op
+                && let Some(inner_path) = nested.next()
+            {
+                Self::each_op(&inner.0, inner_path, visit)?;
+            } else {
+                visit(op)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// etcd's checks of the puts that will run, on the store before them.
+    fn check_puts(
+        &self,
+        txn: &crate::protocol::Txn,
+        path: &TxnPath,
+    ) -> Result<(), KvError> {
+        Self::each_op(txn, path, &mut |op| {
+            if let crate::protocol::TxnOp::Put {
+                key,
+                lease,
+                ignore_value,
+                ignore_lease,
+                ..
+            } = op
+            {
+                if (*ignore_value || *ignore_lease) && !self.data.contains_key(key) {
+                    return Err(KvError::InvalidRequest(
+                        crate::protocol::KEY_NOT_FOUND.into(),
+                    ));
+                }
+                if *lease != 0 && !self.leases.contains_key(lease) {
+                    return Err(KvError::LeaseNotFound { id: *lease });
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// etcd's checks of the reads at a revision that will run.
+    fn check_reads(
+        &self,
+        txn: &crate::protocol::Txn,
+        path: &TxnPath,
+    ) -> Result<(), KvError> {
+        Self::each_op(txn, path, &mut |op| match op {
+            // etcd's first revision is its last compaction's, -1 before any.
+            crate::protocol::TxnOp::Range { revision, .. }
+                if *revision != 0 && *revision < self.compacted.map_or(-1, |c| c as i64) =>
+            {
+                Err(KvError::Compacted {
+                    requested: (*revision).max(0) as u64,
+                    oldest: self.compacted.unwrap_or(0),
+                })
+            }
+            crate::protocol::TxnOp::Range { revision, .. } => {
+                self.check_revision(u64::try_from(*revision).unwrap_or(0))
+            }
+            _ => Ok(()),
+        })
+    }
+
+    /// Whether the store can be read at `revision` (0: the latest).
+    fn check_revision(&self, revision: u64) -> Result<(), KvError> {
+        if revision > self.revision {
+            return Err(KvError::FutureRevision {
+                requested: revision,
+                current: self.revision,
+            });
+        }
+        if let Some(compacted) = self.compacted
+            && revision != 0
+            && revision < compacted
+        {
+            return Err(KvError::Compacted {
+                requested: revision,
+                oldest: compacted,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs the branch `path` chose of `txn`.
+    fn run_branch(
+        &mut self,
+        txn: crate::protocol::Txn,
+        path: &TxnPath,
+        before: &TxnBase,
+        read_budget: &mut usize,
+        events: &mut Vec<WatchEvent>,
+    ) -> Result<Vec<TxnOpResult>, KvError> {
+        use crate::protocol::TxnOp;
+        let branch = if path.holds { txn.success } else { txn.failure };
+        let mut nested = path.nested.iter();
+        let mut responses = Vec::with_capacity(branch.len());
         for op in branch {
             responses.push(match op {
                 TxnOp::Put {
@@ -810,7 +972,18 @@ impl KvStateMachine {
                     value,
                     prev_kv,
                     lease,
+                    ignore_value,
+                    ignore_lease,
                 } => {
+                    let current = self.data.get(&key);
+                    let value = match current {
+                        Some(kv) if ignore_value => kv.value.clone(),
+                        _ => value,
+                    };
+                    let lease = match current {
+                        Some(kv) if ignore_lease => kv.lease,
+                        _ => lease,
+                    };
                     let previous = self.put(key, value, lease, events).previous;
                     TxnOpResult::Put {
                         previous: previous.filter(|_| prev_kv),
@@ -829,7 +1002,12 @@ impl KvStateMachine {
                     }
                     TxnOpResult::Delete { deleted, previous }
                 }
-                TxnOp::Range { keys, limit } => {
+                TxnOp::Range {
+                    keys,
+                    limit,
+                    revision,
+                } => {
+                    let revision = u64::try_from(revision).unwrap_or(0);
                     let (start, end) = keys.bounds().unwrap_or_else(|| {
                         (
                             keys.key.clone(),
@@ -837,32 +1015,77 @@ impl KvStateMachine {
                         )
                     });
                     let limit = if limit == 0 { MAX_SCAN_LIMIT } else { limit };
-                    let (kvs, more) = if read_budget > 0 {
-                        scan(&self.data, &start, end.as_ref(), limit, read_budget)
-                    } else {
+                    let (kvs, more) = if *read_budget == 0 {
                         // Spent: nothing more is read, only whether there was.
-                        let any = self
-                            .data
-                            .range(start.clone()..)
-                            .next()
-                            .is_some_and(|(key, _)| end.as_ref().is_none_or(|end| key < end));
-                        (Vec::new(), any)
+                        (Vec::new(), true)
+                    } else if revision == 0 || revision > before.revision {
+                        // The transaction's own view (a revision past the
+                        // one before it is the one it writes).
+                        scan(&self.data, &start, end.as_ref(), limit, *read_budget)
+                    } else {
+                        self.scan_past(
+                            &before.data,
+                            before.revision,
+                            revision,
+                            &start,
+                            end.as_ref(),
+                            limit,
+                            *read_budget,
+                        )?
                     };
                     let used: usize = kvs
                         .iter()
                         .map(|kv| kv.key.len() + kv.value.len() + SCAN_ENTRY_OVERHEAD)
                         .sum();
-                    read_budget = read_budget.saturating_sub(used);
+                    *read_budget = read_budget.saturating_sub(used);
                     TxnOpResult::Range { kvs, more }
+                }
+                TxnOp::Txn(inner) => {
+                    let Some(inner_path) = nested.next() else {
+                        return Err(KvError::Internal(
+                            "a nested transaction has no path".into(),
+                        ));
+                    };
+                    let responses =
+                        self.run_branch(*inner.0, inner_path, before, read_budget, events)?;
+                    TxnOpResult::Txn {
+                        succeeded: inner_path.holds,
+                        responses,
+                    }
                 }
             });
         }
-        Ok(WriteResult {
-            revision: self.revision,
-            succeeded: holds,
-            previous: None,
-            responses,
-        })
+        Ok(responses)
+    }
+
+    /// A page of `data` (the store at `now`) as it was at the earlier
+    /// `revision`: from a state kept for paged scans, else from the watch
+    /// history's record of what changed since; `Compacted` when neither
+    /// reaches back.
+    #[allow(clippy::too_many_arguments)]
+    fn scan_past(
+        &self,
+        data: &OrdMap<Bytes, KeyValue>,
+        now: u64,
+        revision: u64,
+        start: &Bytes,
+        end: Option<&Bytes>,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<(Vec<KeyValue>, bool), KvError> {
+        if revision == now {
+            return Ok(scan(data, start, end, limit, max_bytes));
+        }
+        if let Some(kept) = self.views.get(revision) {
+            return Ok(scan(&kept, start, end, limit, max_bytes));
+        }
+        match self.watch.as_of(revision, start, end.map(|e| &e[..])) {
+            Some(then) => Ok(scan_as_of(data, &then, start, end, limit, max_bytes)),
+            None => Err(KvError::Compacted {
+                requested: revision,
+                oldest: now,
+            }),
+        }
     }
 
     /// Grants a lease; `id` 0 takes the log index of the grant (or the next
@@ -917,18 +1140,21 @@ impl KvStateMachine {
     /// etcd's compaction at `revision`: refused at or below an earlier one
     /// (it is compacted already) and above the store's revision.
     fn compact(&mut self, revision: u64) -> Result<WriteResult, KvError> {
-        if revision <= self.compacted {
+        if let Some(compacted) = self.compacted
+            && revision <= compacted
+        {
             return Err(KvError::Compacted {
                 requested: revision,
-                oldest: self.compacted,
+                oldest: compacted,
             });
         }
         if revision > self.revision {
-            return Err(KvError::InvalidRequest(
-                "etcdserver: mvcc: required revision is a future revision".into(),
-            ));
+            return Err(KvError::FutureRevision {
+                requested: revision,
+                current: self.revision,
+            });
         }
-        self.compacted = revision;
+        self.compacted = Some(revision);
         self.watch.compact(revision);
         Ok(self.bare_result(true))
     }
@@ -1305,7 +1531,7 @@ mod tests {
                 compare(
                     "a/1",
                     b"",
-                    CompareTarget::ModRevision(1),
+                    CompareTarget::ModRevision(2),
                     CompareResult::Equal,
                 ),
             ],
@@ -1315,10 +1541,13 @@ mod tests {
                     value: Bytes::from_static(b"y"),
                     prev_kv: false,
                     lease: 0,
+                    ignore_value: false,
+                    ignore_lease: false,
                 },
                 TxnOp::Range {
                     keys: range_of("a/", b"a0"),
                     limit: 0,
+                    revision: 0,
                 },
                 TxnOp::Delete {
                     keys: range_of("a/", b"a0"),
@@ -1330,12 +1559,14 @@ mod tests {
                 value: Bytes::from_static(b"1"),
                 prev_kv: false,
                 lease: 0,
+                ignore_value: false,
+                ignore_lease: false,
             }],
         };
         let first = result_of(sm.apply(&[entry(3, 7, 3, WriteOp::Txn(txn.clone()))]));
         assert!(first.succeeded);
         assert_eq!(
-            first.revision, 3,
+            first.revision, 4,
             "a put and three deletes: one revision, the transaction's (as etcd)"
         );
         let TxnOpResult::Range { kvs, more } = &first.responses[1] else {
@@ -1354,7 +1585,7 @@ mod tests {
         // The same entry again (a client retry): applied once, same answer.
         let again = result_of(sm.apply(&[entry(4, 7, 3, WriteOp::Txn(txn.clone()))]));
         assert_eq!(again, first);
-        assert_eq!(sm.revision(), 3);
+        assert_eq!(sm.revision(), 4);
         // Now a/1 is missing: its value comparison fails, the other branch runs.
         let second = result_of(sm.apply(&[entry(5, 7, 4, WriteOp::Txn(txn.clone()))]));
         assert!(!second.succeeded);
@@ -1369,7 +1600,7 @@ mod tests {
             compares: vec![compare(
                 "failed",
                 b"",
-                CompareTarget::CreateRevision(8),
+                CompareTarget::CreateRevision(9),
                 CompareResult::Less,
             )],
             ..Txn::default()
@@ -1391,6 +1622,7 @@ mod tests {
         let read = TxnOp::Range {
             keys: range_of("big/", b"big0"),
             limit: 0,
+            revision: 0,
         };
         let txn = Txn {
             success: vec![read; 10],
@@ -1401,6 +1633,8 @@ mod tests {
             value: Bytes::from_static(b"1"),
             prev_kv: false,
             lease: 0,
+            ignore_value: false,
+            ignore_lease: false,
         };
         let mut txn = txn;
         txn.success.push(write);
@@ -1430,9 +1664,9 @@ mod tests {
         // committed): same answer, no second write.
         let again = sm.apply(&[entry(2, 7, 1, put("k", "a"))]);
         assert_eq!(first[0].1, again[0].1);
-        assert_eq!(sm.revision(), 1);
+        assert_eq!(sm.revision(), 2);
         let next = sm.apply(&[entry(3, 7, 2, put("k", "b"))]);
-        assert_eq!(next[0].1.as_ref().unwrap().revision, 2);
+        assert_eq!(next[0].1.as_ref().unwrap().revision, 3);
     }
 
     #[test]
@@ -1496,6 +1730,8 @@ mod tests {
                 value: Bytes::from_static(b"v"),
                 prev_kv: false,
                 lease,
+                ignore_value: false,
+                ignore_lease: false,
             }],
             ..crate::protocol::Txn::default()
         })
@@ -1538,7 +1774,7 @@ mod tests {
             let i = i as u64;
             result_of(sm.apply(&[entry(1 + i, 1, 1 + i, put(key, "v"))]));
         }
-        assert_eq!(sm.revision(), 3);
+        assert_eq!(sm.revision(), 4);
         let rename = Txn {
             compares: Vec::new(),
             success: vec![
@@ -1551,18 +1787,22 @@ mod tests {
                     value: Bytes::from_static(b"moved"),
                     prev_kv: false,
                     lease: 0,
+                    ignore_value: false,
+                    ignore_lease: false,
                 },
                 TxnOp::Put {
                     key: Bytes::from_static(b"c"),
                     value: Bytes::from_static(b"new"),
                     prev_kv: false,
                     lease: 0,
+                    ignore_value: false,
+                    ignore_lease: false,
                 },
             ],
             failure: Vec::new(),
         };
         let renamed = result_of(sm.apply(&[entry(4, 1, 4, WriteOp::Txn(rename))]));
-        assert_eq!(renamed.revision, 4, "one revision for the transaction");
+        assert_eq!(renamed.revision, 5, "one revision for the transaction");
         let b = sm
             .read(&ReadOp::Get {
                 key: Bytes::from_static(b"b"),
@@ -1573,24 +1813,24 @@ mod tests {
                 key: Bytes::from_static(b"c"),
             })
             .unwrap();
-        assert_eq!((b.kvs[0].mod_revision, c.kvs[0].mod_revision), (4, 4));
-        assert_eq!((b.kvs[0].create_revision, b.kvs[0].version), (4, 1));
-        // The state at revision 3 is the one before the transaction: no
+        assert_eq!((b.kvs[0].mod_revision, c.kvs[0].mod_revision), (5, 5));
+        assert_eq!((b.kvs[0].create_revision, b.kvs[0].version), (5, 1));
+        // The state at revision 4 is the one before the transaction: no
         // revision shows half of it.
         let before = sm
             .read(&ReadOp::Scan {
                 start: Bytes::new(),
                 end: None,
                 limit: 100,
-                revision: 3,
+                revision: 4,
             })
             .unwrap();
         let keys: Vec<_> = before.kvs.iter().map(|kv| kv.key.clone()).collect();
         assert_eq!(keys, ["a/1", "a/2", "a/3"]);
-        // Its events share its revision, and a watch from revision 4 sees
+        // Its events share its revision, and a watch from revision 5 sees
         // them all.
         let mut watcher = hub
-            .subscribe(crate::protocol::Selector::Prefix(Bytes::new()), 4, "t")
+            .subscribe(crate::protocol::Selector::Prefix(Bytes::new()), 5, "t")
             .unwrap();
         let mut seen = Vec::new();
         while let Some(message) = watcher.try_next() {
@@ -1601,9 +1841,9 @@ mod tests {
         assert_eq!(
             seen,
             [
-                (4, Bytes::from_static(b"a/1")),
-                (4, Bytes::from_static(b"b")),
-                (4, Bytes::from_static(b"c"))
+                (5, Bytes::from_static(b"a/1")),
+                (5, Bytes::from_static(b"b")),
+                (5, Bytes::from_static(b"c"))
             ]
         );
         // A range delete of two keys: one revision.
@@ -1620,7 +1860,7 @@ mod tests {
                 failure: Vec::new(),
             }),
         )]));
-        assert_eq!(deleted.revision, 5);
+        assert_eq!(deleted.revision, 6);
         // A lease revoked with two keys: one revision.
         let lease = granted(&result_of(sm.apply(&[entry(
             6,
@@ -1631,9 +1871,9 @@ mod tests {
         .0;
         result_of(sm.apply(&[entry(7, 1, 7, leased_put("l/1", lease))]));
         result_of(sm.apply(&[entry(8, 1, 8, leased_put("l/2", lease))]));
-        assert_eq!(sm.revision(), 7);
+        assert_eq!(sm.revision(), 8);
         let revoked = result_of(sm.apply(&[entry(9, 1, 9, WriteOp::LeaseRevoke { id: lease })]));
-        assert_eq!(revoked.revision, 8, "both keys deleted at one revision");
+        assert_eq!(revoked.revision, 9, "both keys deleted at one revision");
         // A write that changes nothing takes no revision.
         let nothing = sm.apply(&[entry(
             10,
@@ -1643,7 +1883,7 @@ mod tests {
                 key: Bytes::from_static(b"gone"),
             },
         )]);
-        assert_eq!(nothing[0].1.as_ref().unwrap().revision, 8);
+        assert_eq!(nothing[0].1.as_ref().unwrap().revision, 9);
     }
 
     /// One client identity holds at most [`MAX_LEASES_PER_CLIENT`] leases
@@ -1716,7 +1956,7 @@ mod tests {
         let grant = result_of(sm.apply(&[entry(1, 1, 1, WriteOp::LeaseGrant { id: 0, ttl: 1 })]));
         // The store chose the grant's log index, and raised the TTL.
         assert_eq!(granted(&grant), (OFFSET + 1, MIN_LEASE_TTL));
-        assert_eq!(grant.revision, 0, "a grant takes no revision");
+        assert_eq!(grant.revision, FIRST_REVISION, "a grant takes no revision");
         let lease = OFFSET + 1;
         for (i, key) in ["a", "b", "c", "d"].iter().enumerate() {
             let i = i as u64;
@@ -1802,7 +2042,7 @@ mod tests {
         let del = |key: &'static str| WriteOp::Delete {
             key: Bytes::from_static(key.as_bytes()),
         };
-        // Revisions 4 to 8.
+        // Revisions 5 to 9.
         write(&mut sm, put("b", "2"));
         write(&mut sm, del("c"));
         write(&mut sm, put("d", "1"));
@@ -1832,25 +2072,25 @@ mod tests {
                 (kvs, r.more)
             })
         };
-        assert_eq!(at(&sm, 3, "", 10).unwrap().0, ["a=1@1", "b=1@2", "c=1@3"]);
-        assert_eq!(at(&sm, 5, "", 10).unwrap().0, ["a=1@1", "b=2@4"]);
-        assert_eq!(at(&sm, 7, "", 10).unwrap().0, ["a=2@7", "b=2@4", "d=1@6"]);
-        assert_eq!(at(&sm, 8, "", 10).unwrap().0, ["a=3@8", "b=2@4", "d=1@6"]);
+        assert_eq!(at(&sm, 4, "", 10).unwrap().0, ["a=1@2", "b=1@3", "c=1@4"]);
+        assert_eq!(at(&sm, 6, "", 10).unwrap().0, ["a=1@2", "b=2@5"]);
+        assert_eq!(at(&sm, 8, "", 10).unwrap().0, ["a=2@8", "b=2@5", "d=1@7"]);
+        assert_eq!(at(&sm, 9, "", 10).unwrap().0, ["a=3@9", "b=2@5", "d=1@7"]);
         // Paged at the past revision.
         assert_eq!(
-            at(&sm, 3, "", 2).unwrap(),
-            (vec!["a=1@1".into(), "b=1@2".into()], true)
+            at(&sm, 4, "", 2).unwrap(),
+            (vec!["a=1@2".into(), "b=1@3".into()], true)
         );
-        assert_eq!(at(&sm, 3, "b\0", 2).unwrap(), (vec!["c=1@3".into()], false));
-        // The history (8 events) moves past revision 4: revision 3 is gone.
+        assert_eq!(at(&sm, 4, "b\0", 2).unwrap(), (vec!["c=1@4".into()], false));
+        // The history (8 events) moves past revision 5: revision 4 is gone.
         for _ in 0..8 {
             write(&mut sm, put("e", "x"));
         }
         assert!(matches!(
-            at(&sm, 3, "", 10),
-            Err(KvError::Compacted { requested: 3, .. })
+            at(&sm, 4, "", 10),
+            Err(KvError::Compacted { requested: 4, .. })
         ));
-        assert_eq!(at(&sm, 8, "", 10).unwrap().0, ["a=3@8", "b=2@4", "d=1@6"]);
+        assert_eq!(at(&sm, 9, "", 10).unwrap().0, ["a=3@9", "b=2@5", "d=1@7"]);
     }
 
     /// Every event carries the key as it was before the write (etcd's
@@ -1887,8 +2127,8 @@ mod tests {
             prevs,
             [
                 None,
-                Some((Bytes::from_static(b"a"), 1)),
-                Some((Bytes::from_static(b"b"), 2))
+                Some((Bytes::from_static(b"a"), 2)),
+                Some((Bytes::from_static(b"b"), 3))
             ]
         );
     }
@@ -1983,7 +2223,7 @@ mod tests {
             }],
             sessions: Vec::new(),
             leases: Vec::new(),
-            compacted: 0,
+            compacted: None,
         };
         let bytes = postcard::to_stdvec(&orphan).unwrap();
         let mut refused = KvStateMachine::new(Arc::new(WatchHub::new(100)));
@@ -2038,7 +2278,7 @@ mod tests {
                     },
                 )],
                 leases: Vec::new(),
-                compacted: 0,
+                compacted: None,
             })
             .unwrap()
         };
@@ -2088,7 +2328,7 @@ mod tests {
     fn an_evicted_session_is_refused_not_applied_twice() {
         let mut sm = store();
         sm.apply(&[entry(1, 1, 1, put("k", "a"))]);
-        assert_eq!(sm.revision(), 1);
+        assert_eq!(sm.revision(), 2);
         let next = OFFSET + 2;
         let opens: Vec<Entry> = (0..MAX_SESSIONS as u64)
             .map(|i| open_session(next + i))
@@ -2105,14 +2345,14 @@ mod tests {
         };
         let out = sm.apply(&[retry]);
         assert_eq!(out[0].1, Err(KvError::SessionExpired));
-        assert_eq!(sm.revision(), 1, "the retried write was not applied again");
+        assert_eq!(sm.revision(), 2, "the retried write was not applied again");
         // A session that never existed fares the same.
         let stranger = Entry {
             index: next + MAX_SESSIONS as u64 + 1,
             ..entry(1, 424_242, 1, put("k", "b"))
         };
         assert_eq!(sm.apply(&[stranger])[0].1, Err(KvError::SessionExpired));
-        assert_eq!(sm.revision(), 1);
+        assert_eq!(sm.revision(), 2);
     }
 
     /// Review finding: scans capped the count (10,000) but not the bytes,
@@ -2177,6 +2417,160 @@ mod tests {
             .collect()
     }
 
+    /// etcd's transaction semantics the differential run against etcd
+    /// holds raft-kv to (each failed before): nested transactions, whose
+    /// comparisons see the store before the outer one ran; a read at a past
+    /// revision inside a transaction (refused below the compaction, -1
+    /// before any); puts that keep the value or the lease (the key must
+    /// exist, checked before the lease); a watch event's previous
+    /// key-value is the key at the revision before, none for a put that
+    /// creates it.
+    #[test]
+    fn transactions_nest_read_the_past_and_keep_values_as_etcd_does() {
+        use crate::protocol::{
+            CompareResult, CompareTarget, KEY_NOT_FOUND, NestedTxn, Txn, TxnOp,
+        };
+        let mut sm = store();
+        sm.apply(&[open_session(OFFSET + 1)]);
+        let mut seq = 0;
+        let mut write = |sm: &mut KvStateMachine, op: WriteOp| {
+            seq += 1;
+            let out = sm.apply(&[entry(OFFSET + 1 + seq, OFFSET + 1, seq, op)]);
+            out.into_iter().next().unwrap().1
+        };
+        let put_op = |key: &'static str, value: &'static str| TxnOp::Put {
+            key: Bytes::from_static(key.as_bytes()),
+            value: Bytes::from_static(value.as_bytes()),
+            prev_kv: false,
+            lease: 0,
+            ignore_value: false,
+            ignore_lease: false,
+        };
+        let version_is = |key: &'static str, version: u64| crate::protocol::Compare {
+            keys: range_of(key, b""),
+            target: CompareTarget::Version(version),
+            result: CompareResult::Equal,
+        };
+        write(&mut sm, put("a", "1")).unwrap(); // revision 2
+        // The nested comparison (b absent) holds though the outer
+        // transaction puts b before it: compared first, on the store before.
+        let nested = Txn {
+            compares: vec![],
+            success: vec![
+                put_op("b", "1"),
+                TxnOp::Txn(NestedTxn(Box::new(Txn {
+                    compares: vec![version_is("b", 0)],
+                    success: vec![put_op("c", "1")],
+                    failure: vec![],
+                }))),
+                TxnOp::Range {
+                    keys: range_of("a", b"\0"),
+                    limit: 0,
+                    revision: 2,
+                },
+            ],
+            failure: vec![],
+        };
+        let result = write(&mut sm, WriteOp::Txn(nested)).unwrap();
+        assert_eq!(result.revision, 3, "one revision for the whole");
+        assert!(matches!(
+            &result.responses[1],
+            TxnOpResult::Txn { succeeded: true, responses } if responses.len() == 1
+        ));
+        // The read at revision 2 sees the store before the transaction.
+        match &result.responses[2] {
+            TxnOpResult::Range { kvs, .. } => {
+                let keys: Vec<&[u8]> = kvs.iter().map(|kv| &kv.key[..]).collect();
+                assert_eq!(keys, [b"a"]);
+            }
+            other => panic!("expected a range, got {other:?}"),
+        }
+        // Past and future revisions inside a transaction.
+        let read_at = |revision: i64| {
+            WriteOp::Txn(Txn {
+                success: vec![TxnOp::Range {
+                    keys: range_of("a", b""),
+                    limit: 0,
+                    revision,
+                }],
+                ..Txn::default()
+            })
+        };
+        assert!(matches!(
+            write(&mut sm, read_at(-3)),
+            Err(KvError::Compacted { .. })
+        ));
+        assert!(write(&mut sm, read_at(-1)).is_ok(), "-1: nothing compacted");
+        assert!(matches!(
+            write(&mut sm, read_at(9)),
+            Err(KvError::FutureRevision { .. })
+        ));
+        write(&mut sm, WriteOp::Compact { revision: 0 }).unwrap();
+        assert!(matches!(
+            write(&mut sm, WriteOp::Compact { revision: 0 }),
+            Err(KvError::Compacted { .. })
+        ));
+        assert!(matches!(
+            write(&mut sm, read_at(-1)),
+            Err(KvError::Compacted { .. })
+        ));
+        // A put that keeps the value: the key must exist; outside a
+        // transaction the lease is checked first (etcd's order).
+        let keep = |key: &'static str, lease: u64| WriteOp::PutWith {
+            key: Bytes::from_static(key.as_bytes()),
+            value: Bytes::new(),
+            lease,
+            ignore_value: true,
+            ignore_lease: false,
+        };
+        assert_eq!(
+            write(&mut sm, keep("missing", 0)),
+            Err(KvError::InvalidRequest(KEY_NOT_FOUND.into()))
+        );
+        assert_eq!(
+            write(&mut sm, keep("missing", 77)),
+            Err(KvError::LeaseNotFound { id: 77 })
+        );
+        write(&mut sm, keep("a", 0)).unwrap();
+        assert_eq!(sm.data[&Bytes::from_static(b"a")].value, "1");
+        assert_eq!(sm.data[&Bytes::from_static(b"a")].version, 2);
+        // Events: a key deleted and put again in one transaction; the put
+        // creates it anew, so it carries no previous key-value.
+        let mut watcher = sm
+            .watch
+            .subscribe(crate::protocol::Selector::Prefix(Bytes::new()), 0, "t")
+            .unwrap();
+        let again = Txn {
+            success: vec![
+                TxnOp::Delete {
+                    keys: range_of("a", b"\0"),
+                    prev_kv: false,
+                },
+                put_op("a", "2"),
+            ],
+            ..Txn::default()
+        };
+        write(&mut sm, WriteOp::Txn(again)).unwrap();
+        let mut prevs = Vec::new();
+        while let Some(message) = watcher.try_next() {
+            if let crate::protocol::WatchMessage::Events(events) = message {
+                prevs.extend(
+                    events
+                        .into_iter()
+                        .map(|e| (e.kind, e.kv.key, e.prev.map(|p| p.value))),
+                );
+            }
+        }
+        let delete_a = prevs
+            .iter()
+            .find(|(kind, key, _)| *kind == EventKind::Delete && key == "a");
+        assert_eq!(delete_a.unwrap().2, Some(Bytes::from_static(b"1")));
+        let put_a = prevs
+            .iter()
+            .find(|(kind, key, _)| *kind == EventKind::Put && key == "a");
+        assert_eq!(put_a.unwrap().2, None);
+    }
+
     /// Review finding: a scan paged by a continuation key read each page at
     /// the latest state, so a key written or deleted between pages was seen
     /// half-way. Every page of a scan reads the revision of its first.
@@ -2210,10 +2604,10 @@ mod tests {
         assert!(!third.more);
         // A scan from the latest revision sees the writes.
         assert_eq!(keys(&page(&sm, "k2\0", 0).unwrap()), ["k3=new", "k35=new"]);
-        // A revision never reached is refused.
+        // A revision never reached is refused (etcd's future revision).
         assert!(matches!(
             page(&sm, "k", sm.revision() + 1),
-            Err(KvError::InvalidRequest(_))
+            Err(KvError::FutureRevision { .. })
         ));
     }
 
@@ -2289,7 +2683,7 @@ mod tests {
         };
         let out = sm.apply(&[theirs(1, "mallory")]);
         assert!(matches!(&out[0].1, Err(KvError::Forbidden(_))), "{out:?}");
-        assert_eq!(sm.revision(), 0, "nothing applied");
+        assert_eq!(sm.revision(), FIRST_REVISION, "nothing applied");
         // The session is untouched: its owner still writes in it.
         let out = sm.apply(&[theirs(2, "tester")]);
         assert!(out[0].1.as_ref().unwrap().succeeded);

@@ -212,11 +212,13 @@ impl WatchHub {
         let mut events = Vec::new();
         let mut bytes = 0;
         let mut last: Option<u64> = None;
+        let mut stopped = false;
         for (looked, event) in inner.history.iter().skip(from).enumerate() {
             // One write's changes share a revision: a step ends only between
             // revisions, so `next` never skips the rest of one.
             let boundary = last.is_some_and(|revision| revision != event.revision);
             if boundary && looked >= REPLAY_STEP {
+                stopped = true;
                 break;
             }
             if selector.matches(&event.kv.key) {
@@ -232,9 +234,13 @@ impl WatchHub {
             last = Some(event.revision);
             *next = event.revision + 1;
         }
-        if *next <= inner.revision {
+        if stopped {
             return Replayed::Events(events);
         }
+        // The history holds every change up to the hub's revision: a
+        // revision without one (the empty store's first) has nothing to
+        // replay.
+        *next = (*next).max(inner.revision + 1);
         // Caught up, under the lock that publication takes: live events
         // follow without a gap or a duplicate.
         let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
@@ -306,6 +312,15 @@ impl WatchHub {
             }
         }
         inner.floor = inner.floor.max(revision);
+    }
+
+    /// The store it serves starts empty at `revision` (the store's first
+    /// write takes the next): what a watch from now starts after.
+    pub fn begin_at(&self, revision: u64) {
+        let mut inner = self.lock();
+        if inner.history.is_empty() {
+            inner.revision = inner.revision.max(revision);
+        }
     }
 
     /// The state was replaced by a snapshot at `revision`: history is gone,
@@ -527,6 +542,27 @@ mod tests {
         for _ in 0..count {
             let revision = hub.lock().revision + 1;
             hub.publish(vec![event(revision, key, value_len)], revision);
+        }
+    }
+
+    /// A watch from the empty store's revision (etcd's 1, which no change
+    /// carries) is live at once. Found by the differential run against
+    /// etcd: its replay found no event at that revision, said "more to
+    /// come" and was asked again for ever, one core spinning.
+    #[test]
+    fn a_watch_from_a_revision_without_changes_goes_live() {
+        let hub = Arc::new(WatchHub::new(100));
+        hub.begin_at(1);
+        let mut watcher = hub.subscribe(Selector::Prefix(Bytes::new()), 1, "t").unwrap();
+        assert!(matches!(
+            watcher.try_next(),
+            Some(WatchMessage::Started { revision: 1 })
+        ));
+        assert!(watcher.try_next().is_none(), "nothing to replay");
+        hub.publish(vec![event(2, "k", 1)], 2);
+        match watcher.try_next() {
+            Some(WatchMessage::Events(events)) => assert_eq!(events[0].revision, 2),
+            other => panic!("expected the live event, got {other:?}"),
         }
     }
 

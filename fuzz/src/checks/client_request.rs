@@ -126,6 +126,8 @@ fn seed_store(sm: &mut KvStateMachine) {
                 value: Bytes::from_static(b"v"),
                 prev_kv: false,
                 lease: 5,
+                ignore_value: false,
+                ignore_lease: false,
             }],
             ..protocol::Txn::default()
         })
