@@ -11,6 +11,11 @@
 // keys read (etcd's Go STM uses the first read's *store revision* there):
 // with two accounts last written at different revisions it conflicts on
 // every attempt, even alone, on etcd as on raft-kv.
+//
+// Each call goes to any of the endpoints (the library picks one at random):
+// a read at the first read's revision may reach a member that has not yet
+// applied that revision, which answers etcd's "required revision is a
+// future revision" (not retried by the library, so the transfer fails).
 
 'use strict';
 
