@@ -1339,8 +1339,7 @@ impl Watch for EtcdApi {
                             && create.key >= create.range_end
                         {
                             Some("mvcc: watcher range is empty")
-                        } else if create.watch_id != 0 && watches.contains_key(&create.watch_id)
-                        {
+                        } else if create.watch_id != 0 && watches.contains_key(&create.watch_id) {
                             Some("mvcc: duplicate watch ID provided on the WatchStream")
                         } else {
                             None
@@ -1467,7 +1466,7 @@ impl EtcdApi {
                 Err(KvError::Compacted { oldest, .. }) => {
                     let header = Some(self.header(service, service.revision()));
                     let created = pb::WatchResponse {
-                        header: header.clone(),
+                        header,
                         watch_id: id,
                         created: true,
                         ..Default::default()
@@ -1717,10 +1716,7 @@ fn op_of(op: pb::RequestOp) -> Result<(TxnOp, Asked), Status> {
         }
         Some(Op::RequestTxn(txn)) => {
             let (txn, asked) = txn_of(txn)?;
-            Ok((
-                TxnOp::Txn(crate::protocol::NestedTxn(Box::new(txn))),
-                asked,
-            ))
+            Ok((TxnOp::Txn(crate::protocol::NestedTxn(Box::new(txn))), asked))
         }
         // etcd's answer to an operation that names nothing.
         None => Err(Status::invalid_argument(crate::protocol::KEY_NOT_FOUND)),
@@ -1741,7 +1737,11 @@ impl TxnAnswer {
     /// etcd's inner header: the revision alone.
     fn header(&self) -> Option<pb::ResponseHeader> {
         Some(pb::ResponseHeader {
-            revision: (if self.changed { self.after } else { self.before }) as i64,
+            revision: (if self.changed {
+                self.after
+            } else {
+                self.before
+            }) as i64,
             ..Default::default()
         })
     }
@@ -1756,7 +1756,9 @@ impl TxnAnswer {
     ) -> Result<Vec<pb::ResponseOp>, Status> {
         use pb::response_op::Response as Op;
         let Asked::Txn { success, failure } = asked else {
-            return Err(Status::internal("a transaction's answer for another operation"));
+            return Err(Status::internal(
+                "a transaction's answer for another operation",
+            ));
         };
         let asked = if succeeded { success } else { failure };
         if asked.len() != results.len() {

@@ -1157,7 +1157,13 @@ fn validate_txn(txn: &Txn) -> Result<(), KvError> {
 
 fn check_txn(txn: &Txn, depth: usize) -> Result<(), KvError> {
     let etcd = |message: &str| Err(KvError::InvalidRequest(message.into()));
-    if txn.compares.len().max(txn.success.len()).max(txn.failure.len()) > MAX_TXN_OPS {
+    if txn
+        .compares
+        .len()
+        .max(txn.success.len())
+        .max(txn.failure.len())
+        > MAX_TXN_OPS
+    {
         return etcd(TOO_MANY_OPS);
     }
     if depth > MAX_TXN_DEPTH {

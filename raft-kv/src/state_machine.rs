@@ -827,8 +827,8 @@ impl KvStateMachine {
         // the revision before (before the transaction, for a key it
         // changes twice), and a put that creates the key has none.
         for event in &mut events[first_event..] {
-            let creates = event.kind == EventKind::Put
-                && event.kv.create_revision == event.kv.mod_revision;
+            let creates =
+                event.kind == EventKind::Put && event.kv.create_revision == event.kv.mod_revision;
             event.prev = if creates {
                 None
             } else {
@@ -867,7 +867,11 @@ impl KvStateMachine {
         path: &'a TxnPath,
         visit: &mut dyn FnMut(&'a crate::protocol::TxnOp) -> Result<(), KvError>,
     ) -> Result<(), KvError> {
-        let branch = if path.holds { &txn.success } else { &txn.failure };
+        let branch = if path.holds {
+            &txn.success
+        } else {
+            &txn.failure
+        };
         let mut nested = path.nested.iter();
         for op in branch {
             if let crate::protocol::TxnOp::Txn(inner) = op
@@ -882,11 +886,7 @@ impl KvStateMachine {
     }
 
     /// etcd's checks of the puts that will run, on the store before them.
-    fn check_puts(
-        &self,
-        txn: &crate::protocol::Txn,
-        path: &TxnPath,
-    ) -> Result<(), KvError> {
+    fn check_puts(&self, txn: &crate::protocol::Txn, path: &TxnPath) -> Result<(), KvError> {
         Self::each_op(txn, path, &mut |op| {
             if let crate::protocol::TxnOp::Put {
                 key,
@@ -910,11 +910,7 @@ impl KvStateMachine {
     }
 
     /// etcd's checks of the reads at a revision that will run.
-    fn check_reads(
-        &self,
-        txn: &crate::protocol::Txn,
-        path: &TxnPath,
-    ) -> Result<(), KvError> {
+    fn check_reads(&self, txn: &crate::protocol::Txn, path: &TxnPath) -> Result<(), KvError> {
         Self::each_op(txn, path, &mut |op| match op {
             // etcd's first revision is its last compaction's, -1 before any.
             crate::protocol::TxnOp::Range { revision, .. }
@@ -1042,9 +1038,7 @@ impl KvStateMachine {
                 }
                 TxnOp::Txn(inner) => {
                     let Some(inner_path) = nested.next() else {
-                        return Err(KvError::Internal(
-                            "a nested transaction has no path".into(),
-                        ));
+                        return Err(KvError::Internal("a nested transaction has no path".into()));
                     };
                     let responses =
                         self.run_branch(*inner.0, inner_path, before, read_budget, events)?;
@@ -2427,9 +2421,7 @@ mod tests {
     /// creates it.
     #[test]
     fn transactions_nest_read_the_past_and_keep_values_as_etcd_does() {
-        use crate::protocol::{
-            CompareResult, CompareTarget, KEY_NOT_FOUND, NestedTxn, Txn, TxnOp,
-        };
+        use crate::protocol::{CompareResult, CompareTarget, KEY_NOT_FOUND, NestedTxn, Txn, TxnOp};
         let mut sm = store();
         sm.apply(&[open_session(OFFSET + 1)]);
         let mut seq = 0;

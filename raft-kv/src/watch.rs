@@ -553,7 +553,9 @@ mod tests {
     fn a_watch_from_a_revision_without_changes_goes_live() {
         let hub = Arc::new(WatchHub::new(100));
         hub.begin_at(1);
-        let mut watcher = hub.subscribe(Selector::Prefix(Bytes::new()), 1, "t").unwrap();
+        let mut watcher = hub
+            .subscribe(Selector::Prefix(Bytes::new()), 1, "t")
+            .unwrap();
         assert!(matches!(
             watcher.try_next(),
             Some(WatchMessage::Started { revision: 1 })

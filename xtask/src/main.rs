@@ -16,6 +16,9 @@
 //!   `chaos.rs`).
 //! - `cargo xtask bench [--quick]`: raft-kv beside etcd, the report in
 //!   target/bench (see `bench.rs`).
+//! - `cargo xtask etcd-diff [--ops N] [--seed S] [--nodes K] [--dir D]`:
+//!   raft-kv's etcd API against a real etcd, answer by answer
+//!   (`etcd-client-tests/src/diff`).
 //! - `cargo xtask env`: the exports that let a plain `cargo` reuse the
 //!   RocksDB library xtask compiles once per machine (see `rocksdb.rs`).
 
@@ -93,6 +96,16 @@ enum Cmd {
     /// reference): W1 puts and W2 gets on fresh 3-node clusters, W3
     /// (raft-core alone); writes target/bench/report.md and PNG plots.
     Bench(bench::BenchArgs),
+    /// Differential test: the same seeded random operations sent to a real
+    /// etcd (Debian's etcd-server) and to raft-kv's etcd port, every answer
+    /// compared; a difference is shrunk and printed with its seed. Options
+    /// after `--` go to the etcd-diff binary (`--ops`, `--seed`, `--nodes`,
+    /// `--case-len`, `--dir`).
+    EtcdDiff {
+        /// Passed to etcd-diff (see `cargo xtask etcd-diff -- --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Print the shell exports that point a plain `cargo` at the RocksDB
     /// library xtask compiled for this machine (building it first if there
     /// is none): `eval "$(cargo xtask env)"`.
@@ -116,6 +129,23 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Chaos(args) => chaos::run(&args, true),
         Cmd::Mutants(args) => mutants::run(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::EtcdDiff { args } => {
+            system::ready_to_build()?;
+            system::ensure(system::TEST_PACKAGES)?;
+            let mut cmd = cargo();
+            cmd.args([
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "etcd-client-tests",
+                "--bin",
+                "etcd-diff",
+                "--",
+            ]);
+            cmd.args(args);
+            step("etcd-diff", cmd)
+        }
         Cmd::Env => {
             system::ready_to_build()?;
             for (name, value) in rocksdb::env() {

@@ -10,8 +10,17 @@ use anyhow::{Result, bail};
 pub(crate) const PACKAGES: &[&str] = &["clang", "libclang-dev"];
 
 /// What the tests add: `protoc` and protobuf's well-known types, for the
-/// etcd-client crate the test-only member `etcd-client-tests` builds.
-pub(crate) const TEST_PACKAGES: &[&str] = &["protobuf-compiler", "libprotobuf-dev"];
+/// etcd-client crate the test-only member `etcd-client-tests` builds; a
+/// real etcd, which the differential and recipe tests compare raft-kv
+/// with; Node.js and npm, which run etcd's client recipes with the etcd3
+/// npm package (a node already on the PATH is used as it is).
+pub(crate) const TEST_PACKAGES: &[&str] = &[
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    "etcd-server",
+    "nodejs",
+    "npm",
+];
 
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
@@ -22,6 +31,20 @@ fn installed(package: &str) -> bool {
                 && String::from_utf8_lossy(&out.stdout).contains("install ok installed")
         })
         .unwrap_or(false)
+}
+
+/// Whether the program a package brings is on the PATH already (a Node.js
+/// from another source than Debian's, say).
+fn on_path(package: &str) -> bool {
+    let program = match package {
+        "nodejs" => "node",
+        "npm" => "npm",
+        _ => return false,
+    };
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|out| out.status.success())
 }
 
 fn is_root() -> bool {
@@ -49,7 +72,11 @@ pub(crate) fn ensure(packages: &[&str]) -> Result<()> {
         );
         return Ok(());
     }
-    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !installed(p) && !on_path(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -9,8 +9,10 @@ use clap::Parser;
 use etcd_client_tests::diff::{self, Setup};
 
 #[derive(Parser)]
-#[command(about = "Sends the same random operations to raft-kv's etcd API and to a real etcd \
-                   (the `etcd` binary, Debian's etcd-server) and compares every answer")]
+#[command(
+    about = "Sends the same random operations to raft-kv's etcd API and to a real etcd \
+                   (the `etcd` binary, Debian's etcd-server) and compares every answer"
+)]
 struct Args {
     /// The run's seed (every case's operations follow from it).
     #[arg(long, default_value_t = 1)]
@@ -45,7 +47,15 @@ async fn main() -> ExitCode {
         nodes: args.nodes,
         dir: args.dir,
     };
-    match diff::run(&setup, args.seed, args.ops, args.case_len, args.shrink_attempts).await {
+    match diff::run(
+        &setup,
+        args.seed,
+        args.ops,
+        args.case_len,
+        args.shrink_attempts,
+    )
+    .await
+    {
         Ok(report) => {
             println!(
                 "etcd-diff: seed {}: {} operations in {} cases, {:.0} s ({:.0} operations/s)",

@@ -61,8 +61,7 @@ impl Workspace {
         let deadline = Instant::now() + START_PATIENCE;
         loop {
             let attempt = async {
-                let mut client =
-                    Client::connect([endpoint.clone()], Some(options.clone())).await?;
+                let mut client = Client::connect([endpoint.clone()], Some(options.clone())).await?;
                 client.get("ready?", None).await?;
                 Ok::<_, etcd_client::Error>(client)
             };
@@ -119,7 +118,11 @@ impl Backend {
             .arg(format!("--listen-peer-urls={peer_url}"))
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
             .arg(format!("--initial-cluster=diff={peer_url}"))
-            .args(["--initial-cluster-state=new", "--logger=zap", "--log-level=warn"])
+            .args([
+                "--initial-cluster-state=new",
+                "--logger=zap",
+                "--log-level=warn",
+            ])
             .arg(format!("--cert-file={}", cert_path.display()))
             .arg(format!("--key-file={}", key_path.display()))
             .arg(format!("--trusted-ca-file={}", ca.display()))
@@ -198,7 +201,9 @@ impl Backend {
             );
         }
         let leader = leader_of(&servers).await?;
-        let client = ws.connect(format!("https://{}", etcd_ports[leader])).await?;
+        let client = ws
+            .connect(format!("https://{}", etcd_ports[leader]))
+            .await?;
         Ok(Self {
             name: "raft-kv",
             client,

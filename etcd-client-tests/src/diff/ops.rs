@@ -266,7 +266,11 @@ impl Generator {
         let filtered = self.chance(15);
         Read {
             keys: self.keys(),
-            revision: if self.chance(30) { self.rev() } else { Rev::Zero },
+            revision: if self.chance(30) {
+                self.rev()
+            } else {
+                Rev::Zero
+            },
             limit: match self.rng.random_range(0..10) {
                 0..=5 => 0,
                 6 => -1,

@@ -13,8 +13,8 @@ use anyhow::Result;
 use etcd_client::proto::{PbKeyValue, PbResponseHeader, PbTxnOpResponse, PbTxnResponse};
 use etcd_client::{
     Compare as EtcdCompare, CompareOp, DeleteOptions, GetOptions, LeaseGrantOptions,
-    LeaseTimeToLiveOptions, PutOptions, SortOrder, SortTarget, Txn as EtcdTxn,
-    TxnOp as EtcdTxnOp, WatchFilterType, WatchOptions, WatchResponse, WatchStream,
+    LeaseTimeToLiveOptions, PutOptions, SortOrder, SortTarget, Txn as EtcdTxn, TxnOp as EtcdTxnOp,
+    WatchFilterType, WatchOptions, WatchResponse, WatchStream,
 };
 
 use super::backend::{Backend, Workspace};
@@ -74,7 +74,12 @@ impl Side {
     fn lease_id(&self, lease: LeaseRef) -> i64 {
         match lease {
             LeaseRef::None => 0,
-            LeaseRef::Granted(n) => self.leases.get(n).copied().flatten().unwrap_or(UNKNOWN_LEASE),
+            LeaseRef::Granted(n) => self
+                .leases
+                .get(n)
+                .copied()
+                .flatten()
+                .unwrap_or(UNKNOWN_LEASE),
             LeaseRef::Unknown => UNKNOWN_LEASE,
         }
     }
@@ -111,7 +116,11 @@ impl Side {
         let mut client = self.backend.client.clone();
         match op {
             Op::Put(put) => match client
-                .put(put.key.clone(), put.value.clone(), Some(self.put_options(put)))
+                .put(
+                    put.key.clone(),
+                    put.value.clone(),
+                    Some(self.put_options(put)),
+                )
                 .await
             {
                 Ok(r) => Answer::of(
