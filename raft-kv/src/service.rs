@@ -436,8 +436,12 @@ impl KvService {
                             lease_owner_only(id, owner, &principal)?;
                         }
                         // A lease being expired answers as one that is gone.
-                        let ttl = match sm.lease(id) {
-                            Some((ttl, _)) if lessor.keep_alive(id, ttl, now) => ttl,
+                        let ttl = match (sm.lease(id), sm.lease_granted(id)) {
+                            (Some((ttl, _)), Some(granted))
+                                if lessor.keep_alive(id, granted, ttl, now) =>
+                            {
+                                ttl
+                            }
                             _ => 0,
                         };
                         Ok(LeaseAnswer::KeptAlive { id, ttl })
@@ -445,7 +449,12 @@ impl KvService {
                     LeaseOp::TimeToLive { id, keys } => Ok(match sm.lease(id) {
                         Some((ttl, lease_keys)) => LeaseAnswer::TimeToLive {
                             id,
-                            remaining: lessor.remaining(id, ttl, now),
+                            remaining: lessor.remaining(
+                                id,
+                                sm.lease_granted(id).unwrap_or_default(),
+                                ttl,
+                                now,
+                            ),
                             granted: ttl,
                             keys: if keys { lease_keys } else { Vec::new() },
                         },

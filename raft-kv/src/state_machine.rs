@@ -115,6 +115,9 @@ struct LeaseState {
     /// Who granted it ([`Command::owner`]): only it, or an administrator,
     /// may keep it alive or revoke it; leases are counted per owner.
     owner: String,
+    /// The log index of its grant: tells a lease from an earlier one that
+    /// had the same id (the leader's deadlines are kept per grant).
+    granted: Index,
 }
 
 /// The bytes a kept result is counted as: the previous key-value it carries
@@ -173,7 +176,7 @@ struct SnapshotData {
     sessions: Vec<(u64, SessionState)>,
     /// Leases as (id, seconds granted, owner); their keys are the keys
     /// whose `lease` names them.
-    leases: Vec<(u64, u64, String)>,
+    leases: Vec<(u64, u64, String, Index)>,
     /// The last compaction's revision.
     compacted: Option<u64>,
 }
@@ -210,7 +213,7 @@ impl Serialize for Seq<'_, u64, LeaseState> {
         let pairs = self
             .0
             .iter()
-            .map(|(id, lease)| (*id, lease.ttl, &lease.owner));
+            .map(|(id, lease)| (*id, lease.ttl, &lease.owner, lease.granted));
         serializer.collect_seq(ExactLen(self.0.len(), pairs))
     }
 }
@@ -252,8 +255,8 @@ impl SnapshotData {
             ));
         }
         let leases: std::collections::BTreeSet<u64> =
-            self.leases.iter().map(|(id, _, _)| *id).collect();
-        if let Some((id, ttl, _)) = self.leases.iter().find(|(id, ttl, _)| {
+            self.leases.iter().map(|(id, _, _, _)| *id).collect();
+        if let Some((id, ttl, _, _)) = self.leases.iter().find(|(id, ttl, _, _)| {
             *id == 0 || *id > i64::MAX as u64 || *ttl == 0 || *ttl > MAX_LEASE_TTL
         }) {
             return Err(format!("lease {id} has time to live {ttl}"));
@@ -586,6 +589,19 @@ impl KvStateMachine {
     /// Who granted lease `id`, if it exists.
     pub fn lease_owner(&self, id: u64) -> Option<&str> {
         self.leases.get(&id).map(|lease| lease.owner.as_str())
+    }
+
+    /// Every lease as (id, seconds granted, index of its grant).
+    pub fn lease_grants(&self) -> Vec<(u64, u64, Index)> {
+        self.leases
+            .iter()
+            .map(|(id, lease)| (*id, lease.ttl, lease.granted))
+            .collect()
+    }
+
+    /// The index of lease `id`'s grant, if it exists.
+    pub fn lease_granted(&self, id: u64) -> Option<Index> {
+        self.leases.get(&id).map(|lease| lease.granted)
     }
 
     /// A lease's seconds granted and its keys, if it exists.
@@ -1121,6 +1137,7 @@ impl KvStateMachine {
                 ttl,
                 keys: imbl::OrdSet::new(),
                 owner: owner.to_owned(),
+                granted: index,
             },
         );
         Ok(WriteResult {
@@ -1383,11 +1400,12 @@ impl StateMachine for KvStateMachine {
         self.leases = snapshot
             .leases
             .iter()
-            .map(|(id, ttl, owner)| {
+            .map(|(id, ttl, owner, granted)| {
                 let lease = LeaseState {
                     ttl: *ttl,
                     keys: imbl::OrdSet::new(),
                     owner: owner.clone(),
+                    granted: *granted,
                 };
                 (*id, lease)
             })

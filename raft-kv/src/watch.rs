@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::protocol::{KeyValue, KvError, Selector, WatchEvent, WatchMessage};
+use crate::protocol::{EventKind, KeyValue, KvError, Selector, WatchEvent, WatchMessage};
 
 /// The most bytes of events a node keeps for replay (each event counted by
 /// [`event_bytes`]); beyond it, or beyond the hub's event capacity, the
@@ -300,6 +300,11 @@ impl WatchHub {
 
     /// etcd's compaction at `revision`: changes before it are let go, and a
     /// watch from before it is answered `Compacted`.
+    ///
+    /// As etcd's compaction, which keeps each key's version at the
+    /// compaction's revision but not a deletion there: a watch from that
+    /// revision sees its puts, not its deletes (nor a put of a key the same
+    /// write then deleted).
     pub fn compact(&self, revision: u64) {
         let mut inner = self.lock();
         while inner
@@ -310,6 +315,37 @@ impl WatchHub {
             if let Some(dropped) = inner.history.pop_front() {
                 inner.history_bytes -= event_bytes(&dropped);
             }
+        }
+        let at: Vec<&WatchEvent> = inner
+            .history
+            .iter()
+            .take_while(|event| event.revision == revision)
+            .collect();
+        let last_delete: HashMap<&Bytes, usize> = at
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.kind == EventKind::Delete)
+            .map(|(i, e)| (&e.kv.key, i))
+            .collect();
+        let drop: Vec<bool> = at
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                e.kind == EventKind::Delete || last_delete.get(&e.kv.key).is_some_and(|d| *d > i)
+            })
+            .collect();
+        if drop.iter().any(|d| *d) {
+            let mut i = 0;
+            let mut freed = 0;
+            inner.history.retain(|event| {
+                let keep = !drop.get(i).copied().unwrap_or(false);
+                i += 1;
+                if !keep {
+                    freed += event_bytes(event);
+                }
+                keep
+            });
+            inner.history_bytes -= freed;
         }
         inner.floor = inner.floor.max(revision);
     }
@@ -515,8 +551,6 @@ impl Drop for Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{EventKind, KeyValue};
-    use bytes::Bytes;
 
     const MIB: usize = 1 << 20;
 
@@ -543,6 +577,39 @@ mod tests {
             let revision = hub.lock().revision + 1;
             hub.publish(vec![event(revision, key, value_len)], revision);
         }
+    }
+
+    /// Compacting at a revision keeps its puts but not its deletes, as
+    /// etcd's compaction does (the differential run found a watch from the
+    /// compaction's revision given a delete there that etcd no longer has).
+    #[test]
+    fn compaction_at_a_revision_keeps_its_puts_not_its_deletes() {
+        let hub = Arc::new(WatchHub::new(100));
+        let delete = |revision, key: &str| WatchEvent {
+            kind: EventKind::Delete,
+            ..event(revision, key, 1)
+        };
+        hub.publish(vec![event(2, "a", 1)], 2);
+        hub.publish(vec![delete(3, "a"), event(3, "b", 1)], 3);
+        hub.publish(vec![event(4, "c", 1)], 4);
+        hub.compact(3);
+        let mut watcher = hub
+            .subscribe(Selector::Prefix(Bytes::new()), 3, "t")
+            .unwrap();
+        let mut seen = Vec::new();
+        while let Some(message) = watcher.try_next() {
+            if let WatchMessage::Events(events) = message {
+                seen.extend(events.into_iter().map(|e| (e.revision, e.kv.key)));
+            }
+        }
+        assert_eq!(
+            seen,
+            [(3, Bytes::from_static(b"b")), (4, Bytes::from_static(b"c"))]
+        );
+        assert!(
+            hub.subscribe(Selector::Prefix(Bytes::new()), 2, "t")
+                .is_err()
+        );
     }
 
     /// A watch from the empty store's revision (etcd's 1, which no change
