@@ -14,8 +14,10 @@
 //
 // Each call goes to any of the endpoints (the library picks one at random):
 // a read at the first read's revision may reach a member that has not yet
-// applied that revision, which answers etcd's "required revision is a
-// future revision" (not retried by the library, so the transfer fails).
+// applied that revision. etcd's member answers "required revision is a
+// future revision" there (not retried by the library, so the transfer
+// fails: a 3-member etcd fails this script now and then); a raft-kv node
+// first catches up with the leader's commit, then answers.
 
 'use strict';
 
