@@ -788,20 +788,12 @@ impl KvStateMachine {
                 if lease != 0 && !self.leases.contains_key(&lease) {
                     return Err(KvError::LeaseNotFound { id: lease });
                 }
-                let current = self.data.get(&key);
-                if (ignore_value || ignore_lease) && current.is_none() {
+                if (ignore_value || ignore_lease) && !self.data.contains_key(&key) {
                     return Err(KvError::InvalidRequest(
                         crate::protocol::KEY_NOT_FOUND.into(),
                     ));
                 }
-                let value = match current {
-                    Some(kv) if ignore_value => kv.value.clone(),
-                    _ => value,
-                };
-                let lease = match current {
-                    Some(kv) if ignore_lease => kv.lease,
-                    _ => lease,
-                };
+                let (value, lease) = self.kept(&key, value, lease, ignore_value, ignore_lease);
                 self.put(key, value, lease, events)
             }
             WriteOp::Txn(txn) => return self.transaction(txn, events),
@@ -857,6 +849,30 @@ impl KvStateMachine {
             previous: None,
             responses,
         })
+    }
+
+    /// The value and lease a put with etcd's `ignore_value` and
+    /// `ignore_lease` writes: the key's own where it keeps them (and the key
+    /// exists), else the ones given.
+    fn kept(
+        &self,
+        key: &Bytes,
+        value: Bytes,
+        lease: u64,
+        ignore_value: bool,
+        ignore_lease: bool,
+    ) -> (Bytes, u64) {
+        match self.data.get(key) {
+            Some(kv) => (
+                if ignore_value {
+                    kv.value.clone()
+                } else {
+                    value
+                },
+                if ignore_lease { kv.lease } else { lease },
+            ),
+            None => (value, lease),
+        }
     }
 
     /// Which branch `txn` and the transactions nested in the branch it
@@ -987,15 +1003,7 @@ impl KvStateMachine {
                     ignore_value,
                     ignore_lease,
                 } => {
-                    let current = self.data.get(&key);
-                    let value = match current {
-                        Some(kv) if ignore_value => kv.value.clone(),
-                        _ => value,
-                    };
-                    let lease = match current {
-                        Some(kv) if ignore_lease => kv.lease,
-                        _ => lease,
-                    };
+                    let (value, lease) = self.kept(&key, value, lease, ignore_value, ignore_lease);
                     let previous = self.put(key, value, lease, events).previous;
                     TxnOpResult::Put {
                         previous: previous.filter(|_| prev_kv),
