@@ -167,6 +167,9 @@ pub(crate) struct EtcdOptions {
     pub member_id: u64,
     /// Revoked certificates, as on the client port.
     pub deny: Option<DenyList>,
+    /// Where clients reach this port (`https://host:port`), published to
+    /// the cluster for etcd's member list.
+    pub client_url: String,
 }
 
 /// The etcd front door while it runs: dropping it stops it, and closes
@@ -175,12 +178,14 @@ pub(crate) struct EtcdOptions {
 /// longer serves.
 pub(crate) struct EtcdServer {
     task: tokio::task::AbortHandle,
+    publish: tokio::task::AbortHandle,
     close: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for EtcdServer {
     fn drop(&mut self) {
         self.task.abort();
+        self.publish.abort();
         self.close.send_replace(true);
     }
 }
@@ -199,6 +204,7 @@ pub(crate) async fn serve(
         cluster,
         member_id,
         deny,
+        client_url,
     } = options;
     let identity = raft_transport_quic::TlsIdentity::from_pem(&ca, &cert, &key)
         .map_err(|e| format!("cannot load the TLS files for the etcd API: {e}"))?;
@@ -211,6 +217,7 @@ pub(crate) async fn serve(
         sessions: Arc::new(Sessions::default()),
         deny: deny.clone(),
     };
+    let publish = tokio::spawn(publish(api.clone(), client_url)).abort_handle();
     let tcp = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| format!("cannot listen on {address} for the etcd API: {e}"))?;
@@ -245,8 +252,31 @@ pub(crate) async fn serve(
     });
     Ok(EtcdServer {
         task: task.abort_handle(),
+        publish,
         close,
     })
+}
+
+/// Writes this member's client URL to the cluster (etcd's member
+/// attributes, which the member list answers), once the node is up and a
+/// leader takes it; retried every second until it is.
+async fn publish(api: EtcdApi, client_url: String) {
+    loop {
+        if let Some(service) = (api.service)() {
+            let op = WriteOp::PublishMember {
+                node: api.member_id,
+                client_urls: vec![client_url.clone()],
+            };
+            match api
+                .write(&service, &Caller::Node(api.member_id), op, false)
+                .await
+            {
+                Ok(_) => return,
+                Err(e) => tracing::debug!("publishing the etcd client URL: {e}; retrying"),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// etcd's cluster ids are numbers; ours is a name: a stable hash of it.
@@ -1093,6 +1123,7 @@ impl Cluster for EtcdApi {
         // A status read checks the caller's role like any other.
         let revision = self.node_status(&service, &caller).await?.revision;
         let view = service.view();
+        let urls = service.member_urls().await.map_err(status)?;
         let members = view
             .addresses
             .iter()
@@ -1100,7 +1131,8 @@ impl Cluster for EtcdApi {
                 id: *id,
                 name: format!("node-{id}"),
                 peer_ur_ls: vec![format!("https://{address}")],
-                client_ur_ls: Vec::new(),
+                // As etcd: empty until the member has published them.
+                client_ur_ls: urls.get(id).cloned().unwrap_or_default(),
                 is_learner: !view.voters.contains(id),
             })
             .collect();

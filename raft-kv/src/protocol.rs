@@ -108,6 +108,15 @@ pub enum WriteOp {
         /// The oldest revision still readable.
         revision: u64,
     },
+    /// A member's client URLs (etcd's member attributes, which its member
+    /// list answers): written by the member when its etcd port starts.
+    /// Administrators (members are) only.
+    PublishMember {
+        /// The member.
+        node: NodeId,
+        /// Where clients reach its etcd port (`https://host:port`).
+        client_urls: Vec<String>,
+    },
     /// etcd's put with its options: checked as etcd checks a put outside a
     /// transaction (the lease must exist, then, to keep the value or the
     /// lease, the key).
@@ -138,6 +147,11 @@ pub const MAX_LEASES: usize = 100_000;
 /// cluster's), so that one client cannot take every lease; a grant beyond
 /// is refused with [`KvError::LimitReached`].
 pub const MAX_LEASES_PER_CLIENT: usize = 10_000;
+
+/// The most client URLs a member publishes ([`WriteOp::PublishMember`]).
+pub const MAX_CLIENT_URLS: usize = 8;
+/// The longest client URL a member publishes.
+pub const MAX_CLIENT_URL_LEN: usize = 512;
 
 /// The most comparisons, and operations per branch, in a [`Txn`] (etcd's
 /// default `--max-txn-ops`).
@@ -408,7 +422,8 @@ impl WriteOp {
             | WriteOp::LeaseGrant { .. }
             | WriteOp::LeaseRevoke { .. }
             | WriteOp::LeaseExpire { .. }
-            | WriteOp::Compact { .. } => &NONE,
+            | WriteOp::Compact { .. }
+            | WriteOp::PublishMember { .. } => &NONE,
         }
     }
 }
@@ -624,7 +639,7 @@ impl Request {
     pub fn needs(&self) -> Role {
         match self {
             Request::Write {
-                op: WriteOp::Compact { .. },
+                op: WriteOp::Compact { .. } | WriteOp::PublishMember { .. },
                 ..
             } => Role::Admin,
             Request::Write { .. }
@@ -1075,6 +1090,17 @@ pub fn validate_write(op: &WriteOp) -> Result<(), KvError> {
             )));
         }
         WriteOp::Compact { .. } => return Ok(()),
+        WriteOp::PublishMember { client_urls, .. } => {
+            if client_urls.len() > MAX_CLIENT_URLS
+                || client_urls.iter().any(|url| url.len() > MAX_CLIENT_URL_LEN)
+            {
+                return Err(KvError::InvalidRequest(format!(
+                    "a member publishes at most {MAX_CLIENT_URLS} client URLs of at most \
+                     {MAX_CLIENT_URL_LEN} bytes each"
+                )));
+            }
+            return Ok(());
+        }
         // etcd's checks of a put, in its order.
         WriteOp::PutWith { key, .. } if key.is_empty() => {
             return Err(KvError::InvalidRequest(EMPTY_KEY.into()));
@@ -1121,7 +1147,8 @@ pub fn validate_write(op: &WriteOp) -> Result<(), KvError> {
         | WriteOp::LeaseGrant { .. }
         | WriteOp::LeaseRevoke { .. }
         | WriteOp::LeaseExpire { .. }
-        | WriteOp::Compact { .. } => 0,
+        | WriteOp::Compact { .. }
+        | WriteOp::PublishMember { .. } => 0,
     };
     if value_len > MAX_VALUE_LEN {
         return Err(KvError::InvalidRequest(format!(

@@ -407,6 +407,7 @@ impl Server {
                     cluster: config.cluster_id.clone(),
                     member_id: config.node_id,
                     deny: deny_list.clone(),
+                    client_url: etcd_client_url(&config, address),
                 };
                 let late = handler.clone();
                 let task = crate::etcd::serve(options, Arc::new(move || late.0.get().cloned()))
@@ -554,4 +555,18 @@ mod tests {
         std::fs::write(dir.path().join("ca.key"), "key").unwrap();
         assert_eq!(super::ca_key_beside(&key), Some(dir.path().join("ca.key")));
     }
+}
+
+/// Where clients reach the etcd port listening on `address`: that address,
+/// or, when it listens on every interface, the host this node advertises
+/// to its peers with the etcd port.
+fn etcd_client_url(config: &NodeConfig, address: std::net::SocketAddr) -> String {
+    if !address.ip().is_unspecified() {
+        return format!("https://{address}");
+    }
+    let advertised = config.advertise_address();
+    let host = advertised
+        .rsplit_once(':')
+        .map_or(advertised.as_str(), |(host, _)| host);
+    format!("https://{host}:{}", address.port())
 }

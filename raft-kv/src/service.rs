@@ -388,6 +388,13 @@ impl KvService {
         self.driver.view()
     }
 
+    /// Each member's published client URLs, as this node has applied them.
+    pub(crate) async fn member_urls(
+        &self,
+    ) -> Result<std::collections::BTreeMap<u64, Vec<String>>, KvError> {
+        self.driver.read(None, |sm| sm.member_urls()).await
+    }
+
     async fn status(&self) -> Result<NodeStatus, KvError> {
         let (reply, rx) = oneshot::channel();
         self.driver.send(DriverRequest::Status { reply }).await?;

@@ -150,6 +150,8 @@ pub struct KvStateMachine {
     sessions_bytes: u64,
     /// The revision of the last write ([`FIRST_REVISION`] before any).
     revision: u64,
+    /// Each member's client URLs, as it published them.
+    members: OrdMap<u64, Vec<String>>,
     /// The last compaction's revision (`None`: none yet, where etcd's is
     /// -1, so that it compacts at 0 once): revisions before it are no
     /// longer read or watched from ([`WriteOp::Compact`]).
@@ -179,6 +181,8 @@ struct SnapshotData {
     leases: Vec<(u64, u64, String, Index)>,
     /// The last compaction's revision.
     compacted: Option<u64>,
+    /// Each member's client URLs.
+    members: Vec<(u64, Vec<String>)>,
 }
 
 /// [`SnapshotData`] as encoded from the live maps (the same encoding).
@@ -190,6 +194,7 @@ struct SnapshotView<'a> {
     sessions: Seq<'a, u64, SessionState>,
     leases: Seq<'a, u64, LeaseState>,
     compacted: Option<u64>,
+    members: Vec<(u64, Vec<String>)>,
 }
 
 /// A map encoded as the sequence of its values (`data`) or of its pairs
@@ -485,6 +490,7 @@ impl KvStateMachine {
             sessions_bytes: 0,
             revision: FIRST_REVISION,
             compacted: None,
+            members: OrdMap::new(),
             applied: LogId::default(),
             watch,
             views: ScanViews::default(),
@@ -564,6 +570,9 @@ impl KvStateMachine {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.revision.hash(&mut h);
         self.compacted.hash(&mut h);
+        for (id, urls) in &self.members {
+            (id, urls).hash(&mut h);
+        }
         for (k, kv) in &self.data {
             k.hash(&mut h);
             kv.value.hash(&mut h);
@@ -583,6 +592,14 @@ impl KvStateMachine {
         self.leases
             .iter()
             .map(|(id, lease)| (*id, lease.ttl))
+            .collect()
+    }
+
+    /// Each member's client URLs, as it published them.
+    pub fn member_urls(&self) -> BTreeMap<u64, Vec<String>> {
+        self.members
+            .iter()
+            .map(|(id, urls)| (*id, urls.clone()))
             .collect()
     }
 
@@ -800,6 +817,10 @@ impl KvStateMachine {
             WriteOp::LeaseGrant { id, ttl } => return self.grant(id, ttl, index, owner),
             WriteOp::LeaseRevoke { id } => return self.revoke(id, events),
             WriteOp::Compact { revision } => return self.compact(revision),
+            WriteOp::PublishMember { node, client_urls } => {
+                self.members.insert(node, client_urls);
+                self.bare_result(true)
+            }
             // Handled before a session is looked up.
             WriteOp::OpenSession | WriteOp::LeaseExpire { .. } => self.bare_result(true),
         };
@@ -1364,6 +1385,11 @@ impl StateMachine for KvStateMachine {
             self.sessions_bytes,
         );
         let compacted = self.compacted;
+        let members: Vec<(u64, Vec<String>)> = self
+            .members
+            .iter()
+            .map(|(id, urls)| (*id, urls.clone()))
+            .collect();
         Box::new(move || {
             // Encoded straight from the maps into a buffer sized up front:
             // no copy of the state and no regrowing (the buffer is as large
@@ -1375,6 +1401,7 @@ impl StateMachine for KvStateMachine {
                 sessions: Seq(&sessions),
                 leases: Seq(&leases),
                 compacted,
+                members,
             };
             let estimate = data
                 .values()
@@ -1445,6 +1472,7 @@ impl StateMachine for KvStateMachine {
             .collect();
         self.revision = snapshot.revision;
         self.compacted = snapshot.compacted;
+        self.members = snapshot.members.iter().cloned().collect();
         self.applied = snapshot.applied;
         // Watchers must not be fed history they can no longer get in order.
         self.watch.reset(self.revision);
@@ -2244,6 +2272,7 @@ mod tests {
             sessions: Vec::new(),
             leases: Vec::new(),
             compacted: None,
+            members: Vec::new(),
         };
         let bytes = postcard::to_stdvec(&orphan).unwrap();
         let mut refused = KvStateMachine::new(Arc::new(WatchHub::new(100)));
@@ -2299,6 +2328,7 @@ mod tests {
                 )],
                 leases: Vec::new(),
                 compacted: None,
+                members: Vec::new(),
             })
             .unwrap()
         };

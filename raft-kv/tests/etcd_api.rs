@@ -333,6 +333,35 @@ async fn etcdctl_puts_gets_deletes_and_reads_the_cluster() {
     .await
     .unwrap()));
     assert_eq!(members["members"].as_array().unwrap().len(), 3);
+    // Each member lists the client URL its etcd port published (clients
+    // discover endpoints so); a member publishes once a leader takes it.
+    let expected: std::collections::BTreeSet<String> =
+        endpoints.iter().map(|e| format!("https://{e}")).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let members = json(&ok(run(
+            all.clone(),
+            "reader",
+            vec!["member", "list", "-w", "json"],
+        )
+        .await
+        .unwrap()));
+        let listed: std::collections::BTreeSet<String> = members["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|m| m["clientURLs"].as_array().cloned().unwrap_or_default())
+            .filter_map(|u| u.as_str().map(str::to_owned))
+            .collect();
+        if listed == expected {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "client URLs {listed:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 
     // Membership: a learner added (its id is the next one), listed, removed.
     let spare = format!("--peer-urls=https://{}", free_tcp_address());
