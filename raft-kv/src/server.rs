@@ -543,20 +543,6 @@ impl Server {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    /// Review finding: the CA key sat beside the node keys and nothing said
-    /// so. A node finds one in its key's directory (and warns at start).
-    #[test]
-    fn a_ca_key_beside_the_node_key_is_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("node-1.key");
-        assert_eq!(super::ca_key_beside(&key), None);
-        std::fs::write(dir.path().join("ca.key"), "key").unwrap();
-        assert_eq!(super::ca_key_beside(&key), Some(dir.path().join("ca.key")));
-    }
-}
-
 /// Where clients reach the etcd port listening on `address`: that address,
 /// or, when it listens on every interface, the host this node advertises
 /// to its peers with the etcd port.
@@ -569,4 +555,18 @@ fn etcd_client_url(config: &NodeConfig, address: std::net::SocketAddr) -> String
         .rsplit_once(':')
         .map_or(advertised.as_str(), |(host, _)| host);
     format!("https://{host}:{}", address.port())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Review finding: the CA key sat beside the node keys and nothing said
+    /// so. A node finds one in its key's directory (and warns at start).
+    #[test]
+    fn a_ca_key_beside_the_node_key_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("node-1.key");
+        assert_eq!(super::ca_key_beside(&key), None);
+        std::fs::write(dir.path().join("ca.key"), "key").unwrap();
+        assert_eq!(super::ca_key_beside(&key), Some(dir.path().join("ca.key")));
+    }
 }
