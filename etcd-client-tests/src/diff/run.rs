@@ -61,6 +61,8 @@ struct Side {
     watch: Option<WatchStream>,
     /// Every watch message not awaited, by watch id.
     log: BTreeMap<i64, Vec<String>>,
+    /// The lease ids grants asked for.
+    asked: std::collections::BTreeSet<i64>,
 }
 
 impl Side {
@@ -70,6 +72,7 @@ impl Side {
             leases: Vec::new(),
             watch: None,
             log: BTreeMap::new(),
+            asked: std::collections::BTreeSet::new(),
         }
     }
 
@@ -86,10 +89,15 @@ impl Side {
         }
     }
 
-    /// A lease id as the run names it.
+    /// A lease id as the run names it: an id the run asked for is itself
+    /// (the same on both servers, and reused after a revoke), another by
+    /// the grant that made it.
     fn lease_name(&self, id: i64) -> String {
         if id == 0 {
             return "0".into();
+        }
+        if self.asked.contains(&id) {
+            return format!("#{id}");
         }
         match self.leases.iter().rposition(|l| *l == Some(id)) {
             Some(n) => format!("L{n}"),
@@ -161,6 +169,9 @@ impl Side {
                 Err(e) => Answer::error(e),
             },
             Op::Grant { ttl, id } => {
+                if *id != 0 {
+                    self.asked.insert(*id);
+                }
                 let options = (*id != 0).then(|| LeaseGrantOptions::new().with_id(*id));
                 match client.lease_grant(*ttl, options).await {
                     Ok(r) => {
