@@ -1059,9 +1059,9 @@ impl KvStateMachine {
                     let (kvs, more) = if *read_budget == 0 {
                         // Spent: nothing more is read, only whether there was.
                         (Vec::new(), true)
-                    } else if revision == 0 || revision > before.revision {
-                        // The transaction's own view (a revision past the
-                        // one before it is the one it writes).
+                    } else if revision == 0 {
+                        // The transaction's own view (check_reads refused a
+                        // revision past the one before it).
                         scan(&self.data, &start, end.as_ref(), limit, *read_budget)
                     } else {
                         self.scan_past(
